@@ -1,0 +1,1 @@
+"""Model architectures, the manifest and the registry that loads them."""
