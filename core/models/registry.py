@@ -1,0 +1,240 @@
+"""The model manifest (``weights/models.json``) and the registry that verifies and loads its entries.
+
+Manifest: a JSON list of :class:`~core.models.base.ModelSpec` fields (or ``{"models": [...]}``)::
+
+    [{"name": "demo", "arch": "demo_unet", "file": "demo.pt", "sha256": "...", "input_size": 256,
+      "preprocessing": "letterbox", "datasets": [["segmentation", "BUSI"], ...], "description": "..."}]
+
+Every load checks the file exists, is not empty and matches its sha256, then dispatches by ``arch`` to the
+adapter's ``load(spec, path, device) -> ServedModel``. Any failure is one :class:`WeightsError` naming the file
+and the problem. Loaded models are cached per process by (name, file, sha256, device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import threading
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch
+
+from core.errors import NoModelError
+from core.models.base import ModelSpec, ServedModel, WeightsError
+from core.settings import Settings
+
+ARCHITECTURES = {
+    "uusic_omni": "core.models.uusic_omni",
+    "demo_unet": "core.models.demo_unet",
+    "torchscript": "core.models.exported",
+    "torch_export": "core.models.exported",
+}
+_SPEC_FIELDS = {f.name for f in fields(ModelSpec)}
+_CACHE: dict[tuple, ServedModel] = {}
+_CACHE_LOCK = threading.Lock()
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def _datasets(value, where: str) -> tuple[tuple[str, str], ...] | None:
+    """``[["segmentation","BUSI"], {"task":..,"dataset_name":..}, "segmentation/BUSI"]`` → tuple of pairs."""
+    if value is None:
+        return None
+    pairs = []
+    for item in value:
+        if isinstance(item, (list, tuple)) and len(item) == 2:
+            pairs.append((str(item[0]), str(item[1])))
+        elif isinstance(item, dict) and "task" in item and ("dataset_name" in item or "dataset" in item):
+            pairs.append((str(item["task"]), str(item.get("dataset_name", item.get("dataset")))))
+        elif isinstance(item, str) and "/" in item:
+            task, name = item.split("/", 1)
+            pairs.append((task, name))
+        else:
+            raise WeightsError(f"{where}: cannot read dataset entry {item!r}; use [task, dataset_name]")
+    return tuple(pairs)
+
+
+def spec_from_dict(entry: dict, where: str = "models.json") -> ModelSpec:
+    if not isinstance(entry, dict):
+        raise WeightsError(f"{where}: each model entry must be an object, got {type(entry).__name__}")
+    missing = [k for k in ("name", "arch", "file") if not entry.get(k)]
+    if missing:
+        raise WeightsError(f"{where}: model entry {entry.get('name', '?')!r} lacks {', '.join(missing)}")
+    known = {k: v for k, v in entry.items() if k in _SPEC_FIELDS and k != "extra"}
+    extra = dict(entry.get("extra") or {})
+    extra.update({k: v for k, v in entry.items() if k not in _SPEC_FIELDS})
+    known["datasets"] = _datasets(entry.get("datasets"), f"{where} [{entry['name']}]")
+    if "input_size" in known:
+        known["input_size"] = int(known["input_size"])
+    return ModelSpec(**known, extra=extra)
+
+
+def read_manifest(path: Path) -> list[ModelSpec]:
+    """All entries of a manifest file; raises :class:`WeightsError` when it is missing or malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WeightsError(f"model manifest {path} not found") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"model manifest {path} is not valid JSON: {exc}") from None
+    entries = data.get("models") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise WeightsError(f"model manifest {path} must hold a list of models")
+    return [spec_from_dict(e, path.name) for e in entries]
+
+
+def list_models(settings: Settings) -> list[ModelSpec]:
+    return read_manifest(settings.manifest_path)
+
+
+def find_spec(settings: Settings, name: str | None = None) -> ModelSpec:
+    """The manifest entry called ``name`` (default: ``settings.default_model``, else the first entry)."""
+    specs = list_models(settings)
+    if not specs:
+        raise NoModelError(f"the model manifest {settings.manifest_path} lists no models")
+    wanted = name or settings.default_model
+    if wanted is None:
+        return specs[0]
+    for spec in specs:
+        if spec.name == wanted:
+            return spec
+    raise NoModelError(f"no model named {wanted!r} in {settings.manifest_path}; known: "
+                       f"{', '.join(s.name for s in specs)}")
+
+
+def adhoc_spec(arch: str, weights: Path | str, *, name: str | None = None, input_size: int | None = None,
+               preprocessing: str | None = None, datasets=None) -> ModelSpec:
+    """A spec for a weights file given on the command line (``--arch uusic_omni --weights FILE``)."""
+    if arch not in ARCHITECTURES:
+        raise WeightsError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    path = Path(weights).expanduser().resolve()
+    defaults = {"uusic_omni": (224, "center_crop")}.get(arch, (None, None))
+    return ModelSpec(
+        name=name or path.stem,
+        arch=arch,
+        file=str(path),
+        sha256=None,
+        input_size=int(input_size or defaults[0] or 224),
+        preprocessing=preprocessing or defaults[1] or "center_crop",
+        datasets=_datasets(datasets, "ad-hoc spec"),
+    )
+
+
+def weights_path(spec: ModelSpec, weights_dir: Path) -> Path:
+    path = Path(spec.file).expanduser()
+    return path if path.is_absolute() else Path(weights_dir) / path
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, cached per (path, size, mtime)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def verify_weights(spec: ModelSpec, weights_dir: Path) -> tuple[Path, str]:
+    """The weights file and its sha256; :class:`WeightsError` when missing, empty, truncated or mismatched."""
+    path = weights_path(spec, weights_dir)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} for model {spec.name!r} is missing")
+    size = path.stat().st_size
+    if size == 0:
+        raise WeightsError(f"weights file {path} for model {spec.name!r} is empty")
+    expected_size = spec.extra.get("size_bytes")
+    if expected_size is not None and int(expected_size) != size:
+        raise WeightsError(
+            f"weights file {path} is {size:,} bytes but the manifest says {int(expected_size):,} (truncated?)"
+        )
+    sha = file_sha256(path)
+    if spec.sha256 and spec.sha256.lower() != sha:
+        raise WeightsError(
+            f"weights file {path} does not match its manifest sha256 (expected {spec.sha256[:12]}…, got "
+            f"{sha[:12]}…, {size:,} bytes): truncated, replaced or corrupt"
+        )
+    return path, sha
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; an explicit CUDA device without CUDA is an error."""
+    from core.errors import DeviceError
+
+    text = str(name or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} requested but CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist")
+    elif device.type != "cpu":
+        raise DeviceError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _adapter(arch: str):
+    module_name = ARCHITECTURES.get(arch)
+    if module_name is None:
+        raise WeightsError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as exc:
+        raise WeightsError(f"architecture {arch!r} is not available ({module_name}: {exc})") from None
+
+
+def load_model(spec: ModelSpec, device: torch.device | str, *, weights_dir: Path | None = None) -> ServedModel:
+    """Verify and load ``spec`` on ``device`` once per process; later calls return the cached model."""
+    weights_dir = Path(weights_dir) if weights_dir is not None else Settings().weights_dir
+    device = torch.device(device)
+    path, sha = verify_weights(spec, weights_dir)
+    key = (spec.name, str(path), sha, str(device), spec.input_size, spec.preprocessing)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        adapter = _adapter(spec.arch)
+        try:
+            model = adapter.load(spec, path, device)
+        except WeightsError:
+            raise
+        except Exception as exc:  # torch.load / load_state_dict / jit errors → one clear message
+            raise WeightsError(
+                f"weights file {path} cannot be loaded as {spec.arch!r}: {type(exc).__name__}: {_short(exc)}"
+            ) from exc
+        try:
+            model.sha256 = sha
+        except AttributeError:
+            pass
+        if getattr(model, "spec", None) is None:
+            try:
+                model.spec = spec
+            except AttributeError:
+                pass
+        _CACHE[key] = model
+        return model
+
+
+def _short(exc: Exception, limit: int = 400) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def clear_cache() -> None:
+    """Forget loaded models (tests)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+def with_datasets(spec: ModelSpec, datasets) -> ModelSpec:
+    return replace(spec, datasets=_datasets(datasets, spec.name))

@@ -1,0 +1,165 @@
+"""The request JSON (one image), validated with pydantic v2; bad requests raise :class:`RequestError`.
+
+Fields follow the challenge's JSON (DEVELOPERS.md). ``task`` and ``dataset_name`` are checked against
+:mod:`core.catalog`; ``organ`` is filled from the catalog when absent and must agree with it when given.
+Extra keys are kept (``model_extra``) and echoed in the response.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import PurePosixPath
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from core import catalog
+from core.errors import RequestError
+
+TASKS = catalog.TASKS
+
+
+class PredictRequest(BaseModel):
+    """One image to analyse. Build with :meth:`parse` to get :class:`RequestError` with readable messages."""
+
+    model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
+
+    img_path_relative: str = Field(min_length=1)
+    task: str
+    dataset_name: str = Field(min_length=1)
+    img_name: str | None = None
+    img_size_bytes: int | None = Field(default=None, ge=0)
+    img_dimensions: tuple[int, int] | None = None
+    img_format: str | None = None
+    organ: str | None = None
+    data_partition_group: str | None = None
+    mask_name: str | None = None
+    mask_path_relative: str | None = None
+    seg_target_info: str | None = None
+    class_label_index: int | None = Field(default=None, ge=0)
+    class_label_name: str | None = None
+    pixel_spacing_mm: float | None = Field(default=None, gt=0)
+
+    _dataset: catalog.Dataset | None = PrivateAttr(default=None)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        task = value.strip().lower()
+        if task not in TASKS:
+            raise ValueError(f"unknown task {value!r}; expected one of {', '.join(TASKS)}")
+        return task
+
+    @field_validator("img_dimensions")
+    @classmethod
+    def _positive_dimensions(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is not None and (value[0] <= 0 or value[1] <= 0):
+            raise ValueError(f"expected [width, height] with positive numbers, got {list(value)}")
+        return value
+
+    @field_validator("pixel_spacing_mm")
+    @classmethod
+    def _finite_spacing(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number of millimetres per pixel")
+        return value
+
+    @model_validator(mode="after")
+    def _check_catalog(self) -> "PredictRequest":
+        try:
+            dataset = catalog.find_dataset(self.task, self.dataset_name)
+        except catalog.UnknownDataset as exc:
+            raise ValueError(f"dataset_name: {exc}") from None
+        if self.organ is None or self.organ == "":
+            self.organ = dataset.organ
+        elif self.organ.lower() != dataset.organ.lower():
+            raise ValueError(
+                f"organ: {self.organ!r} contradicts the catalog: dataset {dataset.name!r} is organ {dataset.organ!r}"
+            )
+        else:
+            self.organ = dataset.organ
+        if self.class_label_index is not None and self.task == "classification":
+            if self.class_label_index >= dataset.num_classes:
+                raise ValueError(
+                    f"class_label_index: {self.class_label_index} is out of range for {dataset.name} "
+                    f"({dataset.num_classes} classes)"
+                )
+        self.dataset_name = dataset.name
+        if not self.img_name:
+            self.img_name = PurePosixPath(self.img_path_relative.replace("\\", "/")).name
+        self._dataset = dataset
+        return self
+
+    @property
+    def dataset(self) -> catalog.Dataset:
+        """The catalog entry of this request's (task, dataset)."""
+        if self._dataset is None:  # model_construct() bypasses validation
+            self._dataset = catalog.find_dataset(self.task, self.dataset_name)
+        return self._dataset
+
+    @property
+    def extras(self) -> dict[str, Any]:
+        """Keys the schema does not know, kept as sent."""
+        return dict(self.model_extra or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        if data.get("img_dimensions") is not None:
+            data["img_dimensions"] = list(data["img_dimensions"])
+        return data
+
+    @classmethod
+    def parse(cls, obj: "dict | str | bytes | PredictRequest") -> "PredictRequest":
+        """Validate a dict (or a JSON text of one object); raise :class:`RequestError` naming the field."""
+        if isinstance(obj, PredictRequest):
+            return obj
+        if isinstance(obj, (str, bytes, bytearray)):
+            try:
+                obj = json.loads(obj)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise RequestError(f"request is not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise RequestError(f"request must be a JSON object, got {type(obj).__name__}")
+        try:
+            return cls.model_validate(obj)
+        except ValidationError as exc:
+            raise RequestError(_describe(exc), field=_first_field(exc)) from None
+
+
+def _first_field(exc: ValidationError) -> str | None:
+    for error in exc.errors():
+        if error.get("loc"):
+            return ".".join(str(p) for p in error["loc"])
+        message = str(error.get("msg", ""))
+        head = message.removeprefix("Value error, ").split(":", 1)[0]
+        if head.isidentifier():
+            return head
+    return None
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per problem: ``field: what is wrong``."""
+    lines = []
+    for error in exc.errors():
+        loc = ".".join(str(p) for p in error.get("loc", ()))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        kind = error.get("type", "")
+        if kind == "missing":
+            message = "required field is missing"
+        elif "input" in error and kind not in ("value_error",) and not kind.startswith("too_"):
+            message = f"{message} (got {error['input']!r:.80})"
+        lines.append(f"{loc}: {message}" if loc else message)
+    return "invalid request: " + "; ".join(lines)
+
+
+def parse_request_list(obj: Any) -> list[Any]:
+    """The list of request objects in a challenge-style JSON: a list, ``{"data": [...]}`` or one object."""
+    if isinstance(obj, list):
+        return obj
+    if isinstance(obj, dict):
+        for key in ("data", "images", "items", "requests"):
+            if isinstance(obj.get(key), list):
+                return obj[key]
+        return [obj]
+    raise RequestError(f"expected a JSON list of requests, got {type(obj).__name__}")
