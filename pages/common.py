@@ -1,0 +1,101 @@
+"""What every dashboard page shares: language, settings, the one engine (or API client), the history store."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import streamlit as st
+
+from core import i18n
+from core.settings import Settings
+
+NO_MODEL_STATUS = {404, 409}
+
+
+def lang() -> str:
+    return i18n.normalise_lang(st.session_state.get("lang"))
+
+
+def tr(key: str, **values) -> str:
+    return i18n.t(key, lang(), **values)
+
+
+def settings() -> Settings:
+    """Settings from the environment (cheap; read per run so tests can point at their own workspace)."""
+    current = Settings.from_env()
+    current.ensure_workspace()
+    return current
+
+
+@st.cache_resource(show_spinner=False)
+def _engine(key: str, _current: Settings):
+    """One engine per process and settings: models load once and are shared by all browser sessions."""
+    from core.engine import get_engine
+
+    return get_engine(_current)
+
+
+@st.cache_resource(show_spinner=False)
+def _client(key: str, _current: Settings):
+    from core.client import ApiClient
+
+    return ApiClient(_current)
+
+
+def backend(current: Settings | None = None):
+    """The engine in-process, or the HTTP client when ``UUSIC_API_URL`` is set; both have predict/model_info/serves."""
+    current = current or settings()
+    key = repr(current)
+    return _client(key, current) if current.api_url else _engine(key, current)
+
+
+def is_remote(current: Settings | None = None) -> bool:
+    return bool((current or settings()).api_url)
+
+
+@st.cache_resource(show_spinner=False)
+def _store(path: str):
+    from core.history import HistoryStore
+
+    return HistoryStore(Path(path))
+
+
+def history_store(current: Settings | None = None):
+    return _store(str((current or settings()).history_db))
+
+
+def save_input(data: bytes, filename: str, current: Settings | None = None) -> dict:
+    """Store image bytes in ``api_in/`` (locally or through the API) and return the request skeleton."""
+    current = current or settings()
+    if current.api_url:
+        return backend(current).upload(data, filename)
+    from core.samples import save_upload
+
+    return save_upload(current, data, filename)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_no_model(error: Exception) -> bool:
+    """True for the engine's NoModelError or the API's 404/409 answer."""
+    from core.errors import NoModelError
+
+    if isinstance(error, NoModelError):
+        return True
+    return getattr(error, "status_code", None) in NO_MODEL_STATUS and "model" in str(error).lower()
+
+
+def error_message(error: Exception) -> str:
+    """A one-line message for the user (never a traceback)."""
+    return getattr(error, "message", None) or str(error) or type(error).__name__
+
+
+def banner() -> None:
+    st.warning(tr("demo_banner"), icon="⚠️")
+
+
+def label(task: str, dataset_name: str, index: int) -> str:
+    return i18n.class_name(task, dataset_name, index, lang())

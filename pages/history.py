@@ -1,0 +1,126 @@
+"""History: every run of this workspace, filterable, exportable to CSV, and re-openable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from core import catalog, i18n, overlay
+from pages.common import error_message, history_store, lang, settings, tr
+
+current = settings()
+L = lang()
+
+
+def _value(row: dict, *names, default=None):
+    for name in names:
+        if row.get(name) not in (None, ""):
+            return row[name]
+    return default
+
+
+def filtered_rows(rows: list[dict]) -> list[dict]:
+    cols = st.columns(4)
+    tasks = [""] + list(catalog.TASKS)
+    task = cols[0].selectbox(tr("filter_task"), tasks, key="h_task",
+                             format_func=lambda k: i18n.task_name(k, L) if k else tr("all"))
+    datasets = [""] + sorted({str(_value(r, "dataset_name", "dataset", default="")) for r in rows} - {""})
+    dataset = cols[1].selectbox(tr("filter_dataset"), datasets, key="h_dataset",
+                                format_func=lambda k: k or tr("all"))
+    organs = [""] + sorted({str(_value(r, "organ", default="")) for r in rows} - {""})
+    organ = cols[2].selectbox(tr("filter_organ"), organs, key="h_organ", format_func=lambda k: k or tr("all"))
+    name = cols[3].text_input(tr("filter_name"), key="h_name").strip().lower()
+    return [
+        r for r in rows
+        if (not task or _value(r, "task") == task)
+        and (not dataset or _value(r, "dataset_name", "dataset") == dataset)
+        and (not organ or _value(r, "organ") == organ)
+        and (not name or name in str(_value(r, "img_name", "image_name", default="")).lower())
+    ]
+
+
+def _resolve(relative: str | None) -> Path | None:
+    if not relative:
+        return None
+    path = Path(relative)
+    if path.is_absolute():
+        return path
+    for root in (current.workspace, current.data_root, current.api_out):
+        if (root / path).is_file():
+            return root / path
+    return current.workspace / path
+
+
+def reopen(row: dict) -> None:
+    st.json({k: v for k, v in row.items() if k not in ("probability_json",)}, expanded=False)
+    image_path = _resolve(_value(row, "img_path_relative", "image_path"))
+    if image_path is None or not image_path.is_file():
+        st.warning(tr("reopen_missing", path=str(image_path)))
+        return
+    picture = Image.open(image_path).convert("RGB")
+    task = _value(row, "task")
+    if task == "segmentation":
+        mask_path = _resolve(_value(row, "mask_path", "mask_path_relative"))
+        if mask_path is None or not mask_path.is_file():
+            st.warning(tr("reopen_missing", path=str(mask_path)))
+            st.image(picture, use_container_width=True)
+            return
+        mask = Image.open(mask_path).convert("L")
+        left, right = st.columns(2)
+        left.image(picture, caption=tr("original"), use_container_width=True)
+        if mask.size == picture.size:
+            right.image(overlay.overlay(picture, mask), caption=tr("overlay"), use_container_width=True)
+        else:
+            right.warning(tr("reopen_missing", path=str(mask_path)))
+    else:
+        st.image(picture, width=360)
+        prediction = _value(row, "prediction")
+        dataset = _value(row, "dataset_name", "dataset")
+        if prediction is not None and dataset:
+            try:
+                st.subheader(i18n.class_name("classification", dataset, int(prediction), L))
+            except Exception:
+                st.subheader(str(prediction))
+        probabilities = _value(row, "probability", "probabilities")
+        if isinstance(probabilities, str):
+            try:
+                probabilities = json.loads(probabilities)
+            except ValueError:
+                pass
+        if probabilities is not None:
+            st.write(tr("probability"), probabilities)
+
+
+try:
+    store = history_store(current)
+    rows = store.list(limit=5000)
+except Exception as error:
+    st.error(error_message(error))
+    st.stop()
+
+if not rows:
+    st.info(tr("history_empty"))
+    st.stop()
+
+shown = filtered_rows(rows)
+st.caption(tr("rows", n=len(shown)))
+st.dataframe(pd.DataFrame(shown), use_container_width=True, hide_index=True, key="history_table")
+st.download_button(tr("download_csv"), store.to_csv(shown).encode("utf-8"), "uusic_history.csv", "text/csv",
+                   key="history_csv", disabled=not shown)
+
+if shown:
+    st.subheader(tr("reopen"))
+    ids = [_value(r, "id", "run_id") for r in shown]
+    labels = {
+        i: f"#{i} · {_value(r, 'timestamp', 'created_at', default='')} · {_value(r, 'img_name', default='')}"
+        for i, r in zip(ids, shown)
+    }
+    chosen = st.selectbox(tr("reopen"), ids, format_func=lambda i: labels.get(i, str(i)), key="h_reopen",
+                          label_visibility="collapsed")
+    row = store.get(chosen) if chosen is not None else None
+    if row:
+        reopen(row)
