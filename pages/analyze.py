@@ -15,6 +15,7 @@ from PIL import Image
 
 from core import catalog, editing, i18n, overlay
 from pages.common import (
+    page_header,
     backend,
     error_message,
     history_store,
@@ -31,6 +32,7 @@ UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm"]
 PLOT_CONFIG = {"scrollZoom": True, "displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
 
 current = settings()
+page_header("nav_analyze")
 L = lang()
 
 
@@ -136,7 +138,7 @@ def zoomable(picture: Image.Image, key: str) -> None:
     figure.update_layout(margin=dict(l=0, r=0, t=0, b=0), dragmode="pan", height=420)
     figure.update_xaxes(visible=False)
     figure.update_yaxes(visible=False)
-    st.plotly_chart(figure, config=PLOT_CONFIG, key=key, use_container_width=True)
+    st.plotly_chart(figure, config=PLOT_CONFIG, key=key, width="stretch")
 
 
 # ---------------------------------------------------------------- run
@@ -198,7 +200,7 @@ def show_classification(result: dict, image: dict) -> None:
     figure.update_layout(yaxis=dict(range=[0, 1.1], title=tr("probability")), xaxis_title=tr("class"),
                          height=340, margin=dict(l=10, r=10, t=10, b=10))
     st.subheader(tr("prediction", label=names[predicted], p=probabilities[predicted]))
-    st.plotly_chart(figure, config=PLOT_CONFIG, key="prob_chart", use_container_width=True)
+    st.plotly_chart(figure, config=PLOT_CONFIG, key="prob_chart", width="stretch")
     reference = request.get("class_label_index")
     if reference is not None:
         st.markdown(f"**{tr('ground_truth')}** — " + tr("gt_label", label=label(task, name, int(reference))))
@@ -254,8 +256,8 @@ def show_segmentation(result: dict, image: dict) -> None:
                          format_func=lambda m: tr(f"mode_{m}"))
     blended = overlay.overlay(edited, mask, alpha=alpha, mode=mode)
     left, right = st.columns(2)
-    left.image(edited, caption=tr("original"), use_container_width=True)
-    right.image(blended, caption=tr("overlay"), use_container_width=True)
+    left.image(edited, caption=tr("original"), width="stretch")
+    right.image(blended, caption=tr("overlay"), width="stretch")
     st.subheader(tr("measurements"))
     measurements = response.get("measurements") or {}
     if not mask.any():
@@ -274,8 +276,8 @@ def show_segmentation(result: dict, image: dict) -> None:
         st.subheader(tr("ground_truth"))
         a, b = st.columns(2)
         a.image(overlay.overlay(edited, reference, alpha=0.45, color=overlay.REFERENCE_COLOR),
-                caption=tr("gt_mask"), use_container_width=True)
-        b.image(overlay.compare_overlay(edited, mask, reference), use_container_width=True)
+                caption=tr("gt_mask"), width="stretch")
+        b.image(overlay.compare_overlay(edited, mask, reference), width="stretch")
         st.metric("Dice", f"{_dice(mask, reference):.3f}")
 
 

@@ -13,10 +13,11 @@ import pandas as pd
 import streamlit as st
 
 from core import catalog, i18n
-from pages.common import backend, error_message, is_no_model, lang, save_input, settings, tr
+from pages.common import page_header, backend, error_message, is_no_model, lang, save_input, settings, tr
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm"]
 current = settings()
+page_header("nav_batch")
 L = lang()
 
 
@@ -211,9 +212,9 @@ if batch:
             for r in batch["responses"]
         ]
     )
-    st.dataframe(summary, use_container_width=True, hide_index=True)
+    st.dataframe(summary, width="stretch", hide_index=True)
     st.download_button(tr("batch_zip"), _zip(batch), "uusic_batch.zip", "application/zip", key="b_zip")
     metrics = _metrics(batch)
     if metrics is not None:
         st.subheader(tr("batch_metrics"))
-        st.dataframe(metrics, use_container_width=True, hide_index=True)
+        st.dataframe(metrics, width="stretch", hide_index=True)

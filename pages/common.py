@@ -97,5 +97,11 @@ def banner() -> None:
     st.warning(tr("demo_banner"), icon="⚠️")
 
 
+def page_header(title_key: str) -> None:
+    """Every page starts with its title and the demo-weights banner."""
+    st.title(f"{tr('app_title')} · {tr(title_key)}")
+    banner()
+
+
 def label(task: str, dataset_name: str, index: int) -> str:
     return i18n.class_name(task, dataset_name, index, lang())

@@ -10,9 +10,10 @@ import streamlit as st
 from PIL import Image
 
 from core import catalog, i18n, overlay
-from pages.common import error_message, history_store, lang, settings, tr
+from pages.common import page_header, error_message, history_store, lang, settings, tr
 
 current = settings()
+page_header("nav_history")
 L = lang()
 
 
@@ -67,13 +68,13 @@ def reopen(row: dict) -> None:
         mask_path = _resolve(_value(row, "mask_path", "mask_path_relative"))
         if mask_path is None or not mask_path.is_file():
             st.warning(tr("reopen_missing", path=str(mask_path)))
-            st.image(picture, use_container_width=True)
+            st.image(picture, width="stretch")
             return
         mask = Image.open(mask_path).convert("L")
         left, right = st.columns(2)
-        left.image(picture, caption=tr("original"), use_container_width=True)
+        left.image(picture, caption=tr("original"), width="stretch")
         if mask.size == picture.size:
-            right.image(overlay.overlay(picture, mask), caption=tr("overlay"), use_container_width=True)
+            right.image(overlay.overlay(picture, mask), caption=tr("overlay"), width="stretch")
         else:
             right.warning(tr("reopen_missing", path=str(mask_path)))
     else:
@@ -108,7 +109,7 @@ if not rows:
 
 shown = filtered_rows(rows)
 st.caption(tr("rows", n=len(shown)))
-st.dataframe(pd.DataFrame(shown), use_container_width=True, hide_index=True, key="history_table")
+st.dataframe(pd.DataFrame(shown), width="stretch", hide_index=True, key="history_table")
 st.download_button(tr("download_csv"), store.to_csv(shown).encode("utf-8"), "uusic_history.csv", "text/csv",
                    key="history_csv", disabled=not shown)
 

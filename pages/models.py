@@ -10,9 +10,10 @@ from importlib import metadata
 import pandas as pd
 import streamlit as st
 
-from pages.common import backend, error_message, is_remote, settings, tr
+from pages.common import page_header, backend, error_message, is_remote, settings, tr
 
 current = settings()
+page_header("nav_models")
 
 st.subheader(tr("model_info"))
 info: dict = {}
@@ -43,7 +44,7 @@ if manifest_path.is_file():
                 for m in (entries if isinstance(entries, list) else [])
             ]
         )
-        st.dataframe(table, use_container_width=True, hide_index=True)
+        st.dataframe(table, width="stretch", hide_index=True)
         with st.expander("models.json"):
             st.json(manifest)
     except ValueError as error:
