@@ -20,7 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from core.errors import ImageError
 from core.settings import Settings
 
-PIL_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "GIF")
+Image.init()  # register every plugin so the allow-list below can be checked
+PIL_FORMATS = tuple(f for f in ("PNG", "JPEG", "MPO", "BMP", "TIFF", "GIF") if f in Image.OPEN)
 FORMAT_NAMES = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif"}
 MIN_SIDE = 8  # pixels; smaller images carry nothing a model can read
 _DEFAULTS = Settings()
@@ -110,7 +111,7 @@ def _load_pil(data: bytes, name: str, settings: Settings | None) -> LoadedImage:
             raise ImageError(
                 f"{name}: not a recognised image; supported formats are PNG, JPEG, BMP, TIFF, GIF and DICOM"
             ) from None
-        except (OSError, SyntaxError, ValueError) as exc:
+        except (OSError, SyntaxError, ValueError, KeyError, EOFError) as exc:
             raise ImageError(f"{name}: cannot read image header ({exc})") from None
         fmt = FORMAT_NAMES.get(image.format or "", (image.format or "unknown").lower())
         width, height = image.size

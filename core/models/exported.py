@@ -8,6 +8,7 @@ is run one sample at a time.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -41,8 +42,6 @@ class ExportedModel:
         if images.shape[0] > 1 and not self._per_sample:
             try:
                 return self._call(*inputs)
-
-    __call__ = forward
             except WeightsError:
                 raise
             except Exception:  # e.g. exported with a static batch of 1
@@ -79,7 +78,9 @@ def load(spec: ModelSpec, path: Path, device: torch.device) -> ExportedModel:
     path = Path(path)
     if spec.arch == "torchscript":
         try:
-            module = torch.jit.load(str(path), map_location=device)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # jit is deprecated, its files still exist
+                module = torch.jit.load(str(path), map_location=device)
         except Exception as exc:
             raise WeightsError(f"{path} is not a loadable TorchScript file: {exc}") from None
         module.eval()

@@ -1,0 +1,389 @@
+"""The inference engine: one request JSON in, one response dict out (and whole batches for the CLI).
+
+Flow per image: validate the request (:mod:`core.schema`) → resolve its path (:mod:`core.paths`) → decode
+(:mod:`core.imaging`) → square input (:mod:`core.geometry`) → forward with the catalog's prompts → classification
+probabilities from the dataset's head (``cls4`` or ``cls2``), or a mask mapped back exactly onto the original
+pixels and written as a 0/255 PNG, with measurements (:mod:`core.measure`).
+
+Models are loaded once per process (:mod:`core.models.registry`). Decoding and post-processing run outside the
+engine's lock; only the forward pass (and its GPU memory measurement) is serialised, so concurrent callers are safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core import catalog
+from core.errors import NoModelError, UUSICError
+from core.geometry import CenterCrop, Letterbox, make_transform
+from core.imaging import LoadedImage, load_image
+from core.models import registry
+from core.models.base import ModelSpec
+from core.paths import mask_relative_path, output_path, resolve_input
+from core.resources import device_label, measure_gpu, process_rss_mb
+from core.schema import PredictRequest
+from core.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+NO_MODEL_MESSAGE = "no model for this dataset"
+
+
+@dataclass
+class Prepared:
+    """One decoded, preprocessed image waiting for the forward pass."""
+
+    request: PredictRequest
+    image: LoadedImage
+    transform: CenterCrop | Letterbox
+    input: np.ndarray  # S x S x 3 float32 in [0, 1]
+    prep_sec: float
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class RawOutput:
+    """What post-processing needs from the forward pass for one sample (CPU numpy)."""
+
+    probability: np.ndarray | None = None  # classification: softmax of the dataset's head
+    seg_label: np.ndarray | None = None  # center_crop: argmax label map S x S (uint8)
+    seg_foreground: np.ndarray | None = None  # letterbox: foreground probability S x S (float32)
+
+
+def _progress_step(progress, done: int, total: int) -> None:
+    if progress is None:
+        return
+    if hasattr(progress, "update"):
+        progress.update(1)
+    else:
+        progress(done, total)
+
+
+def error_record(request: Any, exc: Exception) -> dict:
+    """The per-image entry of a batch result when that image failed."""
+    rel = request.get("img_path_relative") if isinstance(request, dict) else getattr(request, "img_path_relative", None)
+    if isinstance(exc, UUSICError):
+        return {"img_path_relative": rel, "error": exc.message, "error_type": type(exc).__name__,
+                "status_code": exc.status_code}
+    return {"img_path_relative": rel, "error": f"{type(exc).__name__}: {exc}", "error_type": type(exc).__name__,
+            "status_code": 500}
+
+
+class Engine:
+    """Serves one model (a manifest entry or an ad-hoc spec) on one device."""
+
+    def __init__(self, settings: Settings | None = None, model: str | None = None, *, spec: ModelSpec | None = None,
+                 device: str | None = None):
+        self.settings = settings or get_settings()
+        self.spec = spec or registry.find_spec(self.settings, model)
+        self.device = registry.resolve_device(device or self.settings.device)
+        self.model = registry.load_model(self.spec, self.device, weights_dir=self.settings.weights_dir)
+        self.sha256 = getattr(self.model, "sha256", None) or registry.verify_weights(
+            self.spec, self.settings.weights_dir)[1]
+        self.amp = bool(self.settings.amp and self.device.type == "cuda")
+        self.device_name = device_label(self.device)
+        self._lock = threading.Lock()
+        self._served = self._served_keys(self.spec)
+
+    # ------------------------------------------------------------------------------------------ metadata
+
+    @staticmethod
+    def _served_keys(spec: ModelSpec) -> set[tuple[str, str]] | None:
+        if spec.datasets is None:
+            return None
+        keys = set()
+        for task, name in spec.datasets:
+            try:
+                keys.add(catalog.find_dataset(task, name).key)
+            except catalog.UnknownDataset:
+                keys.add((task, name))
+        return keys
+
+    def serves(self, task: str, dataset_name: str) -> bool:
+        """Whether this model has weights for ``(task, dataset_name)``."""
+        try:
+            key = catalog.find_dataset(task, dataset_name).key
+        except catalog.UnknownDataset:
+            return False
+        return self._served is None or key in self._served
+
+    def served_datasets(self) -> list[tuple[str, str]]:
+        return [d.key for d in catalog.DATASETS if self._served is None or d.key in self._served]
+
+    def model_info(self) -> dict:
+        return {
+            "name": self.spec.name,
+            "arch": self.spec.arch,
+            "file": Path(self.spec.file).name,
+            "sha256": self.sha256,
+            "device": str(self.device),
+            "device_name": self.device_name,
+            "amp": self.amp,
+            "input_size": self.spec.input_size,
+            "preprocessing": self.spec.preprocessing,
+            "datasets": [list(k) for k in self.served_datasets()],
+            "description": self.spec.description,
+        }
+
+    # ------------------------------------------------------------------------------------------ pipeline
+
+    def prepare(self, request: dict | PredictRequest, *, input_dir: Path | None = None) -> Prepared:
+        """Validate, check the model serves it, resolve, decode and preprocess (thread-safe, no lock)."""
+        start = time.perf_counter()
+        req = PredictRequest.parse(request)
+        if not self.serves(req.task, req.dataset_name):
+            raise NoModelError(
+                f"{NO_MODEL_MESSAGE}: model {self.spec.name!r} has no weights for {req.task} on {req.dataset_name}",
+                field="dataset_name",
+            )
+        path = resolve_input(self.settings, req.img_path_relative, input_dir=input_dir)
+        image = load_image(path, settings=self.settings)
+        decoded = time.perf_counter()
+        transform = make_transform(self.spec.preprocessing, image.width, image.height, self.spec.input_size)
+        array = transform.apply(image.rgb)
+        done = time.perf_counter()
+        return Prepared(req, image, transform, array, done - start,
+                        {"decode_sec": decoded - start, "preprocess_sec": done - decoded})
+
+    def forward(self, batch: list[Prepared]) -> tuple[list[RawOutput], float, Any]:
+        """One forward pass over ``batch`` under the engine lock; returns per-sample outputs, seconds, GPU memory."""
+        prompts = [p.request.dataset.prompts() for p in batch]
+        images = torch.from_numpy(np.stack([p.input for p in batch]))
+        vectors = [torch.tensor([pr.as_tuple()[k] for pr in prompts], dtype=torch.float32) for k in range(4)]
+        with self._lock:
+            start = time.perf_counter()
+            with measure_gpu(self.device) as gpu, torch.inference_mode():
+                images_d = images.to(self.device, non_blocking=True)
+                vectors_d = [v.to(self.device) for v in vectors]
+                autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+                with autocast:
+                    seg, cls2, cls4 = self.model(images_d, *vectors_d)
+                outputs = self._extract(batch, seg.float(), cls2.float(), cls4.float())
+            seconds = time.perf_counter() - start
+        return outputs, seconds, gpu
+
+    def _extract(self, batch: list[Prepared], seg, cls2, cls4) -> list[RawOutput]:
+        outputs: list[RawOutput] = [RawOutput() for _ in batch]
+        seg_rows = [i for i, p in enumerate(batch) if p.request.task == "segmentation"]
+        for head, logits in (("cls4", cls4), ("cls2", cls2)):
+            rows = [i for i, p in enumerate(batch)
+                    if p.request.task == "classification" and (p.request.dataset.head == "cls4") == (head == "cls4")]
+            if rows:
+                probs = torch.softmax(logits[rows], dim=1).cpu().numpy()
+                for i, prob in zip(rows, probs):
+                    outputs[i].probability = prob
+        if seg_rows:
+            seg_sel = seg[seg_rows]
+            if self.spec.preprocessing == "letterbox":
+                fg = torch.softmax(seg_sel, dim=1)[:, 1].cpu().numpy().astype(np.float32)
+                for i, f in zip(seg_rows, fg):
+                    outputs[i].seg_foreground = f
+            else:  # the baseline's argmax(softmax(...)) path, kept for parity
+                labels = torch.argmax(torch.softmax(seg_sel, dim=1), dim=1).to(torch.uint8).cpu().numpy()
+                for i, lab in zip(seg_rows, labels):
+                    outputs[i].seg_label = lab
+        return outputs
+
+    def finish(self, prepared: Prepared, raw: RawOutput, *, output_dir: Path, forward_sec: float, gpu) -> dict:
+        """Response dict for one sample: probabilities, or the mask written at the original size."""
+        start = time.perf_counter()
+        req = prepared.request
+        dataset = req.dataset
+        response: dict[str, Any] = {
+            "task": req.task,
+            "dataset_name": req.dataset_name,
+            "organ": req.organ,
+            "img_path_relative": req.img_path_relative,
+            "img_name": req.img_name,
+        }
+        if req.task == "classification":
+            probability = [float(v) for v in raw.probability]
+            prediction = int(np.argmax(raw.probability))
+            response[req.img_path_relative] = {"probability": probability, "prediction": prediction}
+            response.update(
+                probability=probability,
+                prediction=prediction,
+                label_name=dataset.class_name(prediction, "en"),
+                label_name_zh=dataset.class_name(prediction, "zh"),
+                class_names=dataset.class_names("en"),
+                class_names_zh=dataset.class_names("zh"),
+            )
+        else:
+            response.update(self._finish_segmentation(prepared, raw, output_dir))
+        post = time.perf_counter() - start
+        response.update(
+            inference_time_sec=prepared.prep_sec + forward_sec + post,
+            timings={**prepared.timings, "forward_sec": forward_sec, "postprocess_sec": post},
+            memory_usage_mb=process_rss_mb(),
+            gpu_memory_usage_mb=gpu.used_mb,
+            gpu_memory_reserved_mb=gpu.reserved_mb,
+            device=str(self.device),
+            device_name=self.device_name,
+            model_name=self.spec.name,
+            model_sha256=self.sha256,
+            image_width=prepared.image.width,
+            image_height=prepared.image.height,
+            image_format=prepared.image.format,
+        )
+        if prepared.image.notes:
+            response["notes"] = list(prepared.image.notes)
+        for key, value in req.extras.items():
+            response.setdefault(key, value)
+        return response
+
+    def _finish_segmentation(self, prepared: Prepared, raw: RawOutput, output_dir: Path) -> dict:
+        req, transform = prepared.request, prepared.transform
+        if raw.seg_foreground is not None and isinstance(transform, Letterbox):
+            mask = transform.invert_probability(raw.seg_foreground) > 0.5
+        else:
+            mask = transform.invert_mask(raw.seg_label, background=0) > 0
+        relative = mask_relative_path(req.img_path_relative)
+        target = output_path(output_dir, relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(target, format="PNG", compress_level=1)
+        spacing = req.pixel_spacing_mm or prepared.image.pixel_spacing_mm
+        coverage = transform.coverage()
+        return {
+            "mask_name": target.name,
+            "mask_path": str(target),
+            "mask_path_relative": relative,
+            "mask_area_px": int(mask.sum()),
+            "seg_target_info": req.dataset.seg_target,
+            "pixel_spacing_mm": spacing,
+            "coverage_fraction": float(coverage.mean()),
+            "measurements": _measure(mask, spacing, fetal_head=req.dataset.group == "fetal_head"),
+        }
+
+    # ------------------------------------------------------------------------------------------ public API
+
+    def predict(self, request: dict | PredictRequest, *, output_dir: Path | None = None,
+                input_dir: Path | None = None) -> dict:
+        """Analyse one image; raises a :class:`~core.errors.UUSICError` for bad input."""
+        start = time.perf_counter()
+        prepared = self.prepare(request, input_dir=input_dir)
+        outputs, forward_sec, gpu = self.forward([prepared])
+        response = self.finish(prepared, outputs[0], output_dir=self._output_dir(output_dir),
+                               forward_sec=forward_sec, gpu=gpu)
+        response["inference_time_sec"] = time.perf_counter() - start
+        return response
+
+    def predict_batch(self, requests: Iterable[dict | PredictRequest], *, output_dir: Path | None = None,
+                      batch_size: int = 8, progress: Any = None, input_dir: Path | None = None,
+                      workers: int = 2, on_error: str = "record") -> list[dict]:
+        """Analyse many images in order; decoding and post-processing overlap the forward passes.
+
+        ``progress``: an object with ``update(n)`` (tqdm) or a callable ``(done, total)``.
+        ``on_error="record"`` returns an :func:`error_record` for a failed image; ``"raise"`` stops at the first.
+        """
+        items = list(requests)
+        total = len(items)
+        out_dir = self._output_dir(output_dir)
+        batch_size = max(1, int(batch_size))
+        results: list[dict] = [{} for _ in range(total)]
+        done = 0
+
+        def record(index: int, result: dict | None = None, exc: Exception | None = None) -> None:
+            nonlocal done
+            if exc is not None:
+                if on_error == "raise":
+                    raise exc
+                result = error_record(items[index], exc)
+            results[index] = result
+            done += 1
+            _progress_step(progress, done, total)
+
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="uusic-prep") as pool:
+            pending: deque = deque()  # (index, future of Prepared)
+            finishing: deque = deque()  # (index, future of response)
+            next_index = 0
+
+            def top_up() -> None:
+                nonlocal next_index
+                while next_index < total and len(pending) < 2 * batch_size:
+                    pending.append((next_index, pool.submit(self.prepare, items[next_index], input_dir=input_dir)))
+                    next_index += 1
+
+            def drain(block: bool) -> None:
+                while finishing and (block or finishing[0][1].done()):
+                    index, future = finishing.popleft()
+                    try:
+                        result = future.result()
+                    except Exception as exc:  # noqa: BLE001 - recorded per image
+                        record(index, exc=exc)
+                    else:
+                        record(index, result)
+
+            def run(batch: list[tuple[int, Prepared]]) -> None:
+                prepared = [p for _, p in batch]
+                try:
+                    outputs, forward_sec, gpu = self.forward(prepared)
+                except Exception as exc:  # noqa: BLE001 - every image of the batch gets the error
+                    for index, _ in batch:
+                        record(index, exc=exc)
+                    return
+                share = forward_sec / len(prepared)
+                for (index, prep), raw in zip(batch, outputs):
+                    finishing.append((index, pool.submit(self.finish, prep, raw, output_dir=out_dir,
+                                                         forward_sec=share, gpu=gpu)))
+
+            top_up()
+            batch: list[tuple[int, Prepared]] = []
+            while pending:
+                index, future = pending.popleft()
+                top_up()
+                try:
+                    batch.append((index, future.result()))
+                except Exception as exc:  # noqa: BLE001 - recorded per image
+                    record(index, exc=exc)
+                if batch and (len(batch) >= batch_size or not pending):
+                    run(batch)
+                    batch = []
+                drain(block=False)
+            drain(block=True)
+        return results
+
+    def _output_dir(self, output_dir: Path | None) -> Path:
+        return Path(output_dir) if output_dir is not None else Path(self.settings.api_out)
+
+
+def _measure(mask: np.ndarray, spacing: float | None, *, fetal_head: bool) -> dict:
+    """Measurements from :func:`core.measure.measure_mask`; the area alone when that module is unavailable."""
+    try:
+        from core.measure import measure_mask
+    except ImportError:
+        return {"area_px": int(mask.sum())}
+    try:
+        return measure_mask(mask, pixel_spacing_mm=spacing, fetal_head=fetal_head)
+    except Exception as exc:  # a measurement must never sink the prediction
+        log.warning("measurement failed: %s", exc)
+        return {"area_px": int(mask.sum()), "error": f"measurement failed: {exc}"}
+
+
+# ---------------------------------------------------------------------------------------------- process cache
+
+_ENGINES: dict[tuple, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(settings: Settings | None = None, model: str | None = None) -> Engine:
+    """The process-wide engine for (model, device, roots); built once, shared by all callers."""
+    settings = settings or get_settings()
+    key = (model or settings.default_model, settings.device, str(settings.weights_dir), str(settings.data_root),
+           str(settings.workspace), settings.amp, settings.max_image_pixels, settings.max_image_side)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = Engine(settings, model)
+            _ENGINES[key] = engine
+        return engine

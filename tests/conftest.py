@@ -1,0 +1,113 @@
+"""Shared pytest fixtures. Append new fixtures; do not rewrite others'."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.settings import PROJECT_ROOT, Settings
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+SHARED_DATA = Path(os.environ.get("UUSIC_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "uusic-data"))
+
+
+class TinyContractNet(torch.nn.Module):
+    """A small deterministic network that follows the served-model contract (for export / engine tests)."""
+
+    def __init__(self, size: int = 32):
+        super().__init__()
+        torch.manual_seed(0)
+        self.size = size
+        self.seg = torch.nn.Conv2d(3 + 15, 2, kernel_size=3, padding=1)
+        self.cls2 = torch.nn.Linear(3 + 15, 2)
+        self.cls4 = torch.nn.Linear(3 + 15, 4)
+
+    def forward(self, images, position, task, type_, nature):
+        x = images.permute(0, 3, 1, 2)
+        prompt = torch.cat([position, task, type_, nature], dim=1)
+        planes = prompt[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        seg = self.seg(torch.cat([x, planes], dim=1)) * 10.0
+        pooled = torch.cat([x.mean(dim=(2, 3)), prompt], dim=1)
+        return seg, self.cls2(pooled), self.cls4(pooled)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_image(path: Path, width: int, height: int, *, seed: int = 0, mode: str = "RGB") -> Path:
+    """A random image with a bright disc (so segmentation has something to find)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    disc = ((yy - height / 2) ** 2 + (xx - width / 2) ** 2) < (min(width, height) / 4) ** 2
+    gray = (rng.integers(0, 60, size=(height, width)) + disc * 160).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.stack([gray] * 3, axis=2)).convert(mode).save(path)
+    return path
+
+
+@pytest.fixture()
+def tiny_data_root(tmp_path: Path) -> Path:
+    """A UUSIC-layout data root with a few synthetic images and a ground_truth.json."""
+    root = tmp_path / "data"
+    entries = []
+    sizes = [(64, 48), (40, 70), (50, 50)]
+    for i, (w, h) in enumerate(sizes):
+        rel = f"classification/BUSI/imgs/cls_{i}.png"
+        write_image(root / rel, w, h, seed=i)
+        entries.append({"img_name": f"cls_{i}.png", "img_path_relative": rel, "task": "classification",
+                        "dataset_name": "BUSI", "organ": "Breast", "class_label_index": i % 2,
+                        "img_dimensions": [w, h]})
+    for i, (w, h) in enumerate(sizes):
+        rel = f"segmentation/DDTI/imgs/seg_{i}.png"
+        write_image(root / rel, w, h, seed=10 + i)
+        mask_rel = f"segmentation/DDTI/masks/seg_{i}.png"
+        yy, xx = np.mgrid[0:h, 0:w]
+        disc = ((yy - h / 2) ** 2 + (xx - w / 2) ** 2) < (min(w, h) / 4) ** 2
+        (root / mask_rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(disc.astype(np.uint8) * 255).save(root / mask_rel)
+        entries.append({"img_name": f"seg_{i}.png", "img_path_relative": rel, "task": "segmentation",
+                        "dataset_name": "DDTI", "organ": "Thyroid", "mask_name": f"seg_{i}.png",
+                        "mask_path_relative": mask_rel, "img_dimensions": [w, h]})
+    (root / "ground_truth.json").write_text(json.dumps(entries, indent=1))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_torchscript(tmp_path_factory) -> Path:
+    """A TorchScript file of :class:`TinyContractNet` (input 32)."""
+    folder = tmp_path_factory.mktemp("tiny_weights")
+    path = folder / "tiny.ts"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still a format we serve
+        torch.jit.script(TinyContractNet().eval()).save(str(path))
+    return path
+
+
+@pytest.fixture()
+def tiny_settings(tmp_path: Path, tiny_data_root: Path, tiny_torchscript: Path) -> Settings:
+    """Settings with a temp workspace, the tiny data root and a manifest serving the tiny TorchScript model."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    target = weights / "tiny.ts"
+    target.write_bytes(tiny_torchscript.read_bytes())
+    manifest = [{"name": "tiny", "arch": "torchscript", "file": "tiny.ts", "sha256": sha256_of(target),
+                 "input_size": 32, "preprocessing": "center_crop",
+                 "datasets": [["classification", "BUSI"], ["segmentation", "DDTI"]]},
+                {"name": "tiny_letterbox", "arch": "torchscript", "file": "tiny.ts", "sha256": sha256_of(target),
+                 "input_size": 32, "preprocessing": "letterbox",
+                 "datasets": [["classification", "BUSI"], ["segmentation", "DDTI"]]}]
+    (weights / "models.json").write_text(json.dumps(manifest, indent=1))
+    settings = Settings(workspace=tmp_path / "workspace", data_root=tiny_data_root, device="cpu",
+                        weights_dir=weights)
+    settings.ensure_workspace()
+    return settings

@@ -1,0 +1,190 @@
+"""Engine on CPU: classification and segmentation, batching, errors, concurrency, real weights when shipped."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.engine import Engine, get_engine
+from core.errors import ImageError, NoModelError, PathError, RequestError
+from core.geometry import CenterCrop
+from core.models import registry
+from core.settings import Settings
+
+
+def _requests(root: Path) -> list[dict]:
+    return json.loads((root / "ground_truth.json").read_text())
+
+
+def test_classification_response(tiny_settings: Settings):
+    engine = Engine(tiny_settings, "tiny")
+    request = _requests(tiny_settings.data_root)[0]
+    response = engine.predict(request)
+    rel = request["img_path_relative"]
+    assert set(response[rel]) == {"probability", "prediction"}
+    assert len(response["probability"]) == 2
+    assert abs(sum(response["probability"]) - 1.0) < 1e-5
+    assert response["prediction"] == int(np.argmax(response["probability"]))
+    assert response["label_name"] in ("benign", "malignant")
+    assert response["label_name_zh"] in ("良性", "恶性")
+    assert response["device"] == "cpu" and response["device_name"] == "CPU"
+    assert response["gpu_memory_usage_mb"] is None and response["gpu_memory_reserved_mb"] is None
+    assert response["memory_usage_mb"] > 10
+    assert response["inference_time_sec"] > 0
+    assert response["model_name"] == "tiny" and len(response["model_sha256"]) == 64
+    assert (response["image_width"], response["image_height"]) == tuple(request["img_dimensions"])
+
+
+def test_classification_matches_bare_forward(tiny_settings: Settings):
+    """The engine's probabilities are the softmax of the model's cls2 head on the baseline preprocessing."""
+    engine = Engine(tiny_settings, "tiny")
+    request = _requests(tiny_settings.data_root)[1]
+    response = engine.predict(request)
+    rgb = np.asarray(Image.open(tiny_settings.data_root / request["img_path_relative"]).convert("RGB"))
+    x = torch.from_numpy(CenterCrop(rgb.shape[1], rgb.shape[0], 32).apply(rgb))[None]
+    prompts = [torch.tensor([v]) for v in __import__("core.catalog").catalog.prompts_for("Breast",
+                                                                                          "classification").as_tuple()]
+    with torch.no_grad():
+        _, cls2, _ = engine.model(x, *prompts)
+    expected = torch.softmax(cls2, dim=1)[0].numpy()
+    np.testing.assert_allclose(response["probability"], expected, atol=1e-6)
+
+
+def test_segmentation_mask_written_at_original_size(tiny_settings: Settings, tmp_path: Path):
+    engine = Engine(tiny_settings, "tiny")
+    request = _requests(tiny_settings.data_root)[3]  # 64 x 48, non-square
+    out = tmp_path / "out"
+    response = engine.predict(request, output_dir=out)
+    assert response["mask_path_relative"] == "segmentation/DDTI/masks/seg_0.png"
+    mask_file = out / response["mask_path_relative"]
+    assert Path(response["mask_path"]) == mask_file.resolve()
+    mask = np.asarray(Image.open(mask_file))
+    assert mask.shape == (48, 64) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) <= {0, 255}
+    assert response["mask_area_px"] == int((mask == 255).sum())
+    assert response["measurements"]["area_px"] == response["mask_area_px"]
+    # centre crop: columns at the sides were never seen by the model → background there
+    seen = CenterCrop(64, 48, 32).coverage()
+    assert not seen.all() and (mask[~seen] == 0).all()
+    assert response["coverage_fraction"] == pytest.approx(48 / 64, abs=0.02)
+
+
+def test_letterbox_segmentation_covers_whole_image(tiny_settings: Settings, tmp_path: Path):
+    engine = Engine(tiny_settings, "tiny_letterbox")
+    response = engine.predict(_requests(tiny_settings.data_root)[4], output_dir=tmp_path)
+    mask = np.asarray(Image.open(response["mask_path"]))
+    assert mask.shape == (70, 40)
+    assert response["coverage_fraction"] == 1.0
+
+
+def test_default_output_dir_is_api_out(tiny_settings: Settings):
+    engine = Engine(tiny_settings, "tiny")
+    response = engine.predict(_requests(tiny_settings.data_root)[5])
+    assert Path(response["mask_path"]).is_relative_to(tiny_settings.api_out.resolve())
+
+
+def test_batch_equals_single(tiny_settings: Settings, tmp_path: Path):
+    engine = Engine(tiny_settings, "tiny")
+    requests = _requests(tiny_settings.data_root)
+    singles = [engine.predict(r, output_dir=tmp_path / "single") for r in requests]
+    ticks = []
+    batch = engine.predict_batch(requests, output_dir=tmp_path / "batch", batch_size=4,
+                                 progress=lambda done, total: ticks.append((done, total)))
+    assert ticks[-1] == (len(requests), len(requests))
+    assert [b["img_path_relative"] for b in batch] == [r["img_path_relative"] for r in requests]
+    for single, batched in zip(singles, batch):
+        if single["task"] == "classification":
+            np.testing.assert_allclose(single["probability"], batched["probability"], atol=1e-5)
+        else:
+            a = np.asarray(Image.open(single["mask_path"]))
+            b = np.asarray(Image.open(batched["mask_path"]))
+            assert np.array_equal(a, b)
+
+
+def test_batch_records_bad_items_and_continues(tiny_settings: Settings, tmp_path: Path):
+    engine = Engine(tiny_settings, "tiny")
+    good = _requests(tiny_settings.data_root)[0]
+    (tiny_settings.data_root / "classification/BUSI/imgs/broken.png").write_bytes(b"not a png")
+    requests = [good, {**good, "img_path_relative": "classification/BUSI/imgs/broken.png"},
+                {**good, "dataset_name": "Appendix", "organ": None}, {"task": "classification"},
+                {**good, "img_path_relative": "../../etc/passwd"}, good]
+    results = engine.predict_batch(requests, output_dir=tmp_path, batch_size=2)
+    assert [r.get("error_type") for r in results] == [None, "ImageError", "NoModelError", "RequestError",
+                                                      "PathError", None]
+    assert "no model for this dataset" in results[2]["error"]
+    with pytest.raises(ImageError):
+        engine.predict_batch(requests[:2], output_dir=tmp_path, on_error="raise")
+
+
+def test_errors_single(tiny_settings: Settings):
+    engine = Engine(tiny_settings, "tiny")
+    good = _requests(tiny_settings.data_root)[0]
+    with pytest.raises(NoModelError, match="no model for this dataset"):
+        engine.predict({**good, "dataset_name": "Fatty-Liver", "organ": "Liver"})
+    with pytest.raises(RequestError, match="dataset_name"):
+        engine.predict({**good, "dataset_name": "Nope"})
+    with pytest.raises(PathError):
+        engine.predict({**good, "img_path_relative": "/etc/hostname"})
+    with pytest.raises(PathError) as missing:
+        engine.predict({**good, "img_path_relative": "classification/BUSI/imgs/none.png"})
+    assert missing.value.status_code == 404
+    assert engine.serves("classification", "BUSI") and engine.serves("segmentation", "ddti")
+    assert not engine.serves("classification", "Appendix") and not engine.serves("classification", "Nope")
+
+
+def test_api_in_paths_resolve_under_workspace(tiny_settings: Settings, tmp_path: Path):
+    from tests.conftest import write_image
+
+    write_image(tiny_settings.api_in / "upload_1.jpg", 80, 60)
+    engine = Engine(tiny_settings, "tiny")
+    response = engine.predict({"img_path_relative": "api_in/upload_1.jpg", "task": "segmentation",
+                               "dataset_name": "DDTI"})
+    assert response["mask_path_relative"] == "masks/upload_1.png"
+    assert response["organ"] == "Thyroid"
+
+
+def test_concurrent_predicts_are_consistent(tiny_settings: Settings, tmp_path: Path):
+    engine = Engine(tiny_settings, "tiny")
+    request = _requests(tiny_settings.data_root)[0]
+    expected = engine.predict(request)["probability"]
+    results, errors = [], []
+
+    def worker():
+        try:
+            for _ in range(5):
+                results.append(engine.predict(request)["probability"])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 20
+    for r in results:
+        np.testing.assert_allclose(r, expected, atol=1e-6)
+
+
+def test_get_engine_is_cached(tiny_settings: Settings):
+    a = get_engine(tiny_settings, "tiny")
+    b = get_engine(tiny_settings, "tiny")
+    assert a is b
+    assert a.model is Engine(tiny_settings, "tiny").model  # registry cache: loaded once
+    info = a.model_info()
+    assert info["name"] == "tiny" and info["input_size"] == 32 and ["segmentation", "DDTI"] in info["datasets"]
+
+
+def test_cuda_device_without_gpu_is_a_clear_error(tiny_settings: Settings):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    from core.errors import DeviceError
+
+    with pytest.raises(DeviceError, match="CUDA is not available"):
+        Engine(tiny_settings.with_(device="cuda"), "tiny")
