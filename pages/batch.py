@@ -66,8 +66,8 @@ def _requests_from_json() -> tuple[list[dict], Path] | None:
 
 
 def _run(requests: list[dict], data_root: Path) -> None:
-    run_settings = current if data_root.resolve() == current.data_root else current.with_(data_root=data_root.resolve())
-    engine = backend(run_settings)
+    engine = backend(current)
+    input_dir = None if data_root.resolve() == current.data_root else data_root.resolve()
     servable, skipped = [], []
     for request in requests:
         try:
@@ -89,7 +89,7 @@ def _run(requests: list[dict], data_root: Path) -> None:
     started = time.perf_counter()
     try:
         if hasattr(engine, "predict_batch"):
-            responses = engine.predict_batch(servable, output_dir=output_dir, progress=progress)
+            responses = engine.predict_batch(servable, output_dir=output_dir, progress=progress, input_dir=input_dir)
         else:  # remote API: one call per image
             responses = []
             for i, request in enumerate(servable, 1):
