@@ -1,0 +1,189 @@
+"""Command line: ``python -m core {predict,evaluate,models,train,serve} ...``.
+
+``predict`` is a drop-in for the challenge's ``model.py``: it reads the challenge JSON, writes
+``OUT/classification.json`` (``{img_path_relative: {probability, prediction}}``) and the masks at
+``OUT/<img_path_relative with imgs → masks, .png>`` at the original image size. Decoding and preprocessing
+run in a thread pool ahead of the batched forward passes. Entries for datasets the model has no weights for
+are skipped with a warning and counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+USAGE = """usage: python -m core <command> [options]
+
+commands:
+  predict    run a model over a challenge-format JSON (drop-in for the challenge's model.py)
+  evaluate   Dice / NSD / AUC / accuracy of a prediction folder against ground truth
+  models     list the models of weights/models.json
+  train      train the demo network (core.train)
+  serve      start the HTTP API (core.api)
+
+`python -m core <command> --help` for options."""
+
+
+def _predict_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core predict", description=__doc__.split("\n\n")[1])
+    p.add_argument("--input-json", required=True, type=Path, help="challenge JSON: a list of request objects")
+    p.add_argument("--input-dir", required=True, type=Path, help="root the img_path_relative entries live under")
+    p.add_argument("--output-dir", required=True, type=Path, help="where classification.json and masks go")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", help="name in weights/models.json (default: UUSIC_MODEL or the first entry)")
+    which.add_argument("--arch", choices=["uusic_omni", "demo_unet", "torchscript", "torch_export"],
+                       help="ad-hoc model: architecture of --weights")
+    p.add_argument("--weights", type=Path, help="ad-hoc model: the weights file (with --arch)")
+    p.add_argument("--input-size", type=int, default=None, help="ad-hoc model: square input size")
+    p.add_argument("--preprocessing", choices=["center_crop", "letterbox"], default=None,
+                   help="ad-hoc model: geometry (uusic_omni default center_crop)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: UUSIC_DEVICE or auto)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2, help="decode / preprocess / mask-writing threads")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def predict_main(argv: list[str]) -> int:
+    args = _predict_parser().parse_args(argv)
+    if (args.arch is None) != (args.weights is None):
+        print("error: --arch and --weights go together", file=sys.stderr)
+        return 2
+
+    import torch
+    from tqdm import tqdm
+
+    from core.engine import Engine
+    from core.errors import RequestError, UUSICError
+    from core.models import registry
+    from core.models.base import WeightsError
+    from core.schema import PredictRequest, parse_request_list
+    from core.settings import Settings
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        entries = parse_request_list(json.loads(args.input_json.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        print(f"error: input JSON {args.input_json} not found", file=sys.stderr)
+        return 2
+    except (ValueError, RequestError) as exc:
+        print(f"error: input JSON {args.input_json} is not a list of requests: {exc}", file=sys.stderr)
+        return 2
+    if not args.input_dir.is_dir():
+        print(f"error: input dir {args.input_dir} not found", file=sys.stderr)
+        return 2
+
+    base = Settings.from_env()
+    settings = base.with_(data_root=args.input_dir.resolve(), device=args.device or base.device,
+                          amp=args.amp or base.amp)
+    try:
+        spec = None
+        if args.arch:
+            spec = registry.adhoc_spec(args.arch, args.weights, input_size=args.input_size,
+                                       preprocessing=args.preprocessing)
+        engine = Engine(settings, args.model, spec=spec)
+    except (UUSICError, WeightsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    info = engine.model_info()
+    print(f"model {info['name']} ({info['arch']}, sha256 {info['sha256'][:12]}…) on {info['device_name']}",
+          file=sys.stderr)
+
+    requests, invalid, unserved = [], [], Counter()
+    for number, entry in enumerate(entries):
+        try:
+            request = PredictRequest.parse(entry)
+        except RequestError as exc:
+            invalid.append(f"entry {number}: {exc}")
+            continue
+        if not engine.serves(request.task, request.dataset_name):
+            unserved[f"{request.task}/{request.dataset_name}"] += 1
+            continue
+        requests.append(request)
+    for line in invalid[:10]:
+        print(f"warning: skipped invalid {line}", file=sys.stderr)
+    for key, count in sorted(unserved.items()):
+        print(f"warning: skipped {count} image(s) of {key}: no model for this dataset", file=sys.stderr)
+
+    output_dir = args.output_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with tqdm(total=len(requests), desc="Predicting", unit="img", disable=args.no_progress,
+              file=sys.stderr) as bar:
+        results = engine.predict_batch(requests, output_dir=output_dir, batch_size=args.batch_size,
+                                       progress=bar, input_dir=args.input_dir, workers=args.workers)
+    elapsed = time.perf_counter() - start
+
+    classification, failed = {}, []
+    for result in results:
+        if "error" in result:
+            failed.append(result)
+        elif result["task"] == "classification":
+            rel = result["img_path_relative"]
+            classification[rel] = result[rel]
+    (output_dir / "classification.json").write_text(json.dumps(classification, indent=4), encoding="utf-8")
+    for result in failed[:10]:
+        print(f"warning: failed {result['img_path_relative']}: {result['error']}", file=sys.stderr)
+    done = len(results) - len(failed)
+    rate = done / elapsed if elapsed > 0 else float("nan")
+    print(f"done: {done} predicted ({rate:.2f} img/s), {len(failed)} failed, {sum(unserved.values())} skipped "
+          f"(no model), {len(invalid)} invalid; output in {output_dir}")
+    return 1 if failed else 0
+
+
+def models_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core models", description="list weights/models.json")
+    parser.parse_args(argv)
+    from core.models import registry
+    from core.models.base import WeightsError
+    from core.settings import Settings
+
+    settings = Settings.from_env()
+    try:
+        specs = registry.list_models(settings)
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for spec in specs:
+        served = "all datasets" if spec.datasets is None else f"{len(spec.datasets)} datasets"
+        print(f"{spec.name:<24}{spec.arch:<14}{spec.input_size:>5}  {spec.preprocessing:<12}{served:<16}{spec.file}")
+    return 0
+
+
+def _delegate(module: str, argv: list[str]) -> int:
+    try:
+        target = importlib.import_module(module)
+    except ImportError as exc:
+        print(f"error: {module} is not available ({exc})", file=sys.stderr)
+        return 2
+    return int(target.main(argv) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "predict":
+        return predict_main(rest)
+    if command == "evaluate":
+        from core.evaluate import main as evaluate_main
+
+        return evaluate_main(rest)
+    if command == "models":
+        return models_main(rest)
+    if command == "train":
+        return _delegate("core.train", rest)
+    if command == "serve":
+        return _delegate("core.api", rest)
+    print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
