@@ -133,11 +133,27 @@ def edit_image(image: dict) -> tuple[Image.Image, list[dict]]:
     return edited, edits
 
 
+def _data_url(picture: Image.Image, max_side: int = 1024) -> str:
+    import base64
+
+    shown = picture.convert("RGB")
+    if max(shown.size) > max_side:  # display copy only; the analysed image keeps every pixel
+        shown.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    shown.save(buffer, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def zoomable(picture: Image.Image, key: str) -> None:
-    figure = go.Figure(go.Image(z=np.asarray(picture.convert("RGB"))))
-    figure.update_layout(margin=dict(l=0, r=0, t=0, b=0), dragmode="pan", height=420)
-    figure.update_xaxes(visible=False)
-    figure.update_yaxes(visible=False)
+    """The edited image in a plotly figure: scroll to zoom, drag to pan (axes in original pixels)."""
+    width, height = picture.size
+    figure = go.Figure()
+    figure.add_layout_image(source=_data_url(picture), x=0, y=0, sizex=width, sizey=height, xref="x", yref="y",
+                            sizing="stretch", layer="below")
+    figure.update_xaxes(range=[0, width], visible=False, constrain="domain")
+    figure.update_yaxes(range=[height, 0], visible=False, scaleanchor="x")
+    figure.update_layout(margin=dict(l=0, r=0, t=0, b=0), dragmode="pan", height=420, plot_bgcolor="black")
+    st.caption(tr("zoom_help"))
     st.plotly_chart(figure, config=PLOT_CONFIG, key=key, width="stretch")
 
 
