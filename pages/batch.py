@@ -134,55 +134,23 @@ def _zip(batch: dict) -> bytes:
 
 
 def _metrics(batch: dict) -> pd.DataFrame | None:
-    """Per-dataset metrics against the requests' ground truth (labels / reference masks), when present."""
-    import numpy as np
-    from PIL import Image
+    """Per-dataset metrics (core.evaluate) for the requests that carry ground truth (labels / reference masks)."""
+    from core.evaluate import evaluate
 
-    data_root = Path(batch["data_root"])
-    rows: dict[str, dict] = {}
-    for request, response in zip(batch["requests"], batch["responses"]):
-        key = f"{request.get('task')}/{request.get('dataset_name')}"
-        if request.get("task") == "classification" and request.get("class_label_index") is not None \
-                and "prediction" in response:
-            row = rows.setdefault(key, {"dataset": key, "n": 0, "correct": 0, "labels": [], "scores": []})
-            row["n"] += 1
-            row["correct"] += int(int(response["prediction"]) == int(request["class_label_index"]))
-            row["labels"].append(int(request["class_label_index"]))
-            row["scores"].append(response.get("probability"))
-        elif request.get("task") == "segmentation" and request.get("mask_path_relative") and response.get("mask_path"):
-            reference_path = data_root / request["mask_path_relative"]
-            if not reference_path.is_file() or not Path(response["mask_path"]).is_file():
-                continue
-            reference = np.asarray(Image.open(reference_path).convert("L")) > 127
-            predicted = np.asarray(Image.open(response["mask_path"]).convert("L")) > 127
-            if reference.shape != predicted.shape:
-                continue
-            total = reference.sum() + predicted.sum()
-            dice = 1.0 if total == 0 else 2 * float((reference & predicted).sum()) / float(total)
-            row = rows.setdefault(key, {"dataset": key, "n": 0, "dice": []})
-            row["n"] += 1
-            row["dice"].append(dice)
-    if not rows:
+    with_truth = [r for r in batch["requests"]
+                  if r.get("class_label_index") is not None or r.get("mask_path_relative")]
+    if not with_truth:
         return None
-    table = []
-    for row in rows.values():
-        entry = {"dataset": row["dataset"], "n": row["n"]}
-        if "dice" in row:
-            entry["Dice (mean)"] = round(float(np.mean(row["dice"])), 4)
-        else:
-            entry["accuracy"] = round(row["correct"] / row["n"], 4)
-            labels = row["labels"]
-            if len(set(labels)) > 1 and all(s is not None for s in row["scores"]):
-                try:
-                    from sklearn.metrics import roc_auc_score
-
-                    scores = np.asarray(row["scores"], dtype=float)
-                    entry["AUC"] = round(float(roc_auc_score(labels, scores[:, 1] if scores.shape[1] == 2 else scores,
-                                                             multi_class="ovr")), 4)
-                except ValueError:
-                    pass
-        table.append(entry)
-    return pd.DataFrame(table)
+    output_dir = Path(batch["output_dir"])
+    (output_dir / "classification.json").write_text(json.dumps(_classification_json(batch["responses"])))
+    report = evaluate(with_truth, batch["data_root"], output_dir)
+    rows = []
+    for task in ("classification", "segmentation"):
+        for name, values in report[task].items():
+            row = {"dataset": f"{task}/{name}"}
+            row.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in values.items()})
+            rows.append(row)
+    return pd.DataFrame(rows) if rows else None
 
 
 source = st.radio(tr("batch_source"), ["uploads", "json"], key="b_source", horizontal=True,
