@@ -42,6 +42,9 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=int, default=None, help="ad-hoc model: square input size")
     p.add_argument("--preprocessing", choices=["center_crop", "letterbox"], default=None,
                    help="ad-hoc model: geometry (uusic_omni default center_crop)")
+    p.add_argument("--mask-resize", choices=["exact", "baseline"], default="exact",
+                   help="exact: invert the centre crop onto the original pixels (default); baseline: stretch the "
+                        "square mask over the whole image like the challenge's model.py (parity checks only)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: UUSIC_DEVICE or auto)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2, help="decode / preprocess / mask-writing threads")
@@ -89,7 +92,7 @@ def predict_main(argv: list[str]) -> int:
         if args.arch:
             spec = registry.adhoc_spec(args.arch, args.weights, input_size=args.input_size,
                                        preprocessing=args.preprocessing)
-        engine = Engine(settings, args.model, spec=spec)
+        engine = Engine(settings, args.model, spec=spec, mask_inverse=args.mask_resize)
     except (UUSICError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

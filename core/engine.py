@@ -38,6 +38,18 @@ from core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 NO_MODEL_MESSAGE = "no model for this dataset"
+# "exact": the crop's true inverse (masks land on the original pixels); "baseline": the challenge model.py's
+# nearest resize of the S x S mask over the whole image (stretches centre crops; kept for parity checks only)
+MASK_INVERSES = ("exact", "baseline")
+
+
+def baseline_resize_nearest(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)`` without OpenCV (same indices)."""
+    rows, cols = mask.shape
+    inv_x, inv_y = 1.0 / (width / cols), 1.0 / (height / rows)
+    cx = np.minimum(np.floor(np.arange(width) * inv_x).astype(np.int64), cols - 1)
+    cy = np.minimum(np.floor(np.arange(height) * inv_y).astype(np.int64), rows - 1)
+    return mask[np.ix_(cy, cx)]
 
 
 @dataclass
@@ -84,7 +96,10 @@ class Engine:
     """Serves one model (a manifest entry or an ad-hoc spec) on one device."""
 
     def __init__(self, settings: Settings | None = None, model: str | None = None, *, spec: ModelSpec | None = None,
-                 device: str | None = None):
+                 device: str | None = None, mask_inverse: str = "exact"):
+        if mask_inverse not in MASK_INVERSES:
+            raise ValueError(f"mask_inverse must be one of {MASK_INVERSES}, got {mask_inverse!r}")
+        self.mask_inverse = mask_inverse
         self.settings = settings or get_settings()
         self.spec = spec or registry.find_spec(self.settings, model)
         self.device = registry.resolve_device(device or self.settings.device)
@@ -132,6 +147,7 @@ class Engine:
             "amp": self.amp,
             "input_size": self.spec.input_size,
             "preprocessing": self.spec.preprocessing,
+            "mask_inverse": self.mask_inverse,
             "datasets": [list(k) for k in self.served_datasets()],
             "description": self.spec.description,
         }
@@ -246,6 +262,8 @@ class Engine:
         req, transform = prepared.request, prepared.transform
         if raw.seg_foreground is not None and isinstance(transform, Letterbox):
             mask = transform.invert_probability(raw.seg_foreground) > 0.5
+        elif self.mask_inverse == "baseline":
+            mask = baseline_resize_nearest(raw.seg_label, prepared.image.width, prepared.image.height) > 0
         else:
             mask = transform.invert_mask(raw.seg_label, background=0) > 0
         relative = mask_relative_path(req.img_path_relative)
@@ -253,7 +271,7 @@ class Engine:
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(target, format="PNG", compress_level=1)
         spacing = req.pixel_spacing_mm or prepared.image.pixel_spacing_mm
-        coverage = transform.coverage()
+        coverage = transform.coverage() if self.mask_inverse == "exact" else np.ones(1)
         return {
             "mask_name": target.name,
             "mask_path": str(target),

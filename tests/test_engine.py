@@ -188,3 +188,18 @@ def test_cuda_device_without_gpu_is_a_clear_error(tiny_settings: Settings):
 
     with pytest.raises(DeviceError, match="CUDA is not available"):
         Engine(tiny_settings.with_(device="cuda"), "tiny")
+
+
+def test_baseline_mask_resize_option(tiny_settings: Settings, tmp_path: Path):
+    from core.engine import baseline_resize_nearest
+
+    small = np.array([[1, 0], [0, 1]], np.uint8)
+    assert np.array_equal(baseline_resize_nearest(small, 4, 4), np.kron(small, np.ones((2, 2), np.uint8)))
+    assert np.array_equal(baseline_resize_nearest(small, 2, 2), small)
+    request = _requests(tiny_settings.data_root)[3]  # 64 x 48: the baseline stretches the crop sideways
+    exact = Engine(tiny_settings, "tiny").predict(request, output_dir=tmp_path / "exact")
+    stretched = Engine(tiny_settings, "tiny", mask_inverse="baseline").predict(request, output_dir=tmp_path / "b")
+    a, b = (np.asarray(Image.open(r["mask_path"])) for r in (exact, stretched))
+    assert a.shape == b.shape == (48, 64) and not np.array_equal(a, b)
+    with pytest.raises(ValueError):
+        Engine(tiny_settings, "tiny", mask_inverse="bilinear")
