@@ -203,3 +203,16 @@ def test_baseline_mask_resize_option(tiny_settings: Settings, tmp_path: Path):
     assert a.shape == b.shape == (48, 64) and not np.array_equal(a, b)
     with pytest.raises(ValueError):
         Engine(tiny_settings, "tiny", mask_inverse="bilinear")
+
+
+def test_resources_degrade_cleanly_on_cpu():
+    from core import resources
+
+    with resources.measure_gpu(torch.device("cpu")) as gpu:
+        pass
+    assert gpu.used_mb is None and gpu.reserved_mb is None
+    snapshot = resources.system_snapshot()
+    assert 0 <= snapshot["cpu_percent"] <= 100 * (snapshot["cpu_count"] or 1)
+    assert snapshot["ram_total_mb"] > snapshot["ram_used_mb"] > 0 and snapshot["process_rss_mb"] > 0
+    if not torch.cuda.is_available():
+        assert snapshot["gpu"] is None and resources.device_label("cpu") == "CPU"
