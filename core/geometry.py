@@ -25,7 +25,7 @@ def _zoomed_length(length: int, factor: float) -> int:
 
 
 def _nearest_index(n_out: int, n_in: int) -> np.ndarray:
-    """For each output sample, the input index scipy's order-0 zoom reads (corner-aligned grid)."""
+    """For each of ``n_out`` samples, the nearest of ``n_in`` inputs on scipy's corner-aligned grid."""
     if n_out == 1 or n_in == 1:
         return np.zeros(n_out, dtype=np.int64)
     coords = np.arange(n_out, dtype=np.float64) * ((n_in - 1) / (n_out - 1))
@@ -63,12 +63,15 @@ class CenterCrop:
         return zoomed[r0 : r0 + self.size, c0 : c0 + self.size, :].astype(np.float32)
 
     def apply_mask(self, mask: np.ndarray) -> np.ndarray:
-        """Original ``H x W`` label map → ``size x size`` (order-0, as the baseline does for labels)."""
-        rows, cols = self.zoomed_shape
+        """Original ``H x W`` label map → ``size x size``, exactly as the baseline (scipy order-0 zoom, crop).
+
+        scipy itself is called: at some sizes its last zoomed row/column falls a hair outside the
+        input and gets ``cval`` 0 instead of the nearest label; the baseline trains and scores on that.
+        """
+        source = mask.astype(np.uint8) if mask.dtype == bool else mask
+        zoomed = ndimage.zoom(source, (self.factor, self.factor), order=0)
         r0, c0 = self.offset
-        ri = _nearest_index(rows, self.height)[r0 : r0 + self.size]
-        ci = _nearest_index(cols, self.width)[c0 : c0 + self.size]
-        return mask[np.ix_(ri, ci)]
+        return zoomed[r0 : r0 + self.size, c0 : c0 + self.size].astype(mask.dtype, copy=False)
 
     def invert_mask(self, mask: np.ndarray, background: int = 0) -> np.ndarray:
         """``size x size`` prediction → original ``H x W``; pixels outside the crop get ``background``."""
