@@ -1,0 +1,231 @@
+"""Images to analyse: random samples from a UUSIC-layout data root, and uploads stored in ``api_in/``.
+
+A data root has ``ground_truth.json`` (a list of request objects) or, without it, the layout
+``<task>/<dataset>/imgs/*`` (segmentation masks in ``masks/``) or ``classification/<dataset>/<class index>/*``.
+Uploads are re-encoded (no EXIF / metadata survives) under a safe unique name and never overwrite a file.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import random as _random
+import re
+import threading
+import unicodedata
+import uuid
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image
+
+from core import catalog
+from core.errors import ImageError, UUSICError
+from core.imaging import load_image
+from core.settings import Settings
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".gif")
+_GT_CACHE: dict[str, tuple[float, list]] = {}
+_GT_LOCK = threading.Lock()
+
+
+class UploadError(UUSICError):
+    """The upload cannot be stored: too large (413) or no space left on the disk (507)."""
+
+    status_code = 400
+
+
+def _key(task: str, dataset_name: str) -> tuple[str, str]:
+    try:
+        return catalog.find_dataset(task, dataset_name).key
+    except catalog.UnknownDataset:
+        return (task, dataset_name)
+
+
+def _ground_truth(data_root: Path) -> list | None:
+    """The parsed ``ground_truth.json`` (cached by modification time), or ``None`` when there is none."""
+    path = data_root / "ground_truth.json"
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return None
+    with _GT_LOCK:
+        cached = _GT_CACHE.get(str(path))
+        if cached and cached[0] == mtime:
+            return cached[1]
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(entries, dict):
+        entries = next((v for k, v in entries.items() if k in ("data", "images", "items") and isinstance(v, list)),
+                       [])
+    entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+    with _GT_LOCK:
+        _GT_CACHE[str(path)] = (mtime, entries)
+    return entries
+
+
+def _scan(data_root: Path, task: str, dataset_name: str) -> list[dict]:
+    """Request skeletons from the folder layout when there is no ground_truth.json."""
+    base = data_root / task / dataset_name
+    if not base.is_dir():
+        return []
+    found: list[dict] = []
+    folders = [(base / "imgs", None)]
+    if task == "classification":
+        folders += [(p, int(p.name)) for p in sorted(base.iterdir()) if p.is_dir() and p.name.isdigit()]
+    for folder, label in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            rel = path.relative_to(data_root).as_posix()
+            entry = {"img_name": path.name, "img_path_relative": rel, "task": task, "dataset_name": dataset_name,
+                     "img_format": path.suffix.lower().lstrip(".")}
+            if label is not None:
+                entry["class_label_index"] = label
+            if task == "segmentation":
+                mask = base / "masks" / (path.stem + ".png")
+                if mask.is_file():
+                    entry["mask_name"] = mask.name
+                    entry["mask_path_relative"] = mask.relative_to(data_root).as_posix()
+            found.append(entry)
+    return found
+
+
+def list_samples(data_root: Path | str, task: str, dataset_name: str) -> list[dict]:
+    """The data root's entries for ``(task, dataset_name)`` (names match as in the catalog)."""
+    root = Path(data_root)
+    key = _key(task, dataset_name)
+    entries = _ground_truth(root)
+    if entries is None:
+        return _scan(root, key[0], key[1])
+    return [dict(e) for e in entries if _key(str(e.get("task", "")), str(e.get("dataset_name", ""))) == key]
+
+
+def _skeleton(root: Path, entry: dict, task: str, dataset_name: str) -> dict:
+    """A full request object for ``entry``: catalog names, organ, size and dimensions filled in."""
+    sample = dict(entry)
+    try:
+        dataset = catalog.find_dataset(task, dataset_name)
+        sample["task"], sample["dataset_name"], sample["organ"] = dataset.task, dataset.name, dataset.organ
+        if dataset.task == "classification" and sample.get("class_label_index") is not None \
+                and not sample.get("class_label_name"):
+            sample["class_label_name"] = dataset.class_name(int(sample["class_label_index"]), "en")
+        if dataset.task == "segmentation":
+            sample.setdefault("seg_target_info", dataset.seg_target)
+    except (catalog.UnknownDataset, ValueError, IndexError):
+        pass
+    path = root / sample["img_path_relative"]
+    sample.setdefault("img_name", path.name)
+    if not sample.get("img_size_bytes"):
+        sample["img_size_bytes"] = path.stat().st_size
+    if not sample.get("img_dimensions"):
+        try:
+            with Image.open(path) as image:
+                sample["img_dimensions"] = list(image.size)
+        except Exception:  # DICOM or unreadable: the engine reports it when analysed
+            sample["img_dimensions"] = None
+    sample.setdefault("img_format", path.suffix.lower().lstrip("."))
+    for name in ("data_partition_group", "mask_name", "mask_path_relative", "seg_target_info", "class_label_index",
+                 "class_label_name"):
+        sample.setdefault(name, None)
+    return sample
+
+
+def random_sample(data_root: Path | str, task: str, dataset_name: str, rng=None) -> dict | None:
+    """A request skeleton (with its ground-truth fields) for a random existing image; ``None`` when there is none."""
+    root = Path(data_root)
+    entries = list_samples(root, task, dataset_name)
+    rng = rng or _random.Random()
+    rng.shuffle(entries)
+    for entry in entries[:50]:
+        rel = entry.get("img_path_relative")
+        if not isinstance(rel, str) or ".." in PurePosixPath(rel).parts or Path(rel).is_absolute():
+            continue
+        if (root / rel).is_file():
+            return _skeleton(root, entry, task, dataset_name)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ uploads
+
+
+def safe_stem(filename: str, limit: int = 40) -> str:
+    """A file-system and URL friendly stem: letters (any script), digits, ``-`` and ``_``."""
+    stem = PurePosixPath(str(filename).replace("\\", "/")).name
+    stem = unicodedata.normalize("NFC", stem.rsplit(".", 1)[0] if "." in stem.lstrip(".") else stem)
+    stem = re.sub(r"[^\w-]+", "_", stem, flags=re.UNICODE).strip("._-")
+    return stem[:limit].rstrip("._-") or "image"
+
+
+def _encode(rgb: np.ndarray, fmt: str) -> tuple[bytes, str]:
+    """Re-encode pixels only (no metadata): png stays png, jpeg stays jpeg, anything else becomes png."""
+    gray = bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
+    image = Image.fromarray(rgb[..., 0] if gray else rgb, mode="L" if gray else "RGB")
+    buffer = io.BytesIO()
+    if fmt == "jpeg":
+        image.save(buffer, format="JPEG", quality=95)
+        return buffer.getvalue(), "jpg"
+    image.save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue(), "png"
+
+
+def save_upload(settings: Settings, data: bytes, filename: str) -> dict:
+    """Store an uploaded image in ``api_in/`` and return its request skeleton.
+
+    Raises :class:`ImageError` (not an image, hostile) or :class:`UploadError` (too large: 413; disk full: 507).
+    """
+    limit = int(settings.max_upload_mb) * 1024 * 1024
+    if len(data) > limit:
+        raise UploadError(f"upload is {len(data) / 1048576:.1f} MB; the limit is {settings.max_upload_mb} MB",
+                          status_code=413, field="file")
+    loaded = load_image(bytes(data), settings=settings)
+    encoded, ext = _encode(loaded.rgb, loaded.format)
+    folder = Path(settings.api_in)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = safe_stem(filename)
+    digest = hashlib.sha256(encoded).hexdigest()
+    for _ in range(20):
+        name = f"{stem}-{digest[:8]}{uuid.uuid4().hex[:6]}.{ext}"
+        target = folder / name
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _storage_error(exc) from None
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(encoded)
+        except OSError as exc:
+            target.unlink(missing_ok=True)
+            raise _storage_error(exc) from None
+        break
+    else:  # pragma: no cover - 20 uuid collisions
+        raise UploadError("could not find a free file name in api_in/", status_code=500)
+    skeleton = {
+        "img_name": name,
+        "img_path_relative": f"api_in/{name}",
+        "img_size_bytes": len(encoded),
+        "img_dimensions": [loaded.width, loaded.height],
+        "img_format": ext,
+    }
+    if loaded.pixel_spacing_mm:
+        skeleton["pixel_spacing_mm"] = loaded.pixel_spacing_mm
+    return skeleton
+
+
+def _storage_error(exc: OSError) -> UploadError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UploadError("the server's disk is full: the upload could not be stored (free space in the "
+                           "workspace and try again)", status_code=507)
+    return UploadError(f"the upload could not be stored: {exc.strerror or exc}", status_code=500)
+
+
+__all__ = ["list_samples", "random_sample", "save_upload", "safe_stem", "UploadError", "ImageError"]
