@@ -7,7 +7,7 @@ import streamlit as st
 st.set_page_config(page_title="UUSIC Viewer", page_icon="🩻", layout="wide")
 
 from core import i18n  # noqa: E402
-from pages.common import is_remote, settings, tr  # noqa: E402
+from pages.common import is_remote, mark_entrypoint, settings, tr  # noqa: E402
 
 if "lang" not in st.session_state:
     st.session_state["lang"] = i18n.normalise_lang(settings().language)
@@ -33,4 +33,5 @@ with st.sidebar:
     current = settings()
     st.caption(tr("backend_remote", url=current.api_url) if is_remote(current) else tr("backend_local"))
 
+mark_entrypoint()
 page.run()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import streamlit as st
@@ -97,8 +98,37 @@ def banner() -> None:
     st.warning(tr("demo_banner"), icon="⚠️")
 
 
+_ENTRY = threading.local()
+
+
+def _in_apptest() -> bool:
+    """AppTest runs on a mock runtime and re-enables the pages-folder mode on every run; leave it be there."""
+    from streamlit.runtime import Runtime
+
+    return "Mock" in type(getattr(Runtime, "_instance", None)).__name__
+
+
+def mark_entrypoint() -> None:
+    """Called by ``Home.py`` on every run, before it runs the selected page."""
+    _ENTRY.ran = True
+
+
+def _leave_pages_directory_mode() -> None:
+    """A fresh server opened on ``/history`` runs ``pages/history.py`` alone (Streamlit's old pages-folder mode,
+    chosen because the folder is called ``pages``) until ``Home.py`` has called ``st.navigation`` once. Then switch
+    to the navigation of ``Home.py`` and rerun, so the sidebar, language and banner are always there."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    came_through_home = getattr(_ENTRY, "ran", False)
+    _ENTRY.ran = False
+    if not came_through_home and not _in_apptest():
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def page_header(title_key: str) -> None:
     """Every page starts with its title and the demo-weights banner."""
+    _leave_pages_directory_mode()
     st.title(f"{tr('app_title')} · {tr(title_key)}")
     banner()
 

@@ -58,7 +58,7 @@ def _saved_inputs(at: AppTest) -> list[Path]:
 def test_banner_title_and_language_switch(app):
     assert any(i18n.t("demo_banner", "zh") in w.value for w in app.warning)
     assert i18n.t("nav_analyze", "zh") in app.title[0].value
-    app.session_state["lang"] = "en"
+    app.session_state["lang"] = "en"  # the sidebar switch's key
     app.run()
     _ok(app)
     assert i18n.t("nav_analyze", "en") in app.title[0].value

@@ -1,0 +1,263 @@
+"""Real-browser tests: Playwright drives Debian's /usr/bin/chromium against ``streamlit run Home.py``.
+
+The app runs on a free loopback port with its own workspace. It serves the shipped demo weights when
+``weights/models.json`` exists, otherwise a tiny TorchScript network (same contract) built here. Every wait is
+bounded; the module takes well under three minutes. Screenshots of the main screens go to ``docs/screenshots/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core import i18n
+from core.settings import PROJECT_ROOT
+
+sys.path.insert(0, str(Path(__file__).parent))
+from app_server import CHROMIUM, dashboard, launch_browser, wait_idle  # noqa: E402
+
+pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.timeout(240)]
+playwright_api = pytest.importorskip("playwright.sync_api")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
+
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "uusic-data"
+SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
+WAIT = 30_000  # ms, the bound of every single wait
+ZH = "zh"
+
+
+def _t(key: str, **values) -> str:
+    return i18n.t(key, ZH, **values)
+
+
+def _has_images(root: Path, task: str, dataset: str) -> bool:
+    return any((root / task / dataset / "imgs").glob("*"))
+
+
+def _data_root() -> Path:
+    bundled = PROJECT_ROOT / "samples"
+    for root in (bundled, SHARED_DATA):
+        if _has_images(root, "segmentation", "DDTI") and _has_images(root, "classification", "BUSI"):
+            return root
+    pytest.skip("no data root with DDTI segmentation and BUSI classification images")
+
+
+def _tiny_weights(folder: Path) -> Path:
+    """A manifest serving a tiny TorchScript network (used only when no demo weights are shipped)."""
+    import hashlib
+
+    import torch
+
+    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+    from conftest import TinyContractNet
+
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.jit.script(TinyContractNet().eval()).save(str(folder / "tiny.ts"))
+    digest = hashlib.sha256((folder / "tiny.ts").read_bytes()).hexdigest()
+    manifest = [{"name": "tiny", "arch": "torchscript", "file": "tiny.ts", "sha256": digest, "input_size": 32,
+                 "preprocessing": "center_crop",
+                 "datasets": [["classification", "BUSI"], ["segmentation", "DDTI"]]}]
+    (folder / "models.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("browser_workspace")
+
+
+@pytest.fixture(scope="module")
+def app_url(workspace, tmp_path_factory):
+    env = {"UUSIC_WORKSPACE": str(workspace), "UUSIC_DATA_ROOT": str(_data_root()), "UUSIC_DEVICE": "cpu",
+           "UUSIC_LANGUAGE": "zh"}
+    if not (PROJECT_ROOT / "weights" / "models.json").is_file():
+        env["UUSIC_WEIGHTS_DIR"] = str(_tiny_weights(tmp_path_factory.mktemp("tiny_weights")))
+    log = workspace.parent / "streamlit.log"
+    with dashboard(env, log_path=log) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as playwright:
+        chromium = launch_browser(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture()
+def page(browser, app_url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
+    context.set_default_timeout(WAIT)
+    tab = context.new_page()
+    tab.goto(app_url)  # the default page (Analyze) lives at the root URL
+    wait_idle(tab)
+    yield tab
+    if os.environ.get("UUSIC_BROWSER_DEBUG"):
+        tab.screenshot(path=f"/tmp/browser_{time.time():.0f}.png")
+    context.close()
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def choose(page, task: str, group: str, dataset: str | None = None, lang: str = ZH) -> None:
+    page.get_by_text(i18n.task_name(task, lang), exact=True).first.click()
+    wait_idle(page)
+    page.locator('[data-testid="stSelectbox"]').filter(has_text=i18n.t("organ", lang)).click()
+    page.get_by_role("option", name=i18n.group_name(group, lang), exact=True).click()
+    wait_idle(page)
+    if dataset:
+        box = page.locator('[data-testid="stSelectbox"]').filter(has_text=i18n.t("dataset", lang))
+        if dataset not in box.inner_text():
+            box.click()
+            page.get_by_role("option", name=dataset, exact=True).click()
+            wait_idle(page)
+
+
+def random_sample(page) -> None:
+    page.get_by_role("button", name=_t("random_button")).click()
+    page.get_by_text(_t("run"), exact=True).wait_for()
+    wait_idle(page)
+
+
+def run_analysis(page) -> float:
+    started = time.perf_counter()
+    page.get_by_role("button", name=_t("run")).click()
+    page.get_by_text(_t("resources"), exact=True).wait_for()
+    elapsed = time.perf_counter() - started
+    wait_idle(page)
+    return elapsed
+
+
+def newest_input(workspace: Path) -> Path:
+    files = sorted((workspace / "api_in").glob("*"), key=lambda p: p.stat().st_mtime_ns)
+    assert files, "nothing saved in api_in/"
+    return files[-1]
+
+
+def shown_size(page) -> tuple[int, int]:
+    """The edited size the page reports (``编辑后尺寸：W×H``)."""
+    text = page.get_by_text(_t("edited_size", w=0, h=0).split("：")[0]).inner_text()
+    width, height = text.split("：")[1].split("×")
+    return int(width), int(height)
+
+
+def slider_step(page, label: str, presses: int) -> None:
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text=label).get_by_role("slider")
+    slider.focus()
+    for _ in range(presses):
+        slider.press("ArrowRight")
+    wait_idle(page)
+
+
+# ------------------------------------------------------------------------------------------------ tests
+def test_segmentation_sample_overlay_and_measurements(page, workspace):
+    assert page.get_by_text(_t("demo_banner")).is_visible()
+    choose(page, "segmentation", "thyroid", "DDTI")
+    random_sample(page)
+    run_analysis(page)
+    assert page.get_by_text(_t("measurements"), exact=True).is_visible()
+    assert page.get_by_text(_t("overlay")).first.is_visible()
+    table = page.locator('[data-testid="stTable"]').first.inner_text()
+    assert i18n.measure_label("area", ZH) in table and "px" in table
+    assert page.locator('[data-testid="stImage"]').count() >= 2
+    assert page.get_by_role("button", name=_t("download_mask")).is_visible()
+    page.get_by_text(_t("mode_contour"), exact=True).click()
+    wait_idle(page)
+    saved = newest_input(workspace)
+    assert saved.suffix == ".png" and Image.open(saved).size == shown_size(page)
+
+
+def test_classification_bar_chart(page):
+    choose(page, "classification", "breast", "BUSI")
+    random_sample(page)
+    run_analysis(page)
+    chart = page.locator('[data-testid="stPlotlyChart"]').last
+    chart.locator(".bars path").first.wait_for()
+    assert chart.locator(".bars path").count() == 2
+    names = i18n.class_names("classification", "BUSI", ZH)
+    assert any(name in chart.inner_text() for name in names)
+    verdict = page.get_by_text(_t("gt_correct")).or_(page.get_by_text(_t("gt_wrong")))
+    assert verdict.first.is_visible()
+
+
+def test_upload_a_file(page, workspace, tmp_path):
+    choose(page, "classification", "breast", "BUSI")
+    page.get_by_text(_t("source_upload"), exact=True).click()
+    wait_idle(page)
+    upload = tmp_path / "upload scan.png"
+    Image.new("RGB", (123, 77), (90, 90, 90)).save(upload)
+    page.locator('input[type="file"]').set_input_files(str(upload))
+    page.get_by_text("upload scan.png").first.wait_for()
+    wait_idle(page)
+    run_analysis(page)
+    assert Image.open(newest_input(workspace)).size == (123, 77)
+
+
+def test_rotate_and_crop_change_what_is_analysed(page, workspace):
+    choose(page, "segmentation", "thyroid", "DDTI")
+    random_sample(page)
+    width, height = shown_size(page)
+    slider_step(page, _t("rotate90"), 1)  # 90°
+    assert shown_size(page) == (height, width)
+    run_analysis(page)
+    assert Image.open(newest_input(workspace)).size == (height, width)
+    page.get_by_text(_t("crop"), exact=True).click()
+    page.locator("iframe").first.wait_for()
+    page.wait_for_timeout(1000)  # the cropper reports its first box once loaded
+    wait_idle(page)
+    run_analysis(page)
+    cropped = shown_size(page)
+    assert cropped[0] < height and cropped[1] < width
+    assert Image.open(newest_input(workspace)).size == cropped
+
+
+def test_history_csv_export(page, app_url, workspace):
+    from core.history import HistoryStore
+
+    page.goto(f"{app_url}/history")
+    wait_idle(page)
+    assert page.get_by_text(_t("demo_banner")).is_visible()
+    stored = HistoryStore(workspace / "history.sqlite3").list()
+    assert stored, "earlier tests recorded no runs"
+    with page.expect_download() as download:
+        page.get_by_role("button", name=_t("download_csv")).click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+    assert len(rows) == len(stored)
+    assert {r.get("task") for r in rows} <= {"classification", "segmentation"}
+    assert {"classification", "segmentation"} <= {r.get("task") for r in rows}
+
+
+def test_screenshots_of_main_screens(page, app_url):
+    """English UI (the test machine's chromium has no CJK font) for the docs."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.set_viewport_size({"width": 1400, "height": 2400})
+    page.get_by_text("English", exact=True).click()
+    wait_idle(page)
+    assert page.get_by_text(i18n.t("demo_banner", "en")).is_visible()
+    choose(page, "segmentation", "thyroid", "DDTI", lang="en")
+    page.get_by_role("button", name=i18n.t("random_button", "en")).click()
+    page.get_by_role("button", name=i18n.t("run", "en")).click()
+    page.get_by_text(i18n.t("resources", "en"), exact=True).wait_for()
+    wait_idle(page)
+    page.screenshot(path=str(SCREENSHOTS / "analyze_segmentation.png"))
+    choose(page, "classification", "breast", "BUSI", lang="en")
+    page.get_by_role("button", name=i18n.t("random_button", "en")).click()
+    page.get_by_role("button", name=i18n.t("run", "en")).click()
+    page.get_by_text(i18n.t("resources", "en"), exact=True).wait_for()
+    wait_idle(page)
+    page.screenshot(path=str(SCREENSHOTS / "analyze_classification.png"))
+    for name, key in (("history", "nav_history"), ("batch", "nav_batch"), ("models", "nav_models")):
+        # in-app navigation keeps the session (and its language); a reload would start a new one
+        page.locator('[data-testid="stSidebarNav"] a').filter(has_text=i18n.t(key, "en")).click()
+        page.get_by_text(i18n.t("demo_banner", "en")).wait_for()
+        wait_idle(page)
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
