@@ -69,6 +69,17 @@ class ApiClient:
     def upload(self, data: bytes, filename: str) -> dict:
         return self._call("POST", "/v1/upload", files={"file": (filename, data)})
 
+    def mask_bytes(self, response: dict) -> bytes:
+        """The PNG of a segmentation response's mask, fetched from the API (``mask_url``: ``GET /v1/masks/...``)."""
+        url = response.get("mask_url") or f"/v1/masks/{response['mask_path_relative']}"
+        try:
+            answer = self._http.get(url)
+        except httpx.HTTPError as error:
+            raise ApiError(f"cannot reach the inference API at {self.base_url}: {error}") from error
+        if answer.status_code >= 400:
+            raise ApiError(_detail(answer), answer.status_code)
+        return answer.content
+
     def models(self) -> dict | list:
         if self._models is None:
             self._models = self._call("GET", "/v1/models")

@@ -275,3 +275,25 @@ def test_api_client_of_the_dashboard_talks_to_it(client):
     assert response["prediction"] in (0, 1)
     assert api.serves("classification", "BUSI") and not api.serves("segmentation", "CAMUS")
     assert isinstance(api._http, httpx.Client)
+
+
+def test_same_results_over_http_as_in_process(client):
+    """The dashboard's ApiClient against the API gives what the in-process engine gives."""
+    from core.client import ApiClient
+    from core.engine import Engine
+
+    engine = Engine(client.settings, "tiny")
+    api = ApiClient(client.settings.with_(api_url="http://testserver"))
+    api._http = client
+    for body in (OLD_CLS_BODY, OLD_SEG_BODY):
+        local = engine.predict({k: v for k, v in body.items() if v not in ("",)},
+                               output_dir=client.settings.workspace / "local_out")
+        remote = api.predict({k: v for k, v in body.items() if v not in ("",)})
+        if body["task"] == "classification":
+            assert np.allclose(local["probability"], remote["probability"], atol=1e-6)
+            assert local["prediction"] == remote["prediction"] and local["label_name"] == remote["label_name"]
+        else:
+            local_mask = np.asarray(Image.open(local["mask_path"]))
+            remote_mask = np.asarray(Image.open(io.BytesIO(api.mask_bytes(remote))))
+            assert np.array_equal(local_mask, remote_mask) and local["mask_area_px"] == remote["mask_area_px"]
+            assert local["measurements"] == remote["measurements"]
