@@ -95,6 +95,7 @@ def bare_one(model, spec: ModelSpec, device, entry: dict, input_dir: Path, out_d
 def plain_loop(engine: Engine, entries: list[dict], input_dir: Path, out_dir: Path) -> tuple[float, dict]:
     classification: dict = {}
     timing: dict = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for entry in entries:
         result = bare_one(engine.model, engine.spec, engine.device, entry, input_dir, out_dir, timing)
@@ -174,7 +175,8 @@ def omni_model_args(settings: Settings, work: Path) -> tuple[list[str], ModelSpe
     from core.models import uusic_omni
 
     path = work / "omni_random_init.pth"
-    uusic_omni.save_random_init(path, seed=0)
+    torch.manual_seed(0)
+    uusic_omni.save_baseline_checkpoint(uusic_omni.UUSICOmniNet(), path, layout="module")
     spec = registry.adhoc_spec("uusic_omni", path)
     return ["--arch", "uusic_omni", "--weights", str(path)], spec, "random-init checkpoint (seed 0)"
 
@@ -221,9 +223,10 @@ def main() -> int:
             print(f"\n[{which}] {spec.arch} ({source}), input {spec.input_size}, {spec.preprocessing}; "
                   f"{len(entries)} images from {len(kinds)} datasets")
             # warm-up: one batch through each path (allocator, lazy imports, thread pools)
+            warm_json = work / f"{which}-warm.json"
+            warm_json.write_text(json.dumps(entries[: args.batch_size]))
             plain_loop(engine, entries[:2], data_root, work / f"{which}-warm-plain")
-            batch_cli(model_args, json_path, data_root, work / f"{which}-warm-batch", args.batch_size,
-                      args.workers)
+            batch_cli(model_args, warm_json, data_root, work / f"{which}-warm-batch", args.batch_size, args.workers)
             plain_sec, plain_cls = plain_loop(engine, entries, data_root, work / f"{which}-plain")
             batch_sec, batch_cls = batch_cli(model_args, json_path, data_root, work / f"{which}-batch",
                                              args.batch_size, args.workers)
