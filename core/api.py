@@ -245,10 +245,10 @@ def create_app(settings: Settings | None = None, engine=None, *, preload: bool =
     @app.get("/healthz", tags=["service"], summary="liveness: model loaded, device")
     def healthz() -> dict:
         engine_ = holder.engine
+        spec, device = getattr(engine_, "spec", None), getattr(engine_, "device", None)
         return {"status": "ok", "model_loaded": engine_ is not None,
-                "model": engine_.spec.name if engine_ else None,
-                "device": str(engine_.device) if engine_ else None,
-                "device_name": engine_.device_name if engine_ else None,
+                "model": getattr(spec, "name", None), "device": str(device) if device is not None else None,
+                "device_name": getattr(engine_, "device_name", None),
                 "error": holder.error, "auth_required": bool(settings.api_key)}
 
     @app.post("/v1/predict", tags=["inference"], summary="analyse one image (request JSON → response JSON)",

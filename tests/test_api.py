@@ -183,8 +183,14 @@ def test_compat_upload_and_random_sample(client):
     ({**OLD_SEG_BODY, "img_path_relative": "api_in/../history.sqlite3"}, 403, "img_path_relative"),
     ({**OLD_SEG_BODY, "img_path_relative": "segmentation/DDTI/imgs/missing.png"}, 404, "img_path_relative"),
     ({**OLD_SEG_BODY, "dataset_name": "CAMUS", "organ": None}, 404, "dataset_name"),  # no model for it
+    ({**OLD_SEG_BODY, "img_path_relative": "ground_truth.json"}, 400, None),  # not an image
+    ({**OLD_SEG_BODY, "img_path_relative": "segmentation/DDTI/imgs"}, 404, "img_path_relative"),  # a folder
+    ({**OLD_SEG_BODY, "img_path_relative": "link_out.png"}, 403, "img_path_relative"),  # symlink leading out
+    ({**OLD_SEG_BODY, "img_dimensions": [0, 10]}, 422, "img_dimensions"),
+    ({**OLD_SEG_BODY, "pixel_spacing_mm": -1}, 422, "pixel_spacing_mm"),
 ])
 def test_hostile_and_bad_requests_get_clear_errors(client, body, status, field):
+    (client.settings.data_root / "link_out.png").symlink_to("/etc/hostname")
     response = client.post("/v1/predict", json=body)
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
@@ -297,3 +303,15 @@ def test_same_results_over_http_as_in_process(client):
             remote_mask = np.asarray(Image.open(io.BytesIO(api.mask_bytes(remote))))
             assert np.array_equal(local_mask, remote_mask) and local["mask_area_px"] == remote["mask_area_px"]
             assert local["measurements"] == remote["measurements"]
+
+
+def test_unexpected_engine_failure_is_500_and_server_stays_up(tiny_settings: Settings):
+    class BrokenEngine:
+        def predict(self, request):
+            raise RuntimeError("CUDA error: device-side assert")
+
+    with TestClient(create_app(tiny_settings, engine=BrokenEngine()), raise_server_exceptions=False) as client:
+        response = client.post("/v1/predict", json=OLD_CLS_BODY)
+        assert response.status_code == 500 and response.json()["detail"] == "internal error: RuntimeError"
+        assert client.get("/healthz").status_code == 200
+        assert client.post("/v1/predict", json=OLD_CLS_BODY, headers={"content-length": "abc"}).status_code == 400
