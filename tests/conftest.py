@@ -111,3 +111,13 @@ def tiny_settings(tmp_path: Path, tiny_data_root: Path, tiny_torchscript: Path) 
                         weights_dir=weights)
     settings.ensure_workspace()
     return settings
+
+
+@pytest.fixture(scope="session")
+def omni_checkpoint(tmp_path_factory) -> Path:
+    """A random-init uusic_omni checkpoint saved by the project's own code in the baseline's best_model.pth layout."""
+    uusic_omni = pytest.importorskip("core.models.uusic_omni")
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("omni") / "best_model.pth"
+    uusic_omni.save_baseline_checkpoint(uusic_omni.UUSICOmniNet(), path, layout="module")
+    return path

@@ -216,3 +216,69 @@ def test_resources_degrade_cleanly_on_cpu():
     assert snapshot["ram_total_mb"] > snapshot["ram_used_mb"] > 0 and snapshot["process_rss_mb"] > 0
     if not torch.cuda.is_available():
         assert snapshot["gpu"] is None and resources.device_label("cpu") == "CPU"
+
+
+def test_uusic_omni_random_init_checkpoint(tiny_settings: Settings, omni_checkpoint: Path, tmp_path: Path):
+    """A baseline-layout checkpoint served end to end: cls2 probabilities and exact-inverse masks."""
+    from core import catalog
+
+    spec = registry.adhoc_spec("uusic_omni", omni_checkpoint)
+    engine = Engine(tiny_settings, spec=spec)
+    assert engine.serves("classification", "Fatty-Liver")  # ad-hoc: no dataset list → serves all
+    requests = _requests(tiny_settings.data_root)
+    cls_request, seg_request = requests[0], requests[3]
+    results = engine.predict_batch([cls_request, seg_request], output_dir=tmp_path, batch_size=2)
+    rgb = np.asarray(Image.open(tiny_settings.data_root / cls_request["img_path_relative"]).convert("RGB"))
+    transform = CenterCrop(rgb.shape[1], rgb.shape[0], 224)
+    prompts = [torch.tensor([v]) for v in catalog.prompts_for("Breast", "classification").as_tuple()]
+    with torch.inference_mode():
+        _, cls2, _ = engine.model(torch.from_numpy(transform.apply(rgb))[None], *prompts)
+    np.testing.assert_allclose(results[0]["probability"], torch.softmax(cls2, 1)[0].numpy(), atol=1e-5)
+
+    rgb = np.asarray(Image.open(tiny_settings.data_root / seg_request["img_path_relative"]).convert("RGB"))
+    transform = CenterCrop(rgb.shape[1], rgb.shape[0], 224)
+    prompts = [torch.tensor([v]) for v in catalog.prompts_for("Thyroid", "segmentation").as_tuple()]
+    with torch.inference_mode():
+        seg, _, _ = engine.model(torch.from_numpy(transform.apply(rgb))[None], *prompts)
+    label = torch.argmax(torch.softmax(seg, 1), 1)[0].numpy().astype(np.uint8)
+    expected = transform.invert_mask(label) * 255
+    assert np.array_equal(np.asarray(Image.open(results[1]["mask_path"])), expected)
+
+
+def _demo_spec_or_skip() -> tuple[Settings, object]:
+    settings = Settings.from_env().with_(device="cpu")
+    try:
+        specs = [s for s in registry.list_models(settings) if s.arch == "demo_unet"]
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"no weights/models.json yet ({exc})")
+    if not specs:
+        pytest.skip("weights/models.json has no demo_unet entry yet")
+    if not registry.weights_path(specs[0], settings.weights_dir).is_file():
+        pytest.skip(f"demo weights file {specs[0].file} not shipped yet")
+    return settings, specs[0]
+
+
+def test_real_demo_weights_on_shipped_samples(tmp_path: Path):
+    """The shipped demo model serves every dataset it was trained for and refuses the others."""
+    settings, spec = _demo_spec_or_skip()
+    samples = settings.data_root
+    if not (samples / "ground_truth.json").is_file():
+        pytest.skip(f"no ground_truth.json in the data root {samples}")
+    engine = Engine(settings, spec.name)
+    entries = json.loads((samples / "ground_truth.json").read_text())
+    served = [e for e in entries if engine.serves(e["task"], e["dataset_name"])]
+    assert served, "the demo model serves none of the bundled samples"
+    picked = {}
+    for e in served:
+        picked.setdefault((e["task"], e["dataset_name"]), e)
+    results = engine.predict_batch(list(picked.values()), output_dir=tmp_path, batch_size=4)
+    for entry, result in zip(picked.values(), results):
+        assert "error" not in result, result
+        assert (result["image_width"], result["image_height"]) == tuple(entry["img_dimensions"])
+        if entry["task"] == "segmentation":
+            mask = np.asarray(Image.open(result["mask_path"]))
+            assert mask.shape == (entry["img_dimensions"][1], entry["img_dimensions"][0])
+        else:
+            assert abs(sum(result["probability"]) - 1) < 1e-5
+    for dataset in ("Appendix", "Fatty-Liver", "Breast_luminal"):
+        assert not engine.serves("classification", dataset)
