@@ -7,14 +7,14 @@ import streamlit as st
 st.set_page_config(page_title="UUSIC Viewer", page_icon="🩻", layout="wide")
 
 from core import i18n  # noqa: E402
-from pages.common import is_remote, mark_entrypoint, settings, tr  # noqa: E402
+from pages.common import is_remote, mark_entrypoint, navigation, settings, tr  # noqa: E402
 
 if "lang" not in st.session_state:
     st.session_state["lang"] = i18n.normalise_lang(settings().language)
 
 with st.sidebar:
     st.radio(
-        i18n.t("language", st.session_state["lang"]),
+        "语言 / Language",  # one label in both languages: a changing label would make it a new widget
         options=list(i18n.LANGUAGES),
         format_func=lambda code: {"zh": "中文", "en": "English"}[code],
         key="lang",
@@ -27,7 +27,7 @@ pages = [
     st.Page("pages/batch.py", title=tr("nav_batch"), icon="📦", url_path="batch"),
     st.Page("pages/models.py", title=tr("nav_models"), icon="⚙️", url_path="models"),
 ]
-page = st.navigation(pages)
+page = navigation(pages)
 
 with st.sidebar:
     current = settings()

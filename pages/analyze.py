@@ -17,6 +17,7 @@ from core import catalog, editing, i18n, overlay
 from pages.common import (
     page_header,
     backend,
+    choice,
     error_message,
     history_store,
     is_no_model,
@@ -39,10 +40,11 @@ L = lang()
 # ---------------------------------------------------------------- selection
 def select_dataset() -> catalog.Dataset:
     cols = st.columns(3)
-    task = cols[0].radio(tr("task"), list(catalog.TASKS), format_func=lambda k: i18n.task_name(k, L), key="task",
-                         horizontal=True)
+    task = choice("radio", tr("task"), list(catalog.TASKS), format_func=lambda k: i18n.task_name(k, L), key="task",
+                  container=cols[0], horizontal=True)
     groups = [g.key for g in catalog.groups_for(task)]
-    group = cols[1].selectbox(tr("organ"), groups, format_func=lambda k: i18n.group_name(k, L), key=f"organ_{task}")
+    group = choice("selectbox", tr("organ"), groups, format_func=lambda k: i18n.group_name(k, L), key=f"organ_{task}",
+                   container=cols[1])
     choices = catalog.datasets_for(task, group)
     names = [d.name for d in choices]
     default = catalog.default_dataset(task, group).name
@@ -264,8 +266,8 @@ def show_segmentation(result: dict, image: dict) -> None:
     mask = overlay.as_bool_mask(Image.open(mask_path))
     cols = st.columns([2, 1])
     alpha = cols[0].slider(tr("opacity"), 0.0, 1.0, 0.45, 0.05, key="opacity")
-    mode = cols[1].radio(tr("display_mode"), ["fill", "contour"], key="overlay_mode", horizontal=True,
-                         format_func=lambda m: tr(f"mode_{m}"))
+    mode = choice("radio", tr("display_mode"), ["fill", "contour"], key="overlay_mode", horizontal=True,
+                  format_func=lambda m: tr(f"mode_{m}"), container=cols[1])
     blended = overlay.overlay(edited, mask, alpha=alpha, mode=mode)
     left, right = st.columns(2)
     left.image(edited, caption=tr("original"), width="stretch")
@@ -344,8 +346,8 @@ except Exception as error:
 if not served:
     st.info(tr("no_model", dataset=dataset.name))
 
-source = st.radio(tr("source"), ["sample", "upload"], format_func=lambda s: tr(f"source_{s}"), key="source",
-                  horizontal=True)
+source = choice("radio", tr("source"), ["sample", "upload"], format_func=lambda s: tr(f"source_{s}"), key="source",
+                horizontal=True)
 if source == "upload":
     load_upload()
 else:

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core import catalog, i18n
-from pages.common import page_header, backend, error_message, is_no_model, lang, save_input, settings, tr
+from pages.common import page_header, choice, backend, error_message, is_no_model, lang, save_input, settings, tr
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm"]
 current = settings()
@@ -23,8 +23,8 @@ L = lang()
 
 def _requests_from_uploads() -> list[dict] | None:
     cols = st.columns(2)
-    task = cols[0].radio(tr("task"), list(catalog.TASKS), format_func=lambda k: i18n.task_name(k, L),
-                         key="b_task", horizontal=True)
+    task = choice("radio", tr("task"), list(catalog.TASKS), format_func=lambda k: i18n.task_name(k, L),
+                  key="b_task", horizontal=True, container=cols[0])
     names = catalog.dataset_names(task)
     default = catalog.default_dataset(task, catalog.groups_for(task)[0].key).name
     name = cols[1].selectbox(tr("dataset"), names, index=names.index(default), key=f"b_dataset_{task}")
@@ -153,8 +153,8 @@ def _metrics(batch: dict) -> pd.DataFrame | None:
     return pd.DataFrame(rows) if rows else None
 
 
-source = st.radio(tr("batch_source"), ["uploads", "json"], key="b_source", horizontal=True,
-                  format_func=lambda s: tr("batch_uploads") if s == "uploads" else tr("batch_json"))
+source = choice("radio", tr("batch_source"), ["uploads", "json"], key="b_source", horizontal=True,
+                format_func=lambda s: tr("batch_uploads") if s == "uploads" else tr("batch_json"))
 if source == "uploads":
     new_requests = _requests_from_uploads()
     if new_requests:

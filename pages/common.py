@@ -94,6 +94,23 @@ def error_message(error: Exception) -> str:
     return getattr(error, "message", None) or str(error) or type(error).__name__
 
 
+def _widget_key(key: str) -> str:
+    """Widgets whose labels depend on the language get one key per language (the default keeps the plain key):
+    Streamlit treats new option labels as a new widget, so the choice is carried over in ``_choice_<key>``."""
+    return key if lang() == "zh" else f"{key}@{lang()}"
+
+
+def choice(kind: str, label: str, options: list, *, key: str, format_func, container=None, default=None, **kwargs):
+    """``st.radio`` / ``st.selectbox`` with translated labels whose selection survives a language switch."""
+    target = container or st
+    stored = st.session_state.get(f"_choice_{key}", default)
+    index = options.index(stored) if stored in options else 0
+    widget = target.radio if kind == "radio" else target.selectbox
+    value = widget(label, options, index=index, format_func=format_func, key=_widget_key(key), **kwargs)
+    st.session_state[f"_choice_{key}"] = value
+    return value
+
+
 def banner() -> None:
     st.warning(tr("demo_banner"), icon="⚠️")
 
@@ -106,6 +123,19 @@ def _in_apptest() -> bool:
     from streamlit.runtime import Runtime
 
     return "Mock" in type(getattr(Runtime, "_instance", None)).__name__
+
+
+def navigation(pages: list):
+    """``st.navigation`` for ``Home.py``. On the first run of a fresh server Streamlit is still in its old
+    pages-folder mode (the folder is called ``pages``) and runs ``Home.py`` nested as a page, so widget ids of that
+    run differ from every later one; rerun once in navigation mode so the first click is not lost."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    was_pages_folder_mode = bool(PagesManager.uses_pages_directory)
+    page = st.navigation(pages)
+    if was_pages_folder_mode and not _in_apptest():
+        st.rerun()
+    return page
 
 
 def mark_entrypoint() -> None:

@@ -10,7 +10,7 @@ import streamlit as st
 from PIL import Image
 
 from core import catalog, i18n, overlay
-from pages.common import page_header, error_message, history_store, lang, settings, tr
+from pages.common import page_header, choice, error_message, history_store, lang, settings, tr
 
 current = settings()
 page_header("nav_history")
@@ -27,8 +27,8 @@ def _value(row: dict, *names, default=None):
 def filtered_rows(rows: list[dict]) -> list[dict]:
     cols = st.columns(4)
     tasks = [""] + list(catalog.TASKS)
-    task = cols[0].selectbox(tr("filter_task"), tasks, key="h_task",
-                             format_func=lambda k: i18n.task_name(k, L) if k else tr("all"))
+    task = choice("selectbox", tr("filter_task"), tasks, key="h_task", container=cols[0],
+                  format_func=lambda k: i18n.task_name(k, L) if k else tr("all"))
     datasets = [""] + sorted({str(_value(r, "dataset_name", "dataset", default="")) for r in rows} - {""})
     dataset = cols[1].selectbox(tr("filter_dataset"), datasets, key="h_dataset",
                                 format_func=lambda k: k or tr("all"))

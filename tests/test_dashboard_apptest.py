@@ -63,7 +63,7 @@ def test_banner_title_and_language_switch(app):
     _ok(app)
     assert i18n.t("nav_analyze", "en") in app.title[0].value
     assert any(i18n.t("demo_banner", "en") in w.value for w in app.warning)
-    assert app.radio(key="task").label == "Task"
+    assert app.radio(key="task@en").label == "Task"  # per-language widget key, same choice
 
 
 @pytest.mark.parametrize("task", catalog.TASKS)

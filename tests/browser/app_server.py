@@ -77,7 +77,12 @@ def launch_browser(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
 
 
-def wait_idle(page, timeout: float = 30_000) -> None:
-    """Wait until Streamlit has finished the current script run (``data-test-script-state`` of the app root)."""
-    page.wait_for_timeout(200)
+def wait_idle(page, timeout: float = 30_000, start_within: float = 800) -> None:
+    """Wait until Streamlit has finished the script run a click started (``data-test-script-state`` of the root).
+
+    A run that has not started within ``start_within`` ms is taken as no run at all."""
+    try:
+        page.wait_for_selector('[data-testid="stApp"][data-test-script-state="running"]', timeout=start_within)
+    except Exception:  # playwright's TimeoutError: the run was quicker than the poll, or there was none
+        pass
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
