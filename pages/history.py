@@ -109,7 +109,9 @@ if not rows:
 
 shown = filtered_rows(rows)
 st.caption(tr("rows", n=len(shown)))
-st.dataframe(pd.DataFrame(shown), width="stretch", hide_index=True, key="history_table")
+HIDDEN = ("request", "response")  # full JSON stays in the CSV and in the re-opened view
+st.dataframe(pd.DataFrame([{k: v for k, v in r.items() if k not in HIDDEN} for r in shown]), width="stretch",
+             hide_index=True, key="history_table")
 st.download_button(tr("download_csv"), store.to_csv(shown).encode("utf-8"), "uusic_history.csv", "text/csv",
                    key="history_csv", disabled=not shown)
 
