@@ -139,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--requests", type=int, default=200, help="requests per client")
     p.add_argument("--single", type=int, default=50, help="sequential single-client requests first")
-    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5, help="warm-up requests per client (same concurrency)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the concurrent phase (leak check)")
     p.add_argument("--per-dataset", type=int, default=8, help="distinct images per served dataset")
     p.add_argument("--threads", type=int, default=2, help="torch threads of a started server")
     args = p.parse_args(argv)
-    if args.clients * args.requests + args.single > MAX_TOTAL_REQUESTS:
+    if args.clients * (args.requests * args.rounds + args.warmup) + args.single > MAX_TOTAL_REQUESTS:
         sys.exit(f"refusing more than {MAX_TOTAL_REQUESTS} requests")
 
     process = workspace = None
@@ -167,21 +168,23 @@ def main(argv: list[str] | None = None) -> int:
             kinds = sorted({f"{b['task']}/{b['dataset_name']}" for b in bodies})
             print(f"{len(bodies)} distinct requests over {len(kinds)} datasets: {', '.join(kinds)}")
             rss_start = rss_mb(pid)
-            for i in range(args.warmup):
-                client.post("/v1/predict", json=bodies[i % len(bodies)])
-            rss_before = rss_mb(pid)
+        # warm-up with the same concurrency: every worker thread decodes, runs and writes once before RSS is taken
+        asyncio.run(run_clients(url, headers, bodies, args.clients, args.warmup))
+        rss_before = rss_mb(pid)
         if args.single:
             report(f"sequential 1 x {args.single}",
                    *asyncio.run(run_clients(url, headers, bodies, 1, args.single)))
-        report(f"concurrent {args.clients} x {args.requests}",
-               *asyncio.run(run_clients(url, headers, bodies, args.clients, args.requests)))
-        rss_after = rss_mb(pid)
-        if rss_before and rss_after:
-            print(f"server RSS: {rss_start:.1f} MiB at start, {rss_before:.1f} MiB after warm-up, "
-                  f"{rss_after:.1f} MiB after the load: growth {100 * (rss_after - rss_before) / rss_before:+.1f} % "
-                  f"(from start {100 * (rss_after - rss_start) / rss_start:+.1f} %)")
-        else:
-            print("server RSS: unknown (pass --pid for a targeted server)")
+        for round_ in range(1, args.rounds + 1):
+            report(f"concurrent {args.clients} x {args.requests}" + (f" (round {round_})" if args.rounds > 1 else ""),
+                   *asyncio.run(run_clients(url, headers, bodies, args.clients, args.requests)))
+            rss_after = rss_mb(pid)
+            if rss_before and rss_after:
+                print(f"server RSS: {rss_start:.1f} MiB at start, {rss_before:.1f} MiB after warm-up "
+                      f"({args.clients} x {args.warmup}), {rss_after:.1f} MiB now: growth "
+                      f"{100 * (rss_after - rss_before) / rss_before:+.1f} % since warm-up "
+                      f"({100 * (rss_after - rss_start) / rss_start:+.1f} % since start)")
+            else:
+                print("server RSS: unknown (pass --pid for a targeted server)")
     finally:
         if process is not None:
             process.terminate()

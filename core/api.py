@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import secrets
 import sys
 import threading
@@ -31,6 +32,7 @@ from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+import anyio
 from starlette.concurrency import run_in_threadpool
 
 from core import catalog
@@ -45,6 +47,9 @@ log = logging.getLogger("uusic.api")
 OPEN_PATHS = {"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 COMPAT_PATHS = {"/segment/", "/segment", "/upload", "/random_sample/", "/random_sample"}
 UPLOAD_PATHS = {"/v1/upload", "/upload"}
+# worker threads for decoding, the forward pass (serialised by the engine) and writing masks: enough to overlap
+# I/O with compute, few enough to keep memory flat (every thread that touches torch / PIL grows its own arenas)
+INFERENCE_THREADS = max(2, min(8, 2 * (os.cpu_count() or 1)))
 RESOURCE_FIELDS = ("inference_time_sec", "memory_usage_mb", "gpu_memory_usage_mb", "gpu_memory_reserved_mb")
 _REQUEST_SCHEMA = PredictRequest.model_json_schema()
 
@@ -102,6 +107,13 @@ def create_app(settings: Settings | None = None, engine=None, *, preload: bool =
     settings.ensure_workspace()
     holder = EngineHolder(settings, engine)
     store = HistoryStore(settings.history_db)
+    limiter: dict = {}
+
+    async def in_worker(function, *args):
+        """Run ``function`` in the inference thread pool (bounded), off the event loop."""
+        if "limiter" not in limiter:  # created inside the running event loop
+            limiter["limiter"] = anyio.CapacityLimiter(INFERENCE_THREADS)
+        return await anyio.to_thread.run_sync(function, *args, limiter=limiter["limiter"])
 
     async def lifespan(app: FastAPI):
         if preload:
@@ -239,7 +251,7 @@ def create_app(settings: Settings | None = None, engine=None, *, preload: bool =
         if len(data) > limit:
             raise UploadError(f"upload is larger than the {settings.max_upload_mb} MB limit", status_code=413,
                               field="file")
-        return await run_in_threadpool(save_upload, settings, data, file.filename or "upload")
+        return await in_worker(save_upload, settings, data, file.filename or "upload")
 
     # ------------------------------------------------------------------------------------------ v1 routes
     @app.get("/healthz", tags=["service"], summary="liveness: model loaded, device")
@@ -257,7 +269,7 @@ def create_app(settings: Settings | None = None, engine=None, *, preload: bool =
     async def predict(request: Request) -> dict:
         raw = await read_json(request)
         parsed = PredictRequest.parse(raw)
-        return await run_in_threadpool(run_prediction, parsed, raw)
+        return await in_worker(run_prediction, parsed, raw)
 
     @app.post("/v1/upload", tags=["inputs"], summary="store an image in api_in/ and get its request skeleton")
     async def upload(file: UploadFile = File(..., description="PNG, JPEG, BMP, TIFF, GIF or DICOM")) -> dict:
@@ -368,7 +380,7 @@ def create_app(settings: Settings | None = None, engine=None, *, preload: bool =
     async def segment_compat(request: Request) -> dict:
         raw = await read_json(request)
         parsed = PredictRequest.parse(compat_request(raw))
-        response = await run_in_threadpool(run_prediction, parsed, raw)
+        response = await in_worker(run_prediction, parsed, raw)
         result = dict(raw)
         if response["task"] == "classification":
             result.update(probability=response["probability"], prediction=response["prediction"],

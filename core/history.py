@@ -1,7 +1,8 @@
 """The run history: one SQLite file in the workspace, shared by the dashboard, the API and the CLI.
 
-WAL mode and a busy timeout let several threads and processes write at once without losing rows; each thread
-gets its own connection. JSON-valued columns (edits, probabilities, measurements, request, response) are stored
+WAL mode and a busy timeout let several processes write at once without losing rows; inside a process one
+connection is shared under a lock (SQLite serialises writers anyway, and one connection keeps memory bounded
+however many worker threads a server runs). JSON-valued columns (edits, probabilities, measurements, request, response) are stored
 as JSON text and returned as text by :meth:`HistoryStore.list` (tables and CSV want flat values);
 :func:`decode_row` turns them back into Python objects.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -88,31 +90,34 @@ def _date_bound(value: Any, *, end: bool) -> str:
 
 
 class HistoryStore:
-    """Runs recorded in a SQLite file (WAL). Thread-safe: one connection per thread."""
+    """Runs recorded in a SQLite file (WAL). Thread-safe: one connection per process, used under a lock."""
 
     def __init__(self, path: Path | str, *, timeout: float = 30.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
-        self._local = threading.local()
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
         self._retry(self._create)
 
     # -------------------------------------------------------------------------------- connections
     def _connect(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None)
+        if self._conn is None or self._pid != os.getpid():  # never reuse a connection across fork
+            conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None,
+                                   check_same_thread=False)
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             conn.execute("PRAGMA synchronous = NORMAL")
-            self._local.conn = conn
-        return conn
+            self._conn, self._pid = conn, os.getpid()
+        return self._conn
 
     def _retry(self, action, attempts: int = 20):
-        """Run ``action``; retry while another process holds a lock the busy timeout did not cover."""
+        """Run ``action`` under the lock; retry while another process holds a lock the busy timeout did not cover."""
         for attempt in range(attempts):
             try:
-                return action()
+                with self._lock:
+                    return action()
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc) or attempt == attempts - 1:
                     raise
@@ -127,11 +132,10 @@ class HistoryStore:
             conn.execute(statement)
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     # -------------------------------------------------------------------------------- writing
     def add(self, record: dict) -> int:
