@@ -82,6 +82,16 @@ def _progress_step(progress, done: int, total: int) -> None:
         progress(done, total)
 
 
+_MODEL_LOCKS: dict[int, threading.Lock] = {}
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: object) -> threading.Lock:
+    """One lock per loaded model object (models are cached for the process, so ids stay valid)."""
+    with _MODEL_LOCKS_GUARD:
+        return _MODEL_LOCKS.setdefault(id(model), threading.Lock())
+
+
 def error_record(request: Any, exc: Exception) -> dict:
     """The per-image entry of a batch result when that image failed."""
     rel = request.get("img_path_relative") if isinstance(request, dict) else getattr(request, "img_path_relative", None)
@@ -108,7 +118,7 @@ class Engine:
             self.spec, self.settings.weights_dir)[1]
         self.amp = bool(self.settings.amp and self.device.type == "cuda")
         self.device_name = device_label(self.device)
-        self._lock = threading.Lock()
+        self._lock = _model_lock(self.model)  # shared by every engine serving this loaded model
         self._served = self._served_keys(self.spec)
 
     # ------------------------------------------------------------------------------------------ metadata
