@@ -94,6 +94,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "gpu_reserved": ("GPU 显存（保留）", "GPU memory (reserved)"),
     "device": ("设备", "Device"),
     "cpu_only": ("CPU（无 GPU）", "CPU (no GPU)"),
+    "run_id": ("记录 #{n}", "run #{n}"),
     "system": ("系统状态", "System"),
     "cpu_percent": ("CPU 使用率", "CPU use"),
     "ram": ("内存", "RAM"),

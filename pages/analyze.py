@@ -299,7 +299,7 @@ def _mb(value) -> str:
     return "—" if value is None else f"{float(value):,.1f} MB"
 
 
-def show_resources(response: dict, seconds: float) -> None:
+def show_resources(response: dict, seconds: float, run_id: int | None = None) -> None:
     st.subheader(tr("resources"))
     device = str(response.get("device") or "cpu")
     on_gpu = device.startswith("cuda")
@@ -312,7 +312,8 @@ def show_resources(response: dict, seconds: float) -> None:
     else:
         cols[2].metric(tr("gpu_used"), "CPU")
         cols[3].metric(tr("gpu_reserved"), "CPU")
-    st.caption(f"{tr('device')}: {device if on_gpu else tr('cpu_only')} · {response.get('model_name', '')}")
+    run = f" · {tr('run_id', n=run_id)}" if run_id is not None else ""
+    st.caption(f"{tr('device')}: {device if on_gpu else tr('cpu_only')} · {response.get('model_name', '')}{run}")
 
 
 @st.fragment(run_every=3)
@@ -384,5 +385,5 @@ elif result and result.get("image_token") == image["token"]:
         show_segmentation(result, image)
     with st.expander(tr("response_json")):
         st.code(json.dumps(result["response"], ensure_ascii=False, indent=2, default=str), language="json")
-    show_resources(result["response"], result["seconds"])
+    show_resources(result["response"], result["seconds"], result.get("run_id"))
 system_strip()

@@ -240,7 +240,7 @@ def test_screenshots_of_main_screens(page, app_url):
     """English UI (the test machine's chromium has no CJK font) for the docs."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.set_viewport_size({"width": 1400, "height": 2400})
-    page.get_by_text("English", exact=True).click()
+    page.get_by_role("radiogroup", name="语言 / Language").get_by_text("English", exact=True).click()
     page.get_by_text(i18n.t("demo_banner", "en")).wait_for()
     wait_idle(page)
     choose(page, "segmentation", "thyroid", "DDTI", lang="en")
