@@ -315,3 +315,34 @@ def test_unexpected_engine_failure_is_500_and_server_stays_up(tiny_settings: Set
         assert response.status_code == 500 and response.json()["detail"] == "internal error: RuntimeError"
         assert client.get("/healthz").status_code == 200
         assert client.post("/v1/predict", json=OLD_CLS_BODY, headers={"content-length": "abc"}).status_code == 400
+
+
+@pytest.mark.skipif(not (Settings().weights_dir / "models.json").is_file(), reason="demo weights not present")
+def test_demo_model_on_bundled_samples(tmp_path):
+    """The real demo model and the bundled samples through the API: every served dataset answers."""
+    settings = Settings(workspace=tmp_path / "ws", device="cpu")
+    with TestClient(create_app(settings)) as client:
+        datasets = client.get("/v1/datasets").json()["datasets"]
+        served = 0
+        for d in datasets:
+            sample = client.get("/v1/random-sample", params={"task": d["task"], "dataset_name": d["dataset_name"]})
+            if sample.status_code != 200:
+                continue
+            response = client.post("/v1/predict", json=sample.json())
+            if not d["served"] and d["served"] is not None:
+                assert response.status_code == 404
+                continue
+            assert response.status_code == 200, response.text
+            served += 1
+            body = response.json()
+            if d["task"] == "segmentation":
+                mask = Image.open(io.BytesIO(client.get(body["mask_url"]).content))
+                assert list(mask.size) == sample.json()["img_dimensions"]
+                if d["dataset_name"] == "Fetal_HC":
+                    assert body["measurements"].get("head_circumference_mm", 0) > 0
+            else:
+                assert len(body["probability"]) == len(d["class_names"])
+        assert served >= 2
+        health = client.get("/healthz").json()
+        first = json.loads((settings.weights_dir / "models.json").read_text())[0]["name"]
+        assert health["model_loaded"] and health["model"] == (settings.default_model or first)
