@@ -42,14 +42,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(threads: int) -> tuple[subprocess.Popen, str, Path]:
+def start_server(threads: int, micro_batch: str) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     workspace = Path(tempfile.mkdtemp(prefix="uusic_load_"))
     env = {**os.environ, "UUSIC_WORKSPACE": str(workspace)}
     env.pop("UUSIC_API_KEY", None)
     log = open(workspace / "server.log", "wb")
     process = subprocess.Popen([sys.executable, "-m", "core", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                "--threads", str(threads), "--log-level", "warning"], cwd=ROOT, env=env,
+                                "--threads", str(threads), "--log-level", "warning",
+                                "--micro-batch", micro_batch], cwd=ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="repeat the concurrent phase (leak check)")
     p.add_argument("--per-dataset", type=int, default=8, help="distinct images per served dataset")
     p.add_argument("--threads", type=int, default=2, help="torch threads of a started server")
+    p.add_argument("--micro-batch", choices=["auto", "on", "off"], default="auto", help="of a started server")
     args = p.parse_args(argv)
     if args.clients * (args.requests * args.rounds + args.warmup) + args.single > MAX_TOTAL_REQUESTS:
         sys.exit(f"refusing more than {MAX_TOTAL_REQUESTS} requests")
@@ -154,14 +156,14 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit("--url must be a loopback address")
         url, pid = args.url.rstrip("/"), args.pid
     else:
-        process, url, workspace = start_server(args.threads)
+        process, url, workspace = start_server(args.threads, args.micro_batch)
         pid = process.pid
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     try:
         with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
             health = client.get("/healthz").json()
             print(f"server {url}: model {health.get('model')} on {health.get('device_name') or health.get('device')}; "
-                  f"cpu cores here: {os.cpu_count()}")
+                  f"micro-batching {health.get('micro_batching')}; cpu cores here: {os.cpu_count()}")
             bodies = skeletons(client, args.per_dataset)
             if not bodies:
                 sys.exit("no served dataset has images in the server's data root")

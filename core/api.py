@@ -8,7 +8,8 @@ Routes (OpenAPI docs at ``/docs``):
 - Compatibility with the team's earlier server: ``POST /segment/`` (both tasks; echoes the request and adds the
   results), ``POST /upload``, ``GET /random_sample/``, ``GET /staticapi_out/{path}``, ``GET /staticapi_in/{path}``.
 
-Inference runs in the thread pool (one shared engine, its forward pass is serialised); every prediction is recorded
+Inference runs in a bounded thread pool (one shared engine, its forward pass is serialised; on CUDA concurrent
+requests are micro-batched into one forward pass); every prediction is recorded
 in the workspace history (the dashboard's store). With ``UUSIC_API_KEY`` set every route but ``/healthz`` and the
 docs needs ``X-API-Key: <key>`` or ``Authorization: Bearer <key>``. Logs carry method, route, status and time only:
 no image bytes, file names or request bodies.
@@ -79,6 +80,63 @@ class EngineHolder:
         return self.engine
 
 
+class MicroBatcher:
+    """Groups concurrent single-image predictions into one forward pass (worth it on a GPU).
+
+    Callers (worker threads) decode and preprocess in parallel (``engine.prepare``), queue the prepared image,
+    and a single batching thread runs ``engine.forward`` on up to ``max_batch`` queued images, waiting at most
+    ``window_s`` for more after the first. Post-processing (mask writing, measurements) happens back in the caller's
+    thread. Results equal unbatched ones; the GPU memory fields describe the shared forward pass.
+    """
+
+    def __init__(self, engine, *, max_batch: int = 8, window_s: float = 0.004):
+        import queue
+
+        self.engine, self.max_batch, self.window_s = engine, max_batch, window_s
+        self._queue: "queue.Queue" = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="uusic-micro-batcher", daemon=True)
+        self._thread.start()
+        self.batches = 0
+        self.items = 0
+
+    def predict(self, request) -> dict:
+        from concurrent.futures import Future
+
+        start = time.perf_counter()
+        prepared = self.engine.prepare(request)
+        future: Future = Future()
+        self._queue.put((prepared, future))
+        raw, forward_sec, gpu = future.result()
+        response = self.engine.finish(prepared, raw, output_dir=Path(self.engine.settings.api_out),
+                                      forward_sec=forward_sec, gpu=gpu)
+        response["inference_time_sec"] = time.perf_counter() - start
+        return response
+
+    def _loop(self) -> None:
+        import queue
+
+        while True:
+            batch = [self._queue.get()]
+            deadline = time.perf_counter() + self.window_s
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.perf_counter()
+                try:
+                    batch.append(self._queue.get(timeout=max(remaining, 0)) if remaining > 0
+                                 else self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                outputs, seconds, gpu = self.engine.forward([prepared for prepared, _ in batch])
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.items += len(batch)
+            for (_, future), raw in zip(batch, outputs):
+                future.set_result((raw, seconds, gpu))
+
+
 def _error_body(message: str, *, status: int, path: str, field: str | None = None, kind: str | None = None) -> dict:
     body: dict[str, Any] = {"detail": message}
     if field:
@@ -101,11 +159,25 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return "invalid request: " + "; ".join(parts), first
 
 
-def create_app(settings: Settings | None = None, engine=None, *, preload: bool = False) -> FastAPI:
-    """The FastAPI app. ``engine``: an :class:`core.engine.Engine` to share (default: built on first use)."""
+def create_app(settings: Settings | None = None, engine=None, *, preload: bool = False,
+               micro_batch: bool | None = None) -> FastAPI:
+    """The FastAPI app. ``engine``: an :class:`core.engine.Engine` to share (default: built on first use).
+
+    ``micro_batch``: group concurrent requests into one forward pass; ``None`` = only when the model is on CUDA.
+    """
     settings = settings or Settings.from_env()
     settings.ensure_workspace()
     holder = EngineHolder(settings, engine)
+    batcher: dict = {}
+
+    def predictor():
+        """``engine.predict`` or, with micro-batching on, the batcher's."""
+        engine_ = holder.get()
+        if "batcher" not in batcher:
+            device = getattr(getattr(engine_, "device", None), "type", None)
+            wanted = micro_batch if micro_batch is not None else device == "cuda"
+            batcher["batcher"] = MicroBatcher(engine_) if wanted and hasattr(engine_, "forward") else None
+        return batcher["batcher"] or engine_
     store = HistoryStore(settings.history_db)
     limiter: dict = {}
 
@@ -126,7 +198,7 @@ def create_app(settings: Settings | None = None, engine=None, *, preload: bool =
     app = FastAPI(title="UUSIC Viewer inference API", version="1.0",
                   description="Universal ultrasound classification and segmentation (UUSIC25 request JSON).",
                   lifespan=lifespan)
-    app.state.settings, app.state.holder, app.state.store = settings, holder, store
+    app.state.settings, app.state.holder, app.state.store, app.state.batcher = settings, holder, store, batcher
 
     # ------------------------------------------------------------------------------------------ middleware
     @app.middleware("http")
@@ -201,7 +273,7 @@ def create_app(settings: Settings | None = None, engine=None, *, preload: bool =
     def run_prediction(request_obj: dict | PredictRequest, raw: Any) -> dict:
         """Predict (in a worker thread) and record the run; failures are recorded too, then re-raised."""
         try:
-            response = holder.get().predict(request_obj)
+            response = predictor().predict(request_obj)
         except UUSICError as exc:
             try:
                 record_run(store, raw if isinstance(raw, dict) else None, None, source="api", error=exc.message)
@@ -261,7 +333,8 @@ def create_app(settings: Settings | None = None, engine=None, *, preload: bool =
         return {"status": "ok", "model_loaded": engine_ is not None,
                 "model": getattr(spec, "name", None), "device": str(device) if device is not None else None,
                 "device_name": getattr(engine_, "device_name", None),
-                "error": holder.error, "auth_required": bool(settings.api_key)}
+                "error": holder.error, "auth_required": bool(settings.api_key),
+                "micro_batching": batcher.get("batcher") is not None}
 
     @app.post("/v1/predict", tags=["inference"], summary="analyse one image (request JSON → response JSON)",
               openapi_extra={"requestBody": {"required": True,
@@ -431,6 +504,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--micro-batch", choices=["auto", "on", "off"], default="auto",
+                        help="group concurrent requests into one forward pass (auto: on CUDA only)")
     args = parser.parse_args(argv)
     import uvicorn
 
@@ -440,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings.from_env()
-    app = create_app(settings, preload=True)
+    app = create_app(settings, preload=True, micro_batch={"auto": None, "on": True, "off": False}[args.micro_batch])
     print(f"serving on http://{args.host}:{args.port} (docs at /docs); workspace {settings.workspace}",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)

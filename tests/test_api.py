@@ -346,3 +346,29 @@ def test_demo_model_on_bundled_samples(tmp_path):
         health = client.get("/healthz").json()
         first = json.loads((settings.weights_dir / "models.json").read_text())[0]["name"]
         assert health["model_loaded"] and health["model"] == (settings.default_model or first)
+
+
+def test_micro_batching_gives_the_same_results(tiny_settings: Settings):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with TestClient(create_app(tiny_settings, micro_batch=False)) as plain:
+        expected = {b["task"]: plain.post("/v1/predict", json=b).json() for b in (OLD_CLS_BODY, OLD_SEG_BODY)}
+        plain_mask = np.asarray(Image.open(expected["segmentation"]["mask_path"]))
+    app = create_app(tiny_settings, micro_batch=True)
+    with TestClient(app) as client:
+        bodies = [OLD_CLS_BODY, OLD_SEG_BODY] * 12
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda b: client.post("/v1/predict", json=b), bodies))
+        assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200][:1]
+        for response in results:
+            body = response.json()
+            if body["task"] == "classification":
+                assert np.allclose(body["probability"], expected["classification"]["probability"], atol=1e-5)
+            else:
+                assert body["mask_area_px"] == expected["segmentation"]["mask_area_px"]
+        assert np.array_equal(np.asarray(Image.open(results[1].json()["mask_path"])), plain_mask)
+        batcher = app.state.batcher["batcher"]
+        assert batcher.items == 24 and batcher.batches < 24  # some requests shared a forward pass
+        assert client.get("/healthz").json()["micro_batching"] is True
+        bad = client.post("/v1/predict", json={**OLD_SEG_BODY, "img_path_relative": "nope.png"})
+        assert bad.status_code == 404  # errors before the queue still come back per request
