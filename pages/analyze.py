@@ -316,7 +316,7 @@ def show_resources(response: dict, seconds: float, run_id: int | None = None) ->
     st.caption(f"{tr('device')}: {device if on_gpu else tr('cpu_only')} · {response.get('model_name', '')}{run}")
 
 
-@st.fragment(run_every=3)
+@st.fragment(run_every=5)
 def system_strip() -> None:
     try:
         from core.resources import system_snapshot
