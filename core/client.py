@@ -80,6 +80,16 @@ class ApiClient:
             raise ApiError(_detail(answer), answer.status_code)
         return answer.content
 
+    def mask(self, mask_path_relative: str) -> bytes:
+        """The PNG bytes of a mask the server wrote under its ``api_out/`` (``GET /v1/masks/<path>``)."""
+        try:
+            response = self._http.get(f"/v1/masks/{mask_path_relative.lstrip('/')}")
+        except httpx.HTTPError as error:
+            raise ApiError(f"cannot reach the inference API at {self.base_url}: {error}") from error
+        if response.status_code >= 400:
+            raise ApiError(_detail(response), response.status_code)
+        return response.content
+
     def models(self) -> dict | list:
         if self._models is None:
             self._models = self._call("GET", "/v1/models")

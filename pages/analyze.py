@@ -20,6 +20,7 @@ from pages.common import (
     choice,
     error_message,
     history_store,
+    is_remote,
     is_no_model,
     label,
     lang,
@@ -191,13 +192,14 @@ def run(dataset: catalog.Dataset, image: dict, edited: Image.Image, edits: list[
         st.session_state["result"] = {"error": error_message(error), "no_model": is_no_model(error),
                                       "dataset": dataset.name}
         return
+    run_id = None
     try:
         from core.history import record_run
 
-        run_id = record_run(history_store(current), request, response, source="dashboard", edits=edits,
-                            input_sha256=sha256(data))
+        if not is_remote(current):  # the API records its own calls in its workspace's history
+            run_id = record_run(history_store(current), request, response, source="dashboard", edits=edits,
+                                input_sha256=sha256(data))
     except Exception as error:  # history must never hide a result
-        run_id = None
         st.warning(error_message(error))
     st.session_state["result"] = {
         "request": request, "response": response, "edits": edits, "edited": edited, "run_id": run_id,
@@ -257,13 +259,27 @@ def _dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     return float(dice(reference, prediction))
 
 
+def _load_mask(response: dict) -> np.ndarray | None:
+    """The predicted mask: from disk (in-process, or a server sharing the workspace), else from the API."""
+    mask_path = Path(response.get("mask_path") or "")
+    try:
+        if mask_path.is_file():
+            return overlay.as_bool_mask(Image.open(mask_path))
+        if is_remote(current) and response.get("mask_path_relative"):
+            data = backend(current).mask(response["mask_path_relative"])
+            return overlay.as_bool_mask(Image.open(io.BytesIO(data)))
+    except Exception as error:
+        st.error(tr("engine_error", message=error_message(error)))
+        return None
+    st.error(tr("reopen_missing", path=str(mask_path)))
+    return None
+
+
 def show_segmentation(result: dict, image: dict) -> None:
     response, request, edited = result["response"], result["request"], result["edited"]
-    mask_path = Path(response.get("mask_path") or "")
-    if not mask_path.is_file():
-        st.error(tr("reopen_missing", path=str(mask_path)))
+    mask = _load_mask(response)
+    if mask is None:
         return
-    mask = overlay.as_bool_mask(Image.open(mask_path))
     cols = st.columns([2, 1])
     alpha = cols[0].slider(tr("opacity"), 0.0, 1.0, 0.45, 0.05, key="opacity")
     mode = choice("radio", tr("display_mode"), ["fill", "contour"], key="overlay_mode", horizontal=True,

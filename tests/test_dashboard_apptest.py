@@ -206,3 +206,66 @@ def test_models_page_shows_manifest_and_paths(app):
     assert "tiny" in set(app.dataframe[0].value["name"])
     tables = [t.value for t in app.table]
     assert any(str(app.settings.workspace) in str(table.values) for table in tables)
+
+
+@pytest.fixture()
+def api_server(tiny_settings, tmp_path):
+    """``python -m core serve`` on a free loopback port with an API key (its own workspace)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    sys.path.insert(0, str(PROJECT_ROOT / "tests" / "browser"))
+    from app_server import free_port
+
+    port, key = free_port(), "dashboard-key"
+    env = {**os.environ, "UUSIC_WORKSPACE": str(tiny_settings.workspace), "UUSIC_DATA_ROOT": str(tiny_settings.data_root),
+           "UUSIC_WEIGHTS_DIR": str(tiny_settings.weights_dir), "UUSIC_DEVICE": "cpu", "UUSIC_API_KEY": key}
+    log = tmp_path / "api.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "core", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                                   cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert process.poll() is None, log.read_text()
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "API did not start: " + log.read_text()
+                time.sleep(0.2)
+            yield url, key
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+@pytest.mark.server
+def test_analyze_against_remote_api(api_server, tiny_settings, tmp_path, monkeypatch):
+    url, key = api_server
+    dashboard_workspace = tmp_path / "dashboard_ws"  # not shared with the API: the mask comes over HTTP
+    monkeypatch.setenv("UUSIC_WORKSPACE", str(dashboard_workspace))
+    monkeypatch.setenv("UUSIC_DATA_ROOT", str(tiny_settings.data_root))
+    monkeypatch.setenv("UUSIC_API_URL", url)
+    monkeypatch.setenv("UUSIC_API_KEY", key)
+    at = AppTest.from_file(HOME, default_timeout=120)
+    at.run()
+    _ok(at)
+    assert any(url in c.value for c in at.caption)
+    _choose(at, "segmentation", "thyroid", "DDTI")
+    at.button(key="random_sample").click().run()
+    at.button(key="run").click().run()
+    _ok(at)
+    assert i18n.t("measurements", "zh") in [s.value for s in at.subheader]
+    assert [m for m in at.metric if m.label == "Dice"]
+    assert list((tiny_settings.workspace / "api_in").glob("*.png")), "upload did not reach the API's api_in/"
+    assert not list((dashboard_workspace / "api_in").glob("*"))
+    from core.history import HistoryStore
+
+    assert len(HistoryStore(tiny_settings.history_db).list()) == 1  # recorded once, by the API
