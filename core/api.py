@@ -190,7 +190,7 @@ def create_app(settings: Settings | None = None, engine=None, *, preload: bool =
     async def lifespan(app: FastAPI):
         if preload:
             try:
-                await run_in_threadpool(holder.get)
+                await run_in_threadpool(predictor)  # loads the model, starts the batcher when wanted
             except UUSICError as exc:
                 log.error("model not loaded: %s", exc.message)
         yield
