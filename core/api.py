@@ -169,14 +169,17 @@ def create_app(settings: Settings | None = None, engine=None, *, preload: bool =
     settings.ensure_workspace()
     holder = EngineHolder(settings, engine)
     batcher: dict = {}
+    batcher_lock = threading.Lock()
 
     def predictor():
         """``engine.predict`` or, with micro-batching on, the batcher's."""
         engine_ = holder.get()
         if "batcher" not in batcher:
-            device = getattr(getattr(engine_, "device", None), "type", None)
-            wanted = micro_batch if micro_batch is not None else device == "cuda"
-            batcher["batcher"] = MicroBatcher(engine_) if wanted and hasattr(engine_, "forward") else None
+            with batcher_lock:
+                if "batcher" not in batcher:
+                    device = getattr(getattr(engine_, "device", None), "type", None)
+                    wanted = micro_batch if micro_batch is not None else device == "cuda"
+                    batcher["batcher"] = MicroBatcher(engine_) if wanted and hasattr(engine_, "forward") else None
         return batcher["batcher"] or engine_
     store = HistoryStore(settings.history_db)
     limiter: dict = {}
