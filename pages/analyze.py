@@ -224,7 +224,7 @@ def show_classification(result: dict, image: dict) -> None:
     reference = request.get("class_label_index")
     if reference is not None:
         st.markdown(f"**{tr('ground_truth')}** — " + tr("gt_label", label=label(task, name, int(reference))))
-        (st.success if int(reference) == predicted else st.error)(
+        (st.success if int(reference) == predicted else st.warning)(
             tr("gt_correct") if int(reference) == predicted else tr("gt_wrong"))
 
 

@@ -128,7 +128,7 @@ def test_classification_run_shows_chart_and_reference(app):
     assert app.get("plotly_chart"), "no probability chart"
     names = i18n.class_names("classification", "BUSI", "zh")
     assert any(any(n in s.value for n in names) for s in app.subheader)
-    verdicts = [s.value for s in app.success] + [e.value for e in app.error]
+    verdicts = [s.value for s in app.success] + [w.value for w in app.warning]
     assert any(v in (i18n.t("gt_correct", "zh"), i18n.t("gt_wrong", "zh")) for v in verdicts)
 
 
