@@ -39,7 +39,7 @@ def test_read_entries_scans_without_ground_truth(tiny_data_root: Path, tmp_path:
 
 @pytest.fixture(scope="module")
 def sample_pack(tmp_path_factory) -> T.Pack:
-    pack, _ = T.build_pack(BUNDLED_SAMPLES, 96, progress=False)
+    pack, _ = T.build_pack(BUNDLED_SAMPLES, 64, progress=False)
     return pack
 
 
@@ -63,15 +63,15 @@ def test_augment_keeps_shapes_and_masks_binary():
 
 def test_a_few_steps_lower_the_loss(sample_pack: T.Pack, tmp_path: Path):
     pack = T.Pack(**{**sample_pack.__dict__, "val": np.zeros(len(sample_pack), bool)})  # train on all
-    summary = T.train(pack, tmp_path / "w.pt", max_steps=40, batch_size=8, lr=3e-3, device="cpu", config=TINY,
-                      progress=False, meta={"input_size": 96})
-    assert summary["steps"] == 40
+    summary = T.train(pack, tmp_path / "w.pt", max_steps=30, batch_size=8, lr=3e-3, device="cpu", config=TINY,
+                      progress=False, meta={"input_size": 64})
+    assert summary["steps"] == 30
     assert summary["last_loss"] < summary["first_loss"] * 0.9
-    model = load(ModelSpec("t", "demo_unet", "w.pt", input_size=96, preprocessing="letterbox"),
+    model = load(ModelSpec("t", "demo_unet", "w.pt", input_size=64, preprocessing="letterbox"),
                  tmp_path / "w.pt", torch.device("cpu"))
-    seg, c2, c4 = model.forward(torch.rand(2, 96, 96, 3), torch.zeros(2, 8), torch.zeros(2, 2), torch.zeros(2, 3),
+    seg, c2, c4 = model.forward(torch.rand(2, 64, 64, 3), torch.zeros(2, 8), torch.zeros(2, 2), torch.zeros(2, 3),
                                 torch.zeros(2, 2))
-    assert seg.shape == (2, 2, 96, 96) and c2.shape == (2, 2) and c4.shape == (2, 4)
+    assert seg.shape == (2, 2, 64, 64) and c2.shape == (2, 2) and c4.shape == (2, 4)
 
 
 def test_cli_writes_weights_log_and_validation_json(tmp_path: Path):
