@@ -269,3 +269,24 @@ def test_analyze_against_remote_api(api_server, tiny_settings, tmp_path, monkeyp
     from core.history import HistoryStore
 
     assert len(HistoryStore(tiny_settings.history_db).list()) == 1  # recorded once, by the API
+
+
+def test_batch_page_uploads_and_zip(app):
+    app.switch_page("pages/batch.py").run()
+    app.radio(key="b_task").set_value("segmentation").run()
+    app.selectbox(key="b_dataset_segmentation").set_value("DDTI").run()
+    files = []
+    for i, size in enumerate([(40, 30), (33, 50)]):
+        buffer = io.BytesIO()
+        Image.new("RGB", size, (40 * i, 80, 120)).save(buffer, format="PNG")
+        files.append((f"batch {i}.png", buffer.getvalue(), "image/png"))
+    app.file_uploader(key="b_files").set_value(files).run()
+    app.button(key="b_run").click().run()
+    _ok(app)
+    assert any(i18n.t("batch_done", "zh", n=2, sec=0).split("，")[0] in s.value for s in app.success)
+    results = app.dataframe[0].value
+    assert len(results) == 2 and results["mask_area_px"].notna().all()
+    output = sorted((app.settings.workspace / "api_out").glob("batch_*"))[-1]
+    masks = sorted(p for p in output.rglob("*.png"))
+    assert len(masks) == 2 and {Image.open(p).size for p in masks} == {(40, 30), (33, 50)}
+    assert app.get("download_button"), "no zip download"
