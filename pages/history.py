@@ -91,9 +91,14 @@ def reopen(row: dict) -> None:
             try:
                 probabilities = json.loads(probabilities)
             except ValueError:
-                pass
-        if probabilities is not None:
-            st.write(tr("probability"), probabilities)
+                probabilities = None
+        if isinstance(probabilities, list) and dataset:
+            try:
+                names = i18n.class_names("classification", dataset, L)
+            except Exception:
+                names = [str(i) for i in range(len(probabilities))]
+            st.table(pd.DataFrame({tr("class"): names[: len(probabilities)],
+                                   tr("probability"): [f"{float(p):.1%}" for p in probabilities]}))
 
 
 try:

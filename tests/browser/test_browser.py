@@ -260,4 +260,5 @@ def test_screenshots_of_main_screens(page, app_url):
         page.locator('[data-testid="stSidebarNav"] a').filter(has_text=i18n.t(key, "en")).click()
         page.get_by_text(i18n.t("demo_banner", "en")).wait_for()
         wait_idle(page)
+        page.wait_for_timeout(1500)  # data grids paint after the run
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
