@@ -19,7 +19,7 @@ st.subheader(tr("model_info"))
 info: dict = {}
 try:
     info = backend(current).model_info()
-    st.json(info, expanded=True)
+    st.json(info, expanded=1)  # top level open, dataset list folded
 except Exception as error:
     st.error(tr("weights_error", message=error_message(error)))
 
