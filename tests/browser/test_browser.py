@@ -220,6 +220,31 @@ def test_rotate_and_crop_change_what_is_analysed(page, workspace):
     assert Image.open(newest_input(workspace)).size == cropped
 
 
+def test_two_sessions_at_once_share_one_engine(browser, app_url, workspace):
+    """Two browser sessions click Run together; both get their own result from the one cached engine."""
+    contexts = [browser.new_context(viewport={"width": 1400, "height": 1100}) for _ in range(2)]
+    try:
+        pages = []
+        for context in contexts:
+            context.set_default_timeout(WAIT)
+            tab = context.new_page()
+            tab.goto(app_url)
+            wait_idle(tab)
+            choose(tab, "segmentation", "thyroid", "DDTI")
+            random_sample(tab)
+            pages.append(tab)
+        before = len(list((workspace / "api_in").glob("*")))
+        for tab in pages:
+            tab.get_by_role("button", name=_t("run")).click()
+        for tab in pages:
+            tab.get_by_text(_t("resources"), exact=True).wait_for()
+            assert tab.get_by_text(_t("measurements"), exact=True).is_visible()
+        assert len(list((workspace / "api_in").glob("*"))) == before + 2  # unique names, nothing overwritten
+    finally:
+        for context in contexts:
+            context.close()
+
+
 def test_history_csv_export(page, app_url, workspace):
     from core.history import HistoryStore
 
