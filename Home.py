@@ -7,7 +7,7 @@ import streamlit as st
 st.set_page_config(page_title="UUSIC Viewer", page_icon="🩻", layout="wide")
 
 from core import i18n  # noqa: E402
-from pages.common import is_remote, mark_entrypoint, navigation, settings, tr  # noqa: E402
+from pages.common import is_remote, mark_entrypoint, navigation, require_login, settings, tr  # noqa: E402
 
 if "lang" not in st.session_state:
     st.session_state["lang"] = i18n.normalise_lang(settings().language)
@@ -20,6 +20,8 @@ with st.sidebar:
         key="lang",
         horizontal=True,
     )
+
+require_login()
 
 pages = [
     st.Page("pages/analyze.py", title=tr("nav_analyze"), icon="🔬", url_path="analyze", default=True),

@@ -156,9 +156,45 @@ def _leave_pages_directory_mode() -> None:
         st.rerun()
 
 
+def _secrets() -> dict:
+    try:
+        return st.secrets.to_dict()
+    except Exception:  # noqa: BLE001 - no secrets.toml: the dashboard is open
+        return {}
+
+
+def require_login() -> None:
+    """Stop the run until the user is signed in, when a login is configured (see ``core.auth``)."""
+    from core import auth
+
+    secrets = _secrets()
+    mode = auth.login_mode(secrets)
+    if mode == "none" or st.session_state.get("_signed_in"):
+        return
+    if mode == "oidc":
+        if st.user.is_logged_in:
+            with st.sidebar:
+                st.button(tr("logout"), on_click=st.logout)
+            return
+        st.title(tr("login_title"))
+        st.button(tr("login_oidc"), on_click=st.login)
+        st.stop()
+    st.title(tr("login_title"))
+    with st.form("login"):
+        candidate = st.text_input(tr("login_password"), type="password")
+        submitted = st.form_submit_button(tr("login_button"))
+    if submitted and auth.password_matches(candidate, secrets.get("dashboard", {})):
+        st.session_state["_signed_in"] = True
+        st.rerun()
+    if submitted:
+        st.error(tr("login_wrong"))
+    st.stop()
+
+
 def page_header(title_key: str) -> None:
     """Every page starts with its title and the demo-weights banner."""
     _leave_pages_directory_mode()
+    require_login()
     st.title(f"{tr('app_title')} · {tr(title_key)}")
     banner()
 
