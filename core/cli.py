@@ -92,7 +92,7 @@ def predict_main(argv: list[str]) -> int:
         if args.arch:
             spec = registry.adhoc_spec(args.arch, args.weights, input_size=args.input_size,
                                        preprocessing=args.preprocessing)
-        engine = Engine(settings, args.model, spec=spec, mask_inverse=args.mask_resize)
+        engine = Engine(settings, args.model, spec=spec, mask_inverse=args.mask_resize, measurements=False)
     except (UUSICError, WeightsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

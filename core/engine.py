@@ -32,7 +32,7 @@ from core.imaging import LoadedImage, load_image
 from core.models import registry
 from core.models.base import ModelSpec
 from core.paths import mask_relative_path, output_path, resolve_input
-from core.resources import device_label, measure_gpu, process_rss_mb
+from core.resources import GpuMemory, device_label, measure_gpu, process_rss_mb
 from core.schema import PredictRequest
 from core.settings import Settings, get_settings
 
@@ -71,6 +71,7 @@ class RawOutput:
     probability: np.ndarray | None = None  # classification: softmax of the dataset's head
     seg_label: np.ndarray | None = None  # center_crop: argmax label map S x S (uint8)
     seg_foreground: np.ndarray | None = None  # letterbox: foreground probability S x S (float32)
+    fallback_device: str | None = None  # set when CUDA ran out of memory and the sample ran on the CPU
 
 
 def _progress_step(progress, done: int, total: int) -> None:
@@ -106,10 +107,11 @@ class Engine:
     """Serves one model (a manifest entry or an ad-hoc spec) on one device."""
 
     def __init__(self, settings: Settings | None = None, model: str | None = None, *, spec: ModelSpec | None = None,
-                 device: str | None = None, mask_inverse: str = "exact"):
+                 device: str | None = None, mask_inverse: str = "exact", measurements: bool = True):
         if mask_inverse not in MASK_INVERSES:
             raise ValueError(f"mask_inverse must be one of {MASK_INVERSES}, got {mask_inverse!r}")
         self.mask_inverse = mask_inverse
+        self.measurements = measurements  # the batch CLI (challenge output) has no use for them
         self.settings = settings or get_settings()
         self.spec = spec or registry.find_spec(self.settings, model)
         self.device = registry.resolve_device(device or self.settings.device)
@@ -189,15 +191,31 @@ class Engine:
         vectors = [torch.tensor([pr.as_tuple()[k] for pr in prompts], dtype=torch.float32) for k in range(4)]
         with self._lock:
             start = time.perf_counter()
-            with measure_gpu(self.device) as gpu, torch.inference_mode():
-                images_d = images.to(self.device, non_blocking=True)
-                vectors_d = [v.to(self.device) for v in vectors]
-                autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
-                with autocast:
-                    seg, cls2, cls4 = self.model(images_d, *vectors_d)
-                outputs = self._extract(batch, seg.float(), cls2.float(), cls4.float())
+            try:
+                with measure_gpu(self.device) as gpu, torch.inference_mode():
+                    images_d = images.to(self.device, non_blocking=True)
+                    vectors_d = [v.to(self.device) for v in vectors]
+                    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+                    with autocast:
+                        seg, cls2, cls4 = self.model(images_d, *vectors_d)
+                    outputs = self._extract(batch, seg.float(), cls2.float(), cls4.float())
+            except torch.OutOfMemoryError:
+                outputs, gpu = self._forward_on_cpu(batch, images, vectors), GpuMemory()
             seconds = time.perf_counter() - start
         return outputs, seconds, gpu
+
+    def _forward_on_cpu(self, batch: list[Prepared], images: torch.Tensor, vectors: list[torch.Tensor]):
+        """CUDA ran out of memory: free what we can, warn, and run this batch on a CPU copy of the model."""
+        log.warning("CUDA out of memory for a batch of %d on %s; retrying on the CPU", len(batch), self.device)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        cpu_model = registry.load_model(self.spec, torch.device("cpu"), weights_dir=self.settings.weights_dir)
+        with torch.inference_mode():
+            seg, cls2, cls4 = cpu_model(images, *vectors)
+            outputs = self._extract(batch, seg.float(), cls2.float(), cls4.float())
+        for output in outputs:
+            output.fallback_device = "cpu"
+        return outputs
 
     def _extract(self, batch: list[Prepared], seg, cls2, cls4) -> list[RawOutput]:
         outputs: list[RawOutput] = [RawOutput() for _ in batch]
@@ -264,6 +282,10 @@ class Engine:
         )
         if prepared.image.notes:
             response["notes"] = list(prepared.image.notes)
+        if raw.fallback_device:
+            response["device"] = raw.fallback_device
+            response.setdefault("notes", []).append(
+                f"CUDA out of memory on {self.device}: this image was analysed on the CPU instead")
         for key, value in req.extras.items():
             response.setdefault(key, value)
         return response
@@ -290,7 +312,8 @@ class Engine:
             "seg_target_info": req.dataset.seg_target,
             "pixel_spacing_mm": spacing,
             "coverage_fraction": float(coverage.mean()),
-            "measurements": _measure(mask, spacing, fetal_head=req.dataset.group == "fetal_head"),
+            "measurements": (_measure(mask, spacing, fetal_head=req.dataset.group == "fetal_head")
+                             if self.measurements else None),
         }
 
     # ------------------------------------------------------------------------------------------ public API

@@ -282,3 +282,33 @@ def test_real_demo_weights_on_shipped_samples(tmp_path: Path):
             assert abs(sum(result["probability"]) - 1) < 1e-5
     for dataset in ("Appendix", "Fatty-Liver", "Breast_luminal"):
         assert not engine.serves("classification", dataset)
+
+
+def test_cuda_out_of_memory_retries_on_cpu_with_a_warning(tiny_settings: Settings, caplog):
+    """A CUDA OOM in the forward pass is not an error for the user: the batch runs again on a CPU copy."""
+    engine = Engine(tiny_settings)
+    request = _requests(tiny_settings.data_root)[0]
+    expected = engine.predict(request)
+    real_model = engine.model
+
+    class OutOfMemoryOnce:
+        def __init__(self):
+            self.calls = 0
+
+        def __call__(self, *args):
+            self.calls += 1
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    engine.model = OutOfMemoryOnce()
+    try:
+        with caplog.at_level("WARNING"):
+            response = engine.predict(request)
+    finally:
+        engine.model = real_model
+    assert engine.model is real_model
+    assert response["device"] == "cpu"
+    assert any("out of memory" in note for note in response["notes"])
+    assert any("retrying on the CPU" in r.getMessage() for r in caplog.records)
+    for key in ("probability", "prediction", "mask_area_px"):
+        if key in expected:
+            assert response[key] == pytest.approx(expected[key], abs=1e-6)
