@@ -121,3 +121,15 @@ def omni_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("omni") / "best_model.pth"
     uusic_omni.save_baseline_checkpoint(uusic_omni.UUSICOmniNet(), path, layout="module")
     return path
+
+
+@pytest.fixture()
+def dashboard_env(tiny_settings, monkeypatch):
+    """Point the dashboard (which reads ``UUSIC_*`` variables) at the tiny model, data root and a tmp workspace."""
+    monkeypatch.setenv("UUSIC_WORKSPACE", str(tiny_settings.workspace))
+    monkeypatch.setenv("UUSIC_DATA_ROOT", str(tiny_settings.data_root))
+    monkeypatch.setenv("UUSIC_WEIGHTS_DIR", str(tiny_settings.weights_dir))
+    monkeypatch.setenv("UUSIC_DEVICE", "cpu")
+    monkeypatch.delenv("UUSIC_API_URL", raising=False)
+    monkeypatch.delenv("UUSIC_MODEL", raising=False)
+    return tiny_settings

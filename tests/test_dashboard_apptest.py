@@ -24,13 +24,8 @@ HOME = str(PROJECT_ROOT / "Home.py")
 
 
 @pytest.fixture()
-def app(tiny_settings, monkeypatch):
-    monkeypatch.setenv("UUSIC_WORKSPACE", str(tiny_settings.workspace))
-    monkeypatch.setenv("UUSIC_DATA_ROOT", str(tiny_settings.data_root))
-    monkeypatch.setenv("UUSIC_WEIGHTS_DIR", str(tiny_settings.weights_dir))
-    monkeypatch.setenv("UUSIC_DEVICE", "cpu")
-    monkeypatch.delenv("UUSIC_API_URL", raising=False)
-    monkeypatch.delenv("UUSIC_MODEL", raising=False)
+def app(dashboard_env):
+    tiny_settings = dashboard_env
     at = AppTest.from_file(HOME, default_timeout=120)
     at.run()
     assert not at.exception, [e.value for e in at.exception]

@@ -35,12 +35,7 @@ def test_password_checks():
 
 
 @pytest.fixture()
-def gated(tiny_settings, monkeypatch):
-    monkeypatch.setenv("UUSIC_WORKSPACE", str(tiny_settings.workspace))
-    monkeypatch.setenv("UUSIC_DATA_ROOT", str(tiny_settings.data_root))
-    monkeypatch.setenv("UUSIC_WEIGHTS_DIR", str(tiny_settings.weights_dir))
-    monkeypatch.setenv("UUSIC_DEVICE", "cpu")
-    monkeypatch.delenv("UUSIC_API_URL", raising=False)
+def gated(dashboard_env):
     at = AppTest.from_file(HOME, default_timeout=120)
     at.secrets["dashboard"] = {"password_sha256": hashlib.sha256(SECRET.encode()).hexdigest()}
     at.run()
