@@ -1,0 +1,171 @@
+"""Hostile-input table (issue 6): every case against the engine (in-process, demo weights) and the HTTP API.
+
+Each case: the expected answer (4xx + message fragment, or success for legit-but-odd images), nothing written
+outside the tmp workspace, and a valid request still succeeds afterwards. Dashboard (AppTest) cases: not here —
+the Analyze page's file_uploader cannot be fed through streamlit.testing.v1.AppTest (no upload injection API).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from core.api import create_app
+from core.errors import UUSICError
+from core.settings import Settings
+
+SEG = {"task": "segmentation", "dataset_name": "DDTI", "organ": "Thyroid"}
+
+
+def _img(w=40, h=30, mode="RGB", fmt="PNG", **save) -> bytes:
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    if mode == "I;16":
+        im = Image.fromarray(arr[..., 0].astype(np.uint16) * 200)
+    else:
+        im = Image.fromarray(arr).convert(mode)
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def _bomb_png(w: int, h: int) -> bytes:
+    """A tiny PNG whose header declares w x h (IDAT only a few bytes)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def _exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW: displayed w/h swap
+    exif[0x010F] = "SecretScannerCo"
+    return _img(40, 30, fmt="JPEG", exif=exif.tobytes())
+
+
+def _gif() -> bytes:
+    frames = [Image.new("RGB", (20, 16), c) for c in ("red", "blue")]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    return buf.getvalue()
+
+
+def _dicom(with_pixels: bool) -> bytes:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.PatientName = "Doe^Jane"
+    ds.Modality = "US"
+    if with_pixels:
+        ds.Rows, ds.Columns = 24, 32
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = np.arange(24 * 32, dtype=np.uint8).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+PNG = _img()
+JPG = _img(fmt="JPEG")
+OK, BAD = "ok", "bad"
+# (id, filename, bytes, expectation): expectation = ("ok", (w, h) or None) or ("bad", status, fragment)
+IMAGE_CASES = [
+    ("empty", "empty.png", b"", (BAD, 400, "file is empty")),
+    ("truncated_png", "t.png", PNG[: len(PNG) // 2], (BAD, 400, "png data is truncated")),
+    ("truncated_jpeg", "t.jpg", JPG[: len(JPG) // 2], (BAD, 400, "jpeg data is truncated")),
+    ("text_as_png", "notes.png", b"hello, I am not an image\n" * 10, (BAD, 400, "not a recognised image")),
+    ("bomb_30000", "bomb.png", _bomb_png(30000, 30000), (BAD, 400, "decompression bomb")),
+    ("declared_20000", "big.png", _bomb_png(20000, 20000), (BAD, 400, "image too large")),
+    ("one_pixel", "one.png", _img(1, 1), (BAD, 400, "at least 8 px")),
+    ("png16", "p16.png", _img(mode="I;16"), (OK, (40, 30))),
+    ("palette", "pal.png", _img(mode="P"), (OK, (40, 30))),
+    ("cmyk_jpeg", "cmyk.jpg", _img(mode="CMYK", fmt="JPEG"), (OK, (40, 30))),
+    ("exif_rotated", "rot.jpg", _exif_rotated(), (OK, (30, 40))),
+    ("animated_gif", "anim.gif", _gif(), (OK, (20, 16))),
+    ("dicom_no_pixels", "x.dcm", _dicom(False), (BAD, 400, "no pixel data")),
+    ("dicom_pixels", "y.dcm", _dicom(True), (OK, (32, 24))),
+    ("unicode_spaces_name", "超声 image (1) é.png", PNG, (OK, (40, 30))),
+    ("traversal_name", "../../evil.png", PNG, (OK, (40, 30))),
+    ("absolute_name", "/etc/evil.png", PNG, (OK, (40, 30))),
+    ("nul_name", "a\x00b.png", PNG, (OK, (40, 30))),
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    parent = tmp_path_factory.mktemp("hostile")
+    settings = Settings(workspace=parent / "ws")
+    settings.ensure_workspace()
+    from core.engine import Engine
+
+    engine = Engine(settings, device="cpu")
+    client = TestClient(create_app(settings, engine=engine))
+    client.__enter__()
+    good = client.post("/v1/upload", files={"file": ("good.png", PNG, "image/png")}).json()
+    yield parent, settings, engine, client, {**SEG, "img_path_relative": good["img_path_relative"]}
+    client.__exit__(None, None, None)
+
+
+def _snapshot(parent: Path) -> set[str]:
+    return {str(p.relative_to(parent)) for p in parent.rglob("*")}
+
+
+def _outside_ws(before: set[str], after: set[str]) -> list[str]:
+    return sorted(p for p in after - before if not p.startswith("ws"))
+
+
+def _check_alive(client, engine, good):
+    r = client.post("/v1/predict", json=good)
+    assert r.status_code == 200, r.text
+    assert "inference_time_sec" in engine.predict(good)
+
+
+@pytest.mark.parametrize("case", IMAGE_CASES, ids=[c[0] for c in IMAGE_CASES])
+def test_hostile_image(world, case):
+    parent, settings, engine, client, good = world
+    name, filename, data, expect = case
+    before = _snapshot(parent)
+    # API: upload
+    r = client.post("/v1/upload", files={"file": (filename, data, "application/octet-stream")})
+    # engine: the raw bytes placed in api_in/ and predicted in-process
+    raw_name = f"raw-{name}{Path(filename.replace(chr(0), '')).suffix or '.bin'}"
+    (Path(settings.api_in) / raw_name).write_bytes(data)
+    try:
+        eng = engine.predict({**SEG, "img_path_relative": f"api_in/{raw_name}"})
+        eng_err = None
+    except UUSICError as exc:
+        eng, eng_err = None, exc
+    print(name, r.status_code, r.text[:200], "| engine:", eng_err and (eng_err.status_code, eng_err.message))
+    if expect[0] == OK:
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["img_dimensions"] == list(expect[1])
+        saved = r.json()["img_path_relative"]
+        assert saved.startswith("api_in/") and "/" not in saved[len("api_in/"):] and "\x00" not in saved
+        p = client.post("/v1/predict", json={**SEG, "img_path_relative": saved})
+        assert p.status_code == 200, p.text
+        assert eng_err is None, eng_err.message
+    else:
+        status, fragment = expect[1], expect[2]
+        assert 400 <= r.status_code < 500, r.text
+        assert fragment.lower() in r.json()["detail"].lower()
+        assert eng_err is not None and 400 <= eng_err.status_code < 500
+        assert fragment.lower() in eng_err.message.lower()
+    assert _outside_ws(before, _snapshot(parent)) == []
+    _check_alive(client, engine, good)
