@@ -92,6 +92,7 @@ IMAGE_CASES = [
     ("text_as_png", "notes.png", b"hello, I am not an image\n" * 10, (BAD, 400, "not a recognised image")),
     ("bomb_30000", "bomb.png", _bomb_png(30000, 30000), (BAD, 400, "decompression bomb")),
     ("declared_20000", "big.png", _bomb_png(20000, 20000), (BAD, 400, "image too large")),
+    ("declared_10000", "big10k.png", _bomb_png(10000, 10000), (BAD, 400, "more than the 64,000,000 allowed")),  # over Settings.max_image_pixels
     ("one_pixel", "one.png", _img(1, 1), (BAD, 400, "at least 8 px")),
     ("png16", "p16.png", _img(mode="I;16"), (OK, (40, 30))),
     ("palette", "pal.png", _img(mode="P"), (OK, (40, 30))),
@@ -167,5 +168,92 @@ def test_hostile_image(world, case):
         assert fragment.lower() in r.json()["detail"].lower()
         assert eng_err is not None and 400 <= eng_err.status_code < 500
         assert fragment.lower() in eng_err.message.lower()
+    assert _outside_ws(before, _snapshot(parent)) == []
+    _check_alive(client, engine, good)
+
+
+# (id, request builder (good request -> body), API expectation, engine expectation); "same" = as API.
+# A body builder returning bytes is sent raw (API only). Expectation: ("ok", None) or ("bad", status, fragment).
+def _with(**fields):
+    return lambda good: {**good, **fields}
+
+
+def _without(*names):
+    return lambda good: {k: v for k, v in good.items() if k not in names}
+
+
+REQUEST_CASES = [
+    ("dotdot_path", _with(img_path_relative="../../etc/passwd"), (BAD, 403, "contains '..'"), "same"),
+    ("dotdot_in_api_in", _with(img_path_relative="api_in/../../../etc/passwd"), (BAD, 403, "contains '..'"), "same"),
+    ("absolute_path", _with(img_path_relative="/etc/passwd"), (BAD, 403, "absolute path"), "same"),
+    ("symlink_out_of_api_in", _with(img_path_relative="api_in/link-out.png"), (BAD, 403, "leads outside its root"), "same"),
+    ("nul_in_path", _with(img_path_relative="api_in/a\x00.png"), (BAD, 400, "nul byte"), "same"),
+    ("empty_path", _with(img_path_relative=""), (BAD, 422, "at least 1 character"), "same"),
+    ("missing_file", _with(img_path_relative="api_in/nope.png"), (BAD, 404, "no image file"), "same"),
+    ("unknown_dataset", _with(dataset_name="NoSuchSet"), (BAD, 422, "unknown dataset 'NoSuchSet'"), "same"),
+    ("task_mismatch", _with(task="classification", dataset_name="DDTI"), (BAD, 422, "has no classification task"), "same"),
+    ("unknown_task", _with(task="detection"), (BAD, 422, "unknown task 'detection'"), "same"),
+    ("wrong_organ", _with(organ="Liver"), (BAD, 422, "contradicts the catalog"), "same"),
+    ("missing_path", _without("img_path_relative"), (BAD, 422, "img_path_relative"), "same"),
+    ("missing_task", _without("task"), (BAD, 422, "task"), "same"),
+    ("missing_everything", lambda good: {}, (BAD, 422, "required"), "same"),
+    ("path_wrong_type", _with(img_path_relative=123), (BAD, 422, "img_path_relative"), "same"),
+    ("dims_wrong_type", _with(img_dimensions="40x30"), (BAD, 422, "img_dimensions"), "same"),
+    ("dims_negative", _with(img_dimensions=[-40, 30]), (BAD, 422, "img_dimensions"), "same"),
+    ("dims_nan", _with(img_dimensions=[float("nan"), 30]), (BAD, 422, "img_dimensions"), "same"),
+    ("dims_three", _with(img_dimensions=[40, 30, 3]), (BAD, 422, "img_dimensions"), "same"),
+    ("label_wrong_type", _with(class_label_index="benign"), (BAD, 422, "class_label_index"), "same"),
+    ("body_is_list", lambda good: [good], (BAD, 422, "object"), "same"),
+    ("body_is_string", lambda good: "hello", (BAD, 422, "not valid json"), "same"),
+    ("unicode_name_field", _with(img_name="超声 图像 (1).png"), (OK, None), "same"),
+    ("huge_field", _with(img_name="x" * 2_000_000), (BAD, 413, "limit"), None),
+    ("huge_nested_json", lambda good: {**good, "extra": [[0] * 1000] * 1000}, (BAD, 413, "limit"), None),
+    ("invalid_json", lambda good: b"{not json", (BAD, 400, "not valid json"), None),
+    ("empty_body", lambda good: b"", (BAD, 422, "body is empty"), None),
+    ("nan_literal_json", lambda good: json.dumps({**good, "img_dimensions": [float("nan"), 1]}).encode(),
+     (BAD, 422, "img_dimensions"), None),
+]
+
+
+@pytest.fixture(scope="module")
+def symlink_out(world):
+    parent, settings, *_ = world
+    outside = parent / "outside.png"
+    outside.write_bytes(PNG)
+    link = Path(settings.api_in) / "link-out.png"
+    if not link.exists():
+        link.symlink_to(outside)
+    return link
+
+
+@pytest.mark.parametrize("case", REQUEST_CASES, ids=[c[0] for c in REQUEST_CASES])
+def test_hostile_request(world, symlink_out, case):
+    parent, settings, engine, client, good = world
+    name, build, expect_api, expect_engine = case
+    body = build(good)
+    before = _snapshot(parent)
+    if isinstance(body, bytes):
+        r = client.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    else:
+        r = client.post("/v1/predict", content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    print(name, r.status_code, r.text[:160])
+    if expect_api[0] == OK:
+        assert r.status_code == 200, r.text
+    else:
+        assert r.status_code == expect_api[1], r.text
+        assert expect_api[2].lower() in r.json()["detail"].lower(), r.text
+    if expect_engine is not None:
+        expect_engine = expect_api if expect_engine == "same" else expect_engine
+        try:
+            engine.predict(body)
+            eng_err = None
+        except UUSICError as exc:
+            eng_err = exc
+        print("   engine:", eng_err and (eng_err.status_code, eng_err.message[:160]))
+        if expect_engine[0] == OK:
+            assert eng_err is None, eng_err.message
+        else:
+            assert eng_err is not None and 400 <= eng_err.status_code < 500
+            assert expect_engine[2].lower() in eng_err.message.lower()
     assert _outside_ws(before, _snapshot(parent)) == []
     _check_alive(client, engine, good)
