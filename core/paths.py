@@ -61,7 +61,8 @@ def resolve_input(settings: Settings, rel: str, *, input_dir: Path | None = None
     if not _inside(resolved, root):
         raise PathError(f"image path {rel!r} leads outside its root (symlink?)", field="img_path_relative")
     if must_exist and not resolved.is_file():
-        raise PathError(f"no image file at {rel!r} (looked in {root})", field="img_path_relative", status_code=404)
+        where = "the workspace api_in/" if root == api_in else "the data root"  # no server paths in replies
+        raise PathError(f"no image file at {rel!r} (looked in {where})", field="img_path_relative", status_code=404)
     return resolved
 
 

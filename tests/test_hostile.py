@@ -242,6 +242,7 @@ def test_hostile_request(world, symlink_out, case):
     else:
         assert r.status_code == expect_api[1], r.text
         assert expect_api[2].lower() in r.json()["detail"].lower(), r.text
+        assert str(parent) not in r.text  # no server paths leak to clients
     if expect_engine is not None:
         expect_engine = expect_api if expect_engine == "same" else expect_engine
         try:
