@@ -1,8 +1,8 @@
 """Hostile-input table (issue 6): every case against the engine (in-process, demo weights) and the HTTP API.
 
 Each case: the expected answer (4xx + message fragment, or success for legit-but-odd images), nothing written
-outside the tmp workspace, and a valid request still succeeds afterwards. Dashboard (AppTest) cases: not here —
-the Analyze page's file_uploader cannot be fed through streamlit.testing.v1.AppTest (no upload injection API).
+outside the tmp workspace, and a valid request still succeeds afterwards. A subset of the image cases also goes
+through the dashboard's Analyze uploader (streamlit.testing.v1.AppTest): a clear st.error, no exception.
 """
 
 from __future__ import annotations
@@ -258,3 +258,37 @@ def test_hostile_request(world, symlink_out, case):
             assert expect_engine[2].lower() in eng_err.message.lower()
     assert _outside_ws(before, _snapshot(parent)) == []
     _check_alive(client, engine, good)
+
+
+# ------------------------------------------------------------------------------------------ dashboard (AppTest)
+DASHBOARD_CASES = [c for c in IMAGE_CASES if c[0] in {"empty", "truncated_png", "text_as_png", "bomb_30000",
+                                                       "declared_10000", "one_pixel", "dicom_no_pixels",
+                                                       "exif_rotated", "traversal_name"}]
+
+
+@pytest.mark.parametrize("case", DASHBOARD_CASES, ids=[c[0] for c in DASHBOARD_CASES])
+def test_hostile_upload_in_dashboard(dashboard_env, case):
+    """The Analyze page's uploader: a clear st.error (no exception) for bad files, the page keeps working."""
+    pytest.importorskip("streamlit.testing.v1")
+    from streamlit.testing.v1 import AppTest
+
+    from core.settings import PROJECT_ROOT
+
+    settings = dashboard_env
+    parent = Path(settings.workspace).parent
+    before = _snapshot(parent)
+    name, filename, data, expect = case
+    at = AppTest.from_file(str(PROJECT_ROOT / "Home.py"), default_timeout=120)
+    at.run()
+    at.radio(key="source").set_value("upload").run()
+    at.file_uploader(key="upload").upload(filename, data, "application/octet-stream").run()
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    if expect[0] == OK:
+        assert not errors, errors
+    else:
+        assert errors and expect[2].lower() in errors[0].lower(), errors
+    new = sorted(_snapshot(parent) - before)
+    assert all(p.startswith(str(Path(settings.workspace).relative_to(parent))) for p in new), new
+    at.file_uploader(key="upload").upload("good.png", PNG, "image/png").run()  # still serving
+    assert not at.exception and not at.error, [e.value for e in at.error]
