@@ -75,7 +75,9 @@ class EngineHolder:
                     self.engine = get_engine(self.settings)
                     self.error = None
                 except Exception as exc:  # WeightsError, DeviceError, ...
-                    self.error = getattr(exc, "message", None) or str(exc)
+                    # clients (and the open /healthz) see the file's name, not the server's folders
+                    message = getattr(exc, "message", None) or str(exc)
+                    self.error = message.replace(str(self.settings.weights_dir) + "/", "")
                     raise NoModelError(f"the model could not be loaded: {self.error}", status_code=503) from None
         return self.engine
 

@@ -105,8 +105,9 @@ def _load_pil(data: bytes, name: str, settings: Settings | None) -> LoadedImage:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data), formats=list(PIL_FORMATS))
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"{name}: refused, image too large (decompression bomb): {exc}") from None
+        except Image.DecompressionBombError:
+            raise ImageError(f"{name}: refused, image too large (decompression bomb): more than the "
+                             f"{_limits(settings)[0]:,} pixels allowed") from None
         except UnidentifiedImageError:
             raise ImageError(
                 f"{name}: not a recognised image; supported formats are PNG, JPEG, BMP, TIFF, GIF and DICOM"
@@ -122,8 +123,9 @@ def _load_pil(data: bytes, name: str, settings: Settings | None) -> LoadedImage:
         try:
             image.seek(0)
             image.load()
-        except Image.DecompressionBombError as exc:
-            raise ImageError(f"{name}: refused, image too large (decompression bomb): {exc}") from None
+        except Image.DecompressionBombError:
+            raise ImageError(f"{name}: refused, image too large (decompression bomb): more than the "
+                             f"{_limits(settings)[0]:,} pixels allowed") from None
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
             raise ImageError(f"{name}: the {fmt.upper()} data is truncated or corrupt ({exc})") from None
     try:

@@ -63,7 +63,7 @@ def _bad_weights(kind: str, folder: Path) -> tuple[dict, str]:
     if kind == "wrong_arch":  # demo weights declared as the Swin-Unet omni network
         target.write_bytes(data)
         return {**entry, "arch": "uusic_omni", "sha256": None, "input_size": 224,
-                "preprocessing": "center_crop"}, r"wrong_arch\.pt"
+                "preprocessing": "center_crop"}, r"wrong_arch\.pt: the checkpoint is a 'demo_unet' model"
     raise AssertionError(kind)
 
 
@@ -99,6 +99,7 @@ def test_bad_weights_are_named_by_registry_and_api(tmp_path: Path, kind: str):
         health = client.get("/healthz")
         assert health.status_code == 200 and health.json()["model_loaded"] is False
         assert re.search(pattern, health.json()["error"] or ""), health.text
+        assert str(weights) not in health.text and str(weights) not in response.text  # no server folders
         assert client.get("/v1/datasets").status_code == 200  # still serving
     assert {p for p in tmp_path.parent.iterdir()} == before
 

@@ -342,6 +342,9 @@ class UUSICOmniNet(nn.Module):
 
 def _normalise_keys(obj, path: Path) -> dict[str, torch.Tensor]:
     """Any of the baseline's layouts → ``swin.*`` keys."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("arch"), str) and obj["arch"] != "uusic_omni":
+        raise WeightsError(f"weights file {path}: the checkpoint is a {obj['arch']!r} model, "
+                           "but the manifest declares it as uusic_omni")
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not obj:
