@@ -100,6 +100,8 @@ def page(browser, app_url):
     context.set_default_timeout(WAIT)
     tab = context.new_page()
     tab.goto(app_url)  # the default page (Analyze) lives at the root URL
+    # a fresh server reruns the first page view once (navigation mode): wait for the page itself, then idle
+    tab.get_by_text(_t("demo_banner")).wait_for(state="visible", timeout=3 * WAIT)
     wait_idle(tab)
     yield tab
     if os.environ.get("UUSIC_BROWSER_DEBUG"):
