@@ -270,18 +270,14 @@ def test_screenshots_of_main_screens(page, app_url):
     page.get_by_role("radiogroup", name="语言 / Language").get_by_text("English", exact=True).click()
     page.get_by_text(i18n.t("demo_banner", "en")).wait_for()
     wait_idle(page)
-    choose(page, "segmentation", "thyroid", "DDTI", lang="en")
-    page.get_by_role("button", name=i18n.t("random_button", "en")).click()
-    page.get_by_role("button", name=i18n.t("run", "en")).click()
-    page.get_by_text(i18n.t("resources", "en"), exact=True).wait_for()
-    wait_idle(page)
-    page.screenshot(path=str(SCREENSHOTS / "analyze_segmentation.png"))
-    choose(page, "classification", "breast", "BUSI", lang="en")
-    page.get_by_role("button", name=i18n.t("random_button", "en")).click()
-    page.get_by_role("button", name=i18n.t("run", "en")).click()
-    page.get_by_text(i18n.t("resources", "en"), exact=True).wait_for()
-    wait_idle(page)
-    page.screenshot(path=str(SCREENSHOTS / "analyze_classification.png"))
+    for task, group, dataset, shot in (("segmentation", "thyroid", "DDTI", "analyze_segmentation"),
+                                       ("classification", "breast", "BUSI", "analyze_classification")):
+        choose(page, task, group, dataset, lang="en")
+        page.get_by_role("button", name=i18n.t("random_button", "en")).click()
+        page.get_by_role("button", name=i18n.t("run", "en")).click()
+        page.get_by_text(i18n.t("resources", "en"), exact=True).wait_for()
+        wait_idle(page)
+        page.screenshot(path=str(SCREENSHOTS / f"{shot}.png"))
     for name, key in (("history", "nav_history"), ("batch", "nav_batch"), ("models", "nav_models")):
         # in-app navigation keeps the session (and its language); a reload would start a new one
         page.locator('[data-testid="stSidebarNav"] a').filter(has_text=i18n.t(key, "en")).click()
