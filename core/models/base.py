@@ -13,7 +13,10 @@ network wants internally.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -54,3 +57,24 @@ class ServedModel(Protocol):
 
 class WeightsError(RuntimeError):
     """A weights file is missing, truncated, or does not match its architecture; names file and problem."""
+
+
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+_SHA_LOCK = threading.Lock()
+
+
+def file_sha256(path: Path | str) -> str:
+    """sha256 of a weights file, computed once per (path, size, mtime) in this process."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    with _SHA_LOCK:
+        if key in _SHA_CACHE:
+            return _SHA_CACHE[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    with _SHA_LOCK:
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]

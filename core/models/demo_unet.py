@@ -10,7 +10,6 @@ prompt-conditioned bottleneck. Outputs: ``(seg_logits[B,2,S,S], cls2[B,2], cls4[
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
-from core.models.base import ModelSpec, WeightsError
+from core.models.base import ModelSpec, WeightsError, file_sha256
 
 PROMPT_DIM = 15
 ARCH = "demo_unet"
@@ -142,14 +141,6 @@ class DemoServedModel:
     __call__ = forward
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load(spec: ModelSpec, path: Path, device: torch.device) -> DemoServedModel:
     """Load a demo checkpoint for serving; raises :class:`WeightsError` naming the file."""
     network, meta = build_from_checkpoint(Path(path))
@@ -157,7 +148,7 @@ def load(spec: ModelSpec, path: Path, device: torch.device) -> DemoServedModel:
     if input_size is not None and int(input_size) != int(spec.input_size):
         raise WeightsError(f"weights file {path} was trained at input size {input_size}, "
                            f"but the manifest says {spec.input_size}")
-    return DemoServedModel(spec, network, torch.device(device), _sha256(Path(path)), meta)
+    return DemoServedModel(spec, network, torch.device(device), file_sha256(path), meta)
 
 
 def config_dict(config: DemoConfig) -> dict:

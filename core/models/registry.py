@@ -12,7 +12,6 @@ and the problem. Loaded models are cached per process by (name, file, sha256, de
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 from core.errors import NoModelError
-from core.models.base import ModelSpec, ServedModel, WeightsError
+from core.models.base import ModelSpec, ServedModel, WeightsError, file_sha256
 from core.settings import Settings
 
 ARCHITECTURES = {
@@ -34,7 +33,6 @@ ARCHITECTURES = {
 _SPEC_FIELDS = {f.name for f in fields(ModelSpec)}
 _CACHE: dict[tuple, ServedModel] = {}
 _CACHE_LOCK = threading.Lock()
-_SHA_CACHE: dict[tuple, str] = {}
 
 
 def _datasets(value, where: str) -> tuple[tuple[str, str], ...] | None:
@@ -125,19 +123,6 @@ def adhoc_spec(arch: str, weights: Path | str, *, name: str | None = None, input
 def weights_path(spec: ModelSpec, weights_dir: Path) -> Path:
     path = Path(spec.file).expanduser()
     return path if path.is_absolute() else Path(weights_dir) / path
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached per (path, size, mtime)."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def verify_weights(spec: ModelSpec, weights_dir: Path) -> tuple[Path, str]:

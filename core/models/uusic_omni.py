@@ -12,7 +12,6 @@ task [B,2], type [B,3], nature [B,2])``; output ``(seg_logits [B,2,S,S], cls2 [B
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.models.base import ModelSpec, WeightsError
+from core.models.base import ModelSpec, WeightsError, file_sha256
 
 PROMPT_DIM = 8 + 2 + 3 + 2  # position, task, type, nature
 LAYOUTS = ("module_wrapped", "swin", "module")
@@ -410,14 +409,6 @@ def save_baseline_checkpoint(model: UUSICOmniNet, path: Path | str, layout: str 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, path)
     return path
-
-
-def file_sha256(path: Path | str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class OmniServedModel:
