@@ -61,7 +61,8 @@ def _ground_truth(data_root: Path) -> list | None:
     except (OSError, ValueError):
         return None
     if isinstance(entries, dict):
-        entries = next((v for k, v in entries.items() if k in ("data", "images", "items") and isinstance(v, list)),
+        entries = next((v for k, v in entries.items()
+                        if k in ("entries", "data", "images", "items") and isinstance(v, list)),
                        [])
     entries = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
     with _GT_LOCK:
@@ -95,6 +96,20 @@ def _scan(data_root: Path, task: str, dataset_name: str) -> list[dict]:
                     entry["mask_name"] = mask.name
                     entry["mask_path_relative"] = mask.relative_to(data_root).as_posix()
             found.append(entry)
+    return found
+
+
+def read_entries(data_root: Path | str) -> list[dict]:
+    """Every entry of a data root: its ``ground_truth.json``, else a scan of the ``<task>/<dataset>/`` folders."""
+    root = Path(data_root)
+    entries = _ground_truth(root)
+    if entries is not None:
+        return [dict(e) for e in entries]
+    found: list[dict] = []
+    for task in catalog.TASKS:
+        if (root / task).is_dir():
+            for dataset_dir in sorted(p for p in (root / task).iterdir() if p.is_dir()):
+                found += _scan(root, task, dataset_dir.name)
     return found
 
 

@@ -37,36 +37,14 @@ from PIL import Image
 from core.catalog import find_dataset, prompts_for
 from core.geometry import Letterbox
 from core.models.demo_unet import DemoConfig, DemoUNet, save_checkpoint
+from core.samples import read_entries
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 VALIDATION_PERCENT = 20
 NO_HFLIP = {"CAMUS"}
 log = logging.getLogger("core.train")
 
 
 # ----------------------------------------------------------------------------------------------- data
-def read_entries(root: Path) -> list[dict]:
-    """Request-schema entries of a data root: its ground_truth.json, else a scan of the UUSIC folders."""
-    root = Path(root)
-    gt = root / "ground_truth.json"
-    if gt.is_file():
-        data = json.loads(gt.read_text(encoding="utf-8"))
-        return list(data.get("entries", data) if isinstance(data, dict) else data)
-    entries = []
-    for task_dir in sorted(p for p in root.iterdir() if p.is_dir() and p.name in ("classification", "segmentation")):
-        for ds_dir in sorted(p for p in task_dir.iterdir() if p.is_dir()):
-            for img in sorted((ds_dir / "imgs").glob("*")):
-                if img.suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                entry = {"img_name": img.name, "img_path_relative": img.relative_to(root).as_posix(),
-                         "task": task_dir.name, "dataset_name": ds_dir.name}
-                mask = ds_dir / "masks" / (img.stem + ".png")
-                if task_dir.name == "segmentation" and mask.is_file():
-                    entry["mask_path_relative"] = mask.relative_to(root).as_posix()
-                entries.append(entry)
-    return entries
-
-
 def content_key(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
