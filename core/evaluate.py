@@ -76,7 +76,8 @@ def _prediction_mask_path(pred_dir: Path, img_path_relative: str) -> Path | None
     return next((c for c in candidates if c.is_file()), None)
 
 
-def _auc(labels: list[int], probabilities: list[list[float]]) -> float | None:
+def auc(labels: list[int], probabilities: list[list[float]]) -> float | None:
+    """ROC AUC of per-class probabilities (one-vs-rest macro for more than two classes); None when undefined."""
     from sklearn.metrics import roc_auc_score
 
     y = np.asarray(labels)
@@ -160,7 +161,7 @@ def evaluate(ground_truth: list[dict] | Path | str, data_root: Path | str, pred_
         classification[name] = {
             "n": len(rows),
             "missing": len(missing.get(f"classification/{name}", [])),
-            "auc": _auc(labels, [r["probability"] for r in rows]) if rows else None,
+            "auc": auc(labels, [r["probability"] for r in rows]) if rows else None,
             "accuracy": _mean(float(r["prediction"] == r["label"]) for r in rows),
         }
     return {

@@ -35,8 +35,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core.catalog import find_dataset, prompts_for
+from core.evaluate import auc, dice as dice_score
 from core.geometry import Letterbox
 from core.models.demo_unet import DemoConfig, DemoUNet, save_checkpoint
+from core.models.registry import resolve_device
 from core.samples import read_entries
 
 VALIDATION_PERCENT = 20
@@ -205,14 +207,6 @@ def multitask_loss(seg_logits, cls2, masks, labels, is_seg) -> tuple[torch.Tenso
     return loss, parts
 
 
-def binary_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
-
-
 @torch.no_grad()
 def validate(model: DemoUNet, pack: Pack, idx: np.ndarray, device: torch.device, batch_size: int = 32,
              amp: bool = False) -> dict:
@@ -231,9 +225,7 @@ def validate(model: DemoUNet, pack: Pack, idx: np.ndarray, device: torch.device,
         for j, i in enumerate(sel):
             name = str(pack.datasets[i])
             if pack.is_seg[i]:
-                gt = pack.masks[i]
-                denom = gt.sum() + pred[j].sum()
-                dice.setdefault(name, []).append(1.0 if denom == 0 else 2 * (gt & pred[j]).sum() / denom)
+                dice.setdefault(name, []).append(dice_score(pack.masks[i], pred[j]))
             else:
                 cls.setdefault(name, ([], []))
                 cls[name][0].append(int(pack.labels[i]))
@@ -242,18 +234,13 @@ def validate(model: DemoUNet, pack: Pack, idx: np.ndarray, device: torch.device,
     out = {k: {"dice": float(np.mean(v)), "n": len(v)} for k, v in sorted(dice.items())}
     for k, (labels, scores) in sorted(cls.items()):
         labels, scores = np.array(labels), np.array(scores)
-        out[k] = {"auc": binary_auc(labels, scores), "accuracy": float(((scores > 0.5) == labels).mean()),
+        two_class = np.stack([1 - scores, scores], axis=1)
+        out[k] = {"auc": auc(labels.tolist(), two_class.tolist()), "accuracy": float(((scores > 0.5) == labels).mean()),
                   "n": len(labels)}
     return out
 
 
 # ----------------------------------------------------------------------------------------------- training
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def train(pack: Pack, out: Path, *, epochs: int = 30, batch_size: int = 16, lr: float = 2e-3,
           weight_decay: float = 1e-4, device: str = "auto", max_minutes: float | None = None,
           checkpoint_minutes: float = 2.0, seed: int = 0, amp: bool = False, max_steps: int | None = None,
@@ -262,7 +249,7 @@ def train(pack: Pack, out: Path, *, epochs: int = 30, batch_size: int = 16, lr: 
     """Train on the pack's training entries; returns a summary with losses and validation metrics."""
     torch.manual_seed(seed)
     np.random.seed(seed)
-    dev = pick_device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     model = DemoUNet(config).to(dev)
