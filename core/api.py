@@ -18,7 +18,6 @@ no image bytes, file names or request bodies.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -39,7 +38,6 @@ from starlette.concurrency import run_in_threadpool
 from core import catalog
 from core.errors import NoModelError, PathError, RequestError, UUSICError
 from core.history import HistoryStore, decode_row, record_run
-from core.paths import resolve_input
 from core.samples import UploadError, random_sample, save_upload
 from core.schema import PredictRequest
 from core.settings import Settings
@@ -269,12 +267,6 @@ def create_app(settings: Settings | None = None, engine=None, *, preload: bool =
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestError(f"request body is not valid JSON: {exc}", status_code=400) from None
 
-    def file_sha256(rel: str) -> str | None:
-        try:
-            return hashlib.sha256(resolve_input(settings, rel).read_bytes()).hexdigest()
-        except (UUSICError, OSError):
-            return None
-
     def run_prediction(request_obj: dict | PredictRequest, raw: Any) -> dict:
         """Predict (in a worker thread) and record the run; failures are recorded too, then re-raised."""
         try:
@@ -285,10 +277,9 @@ def create_app(settings: Settings | None = None, engine=None, *, preload: bool =
             except Exception as history_error:  # noqa: BLE001 - history never hides the real error
                 log.warning("history write failed: %s", type(history_error).__name__)
             raise
-        rel = response.get("img_path_relative")
         try:
             response["run_id"] = record_run(store, request_obj, response, source="api",
-                                            input_sha256=file_sha256(rel) if rel else None)
+                                            input_sha256=response.get("input_sha256"))
         except Exception as history_error:  # noqa: BLE001 - a result is never lost for the history's sake
             log.warning("history write failed: %s", type(history_error).__name__)
             response["run_id"] = None

@@ -279,6 +279,7 @@ class Engine:
             image_width=prepared.image.width,
             image_height=prepared.image.height,
             image_format=prepared.image.format,
+            input_sha256=prepared.image.sha256,
         )
         if prepared.image.notes:
             response["notes"] = list(prepared.image.notes)

@@ -9,9 +9,10 @@ become RGB, alpha is composited on black (the ultrasound background). Images lar
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ class LoadedImage:
     format: str  # png | jpeg | bmp | tiff | gif | dicom
     pixel_spacing_mm: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    sha256: str | None = None  # of the file's bytes as read (history: which input was analysed)
 
     @property
     def width(self) -> int:
@@ -90,9 +92,8 @@ def load_image(source: Path | str | bytes, *, settings: Settings | None = None) 
     data, name = _read_bytes(source)
     if not data:
         raise ImageError(f"{name}: the file is empty")
-    if _is_dicom(data, name):
-        return _load_dicom(data, name, settings)
-    return _load_pil(data, name, settings)
+    image = _load_dicom(data, name, settings) if _is_dicom(data, name) else _load_pil(data, name, settings)
+    return replace(image, sha256=hashlib.sha256(data).hexdigest())
 
 
 # --------------------------------------------------------------------------------------------- PIL formats
