@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from core.errors import UnknownDataset  # noqa: F401 - re-exported: catalog.UnknownDataset
+
 Task = Literal["classification", "segmentation"]
 TASKS: tuple[str, ...] = ("classification", "segmentation")
 TASK_NAMES = {
@@ -194,13 +196,6 @@ def _normalise(name: str) -> str:
 
 
 _BY_NORMALISED = {(d.task, _normalise(d.name)): d for d in DATASETS}
-
-
-class UnknownDataset(KeyError):
-    """Raised for a dataset name the catalog does not know (for that task)."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0]) if self.args else "unknown dataset"
 
 
 def find_dataset(task: str, name: str) -> Dataset:

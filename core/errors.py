@@ -1,9 +1,14 @@
-"""The project's error types: each carries a human ``message`` and the HTTP ``status_code`` it maps to.
+"""All of the project's error types, and their one JSON form.
 
-Every bad input is reported with one of these; views (dashboard, API, CLI) show ``message`` and keep running.
+Each error carries a human ``message`` (shown to the user as is), the HTTP ``status_code`` it maps to and, where
+one input field is at fault, that ``field``. Every door (API, dashboard, CLI) shows ``message`` and keeps running.
+Over HTTP an error travels as :func:`error_body` and is rebuilt on the client side as the same type by
+:func:`error_from_body` (from ``error_type``, never from the wording).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class UUSICError(Exception):
@@ -21,12 +26,9 @@ class UUSICError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def to_dict(self) -> dict:
-        """JSON body for an error response."""
-        body = {"error": type(self).__name__, "message": self.message, "status_code": self.status_code}
-        if self.field:
-            body["field"] = self.field
-        return body
+    def to_dict(self) -> dict[str, Any]:
+        """The error's JSON form (see :func:`error_body`)."""
+        return error_body(self)
 
 
 class RequestError(UUSICError, ValueError):
@@ -47,13 +49,107 @@ class PathError(UUSICError, PermissionError):
     status_code = 403
 
 
+class NotFoundError(UUSICError, LookupError):
+    """A thing asked for by name or id does not exist (a history run, a mask file, samples of a dataset)."""
+
+    status_code = 404
+
+
 class NoModelError(UUSICError, LookupError):
     """No loaded model serves this (task, dataset): "no model for this dataset"."""
 
     status_code = 404
 
 
+class ModelUnavailableError(NoModelError):
+    """The configured model could not be loaded (bad weights, bad manifest, unusable device)."""
+
+    status_code = 503
+
+
 class DeviceError(UUSICError, RuntimeError):
     """The configured device is not usable here (e.g. ``cuda`` without a GPU)."""
 
     status_code = 500
+
+
+class WeightsError(UUSICError, RuntimeError):
+    """A weights file or manifest entry is missing, truncated, or does not match; names the file and the problem."""
+
+    status_code = 503
+
+
+class UploadError(UUSICError):
+    """The upload cannot be stored: too large (413) or no space left on the disk (507)."""
+
+    status_code = 400
+
+
+class UnknownDataset(UUSICError, KeyError):
+    """A dataset name the catalog does not know (for that task)."""
+
+    status_code = 422
+
+    def __init__(self, message: str = "unknown dataset", **kwargs: Any):
+        super().__init__(message, **kwargs)
+
+
+class ConfigError(UUSICError, ValueError):
+    """A setting (environment variable) has a value that cannot be used; the message names the variable."""
+
+    status_code = 500
+
+
+class HistoryError(UUSICError, RuntimeError):
+    """The history store cannot be reached or written (its URL, its file, its server)."""
+
+    status_code = 503
+
+
+class ServiceUnavailableError(UUSICError, ConnectionError):
+    """The inference API cannot be reached, or answered something that is not the API's JSON."""
+
+    status_code = 503
+
+
+class InternalError(UUSICError, RuntimeError):
+    """An unexpected failure: reported by type name, never with a traceback or server paths."""
+
+    status_code = 500
+
+
+ERROR_TYPES: dict[str, type[UUSICError]] = {
+    cls.__name__: cls
+    for cls in (UUSICError, RequestError, ImageError, PathError, NotFoundError, NoModelError, ModelUnavailableError,
+                DeviceError, WeightsError, UploadError, UnknownDataset, ConfigError, HistoryError,
+                ServiceUnavailableError, InternalError)
+}
+
+
+def as_uusic_error(exc: BaseException) -> UUSICError:
+    """``exc`` itself when it is one of ours, else an :class:`InternalError` naming only its type."""
+    if isinstance(exc, UUSICError):
+        return exc
+    return InternalError(f"internal error: {type(exc).__name__}")
+
+
+def error_body(exc: BaseException) -> dict[str, Any]:
+    """The one JSON form of an error: ``detail`` (message), ``error_type``, ``status_code`` and ``field``."""
+    error = as_uusic_error(exc)
+    body: dict[str, Any] = {"detail": error.message, "error_type": type(error).__name__,
+                            "status_code": error.status_code}
+    if error.field:
+        body["field"] = error.field
+    return body
+
+
+def error_from_body(body: Any, status_code: int) -> UUSICError:
+    """Rebuild the typed error of an HTTP error answer (``error_type`` picks the class; unknown → UUSICError)."""
+    if not isinstance(body, dict):
+        return ServiceUnavailableError(f"the inference API answered HTTP {status_code} without an error body",
+                                       status_code=status_code if status_code >= 400 else 502)
+    message = body.get("detail", body.get("message", ""))
+    if isinstance(message, list):  # FastAPI's own validation list
+        message = "; ".join(str(item.get("msg", item)) if isinstance(item, dict) else str(item) for item in message)
+    cls = ERROR_TYPES.get(str(body.get("error_type") or ""), UUSICError)
+    return cls(str(message) or f"HTTP {status_code}", status_code=status_code, field=body.get("field"))

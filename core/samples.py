@@ -23,19 +23,13 @@ import numpy as np
 from PIL import Image
 
 from core import catalog
-from core.errors import ImageError, UUSICError
+from core.errors import ImageError, UploadError, UUSICError
 from core.imaging import load_image
 from core.settings import Settings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".gif")
 _GT_CACHE: dict[str, tuple[float, list]] = {}
 _GT_LOCK = threading.Lock()
-
-
-class UploadError(UUSICError):
-    """The upload cannot be stored: too large (413) or no space left on the disk (507)."""
-
-    status_code = 400
 
 
 def _key(task: str, dataset_name: str) -> tuple[str, str]:

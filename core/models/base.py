@@ -21,6 +21,8 @@ from typing import Protocol
 
 import torch
 
+from core.errors import WeightsError  # noqa: F401 - re-exported: core.models.base.WeightsError
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -53,10 +55,6 @@ class ServedModel(Protocol):
         type_: torch.Tensor,
         nature: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
-
-
-class WeightsError(RuntimeError):
-    """A weights file is missing, truncated, or does not match its architecture; names file and problem."""
 
 
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
