@@ -7,6 +7,7 @@ training script all look them up here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from core.errors import UnknownDataset  # noqa: F401 - re-exported: catalog.UnknownDataset
@@ -234,3 +235,35 @@ def default_dataset(task: str, group: str) -> Dataset:
     if not candidates:
         raise UnknownDataset(f"organ group {group!r} has no {task} dataset")
     return next((d for d in candidates if d.demo_default), candidates[0])
+
+
+# ---------------------------------------------------------------------------------------------- served datasets
+ServedKeys = frozenset[tuple[str, str]] | None  # None: a model without a dataset list serves every dataset
+
+
+def served_keys(datasets: Iterable[Sequence[str]] | None) -> ServedKeys:
+    """The catalog keys of a model's ``datasets`` list (names matched as :func:`find_dataset` matches them)."""
+    if datasets is None:
+        return None
+    keys = set()
+    for entry in datasets:
+        task, name = str(entry[0]), str(entry[1])
+        try:
+            keys.add(find_dataset(task, name).key)
+        except UnknownDataset:
+            keys.add((task, name))
+    return frozenset(keys)
+
+
+def serves(served: ServedKeys, task: str, dataset_name: str) -> bool:
+    """The one "does this model serve this dataset" check: unknown datasets are never served."""
+    try:
+        key = find_dataset(task, dataset_name).key
+    except UnknownDataset:
+        return False
+    return served is None or key in served
+
+
+def served_datasets(served: ServedKeys) -> list[tuple[str, str]]:
+    """The catalog's (task, name) keys a model with ``served`` keys answers for, in catalog order."""
+    return [d.key for d in DATASETS if served is None or d.key in served]

@@ -4,7 +4,8 @@
 ``OUT/classification.json`` (``{img_path_relative: {probability, prediction}}``) and the masks at
 ``OUT/<img_path_relative with imgs → masks, .png>`` at the original image size. Decoding and preprocessing
 run in a thread pool ahead of the batched forward passes. Entries for datasets the model has no weights for
-are skipped with a warning and counted.
+are skipped with a warning and counted. The work is done by :class:`core.service.AnalysisService` (the
+same flow as the API and the dashboard); with ``--record`` every image lands in the history too.
 """
 
 from __future__ import annotations
@@ -51,7 +52,59 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--record", dest="record", action="store_true", default=None,
+                   help="record every image in the history (default: UUSIC_RECORD_CLI, off)")
+    p.add_argument("--no-record", dest="record", action="store_false", help="do not record in the history")
     return p
+
+
+def _read_entries(path: Path) -> list:
+    """The request list of a challenge JSON; :class:`RequestError` / ``OSError`` / ``ValueError`` when unreadable."""
+    from core.schema import parse_request_list
+
+    return parse_request_list(json.loads(path.read_text(encoding="utf-8")))
+
+
+def _build_service(args: argparse.Namespace):
+    """The analysis service over the engine the options describe (manifest model or ad-hoc weights)."""
+    from core.engine import Engine
+    from core.models import registry
+    from core.service import AnalysisService
+    from core.settings import Settings
+
+    base = Settings.from_env()
+    settings = base.with_(data_root=args.input_dir.resolve(), device=args.device or base.device,
+                          amp=args.amp or base.amp)
+    spec = None
+    if args.arch:
+        spec = registry.adhoc_spec(args.arch, args.weights, input_size=args.input_size,
+                                   preprocessing=args.preprocessing)
+    engine = Engine(settings, args.model, spec=spec, mask_inverse=args.mask_resize, measurements=False)
+    return AnalysisService(settings, engine=engine)
+
+
+def _report(result, output_dir: Path) -> int:
+    """Warnings for skipped and failed entries, the summary line; exit status 1 when an image failed."""
+    unserved: Counter = Counter()
+    invalid, failed = [], []
+    for failure in result.failures:
+        if failure.error_type == "NoModelError":
+            unserved[f"{failure.task}/{failure.dataset_name}"] += 1
+        elif failure.error_type == "RequestError":
+            invalid.append(failure)
+        else:
+            failed.append(failure)
+    for failure in invalid[:10]:
+        print(f"warning: skipped invalid entry {failure.img_path_relative or '?'}: {failure.error}", file=sys.stderr)
+    for key, count in sorted(unserved.items()):
+        print(f"warning: skipped {count} image(s) of {key}: no model for this dataset", file=sys.stderr)
+    for failure in failed[:10]:
+        print(f"warning: failed {failure.img_path_relative}: {failure.error}", file=sys.stderr)
+    done = len(result.responses)
+    rate = done / result.seconds if result.seconds > 0 else float("nan")
+    print(f"done: {done} predicted ({rate:.2f} img/s), {len(failed)} failed, {sum(unserved.values())} skipped "
+          f"(no model), {len(invalid)} invalid; output in {output_dir}")
+    return 1 if failed else 0
 
 
 def predict_main(argv: list[str]) -> int:
@@ -63,83 +116,38 @@ def predict_main(argv: list[str]) -> int:
     import torch
     from tqdm import tqdm
 
-    from core.engine import Engine
-    from core.errors import RequestError, UUSICError
-    from core.models import registry
-    from core.models.base import WeightsError
-    from core.schema import PredictRequest, parse_request_list
-    from core.settings import Settings
+    from core.errors import UUSICError
+    from core.service import write_classification_json
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        entries = parse_request_list(json.loads(args.input_json.read_text(encoding="utf-8")))
+        entries = _read_entries(args.input_json)
     except FileNotFoundError:
         print(f"error: input JSON {args.input_json} not found", file=sys.stderr)
         return 2
-    except (ValueError, RequestError) as exc:
+    except (ValueError, RecursionError, UUSICError) as exc:
         print(f"error: input JSON {args.input_json} is not a list of requests: {exc}", file=sys.stderr)
         return 2
     if not args.input_dir.is_dir():
         print(f"error: input dir {args.input_dir} not found", file=sys.stderr)
         return 2
-
-    base = Settings.from_env()
-    settings = base.with_(data_root=args.input_dir.resolve(), device=args.device or base.device,
-                          amp=args.amp or base.amp)
     try:
-        spec = None
-        if args.arch:
-            spec = registry.adhoc_spec(args.arch, args.weights, input_size=args.input_size,
-                                       preprocessing=args.preprocessing)
-        engine = Engine(settings, args.model, spec=spec, mask_inverse=args.mask_resize, measurements=False)
-    except (UUSICError, WeightsError) as exc:
+        service = _build_service(args)
+    except UUSICError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    info = engine.model_info()
+    info = service.model_info()
     print(f"model {info['name']} ({info['arch']}, sha256 {info['sha256'][:12]}…) on {info['device_name']}",
           file=sys.stderr)
-
-    requests, invalid, unserved = [], [], Counter()
-    for number, entry in enumerate(entries):
-        try:
-            request = PredictRequest.parse(entry)
-        except RequestError as exc:
-            invalid.append(f"entry {number}: {exc}")
-            continue
-        if not engine.serves(request.task, request.dataset_name):
-            unserved[f"{request.task}/{request.dataset_name}"] += 1
-            continue
-        requests.append(request)
-    for line in invalid[:10]:
-        print(f"warning: skipped invalid {line}", file=sys.stderr)
-    for key, count in sorted(unserved.items()):
-        print(f"warning: skipped {count} image(s) of {key}: no model for this dataset", file=sys.stderr)
-
-    output_dir = args.output_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with tqdm(total=len(requests), desc="Predicting", unit="img", disable=args.no_progress,
-              file=sys.stderr) as bar:
-        results = engine.predict_batch(requests, output_dir=output_dir, batch_size=args.batch_size,
-                                       progress=bar, input_dir=args.input_dir, workers=args.workers)
-    elapsed = time.perf_counter() - start
-
-    classification, failed = {}, []
-    for result in results:
-        if "error" in result:
-            failed.append(result)
-        elif result["task"] == "classification":
-            rel = result["img_path_relative"]
-            classification[rel] = result[rel]
-    (output_dir / "classification.json").write_text(json.dumps(classification, indent=4), encoding="utf-8")
-    for result in failed[:10]:
-        print(f"warning: failed {result['img_path_relative']}: {result['error']}", file=sys.stderr)
-    done = len(results) - len(failed)
-    rate = done / elapsed if elapsed > 0 else float("nan")
-    print(f"done: {done} predicted ({rate:.2f} img/s), {len(failed)} failed, {sum(unserved.values())} skipped "
-          f"(no model), {len(invalid)} invalid; output in {output_dir}")
-    return 1 if failed else 0
+    record = args.record if args.record is not None else service.settings.record_cli_runs
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(entries), desc="Predicting", unit="img", disable=args.no_progress, file=sys.stderr) as bar:
+        result = service.analyze_batch(entries, source="cli", output_dir=args.output_dir, input_dir=args.input_dir,
+                                       batch_size=args.batch_size, progress=bar, workers=args.workers,
+                                       record=record)
+    write_classification_json(args.output_dir, result.items)
+    return _report(result, args.output_dir)
 
 
 def models_main(argv: list[str]) -> int:

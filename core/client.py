@@ -1,116 +1,162 @@
-"""A small HTTP client for the inference API (``core/api.py``) with the engine's methods.
+"""The analysis service over HTTP: :class:`ApiClient` has :class:`core.service.AnalysisService`'s interface.
 
-The dashboard uses it instead of the in-process engine when ``Settings.api_url`` is set.
+The dashboard's remote mode (``UUSIC_API_URL``) is therefore the same code path as the in-process one. Error
+answers are rebuilt as the same typed exceptions (:func:`core.errors.error_from_body`, from ``error_type``); a
+server that cannot be reached is a :class:`core.errors.ServiceUnavailableError`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
+from collections.abc import Iterable
+from typing import Any
 
 import httpx
+import numpy as np
+from PIL import Image
 
+from core import catalog
+from core.errors import ServiceUnavailableError, UUSICError, error_from_body
+from core.response import AnalysisResponse, BatchItem, item_from_json
+from core.service import BatchResult
 from core.settings import Settings
 
-
-class ApiError(RuntimeError):
-    """The API answered with an error or could not be reached; ``message`` is for people."""
-
-    def __init__(self, message: str, status_code: int | None = None):
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip()[:300] or response.reason_phrase
-    if isinstance(body, dict):
-        detail = body.get("detail", body.get("message", body))
-        if isinstance(detail, list):  # pydantic validation errors
-            return "; ".join(
-                f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg', '')}" for item in detail
-            )
-        return str(detail)
-    return str(body)
+ApiError = UUSICError  # what the client raises: always one of the project's typed errors
 
 
 class ApiClient:
-    """Calls ``POST /v1/predict``, ``POST /v1/upload``, ``GET /v1/models`` and ``GET /healthz``."""
+    """Calls the inference API (``core/api``) with the service's methods."""
 
-    def __init__(self, settings: Settings, *, timeout: float = 60.0, transport: httpx.BaseTransport | None = None):
+    def __init__(self, settings: Settings, *, timeout: float = 120.0, transport: httpx.BaseTransport | None = None):
         if not settings.api_url:
             raise ValueError("ApiClient needs Settings.api_url (UUSIC_API_URL)")
         headers = {"X-API-Key": settings.api_key} if settings.api_key else {}
         self.settings = settings
         self.base_url = settings.api_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout, transport=transport)
-        self._models: dict | None = None
+        self._model_info: dict | None = None
 
-    def _call(self, method: str, path: str, **kwargs) -> dict | list:
+    # ------------------------------------------------------------------------------------------ transport
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as error:
-            raise ApiError(f"cannot reach the inference API at {self.base_url}: {error}") from error
+            raise ServiceUnavailableError(f"cannot reach the inference API at {self.base_url}: "
+                                          f"{type(error).__name__}") from None
         if response.status_code >= 400:
-            raise ApiError(_detail(response), response.status_code)
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            raise error_from_body(body, response.status_code)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._send(method, path, **kwargs)
         try:
             return response.json()
-        except ValueError as error:
-            raise ApiError(f"the inference API answered {path} with something that is not JSON") from error
+        except ValueError:
+            raise ServiceUnavailableError(f"the inference API answered {path} with something that is not "
+                                          "JSON") from None
 
+    def _png(self, path: str) -> np.ndarray:
+        data = self._send("GET", path).content
+        return np.asarray(Image.open(io.BytesIO(data)))
+
+    # ------------------------------------------------------------------------------------------ the model
     def health(self) -> dict:
-        return self._call("GET", "/healthz")
+        return self._json("GET", "/healthz")
 
-    def predict(self, request: dict, *, output_dir: Path | None = None) -> dict:
-        return self._call("POST", "/v1/predict", json=request)
-
-    def upload(self, data: bytes, filename: str) -> dict:
-        return self._call("POST", "/v1/upload", files={"file": (filename, data)})
-
-    def mask_bytes(self, response: dict) -> bytes:
-        """The PNG of a segmentation response's mask, fetched from the API (``mask_url``: ``GET /v1/masks/...``)."""
-        url = response.get("mask_url") or f"/v1/masks/{response['mask_path_relative']}"
-        try:
-            answer = self._http.get(url)
-        except httpx.HTTPError as error:
-            raise ApiError(f"cannot reach the inference API at {self.base_url}: {error}") from error
-        if answer.status_code >= 400:
-            raise ApiError(_detail(answer), answer.status_code)
-        return answer.content
-
-    def mask(self, mask_path_relative: str) -> bytes:
-        """The PNG bytes of a mask the server wrote under its ``api_out/`` (``GET /v1/masks/<path>``)."""
-        try:
-            response = self._http.get(f"/v1/masks/{mask_path_relative.lstrip('/')}")
-        except httpx.HTTPError as error:
-            raise ApiError(f"cannot reach the inference API at {self.base_url}: {error}") from error
-        if response.status_code >= 400:
-            raise ApiError(_detail(response), response.status_code)
-        return response.content
-
-    def models(self) -> dict | list:
-        if self._models is None:
-            self._models = self._call("GET", "/v1/models")
-        return self._models
+    def models(self) -> dict:
+        return self._json("GET", "/v1/models")
 
     def model_info(self) -> dict:
-        """The served model's description (the first entry, or the one marked ``loaded`` / ``active``)."""
-        body = self.models()
-        entries = body.get("models", body) if isinstance(body, dict) else body
-        if isinstance(entries, list) and entries:
-            active = [m for m in entries if isinstance(m, dict) and (m.get("loaded") or m.get("active"))]
-            return (active or entries)[0]
-        return body if isinstance(body, dict) else {}
+        """The served model's description (the entry marked ``loaded``, else the first)."""
+        if self._model_info is None:
+            self.datasets()  # makes the server load its model, so the loaded entry is known
+            entries = self.models().get("models") or []
+            loaded = [m for m in entries if isinstance(m, dict) and m.get("loaded")]
+            self._model_info = (loaded or entries or [{}])[0]
+        return self._model_info
 
     def serves(self, task: str, dataset_name: str) -> bool:
-        info = self.model_info()
-        datasets = info.get("datasets")
-        if datasets is None:
-            return True
-        pairs = {tuple(d) if isinstance(d, (list, tuple)) else (d.get("task"), d.get("dataset_name")) for d in datasets}
-        return (task, dataset_name) in pairs
+        """:func:`core.catalog.serves` on the served model's dataset list."""
+        return catalog.serves(catalog.served_keys(self.model_info().get("datasets")), task, dataset_name)
+
+    def datasets(self) -> list[dict]:
+        return self._json("GET", "/v1/datasets")["datasets"]
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def save_upload(self, data: bytes, filename: str) -> dict:
+        return self._json("POST", "/v1/upload", files={"file": (filename, data)})
+
+    def random_sample(self, task: str, dataset_name: str) -> dict:
+        return self._json("GET", "/v1/random-sample", params={"task": task, "dataset_name": dataset_name})
+
+    # ------------------------------------------------------------------------------------------ analysis
+    def analyze(self, request: Any, *, source: str = "api", edits: list | None = None) -> AnalysisResponse:
+        body = {"request": request, "source": source, **({"edits": edits} if edits else {})}
+        return AnalysisResponse.model_validate(self._json("POST", "/v1/predict", json=body))
+
+    def analyze_batch(self, requests: Iterable[Any], *, source: str, progress: Any = None,
+                      batch_size: int = 8) -> BatchResult:
+        """The batch in chunks of ``batch_size`` (progress after each); one result or failure per request."""
+        from core.batching import report_progress
+
+        entries = list(requests)
+        items: list[BatchItem] = []
+        batch_ids, seconds = [], 0.0
+        for start in range(0, len(entries), max(1, batch_size)):
+            chunk = entries[start:start + max(1, batch_size)]
+            answer = self._json("POST", "/v1/predict/batch", json={"requests": chunk, "source": source})
+            items.extend(item_from_json(entry) for entry in answer["results"])
+            batch_ids.append(str(answer.get("batch_id")))
+            seconds += float(answer.get("seconds") or 0.0)
+            for done in range(len(items) - len(chunk) + 1, len(items) + 1):
+                report_progress(progress, done, len(entries))
+        return BatchResult(items, batch_id=",".join(batch_ids), output_dir=None, seconds=seconds)
+
+    def mask_png(self, response: AnalysisResponse | dict) -> bytes:
+        """The PNG of a segmentation response's mask (``GET /v1/masks/...``)."""
+        data = response if isinstance(response, dict) else response.to_json()
+        url = data.get("mask_url") or f"/v1/masks/{data['mask_path_relative']}"
+        return self._send("GET", url).content
+
+    # ------------------------------------------------------------------------------------------ history
+    def runs(self, filters: dict | None = None, limit: int | None = 1000) -> list[dict]:
+        params = _history_params(filters)
+        params["limit"] = min(int(limit or 10000), 10000)
+        return self._json("GET", "/v1/history", params=params)["runs"]
+
+    def run(self, run_id: int) -> dict:
+        return self._json("GET", f"/v1/history/{int(run_id)}")
+
+    def runs_csv(self, filters: dict | None = None, limit: int = 10000) -> str:
+        params = {**_history_params(filters), "limit": int(limit)}
+        return self._send("GET", "/v1/history.csv", params=params).text
+
+    def run_image(self, run_id: int) -> np.ndarray:
+        return self._png(f"/v1/history/{int(run_id)}/image")
+
+    def run_mask(self, run_id: int) -> np.ndarray:
+        return self._png(f"/v1/history/{int(run_id)}/mask") > 127
+
+    # ------------------------------------------------------------------------------------------ older names
+    def predict(self, request: dict, **_: Any) -> dict:
+        """``analyze`` as a plain dict (the client's earlier method)."""
+        return self.analyze(request).to_json()
+
+    def upload(self, data: bytes, filename: str) -> dict:
+        return self.save_upload(data, filename)
+
+    def mask_bytes(self, response: AnalysisResponse | dict) -> bytes:
+        return self.mask_png(response)
 
     def close(self) -> None:
         self._http.close()
+
+
+def _history_params(filters: dict | None) -> dict:
+    names = {"task": "task", "dataset_name": "dataset_name", "dataset": "dataset_name", "organ": "organ",
+             "text": "q", "name": "q", "since": "since", "until": "until", "source": "source"}
+    return {names[k]: str(v) for k, v in (filters or {}).items() if k in names and v not in (None, "")}

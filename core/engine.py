@@ -1,4 +1,8 @@
-"""The inference engine: one request JSON in, one response dict out (and whole batches for the CLI).
+"""The inference engine: a loaded model and the three stages of analysing an image with it.
+
+The engine computes; it does not record. :mod:`core.service` owns a case from request to history row and calls
+the stages ``prepare`` → ``forward`` → ``finish`` (directly, through :mod:`core.batching` for lists, or through
+its micro-batcher); ``predict`` / ``predict_batch`` are the same stages for library callers and benchmarks.
 
 Flow per image: validate the request (:mod:`core.schema`) → resolve its path (:mod:`core.paths`) → decode
 (:mod:`core.imaging`) → square input (:mod:`core.geometry`) → forward with the catalog's prompts → classification
@@ -14,19 +18,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from core import catalog
-from core.errors import NoModelError, UUSICError
+from core.batching import report_progress, run_batch
+from core.errors import NoModelError, error_body
 from core.geometry import CenterCrop, Letterbox, make_transform
 from core.imaging import LoadedImage, load_image
 from core.models import registry
@@ -74,15 +78,6 @@ class RawOutput:
     fallback_device: str | None = None  # set when CUDA ran out of memory and the sample ran on the CPU
 
 
-def _progress_step(progress, done: int, total: int) -> None:
-    if progress is None:
-        return
-    if hasattr(progress, "update"):
-        progress.update(1)
-    else:
-        progress(done, total)
-
-
 _MODEL_LOCKS: dict[int, threading.Lock] = {}
 _MODEL_LOCKS_GUARD = threading.Lock()
 
@@ -93,14 +88,14 @@ def _model_lock(model: object) -> threading.Lock:
         return _MODEL_LOCKS.setdefault(id(model), threading.Lock())
 
 
-def error_record(request: Any, exc: Exception) -> dict:
-    """The per-image entry of a batch result when that image failed."""
+def error_record(request: Any, exc: BaseException) -> dict:
+    """The per-image entry of a batch result when that image failed (the one error form, message as ``error``)."""
     rel = request.get("img_path_relative") if isinstance(request, dict) else getattr(request, "img_path_relative", None)
-    if isinstance(exc, UUSICError):
-        return {"img_path_relative": rel, "error": exc.message, "error_type": type(exc).__name__,
-                "status_code": exc.status_code}
-    return {"img_path_relative": rel, "error": f"{type(exc).__name__}: {exc}", "error_type": type(exc).__name__,
-            "status_code": 500}
+    body = error_body(exc)
+    record = {"img_path_relative": rel, "error": body.pop("detail"), **body}
+    if isinstance(exc, Exception) and not hasattr(exc, "message"):
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    return record
 
 
 class Engine:
@@ -121,32 +116,16 @@ class Engine:
         self.amp = bool(self.settings.amp and self.device.type == "cuda")
         self.device_name = device_label(self.device)
         self._lock = _model_lock(self.model)  # shared by every engine serving this loaded model
-        self._served = self._served_keys(self.spec)
+        self._served = catalog.served_keys(self.spec.datasets)
 
     # ------------------------------------------------------------------------------------------ metadata
 
-    @staticmethod
-    def _served_keys(spec: ModelSpec) -> set[tuple[str, str]] | None:
-        if spec.datasets is None:
-            return None
-        keys = set()
-        for task, name in spec.datasets:
-            try:
-                keys.add(catalog.find_dataset(task, name).key)
-            except catalog.UnknownDataset:
-                keys.add((task, name))
-        return keys
-
     def serves(self, task: str, dataset_name: str) -> bool:
-        """Whether this model has weights for ``(task, dataset_name)``."""
-        try:
-            key = catalog.find_dataset(task, dataset_name).key
-        except catalog.UnknownDataset:
-            return False
-        return self._served is None or key in self._served
+        """Whether this model has weights for ``(task, dataset_name)`` (:func:`core.catalog.serves`)."""
+        return catalog.serves(self._served, task, dataset_name)
 
     def served_datasets(self) -> list[tuple[str, str]]:
-        return [d.key for d in catalog.DATASETS if self._served is None or d.key in self._served]
+        return catalog.served_datasets(self._served)
 
     def model_info(self) -> dict:
         return {
@@ -333,76 +312,27 @@ class Engine:
     def predict_batch(self, requests: Iterable[dict | PredictRequest], *, output_dir: Path | None = None,
                       batch_size: int = 8, progress: Any = None, input_dir: Path | None = None,
                       workers: int = 2, on_error: str = "record") -> list[dict]:
-        """Analyse many images in order; decoding and post-processing overlap the forward passes.
+        """Analyse many images in order (:func:`core.batching.run_batch`); no history (the service records).
 
         ``progress``: an object with ``update(n)`` (tqdm) or a callable ``(done, total)``.
         ``on_error="record"`` returns an :func:`error_record` for a failed image; ``"raise"`` stops at the first.
         """
         items = list(requests)
-        total = len(items)
-        out_dir = self._output_dir(output_dir)
-        batch_size = max(1, int(batch_size))
-        results: list[dict] = [{} for _ in range(total)]
+        results: list[dict] = [{} for _ in items]
         done = 0
 
-        def record(index: int, result: dict | None = None, exc: Exception | None = None) -> None:
+        def on_result(index: int, response: dict | None, exc: BaseException | None) -> None:
             nonlocal done
             if exc is not None:
                 if on_error == "raise":
                     raise exc
-                result = error_record(items[index], exc)
-            results[index] = result
+                response = error_record(items[index], exc)
+            results[index] = response or {}
             done += 1
-            _progress_step(progress, done, total)
+            report_progress(progress, done, len(items))
 
-        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="uusic-prep") as pool:
-            pending: deque = deque()  # (index, future of Prepared)
-            finishing: deque = deque()  # (index, future of response)
-            next_index = 0
-
-            def top_up() -> None:
-                nonlocal next_index
-                while next_index < total and len(pending) < 2 * batch_size:
-                    pending.append((next_index, pool.submit(self.prepare, items[next_index], input_dir=input_dir)))
-                    next_index += 1
-
-            def drain(block: bool) -> None:
-                while finishing and (block or finishing[0][1].done()):
-                    index, future = finishing.popleft()
-                    try:
-                        result = future.result()
-                    except Exception as exc:  # noqa: BLE001 - recorded per image
-                        record(index, exc=exc)
-                    else:
-                        record(index, result)
-
-            def run(batch: list[tuple[int, Prepared]]) -> None:
-                prepared = [p for _, p in batch]
-                try:
-                    outputs, forward_sec, gpu = self.forward(prepared)
-                except Exception as exc:  # noqa: BLE001 - every image of the batch gets the error
-                    for index, _ in batch:
-                        record(index, exc=exc)
-                    return
-                share = forward_sec / len(prepared)
-                for (index, prep), raw in zip(batch, outputs):
-                    finishing.append((index, pool.submit(self.finish, prep, raw, output_dir=out_dir,
-                                                         forward_sec=share, gpu=gpu)))
-
-            top_up()
-            batch: list[tuple[int, Prepared]] = []
-            while pending:
-                index, future = pending.popleft()
-                top_up()
-                try:
-                    batch.append((index, future.result()))
-                except Exception as exc:  # noqa: BLE001 - recorded per image
-                    record(index, exc=exc)
-                if batch and (len(batch) >= batch_size or not pending):
-                    run(batch)
-                    batch = []
-                drain(block=False)
-            drain(block=True)
+        run_batch(self, items, output_dir=self._output_dir(output_dir), on_result=on_result,
+                  batch_size=batch_size, input_dir=input_dir, workers=workers)
         return results
 
     def _output_dir(self, output_dir: Path | None) -> Path:

@@ -306,13 +306,19 @@ def test_same_results_over_http_as_in_process(client):
 
 
 def test_unexpected_engine_failure_is_500_and_server_stays_up(tiny_settings: Settings):
-    class BrokenEngine:
-        def predict(self, request):
+    from core.engine import Engine
+
+    class BrokenEngine(Engine):
+        def forward(self, batch):
             raise RuntimeError("CUDA error: device-side assert")
 
-    with TestClient(create_app(tiny_settings, engine=BrokenEngine()), raise_server_exceptions=False) as client:
+    broken = BrokenEngine(tiny_settings, "tiny")
+    with TestClient(create_app(tiny_settings, engine=broken), raise_server_exceptions=False) as client:
         response = client.post("/v1/predict", json=OLD_CLS_BODY)
         assert response.status_code == 500 and response.json()["detail"] == "internal error: RuntimeError"
+        assert response.json()["error_type"] == "InternalError"
+        failed = HistoryStore(tiny_settings.history_db).list()[0]  # the failure is recorded, by type only
+        assert failed["error"] == "internal error: RuntimeError" and failed["error_type"] == "InternalError"
         assert client.get("/healthz").status_code == 200
         assert client.post("/v1/predict", json=OLD_CLS_BODY, headers={"content-length": "abc"}).status_code == 400
 
@@ -367,7 +373,7 @@ def test_micro_batching_gives_the_same_results(tiny_settings: Settings):
             else:
                 assert body["mask_area_px"] == expected["segmentation"]["mask_area_px"]
         assert np.array_equal(np.asarray(Image.open(results[1].json()["mask_path"])), plain_mask)
-        batcher = app.state.batcher["batcher"]
+        batcher = app.state.service.batcher
         assert batcher.items == 24 and batcher.batches < 24  # some requests shared a forward pass
         assert client.get("/healthz").json()["micro_batching"] is True
         bad = client.post("/v1/predict", json={**OLD_SEG_BODY, "img_path_relative": "nope.png"})

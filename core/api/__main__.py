@@ -1,0 +1,7 @@
+"""``python -m core.api``: the same as ``python -m core serve``."""
+
+import sys
+
+from core.api.app import main
+
+sys.exit(main())

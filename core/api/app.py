@@ -1,0 +1,163 @@
+"""The FastAPI app: middleware (API key, body limits, logs), error handlers, and the routers, over one service.
+
+``create_app`` only assembles; every route is in :mod:`core.api.routers` and calls :class:`core.service.
+AnalysisService`. Logs carry method, route, status and time only: no image bytes, file names or request bodies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from core.errors import RequestError, UUSICError, error_body
+from core.service import AnalysisService
+from core.settings import Settings
+
+from core.api.routers import compat, files, history, inference, system
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+log = logging.getLogger("uusic.api")
+OPEN_PATHS = {"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+UPLOAD_PATHS = {"/v1/upload", "/upload"}
+DESCRIPTION = "Universal ultrasound classification and segmentation (UUSIC25 request JSON)."
+
+
+def error_response(exc: BaseException, path: str) -> JSONResponse:
+    """The one error body (:func:`core.errors.error_body`); the earlier server's routes also get ``error``."""
+    body = error_body(exc)
+    if path in compat.COMPAT_PATHS:  # the earlier server answered {"error": "..."}
+        body["error"] = body["detail"]
+    headers = {"WWW-Authenticate": "Bearer"} if body["status_code"] == 401 else None
+    return JSONResponse(body, status_code=body["status_code"], headers=headers)
+
+
+def _validation_error(exc: RequestValidationError) -> RequestError:
+    parts, first = [], None
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
+        name = ".".join(loc) or None
+        first = first or name
+        msg = "required field is missing" if error.get("type") == "missing" else error.get("msg", "invalid")
+        parts.append(f"{name}: {msg}" if name else msg)
+    return RequestError("invalid request: " + "; ".join(parts), field=first)
+
+
+def _refusal(request: Request, settings: Settings) -> UUSICError | None:
+    """Why the guard refuses ``request`` before it reaches a route (API key, declared body size), or None."""
+    path = request.url.path
+    if settings.api_key and path not in OPEN_PATHS and request.method != "OPTIONS":
+        given = request.headers.get("x-api-key") or ""
+        auth = request.headers.get("authorization") or ""
+        if not given and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if not given or not secrets.compare_digest(given.encode(), settings.api_key.encode()):
+            return UUSICError("missing or wrong API key (send X-API-Key or Authorization: Bearer)", status_code=401)
+    limit = (settings.max_upload_mb * 1024 * 1024 + 64 * 1024) if path in UPLOAD_PATHS else settings.max_json_bytes
+    length = request.headers.get("content-length")
+    if length is None:
+        return None
+    if not length.isdigit():
+        return RequestError("invalid Content-Length header", status_code=400)
+    if int(length) > limit:
+        return RequestError(f"request body is {int(length):,} bytes; the limit is {limit:,}", status_code=413)
+    return None
+
+
+def _install_handlers(app: FastAPI, settings: Settings) -> None:
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Any:
+        start = time.perf_counter()
+        refusal = _refusal(request, settings)
+        if refusal is not None:
+            return error_response(refusal, request.url.path)
+        response = await call_next(request)
+        route = request.scope.get("route")
+        log.info("%s %s %s %.1f ms", request.method, getattr(route, "path", "?"), response.status_code,
+                 (time.perf_counter() - start) * 1000)
+        return response
+
+    @app.exception_handler(UUSICError)
+    async def uusic_error(request: Request, exc: UUSICError) -> JSONResponse:
+        return error_response(exc, request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(_validation_error(exc), request.url.path)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.method)
+        return error_response(exc, request.url.path)
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None, *,
+               service: AnalysisService | None = None, preload: bool = False,
+               micro_batch: bool | None = None) -> FastAPI:
+    """The FastAPI app over ``service`` (default: a new :class:`AnalysisService` for ``settings``).
+
+    ``engine``: an already loaded engine to serve; ``micro_batch``: group concurrent requests into one forward pass
+    (``None``: ``UUSIC_MICRO_BATCH``, whose ``auto`` means only when the model is on CUDA).
+    """
+    if service is None:
+        service = AnalysisService(settings or Settings.from_env(), engine=engine, micro_batch=micro_batch)
+    settings = service.settings
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if preload:
+            try:
+                await run_in_threadpool(lambda: service.batcher)  # loads the model, starts the batcher if wanted
+            except UUSICError as exc:
+                log.error("model not loaded: %s", exc.message)
+        yield
+
+    app = FastAPI(title="UUSIC Viewer inference API", version="2.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.service, app.state.settings, app.state.limiter = service, settings, None
+    _install_handlers(app, settings)
+    app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
+                       allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Authorization", "Content-Type"])
+    for router in (system.router, inference.router, files.router, history.router, compat.router):
+        app.include_router(router)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m core serve [--host 127.0.0.1] [--port 8000]``."""
+    parser = argparse.ArgumentParser(prog="python -m core serve", description="start the HTTP inference API")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--micro-batch", choices=["auto", "on", "off"], default=None,
+                        help="group concurrent requests into one forward pass (default: UUSIC_MICRO_BATCH, auto: "
+                             "on CUDA only)")
+    args = parser.parse_args(argv)
+    import uvicorn
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    if args.micro_batch:
+        settings = settings.with_(micro_batch=args.micro_batch)
+    app = create_app(settings, preload=True)
+    print(f"serving on http://{args.host}:{args.port} (docs at /docs); workspace {settings.workspace}",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0

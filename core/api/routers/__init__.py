@@ -1,0 +1,1 @@
+"""One router per resource: inference, inputs and files, history, system (models / health), compatibility."""

@@ -1,0 +1,41 @@
+"""Inputs and outputs: ``POST /v1/upload``, ``GET /v1/random-sample``, ``GET /v1/masks/{path}``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, File, Query, Request, UploadFile
+
+from core.errors import UploadError
+from core.service import AnalysisService
+
+from core.api.deps import ServiceDep, in_worker, serve_file
+
+router = APIRouter()
+UPLOAD_DOC = "PNG, JPEG, BMP, TIFF, GIF or DICOM"
+
+
+async def store_upload(request: Request, service: AnalysisService, file: UploadFile) -> dict:
+    """Read at most the upload limit (plus one byte to tell) and store the image through the service."""
+    limit = service.settings.max_upload_mb * 1024 * 1024
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise UploadError(f"upload is larger than the {service.settings.max_upload_mb} MB limit", status_code=413,
+                          field="file")
+    return await in_worker(request, service.save_upload, data, file.filename or "upload")
+
+
+@router.post("/v1/upload", tags=["inputs"], summary="store an image in api_in/ and get its request skeleton")
+async def upload(request: Request, service: ServiceDep, file: UploadFile = File(..., description=UPLOAD_DOC)) -> dict:
+    return await store_upload(request, service, file)
+
+
+@router.get("/v1/random-sample", tags=["inputs"], summary="request skeleton of a random image of a dataset")
+def random_sample(service: ServiceDep, task: str = Query(..., examples=["segmentation"]),
+                  dataset_name: str = Query(..., examples=["DDTI"])) -> dict:
+    return service.random_sample(task, dataset_name)
+
+
+@router.get("/v1/masks/{path:path}", tags=["outputs"], summary="a mask PNG written under api_out/")
+def mask(path: str, service: ServiceDep) -> Any:
+    return serve_file(service.settings.api_out, path, (".png",))

@@ -1,0 +1,68 @@
+"""``POST /v1/predict`` (one image) and ``POST /v1/predict/batch`` (several), both through the service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from core.errors import RequestError
+from core.history import SOURCES
+from core.response import AnalysisResponse
+from core.schema import PredictRequest, parse_request_list
+from core.service import AnalysisService
+
+from core.api.deps import ServiceDep, in_worker, read_json
+
+router = APIRouter(tags=["inference"])
+REQUEST_SCHEMA = PredictRequest.model_json_schema()
+ENVELOPE_DOC = ("The body is the request JSON itself, or an envelope {\"request\": {...}, \"source\": "
+                "\"dashboard\", \"edits\": [...]} that says which door sent it and how the image was edited.")
+MAX_BATCH_ITEMS = 256
+
+
+def unwrap(body: Any) -> tuple[Any, str, list | None]:
+    """(request, source, edits) of a predict body: a bare request JSON, or the envelope with ``request``."""
+    if isinstance(body, dict) and isinstance(body.get("request"), dict) and "img_path_relative" not in body:
+        source = body.get("source") or "api"
+        if source not in SOURCES:
+            raise RequestError(f"source must be one of {', '.join(SOURCES)}, got {source!r}", field="source")
+        edits = body.get("edits")
+        if edits is not None and not isinstance(edits, list):
+            raise RequestError("edits must be a list of edit steps", field="edits")
+        return body["request"], source, edits
+    return body, "api", None
+
+
+def predict_one(service: AnalysisService, body: Any) -> dict:
+    """Analyse (in a worker thread) and answer the response JSON with its run id and mask URL."""
+    request, source, edits = unwrap(body)
+    PredictRequest.parse(request)  # a malformed request is a 422 before it queues for the model
+    return service.analyze(request, source=source, edits=edits).to_json()
+
+
+@router.post("/v1/predict", summary="analyse one image (request JSON → response JSON)", description=ENVELOPE_DOC,
+             response_model=AnalysisResponse, response_model_exclude_unset=True,
+             openapi_extra={"requestBody": {"required": True,
+                                            "content": {"application/json": {"schema": REQUEST_SCHEMA}}}})
+async def predict(request: Request, service: ServiceDep) -> Any:
+    body = await read_json(request)
+    return await in_worker(request, predict_one, service, body)
+
+
+def predict_many(service: AnalysisService, body: Any) -> dict:
+    if not isinstance(body, dict) or not isinstance(body.get("requests"), list):
+        raise RequestError('expected {"requests": [request JSON, ...], "source": "api"}', field="requests")
+    requests = parse_request_list(body["requests"])
+    if len(requests) > MAX_BATCH_ITEMS:
+        raise RequestError(f"{len(requests)} requests in one call; the limit is {MAX_BATCH_ITEMS}", field="requests",
+                           status_code=413)
+    _, source, _ = unwrap({"request": {}, "source": body.get("source")})
+    result = service.analyze_batch(requests, source=source, batch_size=service.settings.max_batch_size)
+    return result.to_json()
+
+
+@router.post("/v1/predict/batch", summary="analyse several images; one result or failure per request, in order")
+async def predict_batch(request: Request, service: ServiceDep) -> Any:
+    body = await read_json(request)
+    return await in_worker(request, predict_many, service, body)

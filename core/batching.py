@@ -1,0 +1,156 @@
+"""Two ways to feed an engine's forward pass with more than one image at a time.
+
+- :func:`run_batch`: a known list of images (CLI, dashboard Batch): decoding and post-processing run in a thread
+  pool ahead of / behind the batched forward passes, results come back in input order.
+- :class:`MicroBatcher`: single requests arriving concurrently (the API on a GPU): callers prepare their image in
+  their own thread, one batching thread runs the forward pass on whatever has queued up within a short window.
+
+Both use only the engine's three public stages: ``prepare`` (validate → resolve → decode → geometry),
+``forward`` (one forward pass, serialised per model) and ``finish`` (inverse geometry → mask file → measurements).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.engine import Engine, Prepared
+
+Progress = Any  # an object with update(n) (tqdm) or a callable (done, total)
+OnResult = Callable[[int, "dict | None", "BaseException | None"], None]
+
+
+def report_progress(progress: Progress, done: int, total: int) -> None:
+    """Tell ``progress`` that ``done`` of ``total`` images are finished."""
+    if progress is None:
+        return
+    if hasattr(progress, "update"):
+        progress.update(1)
+    else:
+        progress(done, total)
+
+
+class _BatchRun:
+    """State of one :func:`run_batch` call: the queues of prepared images and of images being finished."""
+
+    def __init__(self, engine: Engine, items: list, pool: ThreadPoolExecutor, *, output_dir: Path, batch_size: int,
+                 input_dir: Path | None, on_result: OnResult):
+        self.engine, self.items, self.pool = engine, items, pool
+        self.output_dir, self.batch_size, self.input_dir = output_dir, batch_size, input_dir
+        self.on_result = on_result
+        self.pending: deque[tuple[int, Future]] = deque()  # (index, future of Prepared)
+        self.finishing: deque[tuple[int, Future]] = deque()  # (index, future of response)
+        self.next_index = 0
+
+    def top_up(self) -> None:
+        """Keep up to two batches of images decoding ahead of the forward pass."""
+        while self.next_index < len(self.items) and len(self.pending) < 2 * self.batch_size:
+            item = self.items[self.next_index]
+            self.pending.append((self.next_index, self.pool.submit(self.engine.prepare, item,
+                                                                   input_dir=self.input_dir)))
+            self.next_index += 1
+
+    def drain(self, block: bool) -> None:
+        """Hand finished responses (or their errors) on, in completion order."""
+        while self.finishing and (block or self.finishing[0][1].done()):
+            index, future = self.finishing.popleft()
+            try:
+                result = future.result()
+            except Exception as exc:  # noqa: BLE001 - reported per image
+                self.on_result(index, None, exc)
+            else:
+                self.on_result(index, result, None)
+
+    def forward(self, batch: list[tuple[int, Prepared]]) -> None:
+        """One forward pass over ``batch``; post-processing goes to the pool."""
+        prepared = [p for _, p in batch]
+        try:
+            outputs, forward_sec, gpu = self.engine.forward(prepared)
+        except Exception as exc:  # noqa: BLE001 - every image of the batch gets the error
+            for index, _ in batch:
+                self.on_result(index, None, exc)
+            return
+        share = forward_sec / len(prepared)
+        for (index, prep), raw in zip(batch, outputs, strict=True):
+            self.finishing.append((index, self.pool.submit(self.engine.finish, prep, raw, output_dir=self.output_dir,
+                                                           forward_sec=share, gpu=gpu)))
+
+    def run(self) -> None:
+        self.top_up()
+        batch: list[tuple[int, Prepared]] = []
+        while self.pending:
+            index, future = self.pending.popleft()
+            self.top_up()
+            try:
+                batch.append((index, future.result()))
+            except Exception as exc:  # noqa: BLE001 - reported per image
+                self.on_result(index, None, exc)
+            if batch and (len(batch) >= self.batch_size or not self.pending):
+                self.forward(batch)
+                batch = []
+            self.drain(block=False)
+        self.drain(block=True)
+
+
+def run_batch(engine: Engine, items: Iterable[Any], *, output_dir: Path, on_result: OnResult, batch_size: int = 8,
+              input_dir: Path | None = None, workers: int = 2) -> None:
+    """Analyse ``items`` (request dicts or parsed requests) and call ``on_result(index, response, error)`` once per
+    item, in completion order; exactly one of ``response`` / ``error`` is set."""
+    listed = list(items)
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="uusic-prep") as pool:
+        _BatchRun(engine, listed, pool, output_dir=Path(output_dir), batch_size=max(1, int(batch_size)),
+                  input_dir=input_dir, on_result=on_result).run()
+
+
+class MicroBatcher:
+    """Groups concurrent single-image predictions into one forward pass (worth it on a GPU).
+
+    Results equal unbatched ones; the GPU memory fields describe the shared forward pass. ``batches`` and ``items``
+    count the forward passes run and the images they carried.
+    """
+
+    def __init__(self, engine: Engine, *, max_batch: int = 8, window_s: float = 0.004):
+        self.engine, self.max_batch, self.window_s = engine, max(1, int(max_batch)), max(0.0, float(window_s))
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="uusic-micro-batcher", daemon=True)
+        self._thread.start()
+        self.batches = 0
+        self.items = 0
+
+    def forward_one(self, prepared: Prepared) -> tuple[Any, float, Any]:
+        """The forward output of one prepared image, computed together with whatever else is queued."""
+        future: Future = Future()
+        self._queue.put((prepared, future))
+        return future.result()
+
+    def _collect(self) -> list[tuple[Prepared, Future]]:
+        batch = [self._queue.get()]
+        deadline = time.perf_counter() + self.window_s
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.perf_counter()
+            try:
+                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._collect()
+            try:
+                outputs, seconds, gpu = self.engine.forward([prepared for prepared, _ in batch])
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiting caller
+                for _, future in batch:
+                    future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.items += len(batch)
+            for (_, future), raw in zip(batch, outputs, strict=True):
+                future.set_result((raw, seconds, gpu))

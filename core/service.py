@@ -1,0 +1,486 @@
+"""The analysis service: the one way to analyse a case and keep its record, behind every door.
+
+A case goes: validate (:mod:`core.schema`) → check the model serves it (:func:`core.catalog.serves`) → resolve its
+path (:mod:`core.paths`) → decode (:mod:`core.imaging`) → geometry (:mod:`core.geometry`) → forward, direct or
+micro-batched (:mod:`core.batching`) → inverse geometry → mask file → measurements (the engine's stages) → one
+history row (:mod:`core.history`), for successes and failures alike, with the sha256 of the bytes analysed.
+
+The API routes, the dashboard pages and the CLI call only :class:`AnalysisService` (in-process) or
+:class:`core.client.ApiClient` (the same interface over HTTP); :func:`open_service` picks one from the settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from core import catalog
+from core.errors import (
+    ModelUnavailableError,
+    NoModelError,
+    NotFoundError,
+    PathError,
+    RequestError,
+    UUSICError,
+    as_uusic_error,
+)
+from core.response import AnalysisFailure, AnalysisResponse, BatchItem, classification_json
+from core.schema import PredictRequest
+from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+    from core.history import HistoryStore
+
+log = logging.getLogger("uusic.service")
+NO_MODEL_MESSAGE = "no model for this dataset"
+
+
+class BatchResult:
+    """The items of a batch in input order (responses and failures), where its files went, and how long it took."""
+
+    def __init__(self, items: list[BatchItem], *, batch_id: str, output_dir: str | None, seconds: float):
+        self.items, self.batch_id, self.output_dir, self.seconds = items, batch_id, output_dir, seconds
+
+    @property
+    def responses(self) -> list[AnalysisResponse]:
+        return [i for i in self.items if isinstance(i, AnalysisResponse)]
+
+    @property
+    def failures(self) -> list[AnalysisFailure]:
+        return [i for i in self.items if isinstance(i, AnalysisFailure)]
+
+    def count(self, error_type: str) -> int:
+        """How many items failed with ``error_type`` (e.g. ``NoModelError``: skipped, no model)."""
+        return sum(1 for f in self.failures if f.error_type == error_type)
+
+    def classification_json(self) -> dict[str, dict[str, Any]]:
+        return classification_json(self.items)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "seconds": self.seconds,
+                "results": [item.to_json() for item in self.items]}
+
+
+class AnalysisBackend(Protocol):
+    """What every door may call: :class:`AnalysisService` in-process, :class:`core.client.ApiClient` over HTTP."""
+
+    settings: Settings
+
+    def analyze(self, request: Any, *, source: str = "api", edits: list | None = None) -> AnalysisResponse: ...
+    def analyze_batch(self, requests: Iterable[Any], *, source: str, progress: Any = None,
+                      batch_size: int = 8) -> BatchResult: ...
+    def save_upload(self, data: bytes, filename: str) -> dict: ...
+    def random_sample(self, task: str, dataset_name: str) -> dict: ...
+    def serves(self, task: str, dataset_name: str) -> bool: ...
+    def model_info(self) -> dict: ...
+    def models(self) -> dict: ...
+    def datasets(self) -> list[dict]: ...
+    def health(self) -> dict: ...
+    def runs(self, filters: dict | None = None, limit: int | None = 1000) -> list[dict]: ...
+    def run(self, run_id: int) -> dict: ...
+    def runs_csv(self, filters: dict | None = None, limit: int = 10000) -> str: ...
+    def mask_png(self, response: AnalysisResponse | dict) -> bytes: ...
+    def run_image(self, run_id: int) -> np.ndarray: ...
+    def run_mask(self, run_id: int) -> np.ndarray: ...
+
+
+class AnalysisService:
+    """Owns a case from request to history row; one per process and settings (:func:`open_service`)."""
+
+    def __init__(self, settings: Settings | None = None, *, engine: Engine | None = None,
+                 store: HistoryStore | None = None, model: str | None = None, micro_batch: bool | None = None):
+        self.settings = settings or Settings.from_env()
+        self.settings.ensure_workspace()
+        self.model_name = model
+        self._engine = engine
+        self._engine_error: str | None = None
+        self._store = store
+        self._micro_batch = micro_batch
+        self._batcher: Any = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------ the model
+    @property
+    def loaded_engine(self) -> Engine | None:
+        """The engine if it is loaded (never loads it)."""
+        return self._engine
+
+    def engine(self) -> Engine:
+        """The engine, loaded on first use; a model that cannot load is a 503 :class:`ModelUnavailableError`."""
+        if self._engine is not None:
+            return self._engine
+        with self._lock:
+            if self._engine is None:
+                self._engine = self._load_engine()
+        return self._engine
+
+    def _load_engine(self) -> Engine:
+        from core.engine import get_engine
+
+        try:
+            engine = get_engine(self.settings, self.model_name)
+        except Exception as exc:  # WeightsError, DeviceError, a broken manifest ...
+            message = getattr(exc, "message", None) or str(exc)
+            # clients (and the open /healthz) see the file's name, not the server's folders
+            self._engine_error = message.replace(str(self.settings.weights_dir) + "/", "")
+            raise ModelUnavailableError(f"the model could not be loaded: {self._engine_error}") from None
+        self._engine_error = None
+        return engine
+
+    @property
+    def batcher(self) -> Any:
+        """The micro-batcher when concurrent requests share forward passes (``UUSIC_MICRO_BATCH``), else None."""
+        engine = self.engine()
+        if self._batcher is None and self._wants_micro_batching(engine):
+            with self._lock:
+                if self._batcher is None:
+                    from core.batching import MicroBatcher
+
+                    self._batcher = MicroBatcher(engine, max_batch=self.settings.max_batch_size,
+                                                 window_s=self.settings.batch_wait_ms / 1000.0)
+        return self._batcher
+
+    def _wants_micro_batching(self, engine: Engine) -> bool:
+        if self._micro_batch is not None:
+            return self._micro_batch
+        mode = self.settings.micro_batch
+        return mode == "on" or (mode == "auto" and getattr(engine.device, "type", None) == "cuda")
+
+    def serves(self, task: str, dataset_name: str) -> bool:
+        """Whether the served model has weights for ``(task, dataset_name)``."""
+        return self.engine().serves(task, dataset_name)
+
+    def model_info(self) -> dict:
+        return self.engine().model_info()
+
+    def models(self) -> dict:
+        """The served model (when loaded) and every manifest entry; a broken manifest is reported, not raised."""
+        from core.models import registry
+
+        try:
+            specs, manifest_error = registry.list_models(self.settings), None
+        except Exception as exc:  # noqa: BLE001 - shown to the user
+            specs, manifest_error = [], getattr(exc, "message", None) or str(exc)
+        loaded = self._engine.model_info() if self._engine is not None else None
+        entries = [{**loaded, "loaded": True}] if loaded else []
+        for spec in specs:
+            if loaded and spec.name == loaded["name"]:
+                continue
+            entries.append({"name": spec.name, "arch": spec.arch, "file": Path(spec.file).name,
+                            "sha256": spec.sha256, "input_size": spec.input_size,
+                            "preprocessing": spec.preprocessing, "description": spec.description,
+                            "datasets": None if spec.datasets is None else [list(d) for d in spec.datasets],
+                            "loaded": False})
+        return {"models": entries, "error": manifest_error}
+
+    def datasets(self) -> list[dict]:
+        """The catalog with zh/en names, classes and whether the served model answers for each dataset."""
+        try:
+            engine: Engine | None = self.engine()
+        except UUSICError:
+            engine = None
+        rows = []
+        for d in catalog.DATASETS:
+            group = catalog.ORGAN_GROUPS[d.group]
+            rows.append({"task": d.task, "dataset_name": d.name, "organ": d.organ, "group": d.group,
+                         "group_name_zh": group.zh, "group_name_en": group.en,
+                         "class_names": d.class_names("en"), "class_names_zh": d.class_names("zh"),
+                         "head": d.head, "seg_target": d.seg_target, "demo_default": d.demo_default,
+                         "served": engine.serves(d.task, d.name) if engine is not None else None})
+        return rows
+
+    def health(self) -> dict:
+        engine = self._engine
+        return {"status": "ok", "model_loaded": engine is not None,
+                "model": engine.spec.name if engine is not None else None,
+                "device": str(engine.device) if engine is not None else None,
+                "device_name": engine.device_name if engine is not None else None,
+                "error": self._engine_error, "auth_required": bool(self.settings.api_key),
+                "micro_batching": self._batcher is not None, "history": self._history_label()}
+
+    def _history_label(self) -> str:
+        return "postgresql" if (self.settings.history_url or "").startswith("postgres") else "sqlite"
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def save_upload(self, data: bytes, filename: str) -> dict:
+        """Store image bytes in ``api_in/`` (pixels only, re-encoded) and return the request skeleton."""
+        from core.samples import save_upload
+
+        return save_upload(self.settings, data, filename)
+
+    def random_sample(self, task: str, dataset_name: str) -> dict:
+        """The request skeleton of a random image of ``dataset_name`` under the data root."""
+        from core.samples import random_sample
+
+        try:
+            dataset = catalog.find_dataset(task, dataset_name)
+        except catalog.UnknownDataset as exc:
+            raise RequestError(exc.message, field="dataset_name") from None
+        sample = random_sample(self.settings.data_root, dataset.task, dataset.name)
+        if sample is None:
+            raise NotFoundError(f"no images of {dataset.task}/{dataset.name} under the data root",
+                                field="dataset_name")
+        return sample
+
+    # ------------------------------------------------------------------------------------------ analysis
+    def analyze(self, request: Any, *, source: str = "api", edits: list | None = None,
+                output_dir: Path | None = None, input_dir: Path | None = None,
+                batch_id: str | None = None) -> AnalysisResponse:
+        """Analyse one image and record the run; raises the typed error (after recording it) for a bad case."""
+        try:
+            parsed = PredictRequest.parse(request)
+            response = self._analyze_parsed(parsed, output_dir=output_dir, input_dir=input_dir)
+        except Exception as exc:
+            failure = AnalysisFailure.from_exception(request, exc)
+            self._record_failure(request, failure, source=source, edits=edits, batch_id=batch_id,
+                                 input_dir=input_dir)
+            raise
+        self._record_success(parsed, response, source=source, edits=edits, batch_id=batch_id)
+        return response
+
+    def _analyze_parsed(self, request: PredictRequest, *, output_dir: Path | None,
+                        input_dir: Path | None) -> AnalysisResponse:
+        engine = self.engine()
+        self._check_served(engine, request)
+        start = time.perf_counter()
+        prepared = engine.prepare(request, input_dir=input_dir)
+        batcher = self.batcher
+        if batcher is not None:
+            raw, forward_sec, gpu = batcher.forward_one(prepared)
+        else:
+            outputs, forward_sec, gpu = engine.forward([prepared])
+            raw = outputs[0]
+        response = engine.finish(prepared, raw, output_dir=Path(output_dir or self.settings.api_out),
+                                 forward_sec=forward_sec, gpu=gpu)
+        response["inference_time_sec"] = time.perf_counter() - start
+        return self._typed(response)
+
+    @staticmethod
+    def _check_served(engine: Engine, request: PredictRequest) -> None:
+        if not engine.serves(request.task, request.dataset_name):
+            raise NoModelError(f"{NO_MODEL_MESSAGE}: model {engine.spec.name!r} has no weights for "
+                               f"{request.task} on {request.dataset_name}", field="dataset_name")
+
+    def _typed(self, response: dict) -> AnalysisResponse:
+        mask_path = response.get("mask_path")
+        if mask_path:
+            api_out = Path(self.settings.api_out).resolve()
+            target = Path(mask_path).resolve()
+            if target.is_relative_to(api_out):
+                response["mask_url"] = f"/v1/masks/{target.relative_to(api_out).as_posix()}"
+        return AnalysisResponse.model_validate(response)
+
+    def analyze_batch(self, requests: Iterable[Any], *, source: str, output_dir: Path | None = None,
+                      input_dir: Path | None = None, batch_size: int = 8, progress: Any = None,
+                      workers: int = 2, record: bool = True) -> BatchResult:
+        """Analyse many images (decode ahead, batched forward passes); every item is recorded (``record``).
+
+        Invalid entries and datasets without a model become failures (``RequestError`` / ``NoModelError``)
+        without reaching the model. ``output_dir`` defaults to ``api_out/batch_<id>``.
+        """
+        start = time.perf_counter()
+        entries = list(requests)
+        batch_id = uuid.uuid4().hex[:12]
+        out_dir = Path(output_dir) if output_dir is not None else Path(self.settings.api_out) / f"batch_{batch_id}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        items: list[BatchItem | None] = [None] * len(entries)
+        runnable = self._screen(entries, items)
+        done = len(entries) - len(runnable)
+        total = len(entries)
+
+        def keep(index: int, item: BatchItem) -> None:
+            nonlocal done
+            items[index] = item
+            done += 1
+            from core.batching import report_progress
+
+            report_progress(progress, done, total)
+
+        self._run_screened(entries, runnable, keep, out_dir, input_dir, batch_size, workers)
+        final = [item for item in items if item is not None]
+        if record:
+            self._record_batch(entries, final, source=source, batch_id=batch_id, input_dir=input_dir)
+        return BatchResult(final, batch_id=batch_id, output_dir=str(out_dir), seconds=time.perf_counter() - start)
+
+    def _screen(self, entries: list, items: list) -> list[tuple[int, PredictRequest]]:
+        """Parse every entry and check the model serves it; failures go straight into ``items``."""
+        engine = self.engine()
+        runnable = []
+        for index, entry in enumerate(entries):
+            try:
+                parsed = PredictRequest.parse(entry)
+                self._check_served(engine, parsed)
+            except UUSICError as exc:
+                items[index] = AnalysisFailure.from_exception(entry, exc)
+                continue
+            runnable.append((index, parsed))
+        return runnable
+
+    def _run_screened(self, entries: list, runnable: list[tuple[int, PredictRequest]],
+                      keep: Callable[[int, BatchItem], None], out_dir: Path, input_dir: Path | None,
+                      batch_size: int, workers: int) -> None:
+        from core.batching import run_batch
+
+        def on_result(position: int, response: dict | None, exc: BaseException | None) -> None:
+            index = runnable[position][0]
+            if exc is not None:
+                keep(index, AnalysisFailure.from_exception(entries[index], exc))
+            else:
+                keep(index, self._typed(response or {}))
+
+        run_batch(self.engine(), [parsed for _, parsed in runnable], output_dir=out_dir, on_result=on_result,
+                  batch_size=batch_size, input_dir=input_dir, workers=workers)
+
+    # ------------------------------------------------------------------------------------------ history
+    @property
+    def store(self) -> HistoryStore:
+        """The history store (``UUSIC_HISTORY_URL`` or the workspace's SQLite file), opened on first use."""
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    from core.history import HistoryStore
+
+                    self._store = HistoryStore.from_settings(self.settings)
+        return self._store
+
+    def _record(self, request: Any, response: dict | None, **fields: Any) -> int | None:
+        """One history row; a history failure is logged and never hides the result or the real error."""
+        from core.history import record_run
+
+        try:
+            return record_run(self.store, request, response, **fields)
+        except Exception as exc:  # noqa: BLE001 - the record must not sink the analysis
+            log.warning("history write failed: %s", getattr(exc, "message", None) or type(exc).__name__)
+            return None
+
+    def _record_success(self, request: PredictRequest, response: AnalysisResponse, *, source: str,
+                        edits: list | None, batch_id: str | None) -> None:
+        response.run_id = self._record(request, response.to_json(), source=source, edits=edits,
+                                       input_sha256=response.input_sha256, batch_id=batch_id)
+
+    def _record_failure(self, request: Any, failure: AnalysisFailure, *, source: str, edits: list | None,
+                        batch_id: str | None, input_dir: Path | None) -> None:
+        raw = request.to_dict() if isinstance(request, PredictRequest) else request
+        failure.run_id = self._record(raw if isinstance(raw, dict) else None, None, source=source, edits=edits,
+                                      error=failure.error, error_type=failure.error_type, batch_id=batch_id,
+                                      input_sha256=self._input_sha256(raw, input_dir))
+
+    def _record_batch(self, entries: list, items: list[BatchItem], *, source: str, batch_id: str,
+                      input_dir: Path | None) -> None:
+        for entry, item in zip(entries, items, strict=True):
+            if isinstance(item, AnalysisResponse):
+                self._record_success(PredictRequest.parse(entry), item, source=source, edits=None, batch_id=batch_id)
+            else:
+                self._record_failure(entry, item, source=source, edits=None, batch_id=batch_id, input_dir=input_dir)
+
+    def _input_sha256(self, request: Any, input_dir: Path | None) -> str | None:
+        """sha256 of the file a failed request names, when it is an allowed, existing file (else None)."""
+        from core.paths import resolve_input
+
+        rel = request.get("img_path_relative") if isinstance(request, dict) else None
+        if not isinstance(rel, str) or not rel:
+            return None
+        try:
+            path = resolve_input(self.settings, rel, input_dir=input_dir)
+            if path.stat().st_size > self.settings.max_upload_mb * 1024 * 1024 * 4:
+                return None
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        except (UUSICError, OSError, ValueError):
+            return None
+
+    def runs(self, filters: dict | None = None, limit: int | None = 1000) -> list[dict]:
+        """Recorded runs, newest first (filters as :meth:`core.history.HistoryStore.list`)."""
+        return self.store.list(filters, limit=limit)
+
+    def run(self, run_id: int) -> dict:
+        """One recorded run (JSON columns decoded); :class:`NotFoundError` when there is none."""
+        from core.history import decode_row
+
+        row = self.store.get(run_id)
+        if row is None:
+            raise NotFoundError(f"no run {run_id} in the history", field="run_id")
+        return decode_row(row)
+
+    def runs_csv(self, filters: dict | None = None, limit: int = 10000) -> str:
+        return self.store.to_csv(self.runs(filters, limit=limit))
+
+    def mask_png(self, response: AnalysisResponse | dict) -> bytes:
+        """The PNG bytes of a segmentation response's mask (it must lie under ``api_out/``)."""
+        path = response.get("mask_path") if isinstance(response, dict) else response.mask_path
+        return self._workspace_file(path, Path(self.settings.api_out), "mask").read_bytes()
+
+    def run_image(self, run_id: int) -> np.ndarray:
+        """The analysed image of a run (RGB, through the project's image loader)."""
+        from core.imaging import load_image
+        from core.paths import resolve_input
+
+        rel = self.run(run_id).get("img_path_relative")
+        if not rel:
+            raise NotFoundError(f"run {run_id} names no image", field="run_id")
+        try:
+            path = resolve_input(self.settings, str(rel))
+        except PathError as exc:
+            raise NotFoundError(f"the image of run {run_id} is no longer available ({exc.message})",
+                                field="run_id") from None
+        return load_image(path, settings=self.settings).rgb
+
+    def run_mask(self, run_id: int) -> np.ndarray:
+        """The predicted mask of a segmentation run, as a boolean array at the image's size."""
+        from core.imaging import load_image
+
+        path = self._workspace_file(self.run(run_id).get("mask_path"), Path(self.settings.api_out), "mask")
+        return load_image(path, settings=self.settings).rgb[..., 0] > 127
+
+    @staticmethod
+    def _workspace_file(path: Any, root: Path, what: str) -> Path:
+        if not path:
+            raise NotFoundError(f"this run has no {what} file")
+        target = Path(str(path)).resolve()
+        if not target.is_relative_to(root.resolve()):
+            raise PathError(f"the {what} file of this run is outside the workspace")
+        if not target.is_file():
+            raise NotFoundError(f"the {what} file of this run is no longer available")
+        return target
+
+
+def write_classification_json(output_dir: Path, items: list[BatchItem]) -> Path:
+    """The one writer of the challenge's ``classification.json`` (``{img_path_relative: {probability,
+    prediction}}``) for a batch's items."""
+    import json
+
+    target = Path(output_dir) / "classification.json"
+    target.write_text(json.dumps(classification_json(items), indent=4), encoding="utf-8")
+    return target
+
+
+_SERVICES: dict[tuple, AnalysisService] = {}
+_SERVICES_LOCK = threading.Lock()
+
+
+def open_service(settings: Settings | None = None) -> AnalysisBackend:
+    """The service for ``settings``: an :class:`core.client.ApiClient` when ``api_url`` is set, else the
+    process-wide :class:`AnalysisService` (models load once and are shared by every caller)."""
+    settings = settings or Settings.from_env()
+    if settings.api_url:
+        from core.client import ApiClient
+
+        return ApiClient(settings)
+    key = (repr(settings), settings.api_key)
+    with _SERVICES_LOCK:
+        if key not in _SERVICES:
+            _SERVICES[key] = AnalysisService(settings)
+        return _SERVICES[key]
+
+
+def failure_message(exc: BaseException) -> str:
+    """A one-line message for people (never a traceback)."""
+    return as_uusic_error(exc).message
