@@ -15,3 +15,8 @@ test: setup
 
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not browser and not server"
+
+.PHONY: lint
+lint: setup
+	.venv/bin/ruff check core tests pages Home.py bench scripts
+	.venv/bin/mypy

@@ -1,70 +1,287 @@
-"""One settings object for the whole project: defaults overridden by ``UUSIC_*`` environment variables."""
+"""One settings object for the whole project: defaults overridden by ``UUSIC_*`` environment variables.
+
+``Settings(...)`` built in code (or a test) takes only its defaults and the keyword arguments given: it never reads
+the environment. ``Settings.from_env()`` (or :func:`get_settings`) reads ``os.environ`` (or a given mapping); an empty
+variable means "the default", and a value that cannot be used raises :class:`~core.errors.ConfigError` naming the
+variable, e.g. ``UUSIC_MAX_UPLOAD_MB: expected a positive integer, got 'abc'``.
+
+=========================  =====================  ===============================================================
+variable                   field                  meaning
+=========================  =====================  ===============================================================
+UUSIC_WORKSPACE            workspace              api_in/, api_out/, history.sqlite3 (default ./workspace)
+UUSIC_DATA_ROOT            data_root              dataset images the dashboard and API may read
+UUSIC_DEVICE               device                 auto | cpu | cuda | cuda:N
+UUSIC_API_URL              api_url                dashboard talks to this API instead of a local engine
+UUSIC_API_KEY              api_key                X-API-Key the API requires / the client sends
+UUSIC_WEIGHTS_DIR          weights_dir            folder holding models.json and the weights
+UUSIC_MODEL                default_model          model name in models.json (default: its first entry)
+UUSIC_AMP                  amp                    bf16 autocast on CUDA (1/true/yes/on, 0/false/no/off)
+UUSIC_CORS_ORIGINS         cors_origins           comma-separated origins the API allows
+UUSIC_MAX_IMAGE_PIXELS     max_image_pixels       larger images are refused (decompression bombs)
+UUSIC_MAX_IMAGE_SIDE       max_image_side         longest image side accepted
+UUSIC_MAX_UPLOAD_MB        max_upload_mb          upload size limit
+UUSIC_MAX_JSON_BYTES       max_json_bytes         request body limit for JSON routes
+UUSIC_LANGUAGE             language               dashboard language (zh | en)
+UUSIC_HISTORY_URL          history_url            SQLAlchemy URL of the history database (default: SQLite file)
+UUSIC_MICRO_BATCH          micro_batch            auto | on | off: group concurrent API requests (auto = CUDA only)
+UUSIC_MAX_BATCH_SIZE       max_batch_size         most requests in one grouped forward pass
+UUSIC_BATCH_WAIT_MS        batch_wait_ms          how long the first request waits for company
+UUSIC_RECORD_CLI           record_cli_runs        CLI ``predict`` also records its runs in the history
+=========================  =====================  ===============================================================
+"""
 
 from __future__ import annotations
 
+import hashlib
+import math
 import os
-from dataclasses import dataclass, field, replace
+import types
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from core.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_SAMPLES = PROJECT_ROOT / "samples"
 WEIGHTS_DIR = PROJECT_ROOT / "weights"
 
+ENV_PREFIX = "UUSIC_"
+# Fields whose variable is not simply ENV_PREFIX + NAME; fields listed with None are never read from the environment.
+_ENV_NAME_OVERRIDES: dict[str, str | None] = {
+    "default_model": "UUSIC_MODEL",
+    "record_cli_runs": "UUSIC_RECORD_CLI",
+    "extra": None,
+}
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 
-def _env_bool(value: str | None, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+# The environment that Settings.from_env is reading right now, per thread / task; None = direct construction.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("uusic_settings_environ", default=None)
 
 
-def _env_list(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
-    if value is None or value.strip() == "":
-        return default
+def env_name(field_name: str) -> str | None:
+    """The environment variable that sets ``field_name`` (None for fields the environment cannot set)."""
+    if field_name in _ENV_NAME_OVERRIDES:
+        return _ENV_NAME_OVERRIDES[field_name]
+    return ENV_PREFIX + field_name.upper()
+
+
+def _strip_optional(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _parse_env_value(field_name: str, annotation: Any, raw: str) -> Any:
+    """``raw`` (non-empty, stripped) converted to the field's type; ConfigError naming the variable if it can't be."""
+    name = env_name(field_name)
+    kind = _strip_optional(annotation)
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{name}: expected {expected}, got {_shown(field_name, raw)}", field=field_name)
+
+    if kind is bool:
+        word = raw.lower()
+        if word in _TRUE:
+            return True
+        if word in _FALSE:
+            return False
+        raise bad("one of 1/true/yes/on or 0/false/no/off")
+    if kind is int:
+        try:
+            number = int(raw)
+        except ValueError:
+            raise bad("an integer") from None
+        if number < 1:  # every integer setting is a limit or a size: 0 would lock everyone out
+            raise bad("a positive integer")
+        return number
+    if kind is float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise bad("a number") from None
+        if not math.isfinite(value) or value < 0:
+            raise bad("a non-negative number")
+        return value
+    if kind is Path:
+        return Path(raw).expanduser().resolve()
+    if get_origin(kind) is Literal:
+        choices = [str(choice) for choice in get_args(kind)]
+        word = raw.lower()
+        if word in choices:
+            return word
+        if set(choices) == {"auto", "on", "off"} and (word in _TRUE or word in _FALSE):
+            return "on" if word in _TRUE else "off"
+        raise bad("one of " + ", ".join(choices))
+    if get_origin(kind) is tuple:
+        return _split_list(raw)
+    if field_name == "history_url" and "://" not in raw:
+        raise bad("a SQLAlchemy URL such as postgresql+psycopg://user:pass@host/db or sqlite:///path")
+    return raw
+
+
+def _shown(field_name: str, value: Any) -> str:
+    """``value`` as an error message may show it: never the API key, never what may be a password in a URL."""
+    if field_name == "api_key" or (field_name == "history_url" and "@" in str(value)):
+        return "a value that is not shown (it may hold a secret)"
+    return repr(value)
+
+
+def _split_list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Runtime configuration. Build with :meth:`from_env`; derive variants with :meth:`with_`."""
+def _mask_url_password(url: str | None) -> str | None:
+    """``url`` with its password replaced by ``***`` (for repr and logs)."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)
+        user = (parts.username or "") + ":***"
+        return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
+    except ValueError:
+        return "<unparsable url>"
+
+
+class _UUSICEnvSource(PydanticBaseSettingsSource):
+    """The ``UUSIC_*`` variables of the mapping Settings.from_env is reading (nothing outside from_env)."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        environ = _ENVIRON.get()
+        name = env_name(field_name)
+        if environ is None or name is None:
+            return None, field_name, False
+        raw = environ.get(name)
+        if raw is None or not raw.strip():
+            if _strip_optional(field.annotation) is Path and isinstance(field.default, Path):
+                # from_env resolves every path, defaults too (a relative workspace is relative to the cwd *now*)
+                return field.default.expanduser().resolve(), field_name, False
+            return None, field_name, False  # unset or empty: the default
+        return _parse_env_value(field_name, field.annotation, raw.strip()), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, field_name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
+def _describe(exc: ValidationError, from_env: bool) -> str:
+    parts = []
+    for error in exc.errors():
+        field_name = str(error["loc"][0]) if error["loc"] else "settings"
+        label = (env_name(field_name) or field_name) if from_env else field_name
+        parts.append(f"{label}: {error['msg']}, got {_shown(field_name, error.get('input'))}")
+    return "; ".join(parts)
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Build with :meth:`from_env`; derive variants with :meth:`with_`.
+
+    Direct construction (``Settings(workspace=..., device="cpu")``) uses only the defaults and the arguments given;
+    only :meth:`from_env` reads ``UUSIC_*`` variables. Instances are immutable.
+    """
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_default=True, env_prefix=ENV_PREFIX)
 
     workspace: Path = Path("workspace")
     data_root: Path = BUNDLED_SAMPLES
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     api_url: str | None = None
-    api_key: str | None = None
+    api_key: str | None = Field(default=None, repr=False)  # never in repr (repr is used as a cache key and in logs)
     weights_dir: Path = WEIGHTS_DIR
     default_model: str | None = None  # name in weights/models.json; None = first entry
     amp: bool = False  # bf16 autocast on CUDA
     cors_origins: tuple[str, ...] = ("http://localhost:8501", "http://127.0.0.1:8501")
-    max_image_pixels: int = 64_000_000  # larger images are refused (decompression bombs)
-    max_image_side: int = 16_384
-    max_upload_mb: int = 50
-    max_json_bytes: int = 1_000_000
+    # Limits. From the environment they must be >= 1; code (tests) may set 0 to refuse everything.
+    max_image_pixels: int = Field(default=64_000_000, ge=0)  # larger images are refused (decompression bombs)
+    max_image_side: int = Field(default=16_384, ge=0)
+    max_upload_mb: int = Field(default=50, ge=0)
+    max_json_bytes: int = Field(default=1_000_000, ge=0)
     language: str = "zh"
-    extra: dict = field(default_factory=dict)
+    history_url: str | None = None  # SQLAlchemy URL; None = the SQLite file <workspace>/history.sqlite3
+    micro_batch: Literal["auto", "on", "off"] = "auto"  # group concurrent API requests; auto = on CUDA only
+    max_batch_size: int = Field(default=8, ge=1)
+    batch_wait_ms: float = Field(default=4.0, ge=0, allow_inf_nan=False)
+    record_cli_runs: bool = False  # CLI predict records its runs in the history
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, from_env=_ENVIRON.get() is not None)) from exc
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
-        env = os.environ if environ is None else environ
-        base = cls()
-        workspace = Path(env.get("UUSIC_WORKSPACE") or base.workspace)
-        return cls(
-            workspace=workspace.expanduser().resolve(),
-            data_root=Path(env.get("UUSIC_DATA_ROOT") or base.data_root).expanduser().resolve(),
-            device=env.get("UUSIC_DEVICE") or base.device,
-            api_url=(env.get("UUSIC_API_URL") or None),
-            api_key=(env.get("UUSIC_API_KEY") or None),
-            weights_dir=Path(env.get("UUSIC_WEIGHTS_DIR") or base.weights_dir).expanduser().resolve(),
-            default_model=env.get("UUSIC_MODEL") or None,
-            amp=_env_bool(env.get("UUSIC_AMP"), base.amp),
-            cors_origins=_env_list(env.get("UUSIC_CORS_ORIGINS"), base.cors_origins),
-            max_image_pixels=int(env.get("UUSIC_MAX_IMAGE_PIXELS") or base.max_image_pixels),
-            max_upload_mb=int(env.get("UUSIC_MAX_UPLOAD_MB") or base.max_upload_mb),
-            language=env.get("UUSIC_LANGUAGE") or base.language,
-        )
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Keyword arguments first, then UUSIC_* variables, and those only inside from_env (see _ENVIRON).
+        # pydantic-settings' own env/.env/secrets sources are left out on purpose: direct construction reads nothing.
+        return init_settings, _UUSICEnvSource(settings_cls)
 
-    def with_(self, **changes) -> "Settings":
-        return replace(self, **changes)
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return _split_list(value) if isinstance(value, str) else value
+
+    @field_validator("history_url")
+    @classmethod
+    def _history_url_has_scheme(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError("expected a SQLAlchemy URL such as postgresql+psycopg://user:pass@host/db")
+        return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Defaults overridden by the ``UUSIC_*`` variables of ``environ`` (default ``os.environ``)."""
+        token = _ENVIRON.set(os.environ if environ is None else environ)
+        try:
+            return cls()
+        finally:
+            _ENVIRON.reset(token)
+
+    @staticmethod
+    def env_name(field_name: str) -> str | None:
+        """The environment variable that sets ``field_name`` (None for ``extra``)."""
+        return env_name(field_name)
+
+    def with_(self, **changes: Any) -> Settings:
+        """A validated copy with ``changes`` applied (unknown names and bad values raise ConfigError)."""
+        values = {name: getattr(self, name) for name in type(self).model_fields}
+        values.update(changes)
+        return type(self)(**values)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, (_mask_url_password(value) if name == "history_url" else value)
+
+    def cache_key(self) -> str:
+        """A stable string that differs whenever any setting differs, secrets included (as hashes)."""
+
+        def digest(secret: str | None) -> str:
+            return hashlib.sha256(secret.encode()).hexdigest()[:16] if secret is not None else "-"
+
+        return f"{self!r}|api_key={digest(self.api_key)}|history_url={digest(self.history_url)}"
 
     @property
     def api_in(self) -> Path:
@@ -76,7 +293,13 @@ class Settings:
 
     @property
     def history_db(self) -> Path:
+        """The SQLite history file used when ``history_url`` is not set."""
         return self.workspace / "history.sqlite3"
+
+    @property
+    def history_database_url(self) -> str:
+        """``history_url``, or the SQLAlchemy URL of :attr:`history_db`."""
+        return self.history_url or f"sqlite:///{self.history_db}"
 
     @property
     def manifest_path(self) -> Path:
