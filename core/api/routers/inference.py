@@ -37,7 +37,6 @@ def unwrap(body: Any) -> tuple[Any, str, list | None]:
 def predict_one(service: AnalysisService, body: Any) -> dict:
     """Analyse (in a worker thread) and answer the response JSON with its run id and mask URL."""
     request, source, edits = unwrap(body)
-    PredictRequest.parse(request)  # a malformed request is a 422 before it queues for the model
     return service.analyze(request, source=source, edits=edits).to_json()
 
 
