@@ -31,6 +31,7 @@ from PIL import Image
 from core import catalog
 from core.batching import report_progress, run_batch
 from core.errors import NoModelError, error_body
+from core.files import atomic_save_image
 from core.geometry import CenterCrop, Letterbox, make_transform
 from core.imaging import LoadedImage, load_image
 from core.models import registry
@@ -281,7 +282,8 @@ class Engine:
         relative = mask_relative_path(req.img_path_relative)
         target = output_path(output_dir, relative)
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(target, format="PNG", compress_level=1)
+        atomic_save_image(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"), target, format="PNG",
+                          compress_level=1)
         spacing = req.pixel_spacing_mm or prepared.image.pixel_spacing_mm
         coverage = transform.coverage() if self.mask_inverse == "exact" else np.ones(1)
         return {

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from core.files import atomic_write_text
 from core.paths import mask_relative_path
 from core.schema import parse_request_list
 
@@ -240,6 +241,6 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(report))
     out = args.out or args.pred_dir / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    atomic_write_text(out, json.dumps(report, indent=2))
     print(f"metrics written to {out}")
     return 0

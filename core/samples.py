@@ -24,6 +24,7 @@ from PIL import Image
 
 from core import catalog
 from core.errors import ImageError, UploadError, UUSICError
+from core.files import atomic_write_bytes
 from core.imaging import load_image
 from core.settings import Settings
 
@@ -202,18 +203,11 @@ def save_upload(settings: Settings, data: bytes, filename: str) -> dict:
     digest = hashlib.sha256(encoded).hexdigest()
     for _ in range(20):
         name = f"{stem}-{digest[:8]}{uuid.uuid4().hex[:6]}.{ext}"
-        target = folder / name
         try:
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            atomic_write_bytes(folder / name, encoded, exclusive=True)
         except FileExistsError:
             continue
         except OSError as exc:
-            raise _storage_error(exc) from None
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(encoded)
-        except OSError as exc:
-            target.unlink(missing_ok=True)
             raise _storage_error(exc) from None
         break
     else:  # pragma: no cover - 20 uuid collisions

@@ -457,9 +457,10 @@ def write_classification_json(output_dir: Path, items: list[BatchItem]) -> Path:
     prediction}}``) for a batch's items."""
     import json
 
-    target = Path(output_dir) / "classification.json"
-    target.write_text(json.dumps(classification_json(items), indent=4), encoding="utf-8")
-    return target
+    from core.files import atomic_write_text
+
+    return atomic_write_text(Path(output_dir) / "classification.json",
+                             json.dumps(classification_json(items), indent=4))
 
 
 _SERVICES: dict[tuple, AnalysisService] = {}
