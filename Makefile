@@ -11,10 +11,10 @@ serve: setup
 	.venv/bin/python -m core serve --host 127.0.0.1 --port 8000
 
 test: setup
-	.venv/bin/python -m pytest -q
+	UUSIC_TEST_POSTGRES_URL="$${UUSIC_TEST_POSTGRES_URL:-$$(./scripts/postgres.sh start)}" .venv/bin/python -m pytest -q
 
 test-fast: setup
-	.venv/bin/python -m pytest -q -m "not browser and not server"
+	UUSIC_TEST_POSTGRES_URL="$${UUSIC_TEST_POSTGRES_URL:-$$(./scripts/postgres.sh start)}" .venv/bin/python -m pytest -q -m "not browser and not server"
 
 .PHONY: lint
 lint: setup

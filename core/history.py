@@ -1,26 +1,50 @@
-"""The run history: one SQLite file in the workspace, shared by the dashboard, the API and the CLI.
+"""The run history, shared by the dashboard, the API and the CLI: a SQLite file in the workspace by default, or any
+database SQLAlchemy reaches by URL (PostgreSQL is tested).
 
-WAL mode and a busy timeout let several processes write at once without losing rows; inside a process one
-connection is shared under a lock (SQLite serialises writers anyway, and one connection keeps memory bounded
-however many worker threads a server runs). JSON-valued columns (edits, probabilities, measurements, request, response) are stored
-as JSON text and returned as text by :meth:`HistoryStore.list` (tables and CSV want flat values);
-:func:`decode_row` turns them back into Python objects.
+The schema is managed by Alembic (``core/migrations``); a store brings its database up to the newest revision when
+it opens it, under a migration lock (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: an advisory lock), so several
+processes may open a fresh database at once. A file written before Alembic (table ``runs``, no version table) is
+adopted as revision 0001 and upgraded in place.
+
+SQLite runs in WAL mode with a busy timeout and ``synchronous=NORMAL``, so several processes write at once without
+losing rows and a killed writer loses nothing it committed. Inside a process, threads share a connection pool; a
+forked child never reuses its parent's connections.
+
+JSON-valued columns (edits, probabilities, measurements, request, response) are stored as JSON text and returned as
+text by :meth:`HistoryStore.list` (tables and CSV want flat values); :func:`decode_row` turns them back into
+Python objects.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
-SOURCES = ("dashboard", "api", "cli")
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from core.errors import HistoryError
+
+SOURCES = ("dashboard", "batch", "api", "cli")  # "batch": the dashboard's Batch page
 JSON_COLUMNS = ("edits", "probabilities", "measurements", "request", "response")
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("id", "INTEGER PRIMARY KEY AUTOINCREMENT"),
@@ -50,17 +74,53 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("error", "TEXT"),
     ("request", "TEXT"),
     ("response", "TEXT"),
+    ("error_type", "TEXT"),  # revision 0002
+    ("batch_id", "TEXT"),  # revision 0002
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
-_SCHEMA = f"CREATE TABLE IF NOT EXISTS runs ({', '.join(f'{n} {t}' for n, t in COLUMNS)})"
-_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS runs_timestamp ON runs(timestamp)",
-    "CREATE INDEX IF NOT EXISTS runs_task_dataset ON runs(task, dataset_name)",
-)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_MIGRATION_LOCK_KEY = 0x5553_4943  # "USIC": PostgreSQL advisory lock id held while migrating
+_MAX_ID = {"sqlite": 2**63 - 1, "postgresql": 2**31 - 1}  # the id column's range per backend
+_BUSY_WORDS = ("locked", "busy")
+# Alembic runs a migration through module-level proxies (alembic.context, alembic.op): one migration per process at
+# a time. Taken before the database's own migration lock, never after, so the two cannot deadlock.
+_ALEMBIC_IN_PROCESS = threading.Lock()
+_T = TypeVar("_T")
+Rows = list[dict]  # (the store's own method named ``list`` hides the builtin inside the class)
+
+
+def _column_type(sql_type: str) -> sa.types.TypeEngine[Any]:
+    """The SQLAlchemy type of one declared column type (as in :data:`COLUMNS`)."""
+    if sql_type.startswith("INTEGER"):
+        return sa.Integer()
+    if sql_type.startswith("REAL"):  # PostgreSQL's REAL has 4 bytes, SQLite's 8
+        return sa.REAL().with_variant(postgresql.DOUBLE_PRECISION(), "postgresql")
+    return sa.Text()
+
+
+def _build_table() -> tuple[sa.MetaData, sa.Table]:
+    """The ``runs`` table as the newest migration leaves it (used to build queries, never to create tables)."""
+    meta = sa.MetaData()
+    columns = [sa.Column("id", sa.Integer, sa.Identity(), primary_key=True, autoincrement=True)]
+    for name, sql_type in COLUMNS[1:]:
+        column_type = _column_type(sql_type)
+        if name == "timestamp":  # compared as text: byte order on PostgreSQL too
+            column_type = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
+        columns.append(sa.Column(name, column_type, nullable="NOT NULL" not in sql_type))
+    table = sa.Table("runs", meta, *columns, sqlite_autoincrement=True)
+    sa.Index("runs_timestamp", table.c.timestamp)
+    sa.Index("runs_task_dataset", table.c.task, table.c.dataset_name)
+    sa.Index("runs_batch_id", table.c.batch_id)
+    return meta, table
+
+
+metadata, runs = _build_table()
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    """Now, UTC, ISO 8601 with milliseconds (the ``timestamp`` column's format)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _json(value: Any) -> str | None:
@@ -74,10 +134,8 @@ def decode_row(row: dict) -> dict:
     out = dict(row)
     for name in JSON_COLUMNS:
         if isinstance(out.get(name), str):
-            try:
+            with suppress(ValueError):
                 out[name] = json.loads(out[name])
-            except ValueError:
-                pass
     return out
 
 
@@ -89,53 +147,199 @@ def _date_bound(value: Any, *, end: bool) -> str:
     return text
 
 
-class HistoryStore:
-    """Runs recorded in a SQLite file (WAL). Thread-safe: one connection per process, used under a lock."""
+# ------------------------------------------------------------------------------------ URLs and engines
+def _mask_password(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` in it replaced by ``***``."""
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
 
-    def __init__(self, path: Path | str, *, timeout: float = 30.0):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+def _target_url(target: Path | str) -> URL:
+    """The SQLAlchemy URL of a store target: a URL string (with ``://``) or a filesystem path (a SQLite file)."""
+    if isinstance(target, str) and "://" in target:
+        return sa.make_url(target)
+    return URL.create("sqlite", database=str(Path(target).expanduser().absolute()))
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite URL; None for other backends and in-memory databases."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def _sqlite_engine(url: URL, timeout: float) -> Engine:
+    """A SQLite engine whose transactions SQLAlchemy begins itself (``BEGIN IMMEDIATE`` for writers)."""
+    in_memory = _sqlite_file(url) is None
+    engine = sa.create_engine(url, connect_args={"timeout": timeout, "check_same_thread": False},
+                              poolclass=StaticPool if in_memory else None)
+
+    @sa.event.listens_for(engine, "connect")
+    def configure(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver emits no BEGIN of its own; "begin" below does
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def begin(connection: Connection) -> None:
+        write = connection.get_execution_options().get("uusic_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+def _create_engine(url: URL, timeout: float) -> Engine:
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url, timeout)
+    connect_args = {"connect_timeout": max(1, int(timeout))} if url.get_backend_name() == "postgresql" else {}
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _enable_wal(engine: Engine) -> None:
+    """Switch a SQLite file to WAL (a persistent setting of the file); must run outside a transaction."""
+    dbapi_connection = engine.raw_connection()
+    try:
+        cursor = dbapi_connection.cursor()
+        if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() not in ("wal", "memory"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+    finally:
+        dbapi_connection.close()
+
+
+# ------------------------------------------------------------------------------------ migrations
+def _alembic_config(connection: Connection | None = None) -> Config:
+    """An Alembic config for ``core/migrations`` that runs on ``connection`` (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = connection
+    return config
+
+
+@functools.cache
+def head_revision() -> str:
+    """The newest migration's revision id."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None, "core/migrations has no revisions"
+    return head
+
+
+def _current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _upgrade(connection: Connection) -> None:
+    """Bring the database on ``connection`` to the head revision (the caller holds the migration lock and commits).
+
+    A pre-Alembic store (table ``runs``, no version) is stamped 0001, which is exactly its schema, first."""
+    if _current_revision(connection) == head_revision():
+        return
+    config = _alembic_config(connection)
+    if _current_revision(connection) is None and sa.inspect(connection).has_table("runs"):
+        command.stamp(config, "0001")
+    command.upgrade(config, "head")
+
+
+# ------------------------------------------------------------------------------------ the store
+class HistoryStore:
+    """Runs recorded in a SQLite file (a path) or a database URL. Thread-safe; safe across processes and fork."""
+
+    def __init__(self, target: Path | str, *, timeout: float = 30.0):
         self.timeout = timeout
         self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
+        self._engine: Engine | None = None
         self._pid = os.getpid()
-        self._retry(self._create)
+        try:
+            self._url = _target_url(target)
+        except (ArgumentError, ValueError) as exc:
+            raise HistoryError(f"history store URL {_mask_password(str(target))!r} is not valid: "
+                               f"{_mask_password(str(exc))}") from exc
+        self.url = self._url.render_as_string(hide_password=False)
+        self.display_url = self._url.render_as_string(hide_password=True)
+        self.path = _sqlite_file(self._url)
+        self.backend = self._url.get_backend_name()
+        self._retry(self._open, "open")
+
+    @classmethod
+    def from_settings(cls, settings: Any, **kwargs: Any) -> HistoryStore:
+        """The store that ``settings`` name: ``history_url`` when set, else the SQLite file ``history_db``."""
+        return cls(getattr(settings, "history_url", None) or settings.history_db, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"HistoryStore({self.display_url!r})"
+
+    def __enter__(self) -> HistoryStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -------------------------------------------------------------------------------- connections
-    def _connect(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():  # never reuse a connection across fork
-            conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+    def _engine_here(self) -> Engine:
+        """This process's engine: a forked child drops (without closing) the pool it inherited."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = _create_engine(self._url, self.timeout)
+            elif self._pid != os.getpid():
+                self._engine.dispose(close=False)
+            self._pid = os.getpid()
+            return self._engine
 
-    def _retry(self, action, attempts: int = 20):
-        """Run ``action`` under the lock; retry while another process holds a lock the busy timeout did not cover."""
+    @contextmanager
+    def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        """A connection in a transaction, committed on success; on SQLite a writer takes the write lock up front."""
+        with self._engine_here().connect() as connection:
+            if write:
+                connection.execution_options(uusic_write=True)
+            with connection.begin():
+                yield connection
+
+    def _retry(self, action: Callable[[], _T], doing: str, attempts: int = 20) -> _T:
+        """Run ``action``; retry while another process holds a SQLite lock the busy timeout did not cover.
+        Database errors come out as :class:`HistoryError` naming the store (never its password)."""
         for attempt in range(attempts):
             try:
-                with self._lock:
-                    return action()
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc) or attempt == attempts - 1:
-                    raise
-                time.sleep(0.05 * (attempt + 1))
+                return action()
+            except (SQLAlchemyError, sqlite3.Error) as exc:
+                driver_message = str(getattr(exc, "orig", None) or exc).lower()  # not the SQL nor its values
+                busy = any(word in driver_message for word in _BUSY_WORDS)
+                if self.backend == "sqlite" and busy and attempt < attempts - 1:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise self._error(doing, exc) from exc
+            except (OSError, ImportError, NoSuchModuleError) as exc:
+                raise self._error(doing, exc) from exc
+        raise AssertionError("unreachable")
 
-    def _create(self) -> None:
-        conn = self._connect()
-        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(_SCHEMA)
-        for statement in _INDEXES:
-            conn.execute(statement)
+    def _error(self, doing: str, exc: BaseException) -> HistoryError:
+        """A :class:`HistoryError` for ``exc``: what failed, on which store, and the driver's first line."""
+        reason = getattr(exc, "orig", None) or exc
+        first_line = (str(reason).strip().splitlines() or [type(reason).__name__])[0]
+        if self._url.password:
+            first_line = first_line.replace(str(self._url.password), "***")
+        return HistoryError(f"history store {self.display_url} could not {doing}: {_mask_password(first_line)}")
+
+    def _open(self) -> None:
+        """Create the file's folder, switch SQLite to WAL, and migrate the schema to the head revision."""
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _enable_wal(self._engine_here())
+        with self._engine_here().connect() as connection:
+            if _current_revision(connection) == head_revision():  # the usual case: no lock needed
+                return
+        # On SQLite BEGIN IMMEDIATE is the migration lock; PostgreSQL takes an advisory lock till the commit.
+        with _ALEMBIC_IN_PROCESS, self._transaction(write=True) as connection:
+            if self.backend == "postgresql":
+                connection.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
+            _upgrade(connection)
 
     def close(self) -> None:
+        """Close this process's connections (the store reconnects if used again)."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            if self._engine is not None:
+                self._engine.dispose(close=self._pid == os.getpid())
+                self._engine = None
 
     # -------------------------------------------------------------------------------- writing
     def add(self, record: dict) -> int:
@@ -146,58 +350,53 @@ class HistoryStore:
         for name in JSON_COLUMNS:
             if name in row:
                 row[name] = _json(row[name])
-        names = list(row)
-        sql = f"INSERT INTO runs ({', '.join(names)}) VALUES ({', '.join('?' for _ in names)})"
-        values = [row[n] for n in names]
 
         def insert() -> int:
-            return int(self._connect().execute(sql, values).lastrowid)
+            with self._transaction(write=True) as connection:
+                key = connection.execute(sa.insert(runs).values(row)).inserted_primary_key
+                assert key is not None, "an INSERT returns its primary key"
+                return int(key[0])
 
-        return self._retry(insert)
+        return self._retry(insert, "record a run")
 
     # -------------------------------------------------------------------------------- reading
-    def list(self, filters: dict | None = None, limit: int | None = 1000) -> list[dict]:
-        """Newest first. Filters: ``task``, ``dataset`` / ``dataset_name``, ``organ``, ``source``,
-        ``text`` / ``name`` (substring of the image name, case-insensitive), ``since`` / ``until`` (ISO date or time,
-        UTC; inclusive)."""
-        where, args = [], []
-        f = {k: v for k, v in (filters or {}).items() if v not in (None, "")}
-        for key, column in (("task", "task"), ("dataset", "dataset_name"), ("dataset_name", "dataset_name"),
-                            ("organ", "organ"), ("source", "source")):
-            if key in f:
-                where.append(f"{column} = ? COLLATE NOCASE")
-                args.append(str(f[key]))
-        text = f.get("text", f.get("name"))
-        if text:
-            escaped = str(text).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            where.append("img_name LIKE ? ESCAPE '\\'")
-            args.append(f"%{escaped}%")
-        if "since" in f:
-            where.append("timestamp >= ?")
-            args.append(_date_bound(f["since"], end=False))
-        if "until" in f:
-            where.append("timestamp <= ?")
-            args.append(_date_bound(f["until"], end=True))
-        sql = "SELECT * FROM runs" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(int(limit))
-        rows = self._retry(lambda: self._connect().execute(sql, args).fetchall())
-        return [dict(r) for r in rows]
+    def _rows(self, query: sa.Select[Any]) -> Rows:
+        def fetch() -> Rows:
+            with self._transaction() as connection:
+                return [dict(row) for row in connection.execute(query).mappings()]
 
-    def get(self, run_id: int) -> dict | None:
+        return self._retry(fetch, "read the runs")
+
+    def list(self, filters: dict | None = None, limit: int | None = 1000) -> Rows:
+        """Newest first. Filters: ``task``, ``dataset`` / ``dataset_name``, ``organ``, ``source`` (equal, any case),
+        ``text`` / ``name`` (substring of the image name, any case), ``since`` / ``until`` (ISO date or time,
+        UTC; inclusive)."""
+        query = sa.select(runs).where(*_conditions(filters or {})).order_by(runs.c.id.desc())
+        if limit is not None:
+            query = query.limit(int(limit))
+        return self._rows(query)
+
+    def get(self, run_id: Any) -> dict | None:
+        """The run with id ``run_id``; None when there is none (or ``run_id`` is not a possible id)."""
         try:
             run_id = int(run_id)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return None
-        row = self._retry(lambda: self._connect().execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone())
-        return dict(row) if row is not None else None
+        if not 0 < run_id <= _MAX_ID.get(self.backend, 2**31 - 1):
+            return None
+        rows = self._rows(sa.select(runs).where(runs.c.id == run_id))
+        return rows[0] if rows else None
 
     def count(self) -> int:
-        return int(self._retry(lambda: self._connect().execute("SELECT COUNT(*) FROM runs").fetchone()[0]))
+        """How many runs are stored."""
+        def fetch() -> int:
+            with self._transaction() as connection:
+                return int(connection.execute(sa.select(sa.func.count()).select_from(runs)).scalar_one())
+
+        return self._retry(fetch, "count the runs")
 
     @staticmethod
-    def to_csv(rows: list[dict]) -> str:
+    def to_csv(rows: Rows) -> str:
         """CSV text of ``rows`` (the store's columns first, then any others); lists and dicts as JSON."""
         extra = sorted({k for r in rows for k in r} - set(COLUMN_NAMES))
         buffer = io.StringIO()
@@ -208,10 +407,31 @@ class HistoryStore:
         return buffer.getvalue()
 
 
+def _conditions(filters: dict) -> list[sa.ColumnElement[bool]]:
+    """The WHERE conditions of :meth:`HistoryStore.list`'s filters (empty values are ignored)."""
+    given = {k: v for k, v in filters.items() if v not in (None, "")}
+    conditions: list[sa.ColumnElement[bool]] = []
+    for key, column in (("task", "task"), ("dataset", "dataset_name"), ("dataset_name", "dataset_name"),
+                        ("organ", "organ"), ("source", "source")):
+        if key in given:
+            conditions.append(sa.func.lower(runs.c[column]) == sa.func.lower(str(given[key])))
+    text = given.get("text", given.get("name"))
+    if text:
+        escaped = str(text).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conditions.append(runs.c.img_name.ilike(f"%{escaped}%", escape="\\"))
+    if "since" in given:
+        conditions.append(runs.c.timestamp >= _date_bound(given["since"], end=False))
+    if "until" in given:
+        conditions.append(runs.c.timestamp <= _date_bound(given["until"], end=True))
+    return conditions
+
 
 def record_run(store: HistoryStore, request: Any, response: dict | None, *, source: str, edits: list | None = None,
-               input_sha256: str | None = None, error: str | None = None) -> int:
-    """Store one analysis (or, with ``error``, one failed attempt) and return its run id."""
+               input_sha256: str | None = None, error: str | None = None, error_type: str | None = None,
+               batch_id: str | None = None) -> int:
+    """Store one analysis (or, with ``error``, one failed attempt) and return its run id.
+
+    ``error_type`` is the failure's class name (``ImageError``...); ``batch_id`` groups the runs of one batch."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if request is not None and hasattr(request, "to_dict"):
@@ -249,6 +469,8 @@ def record_run(store: HistoryStore, request: Any, response: dict | None, *, sour
         "gpu_memory_reserved_mb": response.get("gpu_memory_reserved_mb"),
         "device": response.get("device"),
         "error": error,
+        "error_type": error_type,
+        "batch_id": batch_id,
         "request": request or None,
         "response": stored_response or None,
     })

@@ -133,3 +133,100 @@ def dashboard_env(tiny_settings, monkeypatch):
     monkeypatch.delenv("UUSIC_API_URL", raising=False)
     monkeypatch.delenv("UUSIC_MODEL", raising=False)
     return tiny_settings
+
+
+# ------------------------------------------------------------------ PostgreSQL for the run history (history_target)
+# The history store runs on SQLite (a file) or on a database URL. `history_target` gives a test both, one per
+# parameter; the PostgreSQL one is a fresh database on the server named by UUSIC_TEST_POSTGRES_URL or, without it,
+# on the throwaway server of scripts/postgres.sh (started here when PostgreSQL is installed, and left running for
+# the next session). No server: those tests skip, or fail when CI is set.
+POSTGRES_SCRIPT = PROJECT_ROOT / "scripts" / "postgres.sh"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "postgres: needs a PostgreSQL server (the postgresql history_target)")
+
+
+def _postgres_installed() -> bool:
+    import shutil
+
+    return shutil.which("initdb") is not None or any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+
+
+def _start_test_postgres() -> tuple[str, str]:
+    """(admin URL, "") of the server ``scripts/postgres.sh start`` runs, or ("", why there is none)."""
+    import subprocess
+
+    if not _postgres_installed():
+        return "", "initdb not found (install the postgresql package, or set UUSIC_TEST_POSTGRES_URL)"
+    try:
+        done = subprocess.run([str(POSTGRES_SCRIPT), "start"], capture_output=True, text=True, timeout=180)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return "", f"scripts/postgres.sh start: {exc}"
+    if done.returncode != 0 or not done.stdout.strip():
+        return "", f"scripts/postgres.sh start failed: {done.stderr.strip()[-800:]}"
+    return done.stdout.strip().splitlines()[-1], ""
+
+
+def _postgres_problem(url: str) -> str:
+    """Why ``url`` cannot be used ("" when a connection works); never shows the URL's password."""
+    import sqlalchemy as sa
+
+    shown = url
+    try:
+        shown = sa.make_url(url).render_as_string(hide_password=True)
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 5})
+        with engine.connect() as connection:
+            connection.exec_driver_sql("SELECT 1")
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no server for these tests"
+        reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        return f"{shown} unreachable: {reason}"
+    return ""
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str:
+    """A PostgreSQL URL with the right to create databases (skip without a server; fail when ``CI`` is set)."""
+    url = os.environ.get("UUSIC_TEST_POSTGRES_URL", "").strip()
+    problem = ""
+    if not url:
+        url, problem = _start_test_postgres()
+    if url:
+        problem = _postgres_problem(url)
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required when CI is set: {problem}", pytrace=False)
+        pytest.skip(f"no PostgreSQL server: {problem}")
+    return url
+
+
+@pytest.fixture()
+def postgres_url(postgres_admin_url: str):
+    """The URL of a fresh, empty PostgreSQL database for this test (dropped afterwards)."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"uusic_test_{uuid.uuid4().hex[:16]}"
+    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield sa.make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except Exception:  # noqa: BLE001 - a database left behind on a throwaway server is harmless
+        pass
+    admin.dispose()
+
+
+@pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),
+                        pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)])
+def history_target(request, tmp_path: Path):
+    """Where a run history lives, once per backend: the path of a new SQLite file, or a fresh PostgreSQL URL.
+
+    Either one is a valid ``HistoryStore(target)`` (and ``Settings.history_url`` for the URL)."""
+    if request.param == "sqlite":
+        return tmp_path / "history.sqlite3"
+    return request.getfixturevalue("postgres_url")
