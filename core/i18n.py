@@ -116,7 +116,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "rows": ("共 {n} 条记录", "{n} rows"),
     "download_csv": ("导出 CSV", "Export CSV"),
     "reopen": ("重新打开记录", "Re-open a run"),
-    "reopen_missing": ("该记录的文件已不存在：{path}", "The file of this run no longer exists: {path}"),
+    "reopen_unavailable": ("无法重新打开该记录：{message}", "This run cannot be re-opened: {message}"),
     # batch
     "batch_source": ("批量来源", "Batch source"),
     "batch_uploads": ("上传多张图像", "Upload several images"),
@@ -130,6 +130,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "batch_no_files": ("请先选择图像。", "Choose images first."),
     "batch_json_error": ("无法读取 JSON：{message}", "Cannot read the JSON: {message}"),
     "batch_skipped": ("{n} 条请求因无模型被跳过：{names}", "{n} requests skipped (no model): {names}"),
+    "batch_metrics_remote": ("远程模式下不计算评估指标（掩膜在 API 服务器上）。",
+                             "Metrics are not computed in remote mode (the masks live on the API server)."),
     # models & system
     "manifest": ("模型清单", "Model manifest"),
     "model_info": ("当前模型", "Current model"),

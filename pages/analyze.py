@@ -14,21 +14,8 @@ import streamlit as st
 from PIL import Image
 
 from core import catalog, editing, i18n, overlay
-from pages.common import (
-    page_header,
-    backend,
-    choice,
-    error_message,
-    history_store,
-    is_remote,
-    is_no_model,
-    label,
-    lang,
-    save_input,
-    settings,
-    sha256,
-    tr,
-)
+from core.imaging import load_image
+from pages.common import choice, error_message, is_no_model, label, lang, page_header, service, settings, tr
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm"]
 PLOT_CONFIG = {"scrollZoom": True, "displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
@@ -54,9 +41,7 @@ def select_dataset() -> catalog.Dataset:
 
 
 # ---------------------------------------------------------------- image source
-def _decode(data: bytes):
-    from core.imaging import load_image
-
+def _decode(data: bytes | Path):
     loaded = load_image(data, settings=current)
     return Image.fromarray(loaded.rgb), loaded.pixel_spacing_mm, loaded.format
 
@@ -71,7 +56,7 @@ def load_upload() -> None:
     if uploaded is None:
         return
     data = uploaded.getvalue()
-    token = sha256(data)
+    token = f"upload:{uploaded.name}:{uploaded.file_id}"  # a new upload (the service hashes what it analyses)
     if st.session_state.get("image", {}).get("token") == token:
         return
     try:
@@ -97,7 +82,7 @@ def load_sample(dataset: catalog.Dataset) -> None:
     st.session_state.pop("no_samples", None)
     path = current.data_root / sample["img_path_relative"]
     try:
-        picture, spacing, fmt = _decode(path.read_bytes())
+        picture, spacing, fmt = _decode(path)
     except Exception as error:
         st.error(tr("image_error", message=error_message(error)))
         return
@@ -178,32 +163,24 @@ def build_request(skeleton: dict, dataset: catalog.Dataset, image: dict, edits: 
 
 
 def run(dataset: catalog.Dataset, image: dict, edited: Image.Image, edits: list[dict]) -> None:
+    """Store the edited image and analyse it through the service (which records the run, with its sha256)."""
     clicked_at = time.perf_counter()
     buffer = io.BytesIO()
     edited.convert("RGB").save(buffer, format="PNG")
-    data = buffer.getvalue()
     stem = Path(image["name"]).stem or "image"
+    analysis = service(current)
     try:
-        skeleton = save_input(data, f"{stem}.png", current)
+        skeleton = analysis.save_upload(buffer.getvalue(), f"{stem}.png")
         request = build_request(skeleton, dataset, image, edits)
         with st.spinner(tr("running")):
-            response = backend(current).predict(request)
-    except Exception as error:
+            response = analysis.analyze(request, source="dashboard", edits=edits)
+    except Exception as error:  # the service's typed errors (and anything else, as one line)
         st.session_state["result"] = {"error": error_message(error), "no_model": is_no_model(error),
                                       "dataset": dataset.name}
         return
-    run_id = None
-    try:
-        from core.history import record_run
-
-        if not is_remote(current):  # the API records its own calls in its workspace's history
-            run_id = record_run(history_store(current), request, response, source="dashboard", edits=edits,
-                                input_sha256=sha256(data))
-    except Exception as error:  # history must never hide a result
-        st.warning(error_message(error))
     st.session_state["result"] = {
-        "request": request, "response": response, "edits": edits, "edited": edited, "run_id": run_id,
-        "image_token": image["token"], "seconds": time.perf_counter() - clicked_at,
+        "request": request, "response": response.to_json(), "edits": edits, "edited": edited,
+        "run_id": response.run_id, "image_token": image["token"], "seconds": time.perf_counter() - clicked_at,
     }
 
 
@@ -249,7 +226,11 @@ def _reference_mask(image: dict, request: dict, edits: list[dict], size: tuple[i
     path = current.data_root / relative
     if not path.is_file():
         return None
-    mask = editing.apply_edits(Image.open(path).convert("L"), edits, is_mask=True)
+    try:
+        pixels = load_image(path, settings=current).rgb[..., 0]
+    except Exception:  # noqa: BLE001 - a broken reference mask only hides the comparison
+        return None
+    mask = editing.apply_edits(Image.fromarray(np.ascontiguousarray(pixels)), edits, is_mask=True)
     return overlay.as_bool_mask(mask) if mask.size == size else None
 
 
@@ -259,25 +240,21 @@ def _dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     return float(dice(reference, prediction))
 
 
-def _load_mask(response: dict) -> np.ndarray | None:
-    """The predicted mask: from disk (in-process, or a server sharing the workspace), else from the API."""
-    mask_path = Path(response.get("mask_path") or "")
-    try:
-        if mask_path.is_file():
-            return overlay.as_bool_mask(Image.open(mask_path))
-        if is_remote(current) and response.get("mask_path_relative"):
-            data = backend(current).mask(response["mask_path_relative"])
-            return overlay.as_bool_mask(Image.open(io.BytesIO(data)))
-    except Exception as error:
-        st.error(tr("engine_error", message=error_message(error)))
-        return None
-    st.error(tr("reopen_missing", path=str(mask_path)))
-    return None
+def _load_mask(result: dict) -> np.ndarray | None:
+    """The predicted mask through the service (a local file or the API's mask route), decoded once per result."""
+    if result.get("mask") is None:
+        try:
+            data = service(current).mask_png(result["response"])
+            result["mask"] = overlay.as_bool_mask(load_image(data, settings=current).rgb)
+        except Exception as error:
+            st.error(tr("engine_error", message=error_message(error)))
+            return None
+    return result["mask"]
 
 
 def show_segmentation(result: dict, image: dict) -> None:
     response, request, edited = result["response"], result["request"], result["edited"]
-    mask = _load_mask(response)
+    mask = _load_mask(result)
     if mask is None:
         return
     cols = st.columns([2, 1])
@@ -356,7 +333,7 @@ def system_strip() -> None:
 # ---------------------------------------------------------------- page
 dataset = select_dataset()
 try:
-    served = backend(current).serves(dataset.task, dataset.name)
+    served = service(current).serves(dataset.task, dataset.name)
 except Exception as error:
     st.error(tr("weights_error", message=error_message(error)))
     st.stop()
@@ -389,8 +366,10 @@ if st.button(tr("run"), type="primary", key="run", disabled=not served):
 
 result = st.session_state.get("result")
 if result and result.get("error"):
-    (st.info if result["no_model"] else st.error)(
-        tr("no_model", dataset=result["dataset"]) if result["no_model"] else tr("engine_error", message=result["error"]))
+    if result["no_model"]:
+        st.info(tr("no_model", dataset=result["dataset"]))
+    else:
+        st.error(tr("engine_error", message=result["error"]))
 elif result and result.get("image_token") == image["token"]:
     with st.expander(tr("request_json")):
         st.json(result["request"])

@@ -1,19 +1,21 @@
-"""Batch: run many images (uploads or a challenge JSON) with a progress bar; download a zip; see metrics."""
+"""Batch: run many images (uploads or a challenge JSON) through the analysis service; download a zip; see metrics.
+
+Every item, result or failure, is recorded in the history by the service (source ``batch``).
+"""
 
 from __future__ import annotations
 
 import io
 import json
-import time
 import zipfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from core import catalog, i18n
-from pages.common import page_header, choice, backend, error_message, is_no_model, lang, save_input, settings, tr
+from core.response import AnalysisResponse
+from pages.common import choice, error_message, is_remote, lang, page_header, service, settings, tr
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm"]
 current = settings()
@@ -32,18 +34,29 @@ def _requests_from_uploads() -> list[dict] | None:
     files = st.file_uploader(tr("batch_uploads"), type=UPLOAD_TYPES, accept_multiple_files=True, key="b_files")
     if not st.button(tr("batch_run"), type="primary", key="b_run"):
         return None
+    st.session_state.pop("batch", None)  # a new run: the previous result (and its success message) goes
     if not files:
         st.warning(tr("batch_no_files"))
         return None
     requests = []
     for uploaded in files:
         try:
-            skeleton = save_input(uploaded.getvalue(), uploaded.name, current)
-        except Exception as error:
+            skeleton = service(current).save_upload(uploaded.getvalue(), uploaded.name)
+        except Exception as error:  # one bad file is named and skipped; the batch goes on
             st.error(tr("image_error", message=f"{uploaded.name}: {error_message(error)}"))
             continue
         requests.append({**skeleton, "task": task, "dataset_name": dataset.name, "organ": dataset.organ})
     return requests
+
+
+def _read_entries(json_path: str) -> list[dict]:
+    """The request objects of a challenge JSON file (a list, or ``{"data": [...]}``)."""
+    entries = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    if isinstance(entries, dict):
+        entries = entries.get("data") or entries.get("requests") or list(entries.values())
+    if not isinstance(entries, list):
+        raise ValueError("expected a list of request objects")
+    return [e for e in entries if isinstance(e, dict)]
 
 
 def _requests_from_json() -> tuple[list[dict], Path] | None:
@@ -53,97 +66,63 @@ def _requests_from_json() -> tuple[list[dict], Path] | None:
     limit = st.number_input("max", min_value=1, max_value=100_000, value=50, step=10, key="b_limit")
     if not st.button(tr("batch_run"), type="primary", key="b_run_json"):
         return None
+    st.session_state.pop("batch", None)
     try:
-        entries = json.loads(Path(json_path).read_text(encoding="utf-8"))
-        if isinstance(entries, dict):
-            entries = entries.get("data") or entries.get("requests") or list(entries.values())
-        if not isinstance(entries, list):
-            raise ValueError("expected a list of request objects")
-    except (OSError, ValueError) as error:
-        st.error(tr("batch_json_error", message=error_message(error)))
+        entries = _read_entries(json_path)
+    except (OSError, ValueError) as error:  # the user's own file: its reason is shown as is
+        st.error(tr("batch_json_error", message=str(error) or type(error).__name__))
         return None
-    return [e for e in entries if isinstance(e, dict)][: int(limit)], Path(input_dir)
+    return entries[: int(limit)], Path(input_dir)
 
 
 def _run(requests: list[dict], data_root: Path) -> None:
-    engine = backend(current)
-    input_dir = None if data_root.resolve() == current.data_root else data_root.resolve()
-    servable, skipped = [], []
-    for request in requests:
-        try:
-            ok = engine.serves(request.get("task", ""), request.get("dataset_name", ""))
-        except Exception:
-            ok = True  # let the engine give the precise error
-        (servable if ok else skipped).append(request)
-    if skipped:
-        st.info(tr("batch_skipped", n=len(skipped), names=", ".join(sorted({r.get("dataset_name", "?") for r in skipped}))))
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    output_dir = current.api_out / f"batch_{stamp}"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    bar = st.progress(0.0, text=f"0 / {len(servable)}")
+    """One batch through the service (it screens unserved datasets and records every item)."""
+    st.session_state.pop("batch", None)
+    bar = st.progress(0.0, text=f"0 / {len(requests)}")
 
-    def progress(done, total=None, *_):
-        total = total or len(servable) or 1
-        bar.progress(min(float(done) / total, 1.0), text=f"{done} / {total}")
+    def progress(done: int, total: int) -> None:
+        bar.progress(min(float(done) / max(total, 1), 1.0), text=f"{done} / {total}")
 
-    started = time.perf_counter()
+    extra = {}
+    if not is_remote(current) and data_root.resolve() != current.data_root.resolve():
+        extra["input_dir"] = data_root.resolve()
     try:
-        if hasattr(engine, "predict_batch"):
-            responses = engine.predict_batch(servable, output_dir=output_dir, progress=progress, input_dir=input_dir)
-        else:  # remote API: one call per image
-            responses = []
-            for i, request in enumerate(servable, 1):
-                try:
-                    responses.append(engine.predict(request))
-                except Exception as error:
-                    responses.append({"error": error_message(error), "img_path_relative": request.get("img_path_relative")})
-                progress(i, len(servable))
-    except Exception as error:
-        if is_no_model(error):
-            st.info(error_message(error))
-        else:
-            st.error(tr("engine_error", message=error_message(error)))
+        result = service(current).analyze_batch(requests, source="batch", progress=progress, **extra)
+    except Exception as error:  # the model cannot load, the API is down ...
+        st.error(tr("engine_error", message=error_message(error)))
         return
-    bar.progress(1.0, text=f"{len(servable)} / {len(servable)}")
-    st.session_state["batch"] = {
-        "requests": servable, "responses": responses, "output_dir": str(output_dir),
-        "seconds": time.perf_counter() - started, "data_root": str(data_root),
-    }
+    bar.progress(1.0, text=f"{len(requests)} / {len(requests)}")
+    st.session_state["batch"] = {"result": result, "requests": requests, "data_root": str(data_root)}
 
 
-def _classification_json(responses: list[dict]) -> dict:
-    out = {}
-    for response in responses:
-        if response.get("task") == "classification" and "probability" in response:
-            out[response["img_path_relative"]] = {"probability": response["probability"],
-                                                  "prediction": response["prediction"]}
-    return out
-
-
-def _zip(batch: dict) -> bytes:
+def _zip(result) -> bytes:
+    """classification.json (the service's writer) and every mask PNG (through the service, local or remote)."""
+    analysis = service(current)
     buffer = io.BytesIO()
-    output_dir = Path(batch["output_dir"])
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("classification.json", json.dumps(_classification_json(batch["responses"]), indent=2))
-        for response in batch["responses"]:
-            mask = response.get("mask_path")
-            if mask and Path(mask).is_file():
-                name = response.get("mask_path_relative") or Path(mask).name
-                archive.write(mask, arcname=str(Path("masks_out") / name) if Path(name).is_absolute() else name)
+        archive.writestr("classification.json", json.dumps(result.classification_json(), indent=4))
+        for item in result.responses:
+            if not item.mask_path_relative:
+                continue
+            try:
+                archive.writestr(item.mask_path_relative, analysis.mask_png(item))
+            except Exception as error:  # noqa: BLE001 - one missing mask does not sink the zip
+                st.warning(error_message(error))
     return buffer.getvalue()
 
 
 def _metrics(batch: dict) -> pd.DataFrame | None:
-    """Per-dataset metrics (core.evaluate) for the requests that carry ground truth (labels / reference masks)."""
+    """Per-dataset metrics (core.evaluate) where requests carry ground truth; local mode only (needs the files)."""
     from core.evaluate import evaluate
+    from core.service import write_classification_json
 
+    result = batch["result"]
     with_truth = [r for r in batch["requests"]
                   if r.get("class_label_index") is not None or r.get("mask_path_relative")]
-    if not with_truth:
+    if not with_truth or result.output_dir is None:
         return None
-    output_dir = Path(batch["output_dir"])
-    (output_dir / "classification.json").write_text(json.dumps(_classification_json(batch["responses"])))
-    report = evaluate(with_truth, batch["data_root"], output_dir)
+    write_classification_json(Path(result.output_dir), result.items)
+    report = evaluate(with_truth, batch["data_root"], result.output_dir)
     rows = []
     for task in ("classification", "segmentation"):
         for name, values in report[task].items():
@@ -151,6 +130,38 @@ def _metrics(batch: dict) -> pd.DataFrame | None:
             row.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in values.items()})
             rows.append(row)
     return pd.DataFrame(rows) if rows else None
+
+
+def _summary(result) -> pd.DataFrame:
+    label_key = "label_name_zh" if L == "zh" else "label_name"
+    return pd.DataFrame([
+        {"image": item.img_path_relative, "task": item.task, "dataset": item.dataset_name,
+         "prediction": item.get(label_key, item.prediction) if isinstance(item, AnalysisResponse) else None,
+         "mask_area_px": item.mask_area_px if isinstance(item, AnalysisResponse) else None,
+         "error": None if isinstance(item, AnalysisResponse) else item.error,
+         "run_id": item.run_id}
+        for item in result.items
+    ])
+
+
+def show(batch: dict) -> None:
+    result = batch["result"]
+    st.success(tr("batch_done", n=len(result.items), sec=result.seconds))
+    skipped = [f for f in result.failures if f.error_type == "NoModelError"]
+    if skipped:
+        names = ", ".join(sorted({f.dataset_name or "?" for f in skipped}))
+        st.info(tr("batch_skipped", n=result.count("NoModelError"), names=names))
+    st.dataframe(_summary(result), width="stretch", hide_index=True)
+    if "zip" not in batch:
+        batch["zip"] = _zip(result)
+    st.download_button(tr("batch_zip"), batch["zip"], "uusic_batch.zip", "application/zip", key="b_zip")
+    if "metrics" not in batch:
+        batch["metrics"] = _metrics(batch)
+    if batch["metrics"] is not None:
+        st.subheader(tr("batch_metrics"))
+        st.dataframe(batch["metrics"], width="stretch", hide_index=True)
+    elif result.output_dir is None:
+        st.caption(tr("batch_metrics_remote"))
 
 
 source = choice("radio", tr("batch_source"), ["uploads", "json"], key="b_source", horizontal=True,
@@ -164,25 +175,5 @@ else:
     if loaded:
         _run(*loaded)
 
-batch = st.session_state.get("batch")
-if batch:
-    st.success(tr("batch_done", n=len(batch["responses"]), sec=batch["seconds"]))
-    summary = pd.DataFrame(
-        [
-            {
-                "image": r.get("img_path_relative"),
-                "task": r.get("task"),
-                "dataset": r.get("dataset_name"),
-                "prediction": r.get("label_name_zh" if L == "zh" else "label_name", r.get("prediction")),
-                "mask_area_px": r.get("mask_area_px"),
-                "error": r.get("error"),
-            }
-            for r in batch["responses"]
-        ]
-    )
-    st.dataframe(summary, width="stretch", hide_index=True)
-    st.download_button(tr("batch_zip"), _zip(batch), "uusic_batch.zip", "application/zip", key="b_zip")
-    metrics = _metrics(batch)
-    if metrics is not None:
-        st.subheader(tr("batch_metrics"))
-        st.dataframe(metrics, width="stretch", hide_index=True)
+if st.session_state.get("batch"):
+    show(st.session_state["batch"])

@@ -1,17 +1,15 @@
-"""What every dashboard page shares: language, settings, the one engine (or API client), the history store."""
+"""What every dashboard page shares: language, settings and the one analysis service (in-process or HTTP)."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from pathlib import Path
 
 import streamlit as st
 
 from core import i18n
+from core.errors import ModelUnavailableError, NoModelError
 from core.settings import Settings
-
-NO_MODEL_STATUS = {404, 409}
 
 
 def lang() -> str:
@@ -29,69 +27,53 @@ def settings() -> Settings:
     return current
 
 
+def settings_key(current: Settings) -> str:
+    """A string that differs whenever any setting differs (secrets only as hashes)."""
+    cache_key = getattr(current, "cache_key", None)
+    if callable(cache_key):
+        return cache_key()
+    secret = hashlib.sha256((current.api_key or "").encode()).hexdigest()[:16]
+    return f"{current!r}|api_key={secret}"
+
+
 @st.cache_resource(show_spinner=False)
-def _engine(key: str, _current: Settings):
-    """One engine per process and settings: models load once and are shared by all browser sessions."""
-    from core.engine import get_engine
+def _service(key: str, _current: Settings):
+    """One service per process and settings: models load once and are shared by all browser sessions."""
+    from core.service import open_service
 
-    return get_engine(_current)
-
-
-@st.cache_resource(show_spinner=False)
-def _client(key: str, _current: Settings):
-    from core.client import ApiClient
-
-    return ApiClient(_current)
+    return open_service(_current)
 
 
-def backend(current: Settings | None = None):
-    """The engine in-process, or the HTTP client when ``UUSIC_API_URL`` is set; both have predict/model_info/serves."""
+def service(current: Settings | None = None):
+    """The analysis service: :class:`core.service.AnalysisService` in-process, or :class:`core.client.ApiClient`
+    when ``UUSIC_API_URL`` is set (same methods, same typed errors)."""
     current = current or settings()
-    key = repr(current)
-    return _client(key, current) if current.api_url else _engine(key, current)
+    return _service(settings_key(current), current)
 
 
 def is_remote(current: Settings | None = None) -> bool:
     return bool((current or settings()).api_url)
 
 
-@st.cache_resource(show_spinner=False)
-def _store(path: str):
-    from core.history import HistoryStore
-
-    return HistoryStore(Path(path))
+def is_no_model(error: BaseException) -> bool:
+    """True when no model serves the dataset (a model that cannot load at all is an error, not this)."""
+    return isinstance(error, NoModelError) and not isinstance(error, ModelUnavailableError)
 
 
-def history_store(current: Settings | None = None):
-    return _store(str((current or settings()).history_db))
+def error_message(error: BaseException) -> str:
+    """A one-line message for the user (never a traceback): the typed error's message."""
+    from core.service import failure_message
+
+    return failure_message(error)
 
 
-def save_input(data: bytes, filename: str, current: Settings | None = None) -> dict:
-    """Store image bytes in ``api_in/`` (locally or through the API) and return the request skeleton."""
+def scrub_paths(text: str, current: Settings | None = None) -> str:
+    """``text`` without the server's folders (workspace, data root, weights)."""
     current = current or settings()
-    if current.api_url:
-        return backend(current).upload(data, filename)
-    from core.samples import save_upload
-
-    return save_upload(current, data, filename)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def is_no_model(error: Exception) -> bool:
-    """True for the engine's NoModelError or the API's 404/409 answer."""
-    from core.errors import NoModelError
-
-    if isinstance(error, NoModelError):
-        return True
-    return getattr(error, "status_code", None) in NO_MODEL_STATUS and "model" in str(error).lower()
-
-
-def error_message(error: Exception) -> str:
-    """A one-line message for the user (never a traceback)."""
-    return getattr(error, "message", None) or str(error) or type(error).__name__
+    for root in (current.workspace, current.data_root, current.weights_dir):
+        for form in {str(root), str(root.resolve())}:
+            text = text.replace(form + "/", "").replace(form, "…")
+    return text
 
 
 def _widget_key(key: str) -> str:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
 
 from core import catalog, i18n, overlay
-from pages.common import page_header, choice, error_message, history_store, lang, settings, tr
+from core.history import HistoryStore
+from pages.common import choice, error_message, lang, page_header, scrub_paths, service, settings, tr
 
 current = settings()
 page_header("nav_history")
@@ -26,13 +27,13 @@ def _value(row: dict, *names, default=None):
 
 def filtered_rows(rows: list[dict]) -> list[dict]:
     cols = st.columns(4)
-    tasks = [""] + list(catalog.TASKS)
+    tasks = ["", *catalog.TASKS]
     task = choice("selectbox", tr("filter_task"), tasks, key="h_task", container=cols[0],
                   format_func=lambda k: i18n.task_name(k, L) if k else tr("all"))
-    datasets = [""] + sorted({str(_value(r, "dataset_name", "dataset", default="")) for r in rows} - {""})
+    datasets = ["", *sorted({str(_value(r, "dataset_name", "dataset", default="")) for r in rows} - {""})]
     dataset = cols[1].selectbox(tr("filter_dataset"), datasets, key="h_dataset",
                                 format_func=lambda k: k or tr("all"))
-    organs = [""] + sorted({str(_value(r, "organ", default="")) for r in rows} - {""})
+    organs = ["", *sorted({str(_value(r, "organ", default="")) for r in rows} - {""})]
     organ = cols[2].selectbox(tr("filter_organ"), organs, key="h_organ", format_func=lambda k: k or tr("all"))
     name = cols[3].text_input(tr("filter_name"), key="h_name").strip().lower()
     return [
@@ -44,66 +45,72 @@ def filtered_rows(rows: list[dict]) -> list[dict]:
     ]
 
 
-def _resolve(relative: str | None) -> Path | None:
-    if not relative:
+def _load(what, run_id: int):
+    """``what(run_id)`` (the service's ``run_image`` / ``run_mask``); a typed error becomes a warning (no paths)."""
+    try:
+        return what(run_id)
+    except Exception as error:  # NotFoundError, PathError, ServiceUnavailableError ...
+        st.warning(tr("reopen_unavailable", message=scrub_paths(error_message(error), current)))
         return None
-    path = Path(relative)
-    if path.is_absolute():
-        return path
-    for root in (current.workspace, current.data_root, current.api_out):
-        if (root / path).is_file():
-            return root / path
-    return current.workspace / path
 
 
-def reopen(row: dict) -> None:
-    st.json({k: v for k, v in row.items() if k not in ("probability_json",)}, expanded=False)
-    image_path = _resolve(_value(row, "img_path_relative", "image_path"))
-    if image_path is None or not image_path.is_file():
-        st.warning(tr("reopen_missing", path=str(image_path)))
+def _show_segmentation(run_id: int, picture: np.ndarray) -> None:
+    mask = _load(service(current).run_mask, run_id)
+    if mask is None:
+        st.image(picture, width="stretch")
         return
-    picture = Image.open(image_path).convert("RGB")
-    task = _value(row, "task")
-    if task == "segmentation":
-        mask_path = _resolve(_value(row, "mask_path", "mask_path_relative"))
-        if mask_path is None or not mask_path.is_file():
-            st.warning(tr("reopen_missing", path=str(mask_path)))
-            st.image(picture, width="stretch")
-            return
-        mask = Image.open(mask_path).convert("L")
-        left, right = st.columns(2)
-        left.image(picture, caption=tr("original"), width="stretch")
-        if mask.size == picture.size:
-            right.image(overlay.overlay(picture, mask), caption=tr("overlay"), width="stretch")
-        else:
-            right.warning(tr("reopen_missing", path=str(mask_path)))
+    left, right = st.columns(2)
+    left.image(picture, caption=tr("original"), width="stretch")
+    if mask.shape == picture.shape[:2]:
+        right.image(overlay.overlay(Image.fromarray(picture), mask), caption=tr("overlay"), width="stretch")
     else:
-        st.image(picture, width=360)
-        prediction = _value(row, "prediction")
-        dataset = _value(row, "dataset_name", "dataset")
-        if prediction is not None and dataset:
-            try:
-                st.subheader(i18n.class_name("classification", dataset, int(prediction), L))
-            except Exception:
-                st.subheader(str(prediction))
-        probabilities = _value(row, "probability", "probabilities")
-        if isinstance(probabilities, str):
-            try:
-                probabilities = json.loads(probabilities)
-            except ValueError:
-                probabilities = None
-        if isinstance(probabilities, list) and dataset:
-            try:
-                names = i18n.class_names("classification", dataset, L)
-            except Exception:
-                names = [str(i) for i in range(len(probabilities))]
-            st.table(pd.DataFrame({tr("class"): names[: len(probabilities)],
-                                   tr("probability"): [f"{float(p):.1%}" for p in probabilities]}))
+        right.warning(tr("reopen_unavailable", message=f"mask {mask.shape[::-1]} ≠ image {picture.shape[1::-1]}"))
+
+
+def _show_classification(row: dict, picture: np.ndarray) -> None:
+    st.image(picture, width=360)
+    prediction = _value(row, "prediction")
+    dataset = _value(row, "dataset_name", "dataset")
+    if prediction is not None and dataset:
+        try:
+            st.subheader(i18n.class_name("classification", dataset, int(prediction), L))
+        except Exception:
+            st.subheader(str(prediction))
+    probabilities = _value(row, "probabilities", "probability")
+    if isinstance(probabilities, str):
+        try:
+            probabilities = json.loads(probabilities)
+        except ValueError:
+            probabilities = None
+    if isinstance(probabilities, list) and dataset:
+        try:
+            names = i18n.class_names("classification", dataset, L)
+        except Exception:
+            names = [str(i) for i in range(len(probabilities))]
+        st.table(pd.DataFrame({tr("class"): names[: len(probabilities)],
+                               tr("probability"): [f"{float(p):.1%}" for p in probabilities]}))
+
+
+def reopen(run_id: int) -> None:
+    """One recorded run, its image and (segmentation) mask or (classification) probabilities, via the service."""
+    row = _load(service(current).run, run_id)
+    if row is None:
+        return
+    st.json({k: v for k, v in row.items() if k not in ("probability_json",)}, expanded=False)
+    if row.get("error"):
+        st.info(f"{row.get('error_type') or ''}: {scrub_paths(str(row['error']), current)}")
+        return
+    picture = _load(service(current).run_image, run_id)
+    if picture is None:
+        return
+    if _value(row, "task") == "segmentation":
+        _show_segmentation(run_id, picture)
+    else:
+        _show_classification(row, picture)
 
 
 try:
-    store = history_store(current)
-    rows = store.list(limit=5000)
+    rows = service(current).runs(limit=5000)
 except Exception as error:
     st.error(error_message(error))
     st.stop()
@@ -117,18 +124,18 @@ st.caption(tr("rows", n=len(shown)))
 HIDDEN = ("request", "response")  # full JSON stays in the CSV and in the re-opened view
 st.dataframe(pd.DataFrame([{k: v for k, v in r.items() if k not in HIDDEN} for r in shown]), width="stretch",
              hide_index=True, key="history_table")
-st.download_button(tr("download_csv"), store.to_csv(shown).encode("utf-8"), "uusic_history.csv", "text/csv",
+st.download_button(tr("download_csv"), HistoryStore.to_csv(shown).encode("utf-8"), "uusic_history.csv", "text/csv",
                    key="history_csv", disabled=not shown)
 
 if shown:
     st.subheader(tr("reopen"))
     ids = [_value(r, "id", "run_id") for r in shown]
     labels = {
-        i: f"#{i} · {_value(r, 'timestamp', 'created_at', default='')} · {_value(r, 'img_name', default='')}"
-        for i, r in zip(ids, shown)
+        i: f"#{i} · {_value(r, 'timestamp', 'created_at', default='')} · {_value(r, 'source', default='')} · "
+           f"{_value(r, 'img_name', default='')}"
+        for i, r in zip(ids, shown, strict=True)
     }
     chosen = st.selectbox(tr("reopen"), ids, format_func=lambda i: labels.get(i, str(i)), key="h_reopen",
                           label_visibility="collapsed")
-    row = store.get(chosen) if chosen is not None else None
-    if row:
-        reopen(row)
+    if chosen is not None:
+        reopen(int(chosen))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 from importlib import metadata
@@ -10,47 +9,48 @@ from importlib import metadata
 import pandas as pd
 import streamlit as st
 
-from pages.common import page_header, backend, error_message, is_remote, settings, tr
+from pages.common import error_message, is_remote, page_header, service, settings, tr
 
 current = settings()
 page_header("nav_models")
 
+
+def _datasets(entry: dict) -> str:
+    served = entry.get("datasets")
+    if not served:
+        return "all"
+    return ", ".join("/".join(d) if isinstance(d, (list, tuple)) else str(d) for d in served)
+
+
+def manifest_table(entries: list[dict]) -> pd.DataFrame:
+    """One row per model of the service's manifest (the loaded one first)."""
+    columns = ("name", "arch", "file", "sha256", "input_size", "preprocessing")
+    return pd.DataFrame([{**{c: m.get(c) for c in columns}, "datasets": _datasets(m), "loaded": bool(m.get("loaded"))}
+                         for m in entries if isinstance(m, dict)])
+
+
 st.subheader(tr("model_info"))
 info: dict = {}
 try:
-    info = backend(current).model_info()
+    info = service(current).model_info()
     st.json(info, expanded=1)  # top level open, dataset list folded
 except Exception as error:
     st.error(tr("weights_error", message=error_message(error)))
 
 st.subheader(tr("manifest"))
-manifest_path = current.manifest_path
-if manifest_path.is_file():
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        entries = manifest.get("models", manifest) if isinstance(manifest, dict) else manifest
-        table = pd.DataFrame(
-            [
-                {
-                    "name": m.get("name"),
-                    "arch": m.get("arch"),
-                    "file": m.get("file"),
-                    "sha256": m.get("sha256"),
-                    "input_size": m.get("input_size"),
-                    "preprocessing": m.get("preprocessing"),
-                    "datasets": ", ".join("/".join(d) if isinstance(d, list) else str(d) for d in m.get("datasets") or [])
-                    or "all",
-                }
-                for m in (entries if isinstance(entries, list) else [])
-            ]
-        )
-        st.dataframe(table, width="stretch", hide_index=True)
-        with st.expander("models.json"):
-            st.json(manifest)
-    except ValueError as error:
-        st.error(error_message(error))
-else:
-    st.info(tr("no_manifest", path=str(manifest_path)))
+try:
+    manifest = service(current).models()
+except Exception as error:
+    manifest = {"models": [], "error": error_message(error)}
+if manifest.get("error"):
+    st.error(tr("weights_error", message=manifest["error"]))
+entries = manifest.get("models") or []
+if entries:
+    st.dataframe(manifest_table(entries), width="stretch", hide_index=True)
+    with st.expander("models.json"):
+        st.json(entries, expanded=False)
+elif not manifest.get("error"):
+    st.info(tr("no_manifest", path="models.json" if is_remote(current) else str(current.manifest_path)))
 
 card = current.weights_dir / "MODEL_CARD.md"
 if card.is_file():

@@ -10,8 +10,11 @@ import pytest
 from PIL import Image
 
 from core import catalog, editing, i18n, overlay
-from core.client import ApiClient, ApiError
+from core.client import ApiClient
+from core.errors import ModelUnavailableError, NoModelError, RequestError, ServiceUnavailableError, UUSICError
+from core.response import AnalysisResponse
 from core.settings import Settings
+from pages.common import error_message, is_no_model, scrub_paths
 
 
 def _image(width=40, height=30) -> Image.Image:
@@ -88,6 +91,10 @@ def _client(handler, api_key=None) -> ApiClient:
     return ApiClient(current, transport=httpx.MockTransport(handler))
 
 
+RESPONSE = {"task": "classification", "dataset_name": "BUSI", "img_path_relative": "api_in/a_1.png",
+            "probability": [0.25, 0.75], "prediction": 1, "inference_time_sec": 0.01, "run_id": 7}
+
+
 def test_client_sends_key_and_maps_routes():
     seen = []
 
@@ -95,39 +102,83 @@ def test_client_sends_key_and_maps_routes():
         seen.append((request.method, request.url.path, request.headers.get("x-api-key")))
         if request.url.path == "/v1/models":
             return httpx.Response(200, json={"models": [{"name": "demo", "datasets": [["segmentation", "BUSI"]]}]})
+        if request.url.path == "/v1/datasets":
+            return httpx.Response(200, json={"datasets": []})
         if request.url.path == "/v1/predict":
             body = json.loads(request.content)
-            return httpx.Response(200, json={"prediction": 1, "echo": body["dataset_name"]})
+            assert body["source"] == "dashboard" and body["edits"] == [{"op": "rotate90", "k": 1}]
+            return httpx.Response(200, json={**RESPONSE, "echo": body["request"]["dataset_name"]})
         if request.url.path == "/v1/upload":
             assert b"filename=\"a.png\"" in request.content
             return httpx.Response(200, json={"img_path_relative": "api_in/a_1.png"})
         return httpx.Response(200, json={"status": "ok"})
 
     client = _client(handler, api_key="s3cret")
-    assert client.predict({"dataset_name": "BUSI"})["echo"] == "BUSI"
-    assert client.upload(b"x", "a.png")["img_path_relative"] == "api_in/a_1.png"
+    response = client.analyze({"dataset_name": "BUSI"}, source="dashboard", edits=[{"op": "rotate90", "k": 1}])
+    assert isinstance(response, AnalysisResponse) and response.run_id == 7
+    assert response.to_json()["echo"] == "BUSI"  # unknown keys travel through
+    assert client.save_upload(b"x", "a.png")["img_path_relative"] == "api_in/a_1.png"
     assert client.serves("segmentation", "BUSI") and not client.serves("segmentation", "DDTI")
     assert client.health() == {"status": "ok"}
     assert all(key == "s3cret" for _, _, key in seen)
 
 
-def test_client_turns_http_errors_into_messages():
+def _error_handler(status: int, body):
     def handler(request):
-        if request.url.path == "/v1/predict":
-            return httpx.Response(404, json={"detail": "no model for this dataset: KidneyUS"})
-        return httpx.Response(422, json={"detail": [{"loc": ["body", "task"], "msg": "field required"}]})
-
-    client = _client(handler)
-    with pytest.raises(ApiError) as error:
-        client.predict({})
-    assert error.value.status_code == 404 and "no model" in error.value.message
-    with pytest.raises(ApiError, match="body.task: field required"):
-        client.upload(b"", "x.png")
+        return httpx.Response(status, json=body) if body is not None else httpx.Response(status, text="<html>")
+    return handler
 
 
-def test_client_reports_unreachable_server():
-    def handler(request):
+def test_client_rebuilds_typed_errors_from_the_error_body():
+    body = {"detail": "no model for this dataset: KidneyUS", "error_type": "NoModelError", "status_code": 404,
+            "field": "dataset_name"}
+    with pytest.raises(NoModelError) as error:
+        _client(_error_handler(404, body)).analyze({})
+    assert error.value.status_code == 404 and error.value.field == "dataset_name"
+    assert error.value.message == "no model for this dataset: KidneyUS"
+    body = {"detail": "task: field required", "error_type": "RequestError", "status_code": 422, "field": "task"}
+    with pytest.raises(RequestError, match="task: field required"):
+        _client(_error_handler(422, body)).save_upload(b"", "x.png")
+
+
+@pytest.mark.parametrize("body", [
+    {"detail": "no model for this dataset", "error_type": "SomethingNew", "status_code": 404},
+    {"detail": "no model for this dataset", "status_code": 404},
+])
+def test_unknown_or_missing_error_type_is_a_plain_uusic_error(body):
+    """Typed from ``error_type`` only: the words "no model" and status 404 do not make a NoModelError."""
+    with pytest.raises(UUSICError) as error:
+        _client(_error_handler(404, body)).analyze({})
+    assert type(error.value) is UUSICError and error.value.status_code == 404
+    assert not is_no_model(error.value)
+
+
+def test_fastapi_validation_list_is_joined():
+    body = {"detail": [{"loc": ["body", "task"], "msg": "field required"}]}
+    with pytest.raises(UUSICError, match="field required"):
+        _client(_error_handler(422, body)).analyze({})
+
+
+def test_client_reports_unreachable_server_and_non_json_answers():
+    def refused(request):
         raise httpx.ConnectError("refused")
 
-    with pytest.raises(ApiError, match="cannot reach"):
-        _client(handler).health()
+    with pytest.raises(ServiceUnavailableError, match="cannot reach"):
+        _client(refused).health()
+    with pytest.raises(ServiceUnavailableError):
+        _client(_error_handler(502, None)).health()
+
+
+def test_page_helpers_use_the_error_types():
+    assert is_no_model(NoModelError("no model for this dataset"))
+    assert not is_no_model(ModelUnavailableError("the model could not be loaded"))  # an error, not "no model"
+    assert not is_no_model(RequestError("no model mentioned here", status_code=404))
+    assert error_message(RequestError("bad task")) == "bad task"
+    assert error_message(KeyError("/srv/secret/path")) == "internal error: KeyError"  # never raw internals
+
+
+def test_scrub_paths_hides_server_folders(tmp_path):
+    current = Settings(workspace=tmp_path / "ws", data_root=tmp_path / "data", weights_dir=tmp_path / "w")
+    text = f"gone: {tmp_path / 'ws' / 'api_out' / 'x.png'} and {tmp_path / 'data'}"
+    scrubbed = scrub_paths(text, current)
+    assert str(tmp_path) not in scrubbed and "api_out/x.png" in scrubbed
