@@ -70,18 +70,23 @@ class ApiClient:
     def models(self) -> dict:
         return self._json("GET", "/v1/models")
 
-    def model_info(self) -> dict:
-        """The served model's description (the entry marked ``loaded``, else the first)."""
-        if self._model_info is None:
-            self.datasets()  # makes the server load its model, so the loaded entry is known
-            entries = self.models().get("models") or []
-            loaded = [m for m in entries if isinstance(m, dict) and m.get("loaded")]
-            self._model_info = (loaded or entries or [{}])[0]
-        return self._model_info
+    def model_info(self, model: str | None = None) -> dict:
+        """A model's description (default: the server's default model)."""
+        entries = self._entries()
+        wanted = [m for m in entries if m.get("name") == model] if model else \
+            [m for m in entries if m.get("default")] or [m for m in entries if m.get("loaded")]
+        return (wanted or entries or [{}])[0]
 
-    def serves(self, task: str, dataset_name: str) -> bool:
-        """:func:`core.catalog.serves` on the served model's dataset list."""
-        return catalog.serves(catalog.served_keys(self.model_info().get("datasets")), task, dataset_name)
+    def _entries(self) -> list[dict]:
+        if self._model_info is None:
+            self.datasets()  # makes the server load its default model, so its full entry is known
+            self._model_info = {"models": [m for m in self.models().get("models") or [] if isinstance(m, dict)]}
+        return self._model_info["models"]
+
+    def serves(self, task: str, dataset_name: str, model: str | None = None) -> bool:
+        """:func:`core.catalog.serves` on the dataset lists of the server's models (or of the named one)."""
+        entries = [m for m in self._entries() if not model or m.get("name") == model]
+        return any(catalog.serves(catalog.served_keys(m.get("datasets")), task, dataset_name) for m in entries)
 
     def datasets(self) -> list[dict]:
         return self._json("GET", "/v1/datasets")["datasets"]
@@ -94,12 +99,14 @@ class ApiClient:
         return self._json("GET", "/v1/random-sample", params={"task": task, "dataset_name": dataset_name})
 
     # ------------------------------------------------------------------------------------------ analysis
-    def analyze(self, request: Any, *, source: str = "api", edits: list | None = None) -> AnalysisResponse:
-        body = {"request": request, "source": source, **({"edits": edits} if edits else {})}
+    def analyze(self, request: Any, *, source: str = "api", edits: list | None = None,
+                model: str | None = None) -> AnalysisResponse:
+        body = {"request": request, "source": source, **({"edits": edits} if edits else {}),
+                **({"model": model} if model else {})}
         return AnalysisResponse.model_validate(self._json("POST", "/v1/predict", json=body))
 
     def analyze_batch(self, requests: Iterable[Any], *, source: str, progress: Any = None,
-                      batch_size: int = 8) -> BatchResult:
+                      batch_size: int = 8, model: str | None = None) -> BatchResult:
         """The batch in chunks of ``batch_size`` (progress after each); one result or failure per request."""
         from core.batching import report_progress
 
@@ -108,7 +115,8 @@ class ApiClient:
         batch_ids, seconds = [], 0.0
         for start in range(0, len(entries), max(1, batch_size)):
             chunk = entries[start:start + max(1, batch_size)]
-            answer = self._json("POST", "/v1/predict/batch", json={"requests": chunk, "source": source})
+            body = {"requests": chunk, "source": source, **({"model": model} if model else {})}
+            answer = self._json("POST", "/v1/predict/batch", json=body)
             items.extend(item_from_json(entry) for entry in answer["results"])
             batch_ids.append(str(answer.get("batch_id")))
             seconds += float(answer.get("seconds") or 0.0)

@@ -24,7 +24,6 @@ import numpy as np
 
 from core import catalog
 from core.errors import (
-    ModelUnavailableError,
     NoModelError,
     NotFoundError,
     PathError,
@@ -33,6 +32,7 @@ from core.errors import (
     as_uusic_error,
 )
 from core.response import AnalysisFailure, AnalysisResponse, BatchItem, classification_json
+from core.routing import ModelPool
 from core.schema import PredictRequest
 from core.settings import Settings
 
@@ -75,13 +75,14 @@ class AnalysisBackend(Protocol):
 
     settings: Settings
 
-    def analyze(self, request: Any, *, source: str = "api", edits: list | None = None) -> AnalysisResponse: ...
+    def analyze(self, request: Any, *, source: str = "api", edits: list | None = None,
+                model: str | None = None) -> AnalysisResponse: ...
     def analyze_batch(self, requests: Iterable[Any], *, source: str, progress: Any = None,
-                      batch_size: int = 8) -> BatchResult: ...
+                      batch_size: int = 8, model: str | None = None) -> BatchResult: ...
     def save_upload(self, data: bytes, filename: str) -> dict: ...
     def random_sample(self, task: str, dataset_name: str) -> dict: ...
-    def serves(self, task: str, dataset_name: str) -> bool: ...
-    def model_info(self) -> dict: ...
+    def serves(self, task: str, dataset_name: str, model: str | None = None) -> bool: ...
+    def model_info(self, model: str | None = None) -> dict: ...
     def models(self) -> dict: ...
     def datasets(self) -> list[dict]: ...
     def health(self) -> dict: ...
@@ -100,112 +101,68 @@ class AnalysisService:
                  store: HistoryStore | None = None, model: str | None = None, micro_batch: bool | None = None):
         self.settings = settings or Settings.from_env()
         self.settings.ensure_workspace()
-        self.model_name = model
-        self._engine = engine
-        self._engine_error: str | None = None
+        self.pool = ModelPool(self.settings, engine=engine, model=model, micro_batch=micro_batch)
         self._store = store
-        self._micro_batch = micro_batch
-        self._batcher: Any = None
         self._lock = threading.Lock()
 
-    # ------------------------------------------------------------------------------------------ the model
+    # ------------------------------------------------------------------------------------------ the models
     @property
     def loaded_engine(self) -> Engine | None:
-        """The engine if it is loaded (never loads it)."""
-        return self._engine
-
-    def engine(self) -> Engine:
-        """The engine, loaded on first use; a model that cannot load is a 503 :class:`ModelUnavailableError`."""
-        if self._engine is not None:
-            return self._engine
-        with self._lock:
-            if self._engine is None:
-                self._engine = self._load_engine()
-        return self._engine
-
-    def _load_engine(self) -> Engine:
-        from core.engine import get_engine
-
+        """The default model's engine if it is loaded (never loads it)."""
         try:
-            engine = get_engine(self.settings, self.model_name)
-        except Exception as exc:  # WeightsError, DeviceError, a broken manifest ...
-            message = getattr(exc, "message", None) or str(exc)
-            # clients (and the open /healthz) see the file's name, not the server's folders
-            self._engine_error = message.replace(str(self.settings.weights_dir) + "/", "")
-            raise ModelUnavailableError(f"the model could not be loaded: {self._engine_error}") from None
-        self._engine_error = None
-        return engine
+            return self.pool.loaded.get(self.pool.default_name())
+        except UUSICError:
+            return None
+
+    def engine(self, model: str | None = None) -> Engine:
+        """The engine of ``model`` (default: the default model), loaded on first use (503 when it cannot load)."""
+        return self.pool.engine(model)
 
     @property
     def batcher(self) -> Any:
-        """The micro-batcher when concurrent requests share forward passes (``UUSIC_MICRO_BATCH``), else None."""
-        engine = self.engine()
-        if self._batcher is None and self._wants_micro_batching(engine):
-            with self._lock:
-                if self._batcher is None:
-                    from core.batching import MicroBatcher
+        """The default model's micro-batcher when concurrent requests share forward passes, else None."""
+        return self.pool.batcher(self.engine())
 
-                    self._batcher = MicroBatcher(engine, max_batch=self.settings.max_batch_size,
-                                                 window_s=self.settings.batch_wait_ms / 1000.0)
-        return self._batcher
+    def serves(self, task: str, dataset_name: str, model: str | None = None) -> bool:
+        """Whether a model of this deployment (or the named one) has weights for ``(task, dataset_name)``."""
+        return self.pool.route(task, dataset_name, model).serves(task, dataset_name)
 
-    def _wants_micro_batching(self, engine: Engine) -> bool:
-        if self._micro_batch is not None:
-            return self._micro_batch
-        mode = self.settings.micro_batch
-        return mode == "on" or (mode == "auto" and getattr(engine.device, "type", None) == "cuda")
-
-    def serves(self, task: str, dataset_name: str) -> bool:
-        """Whether the served model has weights for ``(task, dataset_name)``."""
-        return self.engine().serves(task, dataset_name)
-
-    def model_info(self) -> dict:
-        return self.engine().model_info()
+    def model_info(self, model: str | None = None) -> dict:
+        return self.engine(model).model_info()
 
     def models(self) -> dict:
-        """The served model (when loaded) and every manifest entry; a broken manifest is reported, not raised."""
-        from core.models import registry
-
-        try:
-            specs, manifest_error = registry.list_models(self.settings), None
-        except Exception as exc:  # noqa: BLE001 - shown to the user
-            specs, manifest_error = [], getattr(exc, "message", None) or str(exc)
-        loaded = self._engine.model_info() if self._engine is not None else None
-        entries = [{**loaded, "loaded": True}] if loaded else []
-        for spec in specs:
-            if loaded and spec.name == loaded["name"]:
-                continue
-            entries.append({"name": spec.name, "arch": spec.arch, "file": Path(spec.file).name,
-                            "sha256": spec.sha256, "input_size": spec.input_size,
-                            "preprocessing": spec.preprocessing, "description": spec.description,
-                            "datasets": None if spec.datasets is None else [list(d) for d in spec.datasets],
-                            "loaded": False})
-        return {"models": entries, "error": manifest_error}
+        """Every model (which serves what, loaded or not); a broken manifest is reported, not raised."""
+        entries, error = self.pool.describe()
+        return {"models": entries, "error": error}
 
     def datasets(self) -> list[dict]:
-        """The catalog with zh/en names, classes and whether the served model answers for each dataset."""
+        """The catalog with zh/en names, classes and which models answer for each dataset."""
         try:
-            engine: Engine | None = self.engine()
+            self.engine()
+            ready = True
         except UUSICError:
-            engine = None
+            ready = False
         rows = []
         for d in catalog.DATASETS:
             group = catalog.ORGAN_GROUPS[d.group]
+            served_by = self.pool.served_by(d.task, d.name) if ready else []
             rows.append({"task": d.task, "dataset_name": d.name, "organ": d.organ, "group": d.group,
                          "group_name_zh": group.zh, "group_name_en": group.en,
                          "class_names": d.class_names("en"), "class_names_zh": d.class_names("zh"),
                          "head": d.head, "seg_target": d.seg_target, "demo_default": d.demo_default,
-                         "served": engine.serves(d.task, d.name) if engine is not None else None})
+                         "served": bool(served_by) if ready else None, "served_by": served_by})
         return rows
 
     def health(self) -> dict:
-        engine = self._engine
+        engine = self.loaded_engine
+        errors = self.pool.errors
         return {"status": "ok", "model_loaded": engine is not None,
                 "model": engine.spec.name if engine is not None else None,
                 "device": str(engine.device) if engine is not None else None,
                 "device_name": engine.device_name if engine is not None else None,
-                "error": self._engine_error, "auth_required": bool(self.settings.api_key),
-                "micro_batching": self._batcher is not None, "history": self._history_label()}
+                "models_loaded": sorted(self.pool.loaded), "error": next(iter(errors.values()), None),
+                "errors": errors, "auth_required": bool(self.settings.api_key),
+                "micro_batching": bool(self.pool.batchers), "history": self._history_label()}
 
     def _history_label(self) -> str:
         return "postgresql" if (self.settings.history_url or "").startswith("postgres") else "sqlite"
@@ -233,12 +190,13 @@ class AnalysisService:
 
     # ------------------------------------------------------------------------------------------ analysis
     def analyze(self, request: Any, *, source: str = "api", edits: list | None = None,
-                output_dir: Path | None = None, input_dir: Path | None = None,
-                batch_id: str | None = None) -> AnalysisResponse:
-        """Analyse one image and record the run; raises the typed error (after recording it) for a bad case."""
+                output_dir: Path | None = None, input_dir: Path | None = None, batch_id: str | None = None,
+                model: str | None = None) -> AnalysisResponse:
+        """Analyse one image with the model that serves it (or ``model``) and record the run; raises the typed
+        error (after recording it) for a bad case."""
         try:
             parsed = PredictRequest.parse(request)
-            response = self._analyze_parsed(parsed, output_dir=output_dir, input_dir=input_dir)
+            response = self._analyze_parsed(parsed, output_dir=output_dir, input_dir=input_dir, model=model)
         except Exception as exc:
             failure = AnalysisFailure.from_exception(request, exc)
             self._record_failure(request, failure, source=source, edits=edits, batch_id=batch_id,
@@ -247,13 +205,13 @@ class AnalysisService:
         self._record_success(parsed, response, source=source, edits=edits, batch_id=batch_id)
         return response
 
-    def _analyze_parsed(self, request: PredictRequest, *, output_dir: Path | None,
-                        input_dir: Path | None) -> AnalysisResponse:
-        engine = self.engine()
+    def _analyze_parsed(self, request: PredictRequest, *, output_dir: Path | None, input_dir: Path | None,
+                        model: str | None = None) -> AnalysisResponse:
+        engine = self.pool.route(request.task, request.dataset_name, model)
         self._check_served(engine, request)
         start = time.perf_counter()
         prepared = engine.prepare(request, input_dir=input_dir)
-        batcher = self.batcher
+        batcher = self.pool.batcher(engine)
         if batcher is not None:
             raw, forward_sec, gpu = batcher.forward_one(prepared)
         else:
@@ -281,7 +239,7 @@ class AnalysisService:
 
     def analyze_batch(self, requests: Iterable[Any], *, source: str, output_dir: Path | None = None,
                       input_dir: Path | None = None, batch_size: int = 8, progress: Any = None,
-                      workers: int = 2, record: bool = True) -> BatchResult:
+                      workers: int = 2, record: bool = True, model: str | None = None) -> BatchResult:
         """Analyse many images (decode ahead, batched forward passes); every item is recorded (``record``).
 
         Invalid entries and datasets without a model become failures (``RequestError`` / ``NoModelError``)
@@ -293,8 +251,8 @@ class AnalysisService:
         out_dir = Path(output_dir) if output_dir is not None else Path(self.settings.api_out) / f"batch_{batch_id}"
         out_dir.mkdir(parents=True, exist_ok=True)
         items: list[BatchItem | None] = [None] * len(entries)
-        runnable = self._screen(entries, items)
-        done = len(entries) - len(runnable)
+        groups = self._screen(entries, items, model)
+        done = len(entries) - sum(len(group) for group in groups.values())
         total = len(entries)
 
         def keep(index: int, item: BatchItem) -> None:
@@ -305,30 +263,32 @@ class AnalysisService:
 
             report_progress(progress, done, total)
 
-        self._run_screened(entries, runnable, keep, out_dir, input_dir, batch_size, workers)
+        for name, runnable in groups.items():
+            self._run_group(self.pool.engine(name), entries, runnable, keep, out_dir, input_dir, batch_size, workers)
         final = [item for item in items if item is not None]
         if record:
             self._record_batch(entries, final, source=source, batch_id=batch_id, input_dir=input_dir)
         return BatchResult(final, batch_id=batch_id, output_dir=str(out_dir), seconds=time.perf_counter() - start)
 
-    def _screen(self, entries: list, items: list) -> list[tuple[int, PredictRequest]]:
-        """Parse every entry and check the model serves it; failures go straight into ``items``."""
-        engine = self.engine()
-        runnable = []
+    def _screen(self, entries: list, items: list, model: str | None) -> dict[str, list[tuple[int, PredictRequest]]]:
+        """Parse every entry and route it; failures go straight into ``items``; the rest grouped by model."""
+        groups: dict[str, list[tuple[int, PredictRequest]]] = {}
         for index, entry in enumerate(entries):
             try:
                 parsed = PredictRequest.parse(entry)
+                engine = self.pool.route(parsed.task, parsed.dataset_name, model)
                 self._check_served(engine, parsed)
             except UUSICError as exc:
                 items[index] = AnalysisFailure.from_exception(entry, exc)
                 continue
-            runnable.append((index, parsed))
-        return runnable
+            groups.setdefault(engine.spec.name, []).append((index, parsed))
+        return groups
 
-    def _run_screened(self, entries: list, runnable: list[tuple[int, PredictRequest]],
-                      keep: Callable[[int, BatchItem], None], out_dir: Path, input_dir: Path | None,
-                      batch_size: int, workers: int) -> None:
+    def _run_group(self, engine: Engine, entries: list, runnable: list[tuple[int, PredictRequest]],
+                   keep: Callable[[int, BatchItem], None], out_dir: Path, input_dir: Path | None,
+                   batch_size: int, workers: int) -> None:
         from core.batching import run_batch
+        from core.routing import max_batch
 
         def on_result(position: int, response: dict | None, exc: BaseException | None) -> None:
             index = runnable[position][0]
@@ -337,8 +297,8 @@ class AnalysisService:
             else:
                 keep(index, self._typed(response or {}))
 
-        run_batch(self.engine(), [parsed for _, parsed in runnable], output_dir=out_dir, on_result=on_result,
-                  batch_size=batch_size, input_dir=input_dir, workers=workers)
+        run_batch(engine, [parsed for _, parsed in runnable], output_dir=out_dir, on_result=on_result,
+                  batch_size=max_batch(engine, batch_size), input_dir=input_dir, workers=workers)
 
     # ------------------------------------------------------------------------------------------ history
     @property

@@ -17,12 +17,14 @@ from core.api.deps import ServiceDep, in_worker, read_json
 router = APIRouter(tags=["inference"])
 REQUEST_SCHEMA = PredictRequest.model_json_schema()
 ENVELOPE_DOC = ("The body is the request JSON itself, or an envelope {\"request\": {...}, \"source\": "
-                "\"dashboard\", \"edits\": [...]} that says which door sent it and how the image was edited.")
+                "\"dashboard\", \"edits\": [...], \"model\": \"name\"} that says which door sent it, how the "
+                "image was edited and (optionally) which model must answer; without one the request goes to the "
+                "model that serves its dataset.")
 MAX_BATCH_ITEMS = 256
 
 
-def unwrap(body: Any) -> tuple[Any, str, list | None]:
-    """(request, source, edits) of a predict body: a bare request JSON, or the envelope with ``request``."""
+def unwrap(body: Any) -> tuple[Any, str, list | None, str | None]:
+    """(request, source, edits, model) of a predict body: a bare request JSON, or the envelope with ``request``."""
     if isinstance(body, dict) and isinstance(body.get("request"), dict) and "img_path_relative" not in body:
         source = body.get("source") or "api"
         if source not in SOURCES:
@@ -30,14 +32,17 @@ def unwrap(body: Any) -> tuple[Any, str, list | None]:
         edits = body.get("edits")
         if edits is not None and not isinstance(edits, list):
             raise RequestError("edits must be a list of edit steps", field="edits")
-        return body["request"], source, edits
-    return body, "api", None
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise RequestError("model must be the name of a model (see /v1/models)", field="model")
+        return body["request"], source, edits, model or None
+    return body, "api", None, None
 
 
 def predict_one(service: AnalysisService, body: Any) -> dict:
     """Analyse (in a worker thread) and answer the response JSON with its run id and mask URL."""
-    request, source, edits = unwrap(body)
-    return service.analyze(request, source=source, edits=edits).to_json()
+    request, source, edits, model = unwrap(body)
+    return service.analyze(request, source=source, edits=edits, model=model).to_json()
 
 
 @router.post("/v1/predict", summary="analyse one image (request JSON → response JSON)", description=ENVELOPE_DOC,
@@ -56,8 +61,8 @@ def predict_many(service: AnalysisService, body: Any) -> dict:
     if len(requests) > MAX_BATCH_ITEMS:
         raise RequestError(f"{len(requests)} requests in one call; the limit is {MAX_BATCH_ITEMS}", field="requests",
                            status_code=413)
-    _, source, _ = unwrap({"request": {}, "source": body.get("source")})
-    result = service.analyze_batch(requests, source=source, batch_size=service.settings.max_batch_size)
+    _, source, _, model = unwrap({"request": {}, "source": body.get("source"), "model": body.get("model")})
+    result = service.analyze_batch(requests, source=source, batch_size=service.settings.max_batch_size, model=model)
     return result.to_json()
 
 
