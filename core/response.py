@@ -8,7 +8,7 @@ only the keys that were set, so nothing is added or renamed on the way through.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -101,7 +101,7 @@ class AnalysisFailure(_Open):
         return False
 
     @classmethod
-    def from_exception(cls, request: Any, exc: BaseException) -> "AnalysisFailure":
+    def from_exception(cls, request: Any, exc: BaseException) -> AnalysisFailure:
         """The failure entry for ``request`` (a dict or a parsed request) that raised ``exc``."""
         body = error_body(exc)
         fields = {name: _request_value(request, name) for name in ("img_path_relative", "task", "dataset_name")}
@@ -117,7 +117,7 @@ class AnalysisFailure(_Open):
                                self.status_code)
 
 
-BatchItem = Union[AnalysisResponse, AnalysisFailure]
+BatchItem = AnalysisResponse | AnalysisFailure
 
 
 def _request_value(request: Any, name: str) -> Any:

@@ -20,7 +20,7 @@ from core.history import HistoryStore
 from core.settings import PROJECT_ROOT, Settings
 
 pytest.importorskip("streamlit.testing.v1")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1 import AppTest
 
 IMAGE = "segmentation/DDTI/imgs/seg_1.png"
 SEG = {"task": "segmentation", "dataset_name": "DDTI"}

@@ -194,4 +194,5 @@ def test_the_http_client_is_the_same_service(settings: Settings):
         assert [item.ok for item in batch.items] == [True, False, True]
         assert remote.serves("classification", "BUSI") and not remote.serves("segmentation", "KidneyUS")
         sources = [r["source"] for r in remote.runs()]
-        assert sources.count("dashboard") == 2 and sources.count("batch") == 3 and sources.count("api") == 4  # local 2, remote failures 2
+        # local: 2 api; remote: 2 dashboard, 2 api failures, 3 batch
+        assert sources.count("dashboard") == 2 and sources.count("batch") == 3 and sources.count("api") == 4

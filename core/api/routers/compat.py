@@ -8,13 +8,12 @@ from typing import Any
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from core import catalog
-from core.errors import NotFoundError, RequestError
-from core.response import RESOURCE_FIELDS
-from core.service import AnalysisService
-
 from core.api.deps import ServiceDep, in_worker, read_json, serve_file
 from core.api.routers.files import store_upload
 from core.api.routers.inference import REQUEST_SCHEMA
+from core.errors import NotFoundError, RequestError
+from core.response import RESOURCE_FIELDS
+from core.service import AnalysisService
 
 router = APIRouter(tags=["compatibility"])
 COMPAT_PATHS = {"/segment/", "/segment", "/upload", "/random_sample/", "/random_sample"}

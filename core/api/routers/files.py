@@ -6,10 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
+from core.api.deps import ServiceDep, in_worker, serve_file
 from core.errors import UploadError
 from core.service import AnalysisService
-
-from core.api.deps import ServiceDep, in_worker, serve_file
 
 router = APIRouter()
 UPLOAD_DOC = "PNG, JPEG, BMP, TIFF, GIF or DICOM"
