@@ -217,10 +217,24 @@ class AnalysisService:
         else:
             outputs, forward_sec, gpu = engine.forward([prepared])
             raw = outputs[0]
-        response = engine.finish(prepared, raw, output_dir=Path(output_dir or self.settings.api_out),
+        response = engine.finish(prepared, raw, output_dir=Path(output_dir or self._mask_folder(engine)),
                                  forward_sec=forward_sec, gpu=gpu)
         response["inference_time_sec"] = time.perf_counter() - start
         return self._typed(response)
+
+    def _mask_folder(self, engine: Engine) -> Path:
+        """``api_out/`` for the default model; ``api_out/models/<name>/`` for the others, so that two models'
+        masks of one image never overwrite each other."""
+        api_out = Path(self.settings.api_out)
+        try:
+            default = self.pool.default_name()
+        except UUSICError:
+            default = None
+        if engine.spec.name == default:
+            return api_out
+        from core.samples import safe_stem
+
+        return api_out / "models" / safe_stem(engine.spec.name, limit=60)
 
     @staticmethod
     def _check_served(engine: Engine, request: PredictRequest) -> None:

@@ -196,3 +196,33 @@ def test_the_http_client_is_the_same_service(settings: Settings):
         sources = [r["source"] for r in remote.runs()]
         # local: 2 api; remote: 2 dashboard, 2 api failures, 3 batch
         assert sources.count("dashboard") == 2 and sources.count("batch") == 3 and sources.count("api") == 4
+
+
+@pytest.fixture()
+def two_models(settings: Settings) -> Settings:
+    """A deployment of two models: ``cls_only`` (the default) serves classification/BUSI, ``seg_only`` DDTI."""
+    manifest_path = settings.weights_dir / "models.json"
+    tiny = json.loads(manifest_path.read_text())[0]
+    entries = [{**tiny, "name": "cls_only", "datasets": [["classification", "BUSI"]]},
+               {**tiny, "name": "seg_only", "datasets": [["segmentation", "DDTI"]]}]
+    manifest_path.write_text(json.dumps(entries))
+    return settings
+
+
+def test_requests_are_routed_to_the_model_that_serves_their_dataset(two_models: Settings):
+    service = AnalysisService(two_models)
+    cls, seg = service.analyze(CLS), service.analyze(SEG)
+    assert cls.model_name == "cls_only" and seg.model_name == "seg_only"
+    # a non-default model's masks never land where the default model's go
+    assert seg.mask_url == "/v1/masks/models/seg_only/segmentation/DDTI/masks/seg_2.png"
+    assert sorted(service.pool.loaded) == ["cls_only", "seg_only"]
+    with pytest.raises(NoModelError):
+        service.analyze(SEG, model="cls_only")  # a named model must serve the dataset itself
+    with pytest.raises(NoModelError):
+        service.analyze(CLS, model="no_such_model")
+    rows = {r["dataset_name"]: r["served_by"] for r in service.datasets() if r["served"]}
+    assert rows == {"BUSI": ["cls_only"], "DDTI": ["seg_only"]}
+    models = {m["name"]: m for m in service.models()["models"]}
+    assert models["cls_only"]["default"] and models["seg_only"]["loaded"]
+    batch = service.analyze_batch([SEG, CLS, SEG], source="batch", output_dir=two_models.workspace / "b")
+    assert [item.model_name for item in batch.items] == ["seg_only", "cls_only", "seg_only"]
