@@ -136,7 +136,7 @@ def compare(entries: list[dict], plain_dir: Path, plain_cls: dict, batch_dir: Pa
 
 def engine_overhead(engine: Engine, entries: list[dict], input_dir: Path, work: Path, repeats: int) -> dict:
     """Per image, Engine.predict vs the same work done bare; interleaved, median of ``repeats``."""
-    bare_total, bare_forward, engine_total, engine_forward, measure_time = [], [], [], [], []
+    bare_total, bare_forward, engine_total, engine_forward = [], [], [], []
     for entry in entries:
         b_t, b_f, e_t, e_f, m_t = [], [], [], [], []
         for _ in range(repeats):
@@ -246,9 +246,9 @@ def main() -> int:
                   f" over {overhead['images']} images (median of {args.repeats}); bare forward "
                   f"{overhead['bare_forward_s']:.3f} s → engine overhead "
                   f"{overhead['overhead_pct_of_forward']:.1f} % of forward (target <= 15 %)")
-            print(f"  measuring  : mask measurements (area, diameters, HC) add "
-                  f"{with_measure['engine_total_s'] - overhead['engine_total_s']:.3f} s over the same images "
-                  f"({100.0 * (with_measure['engine_total_s'] - overhead['engine_total_s']) / overhead['bare_forward_s']:.1f} % of forward)")
+            measure_s = with_measure["engine_total_s"] - overhead["engine_total_s"]
+            print(f"  measuring  : mask measurements (area, diameters, HC) add {measure_s:.3f} s over the same images "
+                  f"({100.0 * measure_s / overhead['bare_forward_s']:.1f} % of forward)")
     return 0
 
 

@@ -83,9 +83,9 @@ def engine_parity(settings: Settings, spec, data_root: Path, batch_size: int) ->
         _sync()
         batch_s = time.perf_counter() - start
         max_dp, same_masks, masks = 0.0, 0, 0
-        for a, b in zip(loop, batched):
+        for a, b in zip(loop, batched, strict=True):  # predict_batch: one result per request, in order
             if "probability" in a and b and "probability" in b:
-                max_dp = max(max_dp, max(abs(x - y) for x, y in zip(a["probability"], b["probability"])))
+                max_dp = max(max_dp, max(abs(x - y) for x, y in zip(a["probability"], b["probability"], strict=True)))
             if a.get("mask_path") and b and b.get("mask_path"):
                 masks += 1
                 same_masks += Path(a["mask_path"]).read_bytes() == Path(b["mask_path"]).read_bytes()
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                 for bf16 in (False, True):
                     key = "bf16" if bf16 else "fp32"
                     section[f"batch1_{key}"] = time_forward(model, size, 1, args.iters, bf16)
-                    section[f"batch{args.batch}_{key}"] = time_forward(model, size, args.batch, max(5, args.iters // 5), bf16)
+                    section[f"batch{args.batch}_{key}"] = time_forward(model, size, args.batch,
+                                                                       max(5, args.iters // 5), bf16)
                 section["engine_on_samples"] = engine_parity(settings, spec, BUNDLED_SAMPLES, batch_size=16)
             except Exception as exc:  # noqa: BLE001
                 section["error"] = f"{type(exc).__name__}: {exc}"

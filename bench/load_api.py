@@ -47,7 +47,7 @@ def start_server(threads: int, micro_batch: str) -> tuple[subprocess.Popen, str,
     workspace = Path(tempfile.mkdtemp(prefix="uusic_load_"))
     env = {**os.environ, "UUSIC_WORKSPACE": str(workspace)}
     env.pop("UUSIC_API_KEY", None)
-    log = open(workspace / "server.log", "wb")
+    log = open(workspace / "server.log", "wb")  # noqa: SIM115 - the server's log; stays open for its lifetime
     process = subprocess.Popen([sys.executable, "-m", "core", "serve", "--host", "127.0.0.1", "--port", str(port),
                                 "--threads", str(threads), "--log-level", "warning",
                                 "--micro-batch", micro_batch], cwd=ROOT, env=env,
@@ -126,9 +126,10 @@ async def run_clients(url: str, headers: dict, bodies: list[dict], clients: int,
 
 def report(name: str, latencies, server_times, errors, seconds) -> None:
     ms = [v * 1000 for v in latencies]
+    server_p50_ms = statistics.median(server_times) * 1000 if server_times else float("nan")
     print(f"{name}: {len(ms)} requests in {seconds:.1f} s ({len(ms) / seconds:.1f} req/s); "
           f"latency p50 {percentile(ms, 50):.1f} ms, p95 {percentile(ms, 95):.1f} ms, max {max(ms):.1f} ms; "
-          f"server inference_time_sec p50 {statistics.median(server_times) * 1000 if server_times else float('nan'):.1f} ms; "
+          f"server inference_time_sec p50 {server_p50_ms:.1f} ms; "
           f"errors {sum(errors.values())} {errors or ''}")
 
 

@@ -6,11 +6,11 @@ training script all look them up here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
-from core.errors import UnknownDataset  # noqa: F401 - re-exported: catalog.UnknownDataset
+from core.errors import UnknownDataset
 
 Task = Literal["classification", "segmentation"]
 TASKS: tuple[str, ...] = ("classification", "segmentation")
@@ -107,7 +107,9 @@ ORGAN_GROUPS: dict[str, OrganGroup] = {
 _NORMAL_ABNORMAL = (("正常", "normal"), ("异常", "abnormal"))
 _BENIGN_MALIGNANT = (("良性", "benign"), ("恶性", "malignant"))
 _NORMAL_FATTY = (("正常", "normal"), ("脂肪肝", "fatty"))
-_LUMINAL = (("HER2 阳性", "HER2"), ("Luminal A 型", "Luminal A"), ("Luminal B 型", "Luminal B"), ("三阴性", "Triple negative"))
+_LUMINAL = (
+    ("HER2 阳性", "HER2"), ("Luminal A 型", "Luminal A"), ("Luminal B 型", "Luminal B"), ("三阴性", "Triple negative"),
+)
 _SEG = {
     "breast": ("乳腺病灶", "breast lesion"),
     "heart": ("心脏结构", "left ventricle + myocardium + left atrium"),

@@ -120,6 +120,9 @@ def evaluate(ground_truth: list[dict] | Path | str, data_root: Path | str, pred_
     for entry in entries:
         task, name, rel = entry.get("task"), entry.get("dataset_name"), entry.get("img_path_relative")
         if task == "segmentation" and entry.get("mask_path_relative"):
+            if not isinstance(name, str) or not isinstance(rel, str):
+                problems.append(_malformed(entry))
+                continue
             gt_path = data_root / entry["mask_path_relative"]
             pred_path = _prediction_mask_path(pred_dir, rel)
             if pred_path is None:
@@ -137,13 +140,16 @@ def evaluate(ground_truth: list[dict] | Path | str, data_root: Path | str, pred_
                 row["hc_abs_error_mm"] = _hc_error(pred, entry)
             seg_rows[name].append(row)
         elif task == "classification" and entry.get("class_label_index") is not None:
-            pred = cls_pred.get(rel)
-            if pred is None:
+            if not isinstance(name, str) or not isinstance(rel, str):
+                problems.append(_malformed(entry))
+                continue
+            scores = cls_pred.get(rel)
+            if scores is None:
                 missing[f"classification/{name}"].append(rel)
                 continue
             cls_rows[name].append({"img_path_relative": rel, "label": int(entry["class_label_index"]),
-                                   "probability": [float(v) for v in pred["probability"]],
-                                   "prediction": int(pred["prediction"])})
+                                   "probability": [float(v) for v in scores["probability"]],
+                                   "prediction": int(scores["prediction"])})
 
     segmentation = {}
     for name in sorted(set(seg_rows) | {k.split("/", 1)[1] for k in missing if k.startswith("segmentation/")}):
@@ -181,6 +187,11 @@ def evaluate(ground_truth: list[dict] | Path | str, data_root: Path | str, pred_
         "per_image": {"segmentation": {k: v for k, v in seg_rows.items()},
                       "classification": {k: v for k, v in cls_rows.items()}},
     }
+
+
+def _malformed(entry: dict) -> str:
+    """The problem line for a ground-truth entry without a string ``img_path_relative`` / ``dataset_name``."""
+    return f"ground-truth entry without img_path_relative or dataset_name: {str(entry)[:200]}"
 
 
 def _hc_error(pred: np.ndarray, entry: dict) -> float | None:

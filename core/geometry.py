@@ -121,7 +121,7 @@ class Letterbox:
         """``H x W x 3`` uint8 → ``size x size x 3`` float32 in [0,1]."""
         rows, cols = self.inner_shape
         r0, c0 = self.offset
-        resized = np.asarray(Image.fromarray(image).resize((cols, rows), Image.BILINEAR), dtype=np.float32)
+        resized = np.asarray(Image.fromarray(image).resize((cols, rows), Image.Resampling.BILINEAR), dtype=np.float32)
         canvas = np.zeros((self.size, self.size, 3), dtype=np.float32)
         canvas[r0 : r0 + rows, c0 : c0 + cols] = resized / 255.0
         return canvas
@@ -146,7 +146,7 @@ class Letterbox:
         rows, cols = self.inner_shape
         r0, c0 = self.offset
         inner = np.ascontiguousarray(probability[r0 : r0 + rows, c0 : c0 + cols], dtype=np.float32)
-        return np.asarray(Image.fromarray(inner, mode="F").resize((self.width, self.height), Image.BILINEAR))
+        return np.asarray(Image.fromarray(inner, mode="F").resize((self.width, self.height), Image.Resampling.BILINEAR))
 
     def coverage(self) -> np.ndarray:
         return np.ones((self.height, self.width), dtype=bool)

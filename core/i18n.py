@@ -40,7 +40,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "source": ("图像来源", "Image source"),
     "source_upload": ("上传图像", "Upload an image"),
     "source_sample": ("随机样本", "Random sample"),
-    "upload_label": ("选择超声图像（PNG、JPEG、BMP、TIFF、DICOM）", "Choose an ultrasound image (PNG, JPEG, BMP, TIFF, DICOM)"),
+    "upload_label": (
+        "选择超声图像（PNG、JPEG、BMP、TIFF、DICOM）", "Choose an ultrasound image (PNG, JPEG, BMP, TIFF, DICOM)",
+    ),
     "random_button": ("随机抽取样本", "Draw a random sample"),
     "no_samples": (
         "数据目录 {root} 中没有数据集 {dataset} 的图像。请换一个数据集或上传图像。",
@@ -56,7 +58,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "flip_h": ("水平翻转", "Flip horizontally"),
     "flip_v": ("垂直翻转", "Flip vertically"),
     "crop": ("裁剪", "Crop"),
-    "crop_help": ("拖动方框选择区域；旋转后方框会重置。", "Drag the box to choose a region; it resets when the rotation changes."),
+    "crop_help": (
+        "拖动方框选择区域；旋转后方框会重置。", "Drag the box to choose a region; it resets when the rotation changes.",
+    ),
     "reset_edits": ("重置编辑", "Reset edits"),
     "edited_size": ("编辑后尺寸：{w}×{h}", "Edited size: {w}×{h}"),
     "zoom_help": ("滚轮缩放、拖动平移。", "Scroll to zoom, drag to pan."),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import ModuleType
 
 import psutil
 
@@ -23,7 +24,7 @@ def process_rss_mb() -> float:
     return _PROCESS.memory_info().rss / MB
 
 
-def _cuda(device) -> "object | None":
+def _cuda(device) -> ModuleType | None:
     """``torch.cuda`` when ``device`` is a usable CUDA device, else ``None``."""
     try:
         import torch

@@ -11,7 +11,6 @@ import errno
 import hashlib
 import io
 import json
-import os
 import random as _random
 import re
 import threading
@@ -23,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from core import catalog
-from core.errors import ImageError, UploadError, UUSICError
+from core.errors import ImageError, UploadError
 from core.files import atomic_write_bytes
 from core.imaging import load_image
 from core.settings import Settings
@@ -71,7 +70,7 @@ def _scan(data_root: Path, task: str, dataset_name: str) -> list[dict]:
     if not base.is_dir():
         return []
     found: list[dict] = []
-    folders = [(base / "imgs", None)]
+    folders: list[tuple[Path, int | None]] = [(base / "imgs", None)]
     if task == "classification":
         folders += [(p, int(p.name)) for p in sorted(base.iterdir()) if p.is_dir() and p.name.isdigit()]
     for folder, label in folders:
@@ -81,8 +80,10 @@ def _scan(data_root: Path, task: str, dataset_name: str) -> list[dict]:
             if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             rel = path.relative_to(data_root).as_posix()
-            entry = {"img_name": path.name, "img_path_relative": rel, "task": task, "dataset_name": dataset_name,
-                     "img_format": path.suffix.lower().lstrip(".")}
+            entry: dict[str, str | int] = {
+                "img_name": path.name, "img_path_relative": rel, "task": task, "dataset_name": dataset_name,
+                "img_format": path.suffix.lower().lstrip("."),
+            }
             if label is not None:
                 entry["class_label_index"] = label
             if task == "segmentation":
@@ -231,4 +232,4 @@ def _storage_error(exc: OSError) -> UploadError:
     return UploadError(f"the upload could not be stored: {exc.strerror or exc}", status_code=500)
 
 
-__all__ = ["list_samples", "random_sample", "save_upload", "safe_stem", "UploadError", "ImageError"]
+__all__ = ["ImageError", "UploadError", "list_samples", "random_sample", "safe_stem", "save_upload"]

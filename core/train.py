@@ -26,8 +26,10 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +37,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from core.catalog import find_dataset, prompts_for
-from core.evaluate import auc, dice as dice_score
+from core.evaluate import auc
+from core.evaluate import dice as dice_score
 from core.geometry import Letterbox
 from core.models.demo_unet import DemoConfig, DemoUNet, save_checkpoint
 from core.models.registry import resolve_device
@@ -95,11 +98,14 @@ class Pack:
                             pixel_spacing=self.pixel_spacing, scales=self.scales)
 
     @classmethod
-    def load(cls, path: Path) -> "Pack":
+    def load(cls, path: Path) -> Pack:
         z = np.load(path, allow_pickle=False)
         jpeg, offsets, size = z["jpeg"], z["offsets"], int(z["size"])
-        images = np.stack([np.asarray(Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes())).convert("L"))
-                           for i in range(len(offsets) - 1)]) if len(offsets) > 1 else np.zeros((0, size, size), np.uint8)
+        if len(offsets) > 1:
+            blobs = (jpeg[offsets[i]:offsets[i + 1]].tobytes() for i in range(len(offsets) - 1))
+            images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("L")) for b in blobs])
+        else:
+            images = np.zeros((0, size, size), np.uint8)
         masks = np.unpackbits(z["masks"], axis=-1, count=size).astype(bool)
         return cls(images, masks, z["labels"], z["is_seg"], z["prompts"], z["val"], z["datasets"], z["rel_paths"],
                    z["pixel_spacing"], z["scales"])
@@ -152,7 +158,7 @@ def build_pack(root: Path, size: int, *, subset: int | None = None, seed: int = 
                      np.array(p.position + p.task + p.type + p.nature, np.float32), val,
                      f"{e['task']}/{e['dataset_name']}", e["img_path_relative"],
                      float(e.get("pixel_spacing_mm") or np.nan), box.scale))
-    cols = list(zip(*rows)) if rows else [[]] * 10
+    cols: list[Sequence[Any]] = list(zip(*rows, strict=True)) if rows else [[]] * 10
     pack = Pack(np.stack(cols[0]), np.stack(cols[1]), np.array(cols[2], np.int64), np.array(cols[3], bool),
                 np.stack(cols[4]), np.array(cols[5], bool), np.array(cols[6]), np.array(cols[7]),
                 np.array(cols[8], np.float32), np.array(cols[9], np.float32))
@@ -231,9 +237,11 @@ def validate(model: DemoUNet, pack: Pack, idx: np.ndarray, device: torch.device,
                 cls[name][0].append(int(pack.labels[i]))
                 cls[name][1].append(float(prob[j]))
     model.train()
-    out = {k: {"dice": float(np.mean(v)), "n": len(v)} for k, v in sorted(dice.items())}
-    for k, (labels, scores) in sorted(cls.items()):
-        labels, scores = np.array(labels), np.array(scores)
+    out: dict[str, dict[str, float | None]] = {
+        k: {"dice": float(np.mean(v)), "n": len(v)} for k, v in sorted(dice.items())
+    }
+    for k, (label_list, score_list) in sorted(cls.items()):
+        labels, scores = np.array(label_list), np.array(score_list)
         two_class = np.stack([1 - scores, scores], axis=1)
         out[k] = {"auc": auc(labels.tolist(), two_class.tolist()), "accuracy": float(((scores > 0.5) == labels).mean()),
                   "n": len(labels)}
@@ -244,7 +252,8 @@ def validate(model: DemoUNet, pack: Pack, idx: np.ndarray, device: torch.device,
 def train(pack: Pack, out: Path, *, epochs: int = 30, batch_size: int = 16, lr: float = 2e-3,
           weight_decay: float = 1e-4, device: str = "auto", max_minutes: float | None = None,
           checkpoint_minutes: float = 2.0, seed: int = 0, amp: bool = False, max_steps: int | None = None,
-          config: DemoConfig = DemoConfig(), extra_checkpoint_dir: Path | None = None,
+          config: DemoConfig = DemoConfig(),  # noqa: B008 - DemoConfig is a frozen (immutable) dataclass
+          extra_checkpoint_dir: Path | None = None,
           progress: bool = True, meta: dict | None = None) -> dict:
     """Train on the pack's training entries; returns a summary with losses and validation metrics."""
     torch.manual_seed(seed)
@@ -305,7 +314,7 @@ def train(pack: Pack, out: Path, *, epochs: int = 30, batch_size: int = 16, lr: 
         x = x.permute(0, 2, 3, 1).expand(-1, -1, -1, 3)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
             seg, c2, _ = model(x, p[:, :8], p[:, 8:10], p[:, 10:13], p[:, 13:15])
-        loss, parts = multitask_loss(seg, c2, m, labels[sel], is_seg[sel])
+        loss, _parts = multitask_loss(seg, c2, m, labels[sel], is_seg[sel])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

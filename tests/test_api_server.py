@@ -30,10 +30,10 @@ def _free_port() -> int:
 @pytest.fixture()
 def server(tiny_settings: Settings, tmp_path):
     port = _free_port()
-    env = {**os.environ, "UUSIC_WORKSPACE": str(tiny_settings.workspace), "UUSIC_DATA_ROOT": str(tiny_settings.data_root),
-           "UUSIC_WEIGHTS_DIR": str(tiny_settings.weights_dir), "UUSIC_DEVICE": "cpu", "UUSIC_API_KEY": KEY,
-           "UUSIC_MODEL": "tiny", "OMP_NUM_THREADS": "1"}
-    log = open(tmp_path / "server.log", "wb")
+    env = {**os.environ, "UUSIC_WORKSPACE": str(tiny_settings.workspace),
+           "UUSIC_DATA_ROOT": str(tiny_settings.data_root), "UUSIC_WEIGHTS_DIR": str(tiny_settings.weights_dir),
+           "UUSIC_DEVICE": "cpu", "UUSIC_API_KEY": KEY, "UUSIC_MODEL": "tiny", "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - the server's log; closed at teardown
     process = subprocess.Popen([sys.executable, "-m", "core", "serve", "--host", "127.0.0.1", "--port", str(port),
                                 "--threads", "1"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

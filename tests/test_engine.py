@@ -98,7 +98,7 @@ def test_batch_equals_single(tiny_settings: Settings, tmp_path: Path):
                                  progress=lambda done, total: ticks.append((done, total)))
     assert ticks[-1] == (len(requests), len(requests))
     assert [b["img_path_relative"] for b in batch] == [r["img_path_relative"] for r in requests]
-    for single, batched in zip(singles, batch):
+    for single, batched in zip(singles, batch, strict=True):
         if single["task"] == "classification":
             np.testing.assert_allclose(single["probability"], batched["probability"], atol=1e-5)
         else:
@@ -272,7 +272,7 @@ def test_real_demo_weights_on_shipped_samples(tmp_path: Path):
     for e in served:
         picked.setdefault((e["task"], e["dataset_name"]), e)
     results = engine.predict_batch(list(picked.values()), output_dir=tmp_path, batch_size=4)
-    for entry, result in zip(picked.values(), results):
+    for entry, result in zip(picked.values(), results, strict=True):
         assert "error" not in result, result
         assert (result["image_width"], result["image_height"]) == tuple(entry["img_dimensions"])
         if entry["task"] == "segmentation":

@@ -158,7 +158,7 @@ def test_full_disk_on_upload_is_reported_over_http(demo_client, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("core.samples.os.open", full)
+    monkeypatch.setattr("core.files.os.open", full)  # save_upload writes through core.files
     response = demo_client.post("/v1/upload", files={"file": ("a.png", _png(), "image/png")})
     assert response.status_code == 507, response.text
     assert "space" in response.json()["detail"].lower()

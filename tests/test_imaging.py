@@ -47,7 +47,7 @@ def test_truncated_png_and_jpeg():
     for fmt in ("PNG", "JPEG"):
         data = _png_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8)),
                           format=fmt)
-        with pytest.raises(ImageError, match="truncated or corrupt|cannot read"):
+        with pytest.raises(ImageError, match=r"truncated or corrupt|cannot read"):
             load_image(data[: len(data) // 2])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ def test_relative_paths_resolve_in_their_roots(roots: Settings):
 
 def test_dotdot_refused(roots: Settings):
     for rel in ("../secret.txt", "segmentation/../../secret.txt", "api_in/../../secret.txt", "a/./../b.png"):
-        with pytest.raises(PathError, match="'..'"):
+        with pytest.raises(PathError, match=re.escape("'..'")):
             resolve_input(roots, rel)
 
 

@@ -88,7 +88,7 @@ def test_torchscript_adapter_and_cache(tmp_path: Path, tiny_torchscript: Path):
     reference = TinyContractNet().eval()
     inputs = _inputs(3)
     with torch.inference_mode():
-        for got, want in zip(model(*inputs), reference(*inputs)):
+        for got, want in zip(model(*inputs), reference(*inputs), strict=True):
             torch.testing.assert_close(got, want)
 
 
@@ -107,7 +107,7 @@ def test_torch_export_adapter(tmp_path: Path, dynamic: bool):
     model = registry.load_model(spec, "cpu", weights_dir=tmp_path)
     inputs = _inputs(3)  # a static batch-1 program is run one sample at a time
     with torch.inference_mode():
-        for got, want in zip(model(*inputs), net(*inputs)):
+        for got, want in zip(model(*inputs), net(*inputs), strict=True):
             torch.testing.assert_close(got, want)
 
 

@@ -146,7 +146,7 @@ def test_disk_full_is_reported_clearly(tiny_settings: Settings, monkeypatch):
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("core.samples.os.fdopen", FullDisk)
+    monkeypatch.setattr("core.files.os.fdopen", FullDisk)  # save_upload writes through core.files
     with pytest.raises(UploadError) as info:
         save_upload(tiny_settings, _png(), "x.png")
     assert info.value.status_code == 507 and "disk is full" in info.value.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -91,7 +92,7 @@ def test_forward_shapes_batch2_cpu(net):
 
 def test_bf16_autocast_runs(net):
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        seg, cls2, cls4 = net(torch.rand(1, 224, 224, 3), *prompts(1))
+        seg, _, _ = net(torch.rand(1, 224, 224, 3), *prompts(1))
     assert seg.shape == (1, 2, 224, 224) and torch.isfinite(seg.float()).all()
 
 
@@ -115,7 +116,7 @@ def test_load_adapter(saved):
     assert served.sha256 == hashlib.sha256(saved.read_bytes()).hexdigest()
     assert served.spec is spec and served.device == torch.device("cpu")
     with torch.inference_mode():
-        seg, cls2, cls4 = served.forward(torch.rand(2, 224, 224, 3), *prompts())
+        seg, _, cls4 = served.forward(torch.rand(2, 224, 224, 3), *prompts())
     assert seg.shape == (2, 2, 224, 224) and cls4.shape == (2, 4)
     with pytest.raises(ValueError, match="224"):
         served.forward(torch.rand(1, 256, 256, 3), *prompts(1))
@@ -123,7 +124,7 @@ def test_load_adapter(saved):
 
 def test_missing_file_names_it(tmp_path):
     path = tmp_path / "nope.pth"
-    with pytest.raises(WeightsError, match="nope.pth.*not found"):
+    with pytest.raises(WeightsError, match=r"nope\.pth.*not found"):
         load_state(path)
 
 
@@ -135,7 +136,7 @@ def test_truncated_file_names_it(saved, tmp_path):
         build_from_file(cut)
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(WeightsError, match="junk.pth"):
+    with pytest.raises(WeightsError, match=re.escape("junk.pth")):
         load_state(junk)
 
 
@@ -152,7 +153,7 @@ def test_wrong_architecture_lists_keys(tmp_path):
 def test_not_a_state_dict(tmp_path):
     path = tmp_path / "list.pth"
     torch.save([1, 2, 3], path)
-    with pytest.raises(WeightsError, match="list.pth"):
+    with pytest.raises(WeightsError, match=re.escape("list.pth")):
         load_state(path)
 
 
@@ -161,5 +162,6 @@ def test_shape_mismatch_names_tensor(net, tmp_path):
     state["module.swin.layers_task_cls_head_4cls.0.weight"] = torch.zeros(5, 192)
     path = tmp_path / "shapes.pth"
     torch.save(state, path)
-    with pytest.raises(WeightsError, match=r"shapes\.pth.*wrong shape.*layers_task_cls_head_4cls\.0\.weight.*\(5, 192\)"):
+    pattern = r"shapes\.pth.*wrong shape.*layers_task_cls_head_4cls\.0\.weight.*\(5, 192\)"
+    with pytest.raises(WeightsError, match=pattern):
         build_from_file(path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +45,9 @@ class FiLM(nn.Module):
     def __init__(self, channels: int, hidden: int = 64):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(PROMPT_DIM, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2 * channels))
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        last = cast(nn.Linear, self.net[-1])
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.net(prompt).chunk(2, dim=1)
@@ -65,7 +67,9 @@ class DemoUNet(nn.Module):
         self.decoder = nn.ModuleList(_block(w[i + 1] + w[i], w[i]) for i in reversed(range(len(w) - 1)))
         self.decoder_film = nn.ModuleList(FiLM(w[i]) for i in reversed(range(len(w) - 1)))
         self.seg_head = nn.Conv2d(w[0], 2, 1)
-        self.cls_body = nn.Sequential(nn.Linear(w[-1] + PROMPT_DIM, 128), nn.ReLU(inplace=True), nn.Dropout(config.dropout))
+        self.cls_body = nn.Sequential(
+            nn.Linear(w[-1] + PROMPT_DIM, 128), nn.ReLU(inplace=True), nn.Dropout(config.dropout)
+        )
         self.cls2 = nn.Linear(128, 2)
         self.cls4 = nn.Linear(128, 4)
 
@@ -79,7 +83,7 @@ class DemoUNet(nn.Module):
             skips.append(stage(skips[-1]))
         y = self.bottleneck_film(skips.pop(), prompt)
         pooled = torch.cat([F.adaptive_avg_pool2d(y, 1).flatten(1), prompt], dim=1)
-        for stage, film in zip(self.decoder, self.decoder_film):
+        for stage, film in zip(self.decoder, self.decoder_film, strict=True):
             skip = skips.pop()
             y = F.interpolate(y, size=skip.shape[2:], mode="bilinear", align_corners=False)
             y = film(stage(torch.cat([y, skip], dim=1)), prompt)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from core.models.base import ModelSpec, WeightsError, file_sha256
@@ -79,6 +78,8 @@ class Mlp(nn.Module):
 
 class WindowAttention(nn.Module):
     """Multi-head self attention inside ``w x w`` windows with a learned relative position bias."""
+
+    relative_position_index: torch.Tensor  # a buffer (register_buffer); declared for the type checker
 
     def __init__(self, dim: int, window: int, heads: int):
         super().__init__()
@@ -179,7 +180,7 @@ class PatchExpand(nn.Module):
         return self.norm(_pixel_shuffle_tokens(self.expand(x), self.res, self.res, 2))
 
 
-class FinalPatchExpand_X4(nn.Module):  # noqa: N801 (name kept from the baseline's state dict layout)
+class FinalPatchExpand_X4(nn.Module):
     """Quadruple the resolution at constant channels (back to pixel resolution)."""
 
     def __init__(self, res: int, dim: int):
@@ -347,7 +348,9 @@ def _normalise_keys(obj, path: Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not obj:
-        raise WeightsError(f"weights file {path}: expected a state dict (or {{'model': state_dict}}), got {type(obj).__name__}")
+        raise WeightsError(
+            f"weights file {path}: expected a state dict (or {{'model': state_dict}}), got {type(obj).__name__}"
+        )
     state = {}
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
@@ -367,7 +370,9 @@ def load_state(path: Path | str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise WeightsError(f"weights file {path} is truncated or corrupt ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        raise WeightsError(
+            f"weights file {path} is truncated or corrupt ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
     return _normalise_keys(obj, path)
 
 
@@ -379,7 +384,8 @@ def check_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: Path 
     if missing or unexpected:
         raise WeightsError(
             f"weights file {path} does not match the uusic_omni architecture: "
-            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+            f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
         )
     wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
     if wrong:
@@ -434,6 +440,8 @@ class OmniServedModel:
 def load(spec: ModelSpec, path: Path, device: torch.device) -> OmniServedModel:
     """Load a baseline checkpoint strictly and wrap it as a served model."""
     if spec.input_size != OmniConfig.img_size:
-        raise WeightsError(f"weights file {path}: uusic_omni takes {OmniConfig.img_size} px input, manifest says {spec.input_size}")
+        raise WeightsError(
+            f"weights file {path}: uusic_omni takes {OmniConfig.img_size} px input, manifest says {spec.input_size}"
+        )
     network = build_from_file(path, device)
     return OmniServedModel(spec, network, torch.device(device), file_sha256(path))

@@ -40,7 +40,7 @@ def dashboard(env_overrides: dict[str, str], *, timeout: float = 60.0, log_path:
     port = free_port()
     env = {**os.environ, **env_overrides}
     env.pop("UUSIC_API_URL", None) if "UUSIC_API_URL" not in env_overrides else None
-    log = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed when the server stops
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "Home.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -81,8 +81,7 @@ def wait_idle(page, timeout: float = 30_000, start_within: float = 800) -> None:
     """Wait until Streamlit has finished the script run a click started (``data-test-script-state`` of the root).
 
     A run that has not started within ``start_within`` ms is taken as no run at all."""
-    try:
+    # playwright's TimeoutError: the run was quicker than the poll, or there was none
+    with contextlib.suppress(Exception):
         page.wait_for_selector('[data-testid="stApp"][data-test-script-state="running"]', timeout=start_within)
-    except Exception:  # playwright's TimeoutError: the run was quicker than the poll, or there was none
-        pass
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
