@@ -23,7 +23,8 @@ USAGE = """usage: python -m core <command> [options]
 commands:
   predict    run a model over a challenge-format JSON (drop-in for the challenge's model.py)
   evaluate   Dice / NSD / AUC / accuracy of a prediction folder against ground truth
-  models     list the models of weights/models.json
+  models     verify the models of weights/models.json (sha256, load, output shapes)
+  export     turn the team's own network (factory + checkpoint) into a served torch.export file
   train      train the demo network (core.train)
   serve      start the HTTP API (core.api)
 
@@ -151,8 +152,13 @@ def predict_main(argv: list[str]) -> int:
 
 
 def models_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core models", description="list weights/models.json")
-    parser.parse_args(argv)
+    parser = argparse.ArgumentParser(
+        prog="python -m core models",
+        description="verify every entry of weights/models.json: the file and its sha256, then that it loads on the "
+                    "CPU and returns the contract's output shapes; one line per model, exit status 1 when any fails")
+    parser.add_argument("--no-load", action="store_true", help="only check the files and their sha256")
+    args = parser.parse_args(argv)
+    from core.errors import UUSICError
     from core.models import registry
     from core.models.base import WeightsError
     from core.settings import Settings
@@ -163,10 +169,20 @@ def models_main(argv: list[str]) -> int:
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    failed = 0
     for spec in specs:
         served = "all datasets" if spec.datasets is None else f"{len(spec.datasets)} datasets"
-        print(f"{spec.name:<24}{spec.arch:<14}{spec.input_size:>5}  {spec.preprocessing:<12}{served:<16}{spec.file}")
-    return 0
+        head = f"{spec.name:<24}{spec.arch:<14}{spec.input_size:>5}  {spec.preprocessing:<12}{served:<16}{spec.file}"
+        try:
+            note = registry.verify_entry(spec, settings.weights_dir, load=not args.no_load)
+        except UUSICError as exc:
+            failed += 1
+            print(f"{head}  FAILED: {exc}")
+        else:
+            print(f"{head}  ok ({note})")
+    if failed:
+        print(f"error: {failed} of {len(specs)} model(s) failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _delegate(module: str, argv: list[str]) -> int:
@@ -192,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_main(rest)
     if command == "models":
         return models_main(rest)
+    if command == "export":
+        return _delegate("core.export", rest)
     if command == "train":
         return _delegate("core.train", rest)
     if command == "serve":

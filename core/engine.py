@@ -177,12 +177,22 @@ class Engine:
                     vectors_d = [v.to(self.device) for v in vectors]
                     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
                     with autocast:
-                        seg, cls2, cls4 = self.model(images_d, *vectors_d)
+                        seg, cls2, cls4 = self._run_model(self.model, images_d, vectors_d)
                     outputs = self._extract(batch, seg.float(), cls2.float(), cls4.float())
             except torch.OutOfMemoryError:
                 outputs, gpu = self._forward_on_cpu(batch, images, vectors), GpuMemory()
             seconds = time.perf_counter() - start
         return outputs, seconds, gpu
+
+    def _run_model(self, model, images: torch.Tensor, vectors: list[torch.Tensor]):
+        """``model`` over the batch in chunks of at most ``spec.max_batch`` images (an export that runs one image at
+        a time must never see more), the outputs concatenated in order."""
+        limit = self.spec.max_batch or getattr(model, "max_batch", None)
+        if not limit or images.shape[0] <= limit:
+            return model(images, *vectors)
+        parts = [model(images[i : i + limit], *(v[i : i + limit] for v in vectors))
+                 for i in range(0, images.shape[0], limit)]
+        return tuple(torch.cat([part[k] for part in parts], dim=0) for k in range(3))
 
     def _forward_on_cpu(self, batch: list[Prepared], images: torch.Tensor, vectors: list[torch.Tensor]):
         """CUDA ran out of memory: free what we can, warn, and run this batch on a CPU copy of the model."""
@@ -191,7 +201,7 @@ class Engine:
             torch.cuda.empty_cache()
         cpu_model = registry.load_model(self.spec, torch.device("cpu"), weights_dir=self.settings.weights_dir)
         with torch.inference_mode():
-            seg, cls2, cls4 = cpu_model(images, *vectors)
+            seg, cls2, cls4 = self._run_model(cpu_model, images, vectors)
             outputs = self._extract(batch, seg.float(), cls2.float(), cls4.float())
         for output in outputs:
             output.fallback_device = "cpu"

@@ -105,7 +105,8 @@ def test_torch_export_adapter(tmp_path: Path, dynamic: bool):
     torch.export.save(program, str(path))
     spec = ModelSpec(name=f"pt2-{dynamic}", arch="torch_export", file=str(path), input_size=32)
     model = registry.load_model(spec, "cpu", weights_dir=tmp_path)
-    inputs = _inputs(3)  # a static batch-1 program is run one sample at a time
+    assert model.max_batch == (None if dynamic else 1)  # a static batch-1 program is detected ...
+    inputs = _inputs(3)  # ... and run one sample at a time
     with torch.inference_mode():
         for got, want in zip(model(*inputs), net(*inputs), strict=True):
             torch.testing.assert_close(got, want)

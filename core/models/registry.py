@@ -12,8 +12,10 @@ and the problem. Loaded models are cached per process by (name, file, sha256, de
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import math
 import threading
 from dataclasses import fields, replace
 from pathlib import Path
@@ -21,7 +23,15 @@ from pathlib import Path
 import torch
 
 from core.errors import NoModelError
-from core.models.base import ModelSpec, ServedModel, WeightsError, file_sha256
+from core.models.base import (
+    SEG_ACTIVATIONS,
+    SEG_OUTPUTS,
+    ModelSpec,
+    ServedModel,
+    WeightsError,
+    check_contract,
+    file_sha256,
+)
 from core.settings import Settings
 
 ARCHITECTURES = {
@@ -62,10 +72,38 @@ def spec_from_dict(entry: dict, where: str = "models.json") -> ModelSpec:
     known = {k: v for k, v in entry.items() if k in _SPEC_FIELDS and k != "extra"}
     extra = dict(entry.get("extra") or {})
     extra.update({k: v for k, v in entry.items() if k not in _SPEC_FIELDS})
-    known["datasets"] = _datasets(entry.get("datasets"), f"{where} [{entry['name']}]")
+    label = f"{where} [{entry['name']}]"
+    known["datasets"] = _datasets(entry.get("datasets"), label)
     if "input_size" in known:
         known["input_size"] = int(known["input_size"])
+    _check_head_fields(known, label)
     return ModelSpec(**known, extra=extra)
+
+
+def _check_head_fields(known: dict, where: str) -> None:
+    """``seg_output``, ``seg_activation``, ``threshold`` and ``max_batch`` of an entry, validated in place."""
+    if known.get("seg_output") is None:
+        known.pop("seg_output", None)
+    elif known["seg_output"] not in SEG_OUTPUTS:
+        raise WeightsError(f"{where}: seg_output must be one of {', '.join(SEG_OUTPUTS)}, got {known['seg_output']!r}")
+    if known.get("seg_activation") is None:
+        known.pop("seg_activation", None)
+    elif known["seg_activation"] not in SEG_ACTIVATIONS:
+        raise WeightsError(f"{where}: seg_activation must be one of {', '.join(SEG_ACTIVATIONS)}, "
+                           f"got {known['seg_activation']!r}")
+    if known.get("threshold") is None:
+        known.pop("threshold", None)
+    else:
+        value = known["threshold"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise WeightsError(f"{where}: threshold must be a number, got {value!r}")
+        if known.get("seg_activation", "sigmoid") == "sigmoid" and not 0.0 < value < 1.0:
+            raise WeightsError(f"{where}: threshold {value!r} must lie strictly between 0 and 1 (sigmoid head)")
+        known["threshold"] = float(value)
+    if "max_batch" in known and known["max_batch"] is not None:
+        value = known["max_batch"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise WeightsError(f"{where}: max_batch must be a whole number >= 1 or null, got {value!r}")
 
 
 def read_manifest(path: Path) -> list[ModelSpec]:
@@ -183,7 +221,8 @@ def load_model(spec: ModelSpec, device: torch.device | str, *, weights_dir: Path
     weights_dir = Path(weights_dir) if weights_dir is not None else Settings().weights_dir
     device = torch.device(device)
     path, sha = verify_weights(spec, weights_dir)
-    key = (spec.name, str(path), sha, str(device), spec.input_size, spec.preprocessing)
+    key = (spec.name, str(path), sha, str(device), spec.input_size, spec.preprocessing, spec.seg_output,
+           spec.threshold, spec.seg_activation, spec.max_batch)
     with _CACHE_LOCK:
         cached = _CACHE.get(key)
         if cached is not None:
@@ -197,17 +236,31 @@ def load_model(spec: ModelSpec, device: torch.device | str, *, weights_dir: Path
             raise WeightsError(
                 f"weights file {path} cannot be loaded as {spec.arch!r}: {type(exc).__name__}: {_short(exc)}"
             ) from exc
-        try:
+        with contextlib.suppress(AttributeError):
             model.sha256 = sha
-        except AttributeError:
-            pass
         if getattr(model, "spec", None) is None:
-            try:
+            with contextlib.suppress(AttributeError):
                 model.spec = spec
-            except AttributeError:
-                pass
         _CACHE[key] = model
         return model
+
+
+def verify_entry(spec: ModelSpec, weights_dir: Path, *, load: bool = True, device: str = "cpu") -> str:
+    """Check one manifest entry the way serving it would: the file and its sha256, then (``load``) that it loads
+    on ``device`` and returns the contract's shapes. Returns a short note; raises :class:`WeightsError`."""
+    path, sha = verify_weights(spec, weights_dir)
+    note = f"sha256 {sha[:12]}…" + ("" if spec.sha256 else " (the manifest has no sha256)")
+    if not load:
+        return note
+    model = load_model(spec, device, weights_dir=weights_dir)
+    try:
+        check_contract(model, spec, str(path))
+    except WeightsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a forward that crashes is a broken entry, named as such
+        raise WeightsError(f"{path}: a forward pass fails: {type(exc).__name__}: {_short(exc)}") from None
+    limit = getattr(model, "max_batch", None) or spec.max_batch
+    return note + f", loads on {device}" + (f", max_batch {limit}" if limit else "")
 
 
 def _short(exc: Exception, limit: int = 400) -> str:
