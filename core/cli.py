@@ -27,6 +27,8 @@ commands:
   export     turn the team's own network (factory + checkpoint) into a served torch.export file
   train      train the demo network (core.train)
   serve      start the HTTP API (core.api)
+  workspace  usage of api_in/ and api_out/, retention: status | gc [--dry-run] [--days N] [--max-gb G]
+  history    back up and move the run history: export --out F.tar.gz | import F.tar.gz | backup --out F.sqlite3
 
 `python -m core <command> --help` for options."""
 
@@ -214,5 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate("core.train", rest)
     if command == "serve":
         return _delegate("core.api", rest)
+    if command == "workspace":
+        return _delegate("core.workspace", rest)
+    if command == "history":
+        return _delegate("core.backup", rest)
     print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2

@@ -26,7 +26,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -76,6 +76,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("response", "TEXT"),
     ("error_type", "TEXT"),  # revision 0002
     ("batch_id", "TEXT"),  # revision 0002
+    ("purged_at", "TEXT"),  # revision 0003: when retention removed the run's files (or found them gone)
 )
 COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
 
@@ -359,7 +360,74 @@ class HistoryStore:
 
         return self._retry(insert, "record a run")
 
+    def add_many(self, records: Iterable[dict]) -> list[int]:
+        """Insert several runs in one transaction (all or none; ``id`` is ignored); returns their new ids in order."""
+        rows = []
+        for record in records:
+            row = {k: v for k, v in record.items() if k in COLUMN_NAMES and k != "id"}
+            row.setdefault("timestamp", utc_now())
+            row.setdefault("source", "api")
+            for name in JSON_COLUMNS:
+                if name in row:
+                    row[name] = _json(row[name])
+            rows.append(row)
+
+        def insert() -> list[int]:
+            ids = []
+            with self._transaction(write=True) as connection:
+                for row in rows:
+                    key = connection.execute(sa.insert(runs).values(row)).inserted_primary_key
+                    assert key is not None, "an INSERT returns its primary key"
+                    ids.append(int(key[0]))
+            return ids
+
+        return self._retry(insert, "record runs") if rows else []
+
+    def mark_purged(self, ids: Iterable[Any] = (), *, paths: Iterable[str] = (), when: str | None = None) -> int:
+        """Set ``purged_at`` (default now) on the runs with these ids, and on those whose ``img_path_relative`` or
+        ``mask_path`` is one of ``paths``; runs already marked keep their first mark. Returns how many changed."""
+        id_list = sorted({int(i) for i in ids})
+        path_list = sorted({str(p) for p in paths})
+        stamp = when or utc_now()
+
+        selections: list[sa.ColumnElement[bool]] = []
+        for start in range(0, len(id_list), 500):  # bounded IN lists
+            selections.append(runs.c.id.in_(id_list[start:start + 500]))
+        for start in range(0, len(path_list), 500):
+            chunk = path_list[start:start + 500]
+            selections.append(sa.or_(runs.c.img_path_relative.in_(chunk), runs.c.mask_path.in_(chunk)))
+
+        def update() -> int:
+            changed = 0
+            with self._transaction(write=True) as connection:
+                for which in selections:
+                    statement = sa.update(runs).where(which, runs.c.purged_at.is_(None)).values(purged_at=stamp)
+                    changed += connection.execute(statement).rowcount or 0
+            return changed
+
+        return self._retry(update, "mark runs purged") if id_list or path_list else 0
+
     # -------------------------------------------------------------------------------- reading
+    def iter_rows(self, columns: Iterable[str] | None = None, filters: dict | None = None,
+                  chunk: int = 1000) -> Iterator[dict]:
+        """Every run (or those :meth:`list`'s ``filters`` select), oldest id first, read ``chunk`` rows per query so
+        a large history never sits in memory at once; ``columns``: only these (``id`` is always included)."""
+        names = ["id", *(c for c in (columns or COLUMN_NAMES) if c != "id")]
+        unknown = [c for c in names if c not in COLUMN_NAMES]
+        if unknown:
+            raise ValueError(f"unknown history columns: {unknown}")
+        selected = [runs.c[name] for name in names]
+        conditions = _conditions(filters or {})
+        last = 0
+        while True:
+            query = (sa.select(*selected).where(runs.c.id > last, *conditions).order_by(runs.c.id)
+                     .limit(max(1, int(chunk))))
+            rows = self._rows(query)
+            yield from rows
+            if len(rows) < chunk:
+                return
+            last = int(rows[-1]["id"])
+
     def _rows(self, query: sa.Select[Any]) -> Rows:
         def fetch() -> Rows:
             with self._transaction() as connection:

@@ -104,6 +104,9 @@ class AnalysisService:
         self.pool = ModelPool(self.settings, engine=engine, model=model, micro_batch=micro_batch)
         self._store = store
         self._lock = threading.Lock()
+        from core.workspace import StartupCheck
+
+        self.workspace_check = StartupCheck(self)  # temp files, orphans, rows whose files are gone (background)
 
     # ------------------------------------------------------------------------------------------ the models
     @property
@@ -162,7 +165,8 @@ class AnalysisService:
                 "device_name": engine.device_name if engine is not None else None,
                 "models_loaded": sorted(self.pool.loaded), "error": next(iter(errors.values()), None),
                 "errors": errors, "auth_required": bool(self.settings.api_key),
-                "micro_batching": bool(self.pool.batchers), "history": self._history_label()}
+                "micro_batching": bool(self.pool.batchers), "history": self._history_label(),
+                "workspace": self.workspace_check.summary()}
 
     def _history_label(self) -> str:
         return "postgresql" if (self.settings.history_url or "").startswith("postgres") else "sqlite"

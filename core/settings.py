@@ -27,6 +27,8 @@ UUSIC_MICRO_BATCH          micro_batch            auto | on | off: group concurr
 UUSIC_MAX_BATCH_SIZE       max_batch_size         most requests in one grouped forward pass
 UUSIC_BATCH_WAIT_MS        batch_wait_ms          how long the first request waits for company
 UUSIC_RECORD_CLI           record_cli_runs        CLI ``predict`` also records its runs in the history
+UUSIC_RETENTION_DAYS       retention_days         ``workspace gc`` removes inputs and masks not used for N days
+UUSIC_RETENTION_GB         retention_gb           ``workspace gc`` keeps api_in/ + api_out/ under N GB, oldest out first
 =========================  =====================  ===============================================================
 """
 
@@ -218,6 +220,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=8, ge=1)
     batch_wait_ms: float = Field(default=4.0, ge=0, allow_inf_nan=False)
     record_cli_runs: bool = False  # CLI predict records its runs in the history
+    # Retention of api_in/ and api_out/ (core.workspace, `python -m core workspace gc`); None = keep forever.
+    retention_days: int | None = Field(default=None, ge=1)
+    retention_gb: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     def __init__(self, **values: Any) -> None:

@@ -54,7 +54,7 @@ LEGACY_INDEXES = (
     "CREATE INDEX IF NOT EXISTS runs_timestamp ON runs(timestamp)",
     "CREATE INDEX IF NOT EXISTS runs_task_dataset ON runs(task, dataset_name)",
 )
-NEW_COLUMNS = ("error_type", "batch_id")
+NEW_COLUMNS = ("error_type", "batch_id", "purged_at")  # revisions 0002, 0003
 
 
 def _engine(target: Path | str) -> sa.Engine:
@@ -175,7 +175,7 @@ def test_csv_has_the_new_columns(history_target):
     record_run(store, SEG_REQUEST, None, source="batch", error="cannot decode", error_type="ImageError",
                batch_id="batch-7")
     header, row = list(csv.reader(io.StringIO(store.to_csv(store.list()))))
-    assert header[-2:] == list(NEW_COLUMNS) and header == list(COLUMN_NAMES)
+    assert header[-len(NEW_COLUMNS):] == list(NEW_COLUMNS) and header == list(COLUMN_NAMES)
     assert dict(zip(header, row, strict=True))["error_type"] == "ImageError"
     assert dict(zip(header, row, strict=True))["batch_id"] == "batch-7"
     store.close()
@@ -250,7 +250,7 @@ def test_legacy_sqlite_file_is_upgraded_in_place(tmp_path: Path):
     columns, indexes, versions = _schema(path)
     assert columns == list(COLUMN_NAMES)
     assert {"runs_timestamp", "runs_task_dataset", "runs_batch_id"} <= indexes
-    assert versions == [head_revision()] == ["0002"]
+    assert versions == [head_revision()] == ["0003"]
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
