@@ -100,10 +100,28 @@ class ModelPool:
         return engine
 
     def _public(self, message: str) -> str:
-        """A message for clients (and the open ``/healthz``): file names, never the server's folders."""
-        for folder in (self.settings.weights_dir, self.settings.manifest_path.parent):
-            message = message.replace(str(folder) + "/", "")
-        return message
+        """A message for clients (and the open ``/healthz``): file names, never the server's folders.
+
+        The deployment's folders (weights, manifest, workspace, data root; as configured and resolved)
+        are cut from the paths they start; any other absolute path keeps only its last part."""
+        import contextlib
+        import os
+        import re
+
+        message = str(message)
+        forms: set[str] = set()
+        for folder in (self.settings.weights_dir, self.settings.manifest_path.parent, self.settings.workspace,
+                       self.settings.data_root):
+            for path in (Path(folder), Path(folder).expanduser()):
+                forms.add(str(path))
+                with contextlib.suppress(OSError, RuntimeError):
+                    forms.add(str(path.resolve()))
+        absolute = (f for f in forms if Path(f).is_absolute() and len(Path(f).parts) > 1)  # never "/" or "weights"
+        for form in sorted(absolute, key=len, reverse=True):
+            message = message.replace(form + os.sep, "").replace(form + "/", "").replace(form, "…")
+        message = re.sub(r"""(['"])(?:/|[A-Za-z]:[\\/])[^'"\n]*[\\/]([^'"\\/\n]*)\1""", r"\1\2\1", message)
+        message = re.sub(r"""(?<![\w.~/:-])(?:/[^\s/'"]+)+/([^\s/'"]*)""", r"\1", message)
+        return re.sub(r"""(?<![\w])[A-Za-z]:\\(?:[^\s\\'"]+\\)+([^\s\\'"]*)""", r"\1", message)
 
     def route(self, task: str, dataset_name: str, model: str | None = None) -> Engine:
         """The engine for a request: the named model, else the default when it serves it, else the first that does.
@@ -153,7 +171,7 @@ class ModelPool:
         try:
             specs, error = self.specs(), None
         except UUSICError as exc:
-            specs, error = list(self._engines[n].spec for n in self._engines), exc.message
+            specs, error = list(self._engines[n].spec for n in self._engines), self._public(exc.message)
         try:
             default = self.default_name()
         except UUSICError:
@@ -162,8 +180,9 @@ class ModelPool:
         for spec in specs:
             engine = self._engines.get(spec.name)
             entry = engine.model_info() if engine is not None else _spec_info(spec)
+            error_text = self._errors.get(spec.name)
             entries.append({**entry, "loaded": engine is not None, "default": spec.name == default,
-                            "error": self._errors.get(spec.name)})
+                            "error": None if error_text is None else self._public(error_text)})
         entries.sort(key=lambda e: (not e["loaded"], not e["default"]))
         return entries, error
 

@@ -15,7 +15,19 @@ from PIL import Image
 
 from core import catalog, editing, i18n, overlay
 from core.imaging import load_image
-from pages.common import choice, error_message, is_no_model, label, lang, page_header, service, settings, tr
+from pages.common import (
+    choice,
+    error_message,
+    is_no_model,
+    label,
+    lang,
+    md_literal,
+    page_header,
+    scrub_literal,
+    service,
+    settings,
+    tr,
+)
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm"]
 PLOT_CONFIG = {"scrollZoom": True, "displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
@@ -62,7 +74,7 @@ def load_upload() -> None:
     try:
         picture, spacing, fmt = _decode(data)
     except Exception as error:  # ImageError and anything a hostile file triggers
-        st.error(tr("image_error", message=error_message(error)))
+        st.error(tr("image_error", message=scrub_literal(error_message(error), current)))
         st.session_state.pop("image", None)
         return
     _set_image(token=token, name=uploaded.name, picture=picture, spacing=spacing, format=fmt, source="upload",
@@ -84,7 +96,7 @@ def load_sample(dataset: catalog.Dataset) -> None:
     try:
         picture, spacing, fmt = _decode(path)
     except Exception as error:
-        st.error(tr("image_error", message=error_message(error)))
+        st.error(tr("image_error", message=scrub_literal(error_message(error), current)))
         return
     spacing = sample.get("pixel_spacing_mm") or spacing
     _set_image(token=f"sample:{sample['img_path_relative']}", name=sample.get("img_name") or path.name,
@@ -247,7 +259,7 @@ def _load_mask(result: dict) -> np.ndarray | None:
             data = service(current).mask_png(result["response"])
             result["mask"] = overlay.as_bool_mask(load_image(data, settings=current).rgb)
         except Exception as error:
-            st.error(tr("engine_error", message=error_message(error)))
+            st.error(tr("engine_error", message=scrub_literal(error_message(error), current)))
             return None
     return result["mask"]
 
@@ -306,7 +318,8 @@ def show_resources(response: dict, seconds: float, run_id: int | None = None) ->
         cols[2].metric(tr("gpu_used"), "CPU")
         cols[3].metric(tr("gpu_reserved"), "CPU")
     run = f" · {tr('run_id', n=run_id)}" if run_id is not None else ""
-    st.caption(f"{tr('device')}: {device if on_gpu else tr('cpu_only')} · {response.get('model_name', '')}{run}")
+    st.caption(f"{tr('device')}: {md_literal(device) if on_gpu else tr('cpu_only')} · "
+               f"{md_literal(response.get('model_name', ''))}{run}")
 
 
 @st.fragment(run_every=5)
@@ -335,7 +348,7 @@ dataset = select_dataset()
 try:
     served = service(current).serves(dataset.task, dataset.name)
 except Exception as error:
-    st.error(tr("weights_error", message=error_message(error)))
+    st.error(tr("weights_error", message=scrub_literal(error_message(error), current)))
     st.stop()
 if not served:
     st.info(tr("no_model", dataset=dataset.name))
@@ -347,7 +360,7 @@ if source == "upload":
 else:
     load_sample(dataset)
     if st.session_state.get("no_samples") == (dataset.task, dataset.name):
-        st.info(tr("no_samples", root=str(current.data_root), dataset=dataset.name))
+        st.info(tr("no_samples", root=md_literal(current.data_root), dataset=md_literal(dataset.name)))
 
 image = st.session_state.get("image")
 if image and image["source"] == "sample" and (image["task"], image["dataset"]) != (dataset.task, dataset.name):
@@ -357,7 +370,7 @@ if not image:
     system_strip()
     st.stop()
 
-st.caption(tr("current_image", name=image["name"], w=image["picture"].width, h=image["picture"].height))
+st.caption(tr("current_image", name=md_literal(image["name"]), w=image["picture"].width, h=image["picture"].height))
 edited, edits = edit_image(image)
 zoomable(edited, key="zoom_view")
 
@@ -367,9 +380,9 @@ if st.button(tr("run"), type="primary", key="run", disabled=not served):
 result = st.session_state.get("result")
 if result and result.get("error"):
     if result["no_model"]:
-        st.info(tr("no_model", dataset=result["dataset"]))
+        st.info(tr("no_model", dataset=md_literal(result["dataset"])))
     else:
-        st.error(tr("engine_error", message=result["error"]))
+        st.error(tr("engine_error", message=scrub_literal(result["error"], current)))
 elif result and result.get("image_token") == image["token"]:
     with st.expander(tr("request_json")):
         st.json(result["request"])

@@ -1,12 +1,16 @@
 """Batch: run many images (uploads or a challenge JSON) through the analysis service; download a zip; see metrics.
 
-Every item, result or failure, is recorded in the history by the service (source ``batch``).
+Every item, result or failure, is recorded in the history by the service (source ``batch``). A challenge JSON is
+one of the JSON files under the data root (at most 3 levels deep) or an uploaded one, never a server path typed by
+the user; its images are read from the data root (the service refuses paths that leave it). File names and errors
+are shown inert (:func:`pages.common.md_literal`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -15,9 +19,23 @@ import streamlit as st
 
 from core import catalog, i18n
 from core.response import AnalysisResponse
-from pages.common import choice, error_message, is_remote, lang, page_header, service, settings, tr
+from pages.common import (
+    choice,
+    error_message,
+    lang,
+    md_literal,
+    page_header,
+    scrub_literal,
+    scrub_paths,
+    service,
+    settings,
+    tr,
+)
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm"]
+JSON_MAX_DEPTH = 3  # data_root/x.json, data_root/a/x.json, data_root/a/b/x.json
+JSON_MAX_FILES = 500
+JSON_MAX_MB = 64
 current = settings()
 page_header("nav_batch")
 L = lang()
@@ -43,15 +61,68 @@ def _requests_from_uploads() -> list[dict] | None:
         try:
             skeleton = service(current).save_upload(uploaded.getvalue(), uploaded.name)
         except Exception as error:  # one bad file is named and skipped; the batch goes on
-            st.error(tr("image_error", message=f"{uploaded.name}: {error_message(error)}"))
+            st.error(tr("image_error", message=md_literal(f"{uploaded.name}: {scrub_paths(error_message(error))}")))
             continue
         requests.append({**skeleton, "task": task, "dataset_name": dataset.name, "organ": dataset.organ})
     return requests
 
 
-def _read_entries(json_path: str) -> list[dict]:
-    """The request objects of a challenge JSON file (a list, or ``{"data": [...]}``)."""
-    entries = json.loads(Path(json_path).read_text(encoding="utf-8"))
+def json_files(root: Path) -> list[str]:
+    """The ``.json`` files under ``root`` at most :data:`JSON_MAX_DEPTH` levels deep, as POSIX paths relative to it
+    (``ground_truth.json`` first, then by depth and name); hidden entries and links leading out of ``root`` are
+    skipped; at most :data:`JSON_MAX_FILES`."""
+    try:
+        base = root.resolve()
+    except OSError:
+        return []
+    found: list[str] = []
+
+    def walk(folder: Path, parts: tuple[str, ...]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith(".") or len(found) >= JSON_MAX_FILES:
+                continue
+            try:
+                if not Path(entry.path).resolve().is_relative_to(base):
+                    continue
+                if entry.is_file() and entry.name.lower().endswith(".json"):
+                    found.append("/".join((*parts, entry.name)))
+                elif entry.is_dir() and len(parts) + 1 < JSON_MAX_DEPTH:
+                    walk(Path(entry.path), (*parts, entry.name))
+            except OSError:
+                continue
+
+    walk(base, ())
+    return sorted(found, key=lambda rel: (rel != "ground_truth.json", rel.count("/"),
+                                          not rel.endswith("/ground_truth.json"), rel))
+
+
+def _read_root_json(root: Path, relative: str) -> bytes:
+    """The bytes of one listed JSON file, re-checked to lie inside the data root (no links out, size-capped)."""
+    if relative not in json_files(root):
+        raise ValueError("not one of the JSON files under the data root")
+    base = root.resolve()
+    path = (base / relative).resolve()
+    if not path.is_relative_to(base) or not path.is_file():
+        raise ValueError("not one of the JSON files under the data root")
+    if path.stat().st_size > JSON_MAX_MB * 1024 * 1024:
+        raise ValueError(f"larger than {JSON_MAX_MB} MB")
+    return path.read_bytes()
+
+
+def parse_entries(data: bytes) -> list[dict]:
+    """The request objects of a challenge JSON (a list, or ``{"data": [...]}`` / ``{"requests": [...]}``)."""
+    if len(data) > JSON_MAX_MB * 1024 * 1024:
+        raise ValueError(f"larger than {JSON_MAX_MB} MB")
+    try:
+        entries = json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
     if isinstance(entries, dict):
         entries = entries.get("data") or entries.get("requests") or list(entries.values())
     if not isinstance(entries, list):
@@ -59,20 +130,32 @@ def _read_entries(json_path: str) -> list[dict]:
     return [e for e in entries if isinstance(e, dict)]
 
 
-def _requests_from_json() -> tuple[list[dict], Path] | None:
-    json_path = st.text_input(tr("batch_json_path"), key="b_json",
-                              value=str(current.data_root / "ground_truth.json"))
-    input_dir = st.text_input(tr("batch_input_dir"), key="b_dir", value=str(current.data_root))
+def _requests_from_json() -> list[dict] | None:
+    """A challenge JSON from the data root (select box) or an upload; its images come from the data root."""
+    files = json_files(current.data_root)
+    chosen = st.selectbox(tr("batch_json_file"), files, key="b_json_file", index=0 if files else None)
+    if not files:
+        st.caption(tr("batch_json_none"))
+    uploaded = st.file_uploader(tr("batch_json_upload"), type=["json"], key="b_json_upload")
     limit = st.number_input("max", min_value=1, max_value=100_000, value=50, step=10, key="b_limit")
     if not st.button(tr("batch_run"), type="primary", key="b_run_json"):
         return None
     st.session_state.pop("batch", None)
     try:
-        entries = _read_entries(json_path)
-    except (OSError, ValueError) as error:  # the user's own file: its reason is shown as is
-        st.error(tr("batch_json_error", message=str(error) or type(error).__name__))
+        if uploaded is not None:
+            entries = parse_entries(uploaded.getvalue())
+        elif chosen:
+            entries = parse_entries(_read_root_json(current.data_root, str(chosen)))
+        else:
+            raise ValueError(tr("batch_json_none"))
+    except (OSError, ValueError) as error:  # the reason, without server folders, shown inert
+        message = scrub_paths(str(error) or type(error).__name__, current)
+        st.error(tr("batch_json_error", message=md_literal(message)))
         return None
-    return entries[: int(limit)], Path(input_dir)
+    if not entries:
+        st.warning(tr("batch_json_error", message=md_literal("no request objects")))
+        return None
+    return entries[: int(limit)]
 
 
 def _run(requests: list[dict], data_root: Path) -> None:
@@ -83,13 +166,10 @@ def _run(requests: list[dict], data_root: Path) -> None:
     def progress(done: int, total: int) -> None:
         bar.progress(min(float(done) / max(total, 1), 1.0), text=f"{done} / {total}")
 
-    extra = {}
-    if not is_remote(current) and data_root.resolve() != current.data_root.resolve():
-        extra["input_dir"] = data_root.resolve()
-    try:
-        result = service(current).analyze_batch(requests, source="batch", progress=progress, **extra)
+    try:  # images from the data root (and api_in/ for uploads): the service resolves and refuses the rest
+        result = service(current).analyze_batch(requests, source="batch", progress=progress)
     except Exception as error:  # the model cannot load, the API is down ...
-        st.error(tr("engine_error", message=error_message(error)))
+        st.error(tr("engine_error", message=scrub_literal(error_message(error), current)))
         return
     bar.progress(1.0, text=f"{len(requests)} / {len(requests)}")
     st.session_state["batch"] = {"result": result, "requests": requests, "data_root": str(data_root)}
@@ -107,7 +187,7 @@ def _zip(result) -> bytes:
             try:
                 archive.writestr(item.mask_path_relative, analysis.mask_png(item))
             except Exception as error:  # noqa: BLE001 - one missing mask does not sink the zip
-                st.warning(error_message(error))
+                st.warning(scrub_literal(error_message(error), current))
     return buffer.getvalue()
 
 
@@ -149,8 +229,8 @@ def show(batch: dict) -> None:
     st.success(tr("batch_done", n=len(result.items), sec=result.seconds))
     skipped = [f for f in result.failures if f.error_type == "NoModelError"]
     if skipped:
-        names = ", ".join(sorted({f.dataset_name or "?" for f in skipped}))
-        st.info(tr("batch_skipped", n=result.count("NoModelError"), names=names))
+        names = ", ".join(sorted({str(f.dataset_name or "?") for f in skipped}))
+        st.info(tr("batch_skipped", n=result.count("NoModelError"), names=md_literal(names)))
     st.dataframe(_summary(result), width="stretch", hide_index=True)
     if "zip" not in batch:
         batch["zip"] = _zip(result)
@@ -173,7 +253,7 @@ if source == "uploads":
 else:
     loaded = _requests_from_json()
     if loaded:
-        _run(*loaded)
+        _run(loaded, current.data_root)
 
 if st.session_state.get("batch"):
     show(st.session_state["batch"])

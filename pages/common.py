@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 import threading
 
 import streamlit as st
@@ -10,6 +12,10 @@ import streamlit as st
 from core import i18n
 from core.errors import ModelUnavailableError, NoModelError
 from core.settings import Settings
+
+log = logging.getLogger("uusic.dashboard")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+_BACKTICKS = re.compile(r"`+")
 
 
 def lang() -> str:
@@ -67,13 +73,39 @@ def error_message(error: BaseException) -> str:
     return failure_message(error)
 
 
+_QUOTED_ABSOLUTE = re.compile(r"""(['"])(?:/|[A-Za-z]:[\\/])[^'"\n]*[\\/]([^'"\\/\n]*)\1""")
+_BARE_ABSOLUTE = re.compile(r"""(?<![\w.~/:-])(?:/[^\s/'"]+)+/([^\s/'"]*)""")
+
+
 def scrub_paths(text: str, current: Settings | None = None) -> str:
-    """``text`` without the server's folders (workspace, data root, weights)."""
+    """``text`` without the server's folders: paths under the workspace, data root or weights folder keep their
+    part inside it, any other absolute path only its last part (URLs are left alone)."""
     current = current or settings()
     for root in (current.workspace, current.data_root, current.weights_dir):
-        for form in {str(root), str(root.resolve())}:
+        for form in sorted({str(root), str(root.resolve())}, key=len, reverse=True):
             text = text.replace(form + "/", "").replace(form, "…")
-    return text
+    text = _QUOTED_ABSOLUTE.sub(r"\1\2\1", text)
+    return _BARE_ABSOLUTE.sub(r"\1", text)
+
+
+def md_literal(value: object, limit: int = 500) -> str:
+    """``value`` as a Markdown inline code span, for text the user or a stored row controls inside a Markdown
+    element (``st.error``, ``st.info``, ``st.caption``, ``st.subheader`` ...): shown literally, never as a link,
+    image, HTML, emphasis, emoji, LaTeX or colour directive. Line breaks and control characters become one space
+    (a blank line would end the span); text longer than ``limit`` is cut with "…". Outside Markdown use
+    ``st.text`` / ``st.code`` / a dataframe instead."""
+    text = _CONTROL.sub(" ", str(value))
+    if len(text) > limit:
+        text = text[:limit] + "…"
+    if not text:
+        return ""
+    fence = "`" * (max((len(run) for run in _BACKTICKS.findall(text)), default=0) + 1)
+    return f"{fence} {text} {fence}"  # one space each side: CommonMark strips exactly these two
+
+
+def scrub_literal(value: object, current: Settings | None = None, limit: int = 500) -> str:
+    """:func:`md_literal` of ``value`` without the server's folders (for error messages)."""
+    return md_literal(scrub_paths(str(value), current), limit)
 
 
 def _widget_key(key: str) -> str:
@@ -138,47 +170,138 @@ def _leave_pages_directory_mode() -> None:
         st.rerun()
 
 
-def _secrets() -> dict:
+def _secret_files() -> list[str]:
+    """The secrets files Streamlit reads (``secrets.files``) that exist, as short names (no server folders)."""
+    import os
+
+    from streamlit import config
+
     try:
-        return st.secrets.to_dict()
-    except Exception:  # noqa: BLE001 - no secrets.toml: the dashboard is open
-        return {}
+        paths = [str(p) for p in (config.get_option("secrets.files") or [])]
+    except Exception:  # noqa: BLE001 - no such option: the default place
+        paths = [os.path.join(".streamlit", "secrets.toml")]
+    return [os.path.join(os.path.basename(os.path.dirname(p)), os.path.basename(p)) for p in paths
+            if os.path.exists(p)]
 
 
-def require_login() -> None:
-    """Stop the run until the user is signed in, when a login is configured (see ``core.auth``)."""
+def _secrets() -> dict:
+    """The secrets as a dict; ``{}`` when there is no secrets file (the dashboard is open). A secrets file that
+    exists but cannot be read is a :class:`core.auth.AuthConfigError` (the dashboard must not open)."""
     from core import auth
 
-    secrets = _secrets()
-    mode = auth.login_mode(secrets)
-    if mode == "none" or st.session_state.get("_signed_in"):
-        return
-    if mode == "oidc":
-        if st.user.is_logged_in:
-            with st.sidebar:
-                st.button(tr("logout"), on_click=st.logout)
-            return
-        st.title(tr("login_title"))
-        st.button(tr("login_oidc"), on_click=st.login)
-        st.stop()
-    st.title(tr("login_title"))
-    with st.form("login"):
-        candidate = st.text_input(tr("login_password"), type="password")
-        submitted = st.form_submit_button(tr("login_button"))
-    if submitted and auth.password_matches(candidate, secrets.get("dashboard", {})):
-        st.session_state["_signed_in"] = True
-        st.rerun()
-    if submitted:
-        st.error(tr("login_wrong"))
+    try:
+        secrets = st.secrets.to_dict()
+    except Exception as error:  # noqa: BLE001 - Streamlit raises one error for missing and unreadable files
+        present = _secret_files()
+        if not present:
+            return {}
+        cause = error.__cause__
+        reason = str(cause) if cause is not None and type(cause).__name__ == "TOMLDecodeError" else ""
+        raise auth.AuthConfigError(f"{', '.join(present)} cannot be read"
+                                   + (f" ({reason})" if reason else "")) from None
+    if not isinstance(secrets, dict):
+        raise auth.AuthConfigError("the secrets are not a TOML table")
+    return secrets
+
+
+_REPORTED: set[str] = set()
+
+
+def _refuse(error: Exception) -> None:
+    """A login configuration that cannot be trusted: say so and serve nothing."""
+    message = str(error)
+    if message not in _REPORTED:  # once per process and message, not on every rerun
+        _REPORTED.add(message)
+        log.error("dashboard login configuration rejected, serving nothing: %s", message)
+    st.error(tr("login_config_error", message=md_literal(message)))
     st.stop()
 
 
+def _warn_once(config) -> None:
+    for warning in config.warnings:
+        if warning not in _REPORTED:
+            _REPORTED.add(warning)
+            log.warning("dashboard login: %s", warning)
+
+
+def _oidc_gate(config) -> None:
+    if st.user.is_logged_in:
+        with st.sidebar:
+            st.button(tr("logout"), on_click=st.logout)
+        return
+    st.title(tr("login_title"))
+    for provider in config.providers:
+        label = tr("login_oidc") if not provider else f"{tr('login_oidc')} · {provider}"
+        st.button(label, on_click=st.login, args=(provider,) if provider else (), key=f"login_oidc_{provider}")
+    st.stop()
+
+
+def _session_backoff():
+    from core import auth
+
+    backoff = st.session_state.get("_login_backoff")
+    if not isinstance(backoff, auth.Backoff):
+        backoff = st.session_state["_login_backoff"] = auth.Backoff()
+    return backoff
+
+
+def _password_gate(config) -> None:
+    """The password form; wrong attempts back off per browser session and per process (``core.auth.Backoff``)."""
+    import math
+
+    from core import auth
+
+    st.title(tr("login_title"))
+    with st.form("login"):
+        candidate = st.text_input(tr("login_password"), type="password", max_chars=auth.MAX_PASSWORD_CHARS)
+        submitted = st.form_submit_button(tr("login_button"))
+    if not submitted:
+        st.stop()
+    session, process = _session_backoff(), auth.PROCESS_BACKOFF
+    wait = max(session.wait(), process.wait())
+    if wait > 0:  # not checked, not counted: the user is told how long to wait
+        st.error(tr("login_wait", s=math.ceil(wait)))
+        st.stop()
+    if auth.password_matches(candidate, config):
+        session.succeeded()  # the process back-off only fades with time: a success must not reset an attacker's
+        st.session_state["_signed_in"] = config.fingerprint
+        st.rerun()
+    wait = max(session.failed(), process.failed())
+    st.error(tr("login_wrong"))
+    if wait > 0:
+        st.warning(tr("login_wait", s=math.ceil(wait)))
+    st.stop()
+
+
+def require_login():
+    """Stop the run until the user is signed in, when a login is configured (see ``core.auth``); stop it for good,
+    with a message, when the login configuration exists but cannot be used (fail closed). Returns the checked
+    :class:`core.auth.LoginConfig` when the run may go on."""
+    from core import auth
+
+    try:
+        config = auth.login_config(_secrets())
+    except auth.AuthConfigError as error:
+        _refuse(error)
+        raise  # not reached: st.stop() ends the run
+    _warn_once(config)
+    if config.mode == "oidc":
+        _oidc_gate(config)
+    elif config.mode == "password" and st.session_state.get("_signed_in") != config.fingerprint:
+        st.session_state.pop("_signed_in", None)  # a replaced password ends the sessions signed in with the old one
+        _password_gate(config)
+    return config
+
+
 def page_header(title_key: str) -> None:
-    """Every page starts with its title and the demo-weights banner."""
+    """Every page starts with its title and the demo-weights banner (and, signed in with a legacy password hash,
+    a warning in the sidebar)."""
     _leave_pages_directory_mode()
-    require_login()
+    config = require_login()
     st.title(f"{tr('app_title')} · {tr(title_key)}")
     banner()
+    for warning in config.warnings:
+        st.sidebar.warning(tr("login_config_warning", message=md_literal(warning)))
 
 
 def label(task: str, dataset_name: str, index: int) -> str:

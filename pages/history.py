@@ -1,4 +1,10 @@
-"""History: every run of this workspace, filterable, exportable to CSV, and re-openable."""
+"""History: every run of this workspace, filterable, exportable to CSV, and re-openable.
+
+Stored names, paths and errors are user-controlled: they are shown inert (dataframe, ``st.text``, ``st.json``,
+select box labels, or :func:`pages.common.md_literal` inside Markdown elements), never as Markdown. Images and
+masks are read only through the service (``run_image`` / ``run_mask``: data root and workspace only); a failed
+run's file is never re-opened.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,18 @@ from PIL import Image
 
 from core import catalog, i18n, overlay
 from core.history import HistoryStore
-from pages.common import choice, error_message, lang, page_header, scrub_paths, service, settings, tr
+from pages.common import (
+    choice,
+    error_message,
+    lang,
+    md_literal,
+    page_header,
+    scrub_literal,
+    scrub_paths,
+    service,
+    settings,
+    tr,
+)
 
 current = settings()
 page_header("nav_history")
@@ -50,7 +67,7 @@ def _load(what, run_id: int):
     try:
         return what(run_id)
     except Exception as error:  # NotFoundError, PathError, ServiceUnavailableError ...
-        st.warning(tr("reopen_unavailable", message=scrub_paths(error_message(error), current)))
+        st.warning(tr("reopen_unavailable", message=scrub_literal(error_message(error), current)))
         return None
 
 
@@ -73,9 +90,9 @@ def _show_classification(row: dict, picture: np.ndarray) -> None:
     dataset = _value(row, "dataset_name", "dataset")
     if prediction is not None and dataset:
         try:
-            st.subheader(i18n.class_name("classification", dataset, int(prediction), L))
-        except Exception:
-            st.subheader(str(prediction))
+            st.subheader(i18n.class_name("classification", str(dataset), int(prediction), L))
+        except Exception:  # noqa: BLE001 - a dataset the catalog does not know: the stored value, inert
+            st.subheader(md_literal(prediction))
     probabilities = _value(row, "probabilities", "probability")
     if isinstance(probabilities, str):
         try:
@@ -84,11 +101,14 @@ def _show_classification(row: dict, picture: np.ndarray) -> None:
             probabilities = None
     if isinstance(probabilities, list) and dataset:
         try:
-            names = i18n.class_names("classification", dataset, L)
-        except Exception:
+            names = i18n.class_names("classification", str(dataset), L)
+        except Exception:  # noqa: BLE001 - unknown dataset: class indices
             names = [str(i) for i in range(len(probabilities))]
-        st.table(pd.DataFrame({tr("class"): names[: len(probabilities)],
-                               tr("probability"): [f"{float(p):.1%}" for p in probabilities]}))
+        try:
+            shown = [f"{float(p):.1%}" for p in probabilities]
+        except (TypeError, ValueError):
+            shown = [str(p) for p in probabilities]
+        st.table(pd.DataFrame({tr("class"): names[: len(probabilities)], tr("probability"): shown}))
 
 
 def reopen(run_id: int) -> None:
@@ -97,8 +117,10 @@ def reopen(run_id: int) -> None:
     if row is None:
         return
     st.json({k: v for k, v in row.items() if k not in ("probability_json",)}, expanded=False)
-    if row.get("error"):
-        st.info(f"{row.get('error_type') or ''}: {scrub_paths(str(row['error']), current)}")
+    if row.get("error") or row.get("error_type"):
+        # a failed run (PathError: its path was refused) is shown as recorded; its file is never opened
+        st.info(tr("run_failed"))
+        st.text(f"{row.get('error_type') or 'Error'}: {scrub_paths(str(row.get('error') or ''), current)}")
         return
     picture = _load(service(current).run_image, run_id)
     if picture is None:

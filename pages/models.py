@@ -1,4 +1,8 @@
-"""Models & System: the manifest, the loaded model, device, versions, paths and the model card."""
+"""Models & System: the manifest, the loaded model, device, versions, paths and the model card.
+
+The paths table is a deliberate admin view (behind the dashboard login when one is configured); error messages
+never name the server's folders (:func:`pages.common.scrub_literal`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from importlib import metadata
 import pandas as pd
 import streamlit as st
 
-from pages.common import error_message, is_remote, page_header, service, settings, tr
+from pages.common import error_message, is_remote, page_header, scrub_literal, scrub_paths, service, settings, tr
 
 current = settings()
 page_header("nav_models")
@@ -35,7 +39,7 @@ try:
     info = service(current).model_info()
     st.json(info, expanded=1)  # top level open, dataset list folded
 except Exception as error:
-    st.error(tr("weights_error", message=error_message(error)))
+    st.error(tr("weights_error", message=scrub_literal(error_message(error), current)))
 
 st.subheader(tr("manifest"))
 try:
@@ -43,14 +47,14 @@ try:
 except Exception as error:
     manifest = {"models": [], "error": error_message(error)}
 if manifest.get("error"):
-    st.error(tr("weights_error", message=manifest["error"]))
+    st.error(tr("weights_error", message=scrub_literal(manifest["error"], current)))
 entries = manifest.get("models") or []
 if entries:
     st.dataframe(manifest_table(entries), width="stretch", hide_index=True)
     with st.expander("models.json"):
         st.json(entries, expanded=False)
 elif not manifest.get("error"):
-    st.info(tr("no_manifest", path="models.json" if is_remote(current) else str(current.manifest_path)))
+    st.info(tr("no_manifest", path="models.json"))
 
 card = current.weights_dir / "MODEL_CARD.md"
 if card.is_file():
@@ -65,8 +69,8 @@ try:
 
     device = str(info.get("device", current.device)) if isinstance(info, dict) else current.device
     st.write(f"{device_label(device)} (`{device}`) · CUDA available: {torch.cuda.is_available()}")
-except Exception as error:
-    st.write(error_message(error))
+except Exception as error:  # noqa: BLE001 - the device line only
+    st.text(scrub_paths(error_message(error), current))
 
 st.subheader(tr("versions"))
 versions = {"python": sys.version.split()[0], "platform": platform.platform()}

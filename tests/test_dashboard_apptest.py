@@ -17,6 +17,7 @@ from PIL import Image
 
 from core import catalog, i18n
 from core.settings import PROJECT_ROOT
+from pages.common import md_literal
 
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest
@@ -218,6 +219,8 @@ def test_batch_page_runs_challenge_json_with_metrics(app):
     app.switch_page("pages/batch.py").run()
     _ok(app)
     app.radio(key="b_source").set_value("json").run()
+    assert app.selectbox(key="b_json_file").value == "ground_truth.json"  # the data root's, chosen by default
+    assert not app.text_input, "no server path is typed on the Batch page"
     app.button(key="b_run_json").click().run()
     _ok(app)
     assert any(i18n.t("batch_done", "zh", n=6, sec=0).split("，")[0] in s.value for s in app.success)
@@ -360,7 +363,7 @@ def test_analyze_records_exactly_one_dashboard_row(app):
 def test_batch_with_an_unserved_dataset_counts_the_skipped_and_records_them(app):
     files = [(f"kidney {i}.png", _png((40, 40), (i * 50, 60, 60)), "image/png") for i in range(2)]
     _ok(_batch_uploads(app, "segmentation", "KidneyUS", files))
-    assert i18n.t("batch_skipped", "zh", n=2, names="KidneyUS") in [i.value for i in app.info]
+    assert i18n.t("batch_skipped", "zh", n=2, names=md_literal("KidneyUS")) in [i.value for i in app.info]
     rows = _runs(app)
     assert len(rows) == 2 and {r["source"] for r in rows} == {"batch"}
     assert {r["error_type"] for r in rows} == {"NoModelError"}
@@ -419,3 +422,447 @@ def test_batch_against_remote_api(api_server, tiny_settings, tmp_path, monkeypat
     _ok(at)
     assert any(i18n.t("rows", "zh", n=2) == c.value for c in at.caption)
     assert at.get("imgs") or at.get("image"), "a remote batch run does not re-open"
+
+
+# ------------------------------------------------------------- hardening: inert display, data-root JSON, no folders
+# Every payload carries the marker EVIL; a Markdown element may show it only inside a code span.
+PAYLOADS = [
+    "[EVIL](javascript:alert(1))",
+    "![EVIL](http://evil.example/x.png)",
+    "<img src=x onerror=alert('EVIL')>",
+    "<script>alert('EVIL')</script>",
+    '<a href="javascript:alert(1)">EVIL</a>',
+    "**EVIL** _bold_ ~~gone~~",
+    "# EVIL heading",
+    "> EVIL quote",
+    ":red[EVIL] :material/warning: :smile: :streamlit:",
+    "$\\frac{EVIL}{2}$ and $$x$$",
+    "http://EVIL.example/path www.EVIL.example EVIL@mail.example",
+    "<https://EVIL.example>",
+    "`EVIL` ``` fence `` tick",
+    "line one\n\n[EVIL](http://evil.example)",
+    "[ref]: http://EVIL.example\n\n[ref]",
+    "| EVIL | b |\n|---|---|\n| 1 | 2 |",
+    '=HYPERLINK("http://EVIL.example","click")',
+    "\\[EVIL\\](http://evil.example)",
+    "EVIL\r\n- item\n* item\n    indented code",
+    "EVIL\u2028[x](http://evil.example) \x00\x1b[31m",
+]
+MARKDOWN_NODES = ("markdown", "caption", "latex", "title", "header", "subheader", "error", "warning", "info",
+                  "success", "exception", "toast")
+
+
+def _nodes(node):
+    yield node
+    children = getattr(node, "children", None)
+    if isinstance(children, dict):
+        for child in children.values():
+            yield from _nodes(child)
+
+
+def _split_code_spans(text: str) -> tuple[str, list[str]]:
+    """``text`` without its CommonMark code spans (a run of n backticks up to the next run of exactly n), and the
+    spans' contents."""
+    outside: list[str] = []
+    spans: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] != "`":
+            outside.append(text[i])
+            i += 1
+            continue
+        j = i
+        while j < len(text) and text[j] == "`":
+            j += 1
+        k, close = j, -1
+        while k < len(text):
+            if text[k] != "`":
+                k += 1
+                continue
+            m = k
+            while m < len(text) and text[m] == "`":
+                m += 1
+            if m - k == j - i:
+                close = k
+                break
+            k = m
+        if close < 0:
+            outside.append(text[i:j])
+            i = j
+            continue
+        spans.append(text[j:close])
+        i = close + (j - i)
+    return "".join(outside), spans
+
+
+def test_code_span_splitter_follows_commonmark():
+    assert _split_code_spans("a `b` c") == ("a  c", ["b"])
+    assert _split_code_spans("x ``a ` b`` y `z") == ("x  y `z", ["a ` b"])
+    for payload in PAYLOADS:  # md_literal always makes one span holding the whole text, without line breaks
+        outside, spans = _split_code_spans(f"prefix {md_literal(payload)} suffix")
+        assert outside == "prefix  suffix" and len(spans) == 1 and "EVIL" in spans[0]
+        assert not any(c in spans[0] for c in "\n\r\x00\u2028")
+
+
+def _assert_inert(at: AppTest, marker: str = "EVIL") -> int:
+    """No Markdown element, widget label or tooltip shows ``marker`` outside a code span (so no link, image, HTML,
+    heading... made of user-controlled text); no code span holds a line break. Returns how many texts it checked."""
+    assert not at.exception, [e.value for e in at.exception]
+    checked = 0
+    for node in _nodes(at._tree):
+        texts = [str(node.value)] if getattr(node, "type", None) in MARKDOWN_NODES else []
+        for attribute in ("label", "help", "caption"):
+            value = getattr(node, attribute, None)
+            if isinstance(value, str):
+                texts.append(value)
+        for text in texts:
+            outside, spans = _split_code_spans(text)
+            assert marker.lower() not in outside.lower(), f"rendered as Markdown: {text!r}"
+            assert not any("\n" in span or "\r" in span for span in spans), text
+            checked += 1
+    return checked
+
+
+def _literal_texts(at: AppTest) -> list[str]:
+    """What the page shows as plain text: st.text, st.code, st.json, dataframes and select box options."""
+    shown = [t.value for t in at.text] + [c.value for c in at.code] + [j.value for j in at.json]
+    for frame in at.dataframe:
+        shown.extend(str(v) for v in frame.value.to_numpy().ravel())
+    for box in at.selectbox:
+        shown.extend(str(o) for o in box.options)
+    return shown
+
+
+def _images(at: AppTest) -> list:
+    return list(at.get("imgs")) + list(at.get("image"))
+
+
+def _hostile_history(at: AppTest) -> dict[str, tuple[int, int]]:
+    """Per payload: a failed run (its image path is a real data-root image; PathError on every other row) and an
+    "analysed" run whose names, paths and model are the payload."""
+    from core.history import HistoryStore
+
+    store = HistoryStore(at.settings.history_db)
+    rows = {}
+    for i, payload in enumerate(PAYLOADS):
+        failed = store.add({"source": "api", "img_name": payload, "task": "classification",
+                            "img_path_relative": "classification/BUSI/imgs/cls_0.png", "dataset_name": payload,
+                            "organ": payload, "error": payload,
+                            "error_type": "PathError" if i % 2 == 0 else f"<b>EVIL</b>Error{i}"})
+        opened = store.add({"source": "dashboard", "img_name": payload, "img_path_relative": payload,
+                            "task": "segmentation" if i % 2 else "classification", "dataset_name": payload,
+                            "organ": payload, "model_name": payload, "label_name": payload, "mask_path": payload,
+                            "device": payload, "batch_id": payload})
+        rows[payload] = (failed, opened)
+    store.close()
+    return rows
+
+
+def _spy_run_image(monkeypatch) -> list[int]:
+    from core.service import AnalysisService
+
+    calls: list[int] = []
+    original = AnalysisService.run_image
+
+    def spy(self, run_id: int):
+        calls.append(int(run_id))
+        return original(self, run_id)
+
+    monkeypatch.setattr(AnalysisService, "run_image", spy)
+    return calls
+
+
+def test_history_shows_hostile_rows_as_literal_text(app, monkeypatch):
+    rows = _hostile_history(app)
+    opened = _spy_run_image(monkeypatch)
+    app.switch_page("pages/history.py").run()
+    assert _assert_inert(app)
+    table = app.dataframe[0].value
+    for column in ("img_name", "dataset_name", "organ", "error", "img_path_relative", "model_name"):
+        assert set(PAYLOADS) <= set(table[column].dropna()), column  # every payload, literally, in the table
+    options = app.selectbox(key="h_reopen").options
+    assert all(any(payload in option for option in options) for payload in PAYLOADS)
+    for payload, (failed, analysed) in rows.items():
+        app.selectbox(key="h_reopen").set_value(failed).run()
+        _assert_inert(app)
+        assert any(t.endswith(f": {payload}") for t in (x.value for x in app.text)), payload  # the error, literally
+        assert i18n.t("run_failed", "zh") in [i.value for i in app.info]
+        assert not _images(app), "a failed run's file was re-opened"
+        app.selectbox(key="h_reopen").set_value(analysed).run()
+        _assert_inert(app)
+        warnings = [w.value for w in app.warning if w.value != i18n.t("demo_banner", "zh")]
+        assert warnings and warnings[0].startswith(i18n.t("reopen_unavailable", "zh", message=""))
+        assert not _images(app)  # the payload is no file of the data root or the workspace
+    failed_ids = {failed for failed, _ in rows.values()}
+    assert opened and not failed_ids & set(opened), "run_image was called for a failed run"
+
+
+def test_history_filters_with_hostile_values(app):
+    _hostile_history(app)
+    app.switch_page("pages/history.py").run()
+    for payload in PAYLOADS[:6]:
+        app.selectbox(key="h_dataset").set_value(payload).run()
+        _assert_inert(app)
+        assert any(i18n.t("rows", "zh", n=2) == c.value for c in app.caption)
+    app.selectbox(key="h_dataset").set_value("").run()
+    app.text_input(key="h_name").input("<script>").run()
+    _assert_inert(app)
+    assert any(i18n.t("rows", "zh", n=2) == c.value for c in app.caption)
+
+
+def _history_row(at: AppTest, **fields) -> int:
+    from core.history import HistoryStore
+
+    store = HistoryStore(at.settings.history_db)
+    run_id = store.add({"source": "api", "img_name": "x.png", **fields})
+    store.close()
+    return run_id
+
+
+def _reopen(at: AppTest, run_id: int) -> AppTest:
+    at.switch_page("pages/history.py").run()
+    at.selectbox(key="h_reopen").set_value(run_id).run()
+    _assert_inert(at)
+    return at
+
+
+@pytest.mark.parametrize("where", ["text file", "empty file", "truncated png", "directory", "symlink out",
+                                   "absolute outside", "dotdot", "api_in dotdot", "workspace file", "nul byte"])
+def test_reopening_a_run_reads_only_images_of_the_data_root_and_workspace(app, tmp_path, where):
+    root = app.settings.data_root
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(_png((20, 20)))
+    folder = root / "classification" / "BUSI" / "imgs"
+    targets = {"text file": "notes.png", "empty file": "empty.png", "truncated png": "cut.png",
+               "directory": "adir.png", "symlink out": "link.png"}
+    (folder / "notes.png").write_text("not an image, just text")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "cut.png").write_bytes(_png((40, 30))[:60])
+    (folder / "adir.png").mkdir()
+    (folder / "link.png").symlink_to(outside)
+    relative = {**{k: f"classification/BUSI/imgs/{v}" for k, v in targets.items()},
+                "absolute outside": str(outside), "dotdot": "../outside.png",
+                "api_in dotdot": "api_in/../../outside.png", "workspace file": "history.sqlite3",
+                "nul byte": "classification/BUSI/imgs/cls_0.png\x00.txt"}[where]
+    run_id = _history_row(app, task="classification", dataset_name="BUSI", img_path_relative=relative)
+    _reopen(app, run_id)
+    warnings = [w.value for w in app.warning if w.value != i18n.t("demo_banner", "zh")]
+    assert warnings and warnings[0].startswith(i18n.t("reopen_unavailable", "zh", message=""))
+    assert not _images(app)
+    for text in warnings:  # no server folder in the message
+        assert str(tmp_path) not in text and str(root) not in text
+
+
+def test_reopening_a_segmentation_run_with_a_mask_outside_the_workspace_shows_only_the_image(app, tmp_path):
+    outside = tmp_path / "mask.png"
+    Image.new("L", (64, 48), 255).save(outside)
+    run_id = _history_row(app, task="segmentation", dataset_name="DDTI", mask_path=str(outside),
+                          img_path_relative="classification/BUSI/imgs/cls_0.png")
+    _reopen(app, run_id)
+    assert len(_images(app)) == 1  # the image, without an overlay
+    assert any(w.value.startswith(i18n.t("reopen_unavailable", "zh", message="")) for w in app.warning)
+
+
+@pytest.mark.parametrize("payload", PAYLOADS[::2])
+def test_analyze_shows_a_hostile_upload_name_inert(app, payload):
+    _choose(app, "segmentation", "thyroid", "DDTI")
+    app.radio(key="source").set_value("upload").run()
+    name = payload.replace("\x00", "") + ".png"  # Streamlit itself refuses NUL in file names
+    app.file_uploader(key="upload").upload(name, _png((40, 30)), "image/png").run()
+    _assert_inert(app)
+    current = [c.value for c in app.caption if c.value.startswith(i18n.t("current_image", "zh", name="", w=0, h=0)[:4])]
+    assert current and "EVIL" in current[0]
+    app.button(key="run").click().run()
+    _ok(app)
+    _assert_inert(app)
+    rows = _runs(app)
+    assert len(rows) == 1 and rows[0]["error"] is None
+
+
+@pytest.mark.parametrize("payload", PAYLOADS[1::2])
+def test_analyze_shows_a_hostile_name_of_a_broken_upload_inert(app, payload):
+    app.radio(key="source").set_value("upload").run()
+    name = payload.replace("\x00", "") + ".png"
+    app.file_uploader(key="upload").upload(name, b"EVIL <script> not an image", "image/png").run()
+    _assert_inert(app)
+    assert app.error and app.error[0].value.startswith(i18n.t("image_error", "zh", message=""))
+
+
+def test_batch_names_hostile_uploads_inert(app):
+    files = [(f"{p}.png".replace("\x00", ""), b"broken " + p.encode(), "image/png") for p in PAYLOADS[:6]]
+    files.append(("good.png", _png((40, 30)), "image/png"))
+    _batch_uploads(app, "segmentation", "DDTI", files)
+    _assert_inert(app)
+    assert len([e for e in app.error if e.value.startswith(i18n.t("image_error", "zh", message=""))]) == 6
+    assert any(i18n.t("batch_done", "zh", n=1, sec=0).split("，")[0] in s.value for s in app.success)
+
+
+def _write_json(path: Path, entries) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(entries), encoding="utf-8")
+    return path
+
+
+def test_batch_json_choices_are_the_json_files_under_the_data_root(app, tmp_path):
+    root = app.settings.data_root
+    truth = json.loads((root / "ground_truth.json").read_text())
+    _write_json(root / "sub" / "ground_truth.json", truth[:2])
+    _write_json(root / "a" / "b" / "deep.json", truth[:1])
+    _write_json(root / "a" / "b" / "c" / "too_deep.json", truth)  # depth 4
+    _write_json(root / ".hidden" / "x.json", truth)
+    (root / "notes.txt").write_text("[]")
+    elsewhere = _write_json(tmp_path / "elsewhere" / "secret.json", truth)
+    (root / "link.json").symlink_to(elsewhere)
+    (root / "linked_dir").symlink_to(elsewhere.parent, target_is_directory=True)
+    app.switch_page("pages/batch.py").run()
+    app.radio(key="b_source").set_value("json").run()
+    _ok(app)
+    box = app.selectbox(key="b_json_file")
+    assert box.options == ["ground_truth.json", "sub/ground_truth.json", "a/b/deep.json"]
+    assert not app.text_input
+    box.set_value("sub/ground_truth.json").run()
+    app.button(key="b_run_json").click().run()
+    _ok(app)
+    assert any(i18n.t("batch_done", "zh", n=2, sec=0).split("，")[0] in s.value for s in app.success)
+
+
+def test_batch_json_can_be_uploaded(app):
+    truth = json.loads((app.settings.data_root / "ground_truth.json").read_text())
+    app.switch_page("pages/batch.py").run()
+    app.radio(key="b_source").set_value("json").run()
+    app.file_uploader(key="b_json_upload").upload("mine.json", json.dumps({"data": truth[:3]}).encode(),
+                                                  "application/json").run()
+    app.button(key="b_run_json").click().run()
+    _ok(app)
+    assert any(i18n.t("batch_done", "zh", n=3, sec=0).split("，")[0] in s.value for s in app.success)
+    assert {r["source"] for r in _runs(app)} == {"batch"} and len(_runs(app)) == 3
+
+
+@pytest.mark.parametrize("data", [b"{", b"\xff\xfe\x00EVIL", b"42", b'"EVIL string"', b'{"data": 5}', b"[]",
+                                  b"[1, 2, 3]", b"[" * 100_000 + b"]" * 100_000, b'{"EVIL": "<script>"}',
+                                  b"[{\"img_path_relative\": 1"])
+def test_a_hostile_uploaded_json_is_refused_with_a_message(app, data):
+    app.switch_page("pages/batch.py").run()
+    app.radio(key="b_source").set_value("json").run()
+    app.file_uploader(key="b_json_upload").upload("evil.json", data, "application/json").run()
+    app.button(key="b_run_json").click().run()
+    _assert_inert(app)
+    shown = [m.value for m in [*app.error, *app.warning]]
+    assert any(m.startswith(i18n.t("batch_json_error", "zh", message="")) for m in shown), shown
+    assert not app.success and not _runs(app)
+
+
+def test_batch_json_entries_that_leave_the_data_root_are_refused_and_never_reopened(app, tmp_path, monkeypatch):
+    root = app.settings.data_root
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(_png((30, 30)))
+    (root / "classification" / "BUSI" / "imgs" / "link.png").symlink_to(secret)
+    (root / "classification" / "BUSI" / "imgs" / "notes.png").write_text("EVIL text")
+    base = {"task": "classification", "dataset_name": "BUSI", "organ": "Breast"}
+    entries = [{**base, "img_path_relative": rel} for rel in
+               ("../secret.png", str(secret), "api_in/../../secret.png", "classification/BUSI/imgs/link.png",
+                "classification/../../secret.png")]
+    entries.append({**base, "img_path_relative": "classification/BUSI/imgs/notes.png"})  # not an image
+    entries.append({**base, "dataset_name": "[EVIL](javascript:alert(1))",
+                    "img_path_relative": "classification/BUSI/imgs/cls_0.png"})
+    entries.append({**base, "img_path_relative": "classification/BUSI/imgs/cls_1.png"})  # the one good entry
+    _write_json(root / "hostile" / "ground_truth.json", entries)
+    app.switch_page("pages/batch.py").run()
+    app.radio(key="b_source").set_value("json").run()
+    app.selectbox(key="b_json_file").set_value("hostile/ground_truth.json").run()
+    app.button(key="b_run_json").click().run()
+    _assert_inert(app)
+    assert any(i18n.t("batch_done", "zh", n=len(entries), sec=0).split("，")[0] in s.value for s in app.success)
+    rows = {r["img_path_relative"]: r for r in _runs(app)}
+    for entry in entries[:5]:
+        row = rows[entry["img_path_relative"]]
+        assert row["error_type"] == "PathError" and row["input_sha256"] is None  # recorded, never read
+    assert rows["classification/BUSI/imgs/notes.png"]["error_type"] == "ImageError"
+    assert rows["classification/BUSI/imgs/cls_1.png"]["error"] is None
+    opened = _spy_run_image(monkeypatch)
+    app.switch_page("pages/history.py").run()
+    for row in rows.values():
+        app.selectbox(key="h_reopen").set_value(row["id"]).run()
+        _assert_inert(app)
+    assert set(opened) == {rows["classification/BUSI/imgs/cls_1.png"]["id"]}  # only the good run's image was read
+
+
+# ------------------------------------------------------------------ models: error texts never name server folders
+BROKEN_MANIFESTS = {
+    "missing": None,
+    "not json": "{ not json",
+    "not a list": '{"models": 5}',
+    "entry lacks fields": '[{"name": "x"}]',
+    "weights elsewhere": '[{"name": "x", "arch": "torchscript", "file": "OUTSIDE/deep/x.ts", "input_size": 32}]',
+    "weights missing": '[{"name": "x", "arch": "torchscript", "file": "sub/x.ts", "input_size": 32}]',
+    "unknown arch": '[{"name": "x", "arch": "EVIL<script>", "file": "x.ts", "input_size": 32}]',
+    "empty weights": '[{"name": "x", "arch": "torchscript", "file": "empty.ts", "input_size": 32}]',
+}
+
+
+def _broken_weights(tmp_path: Path, kind: str) -> Path:
+    weights = tmp_path / "broken_weights" / "deep folder"
+    weights.mkdir(parents=True)
+    (weights / "empty.ts").write_bytes(b"")
+    text = BROKEN_MANIFESTS[kind]
+    if text is not None:
+        (weights / "models.json").write_text(text.replace("OUTSIDE", str(tmp_path / "elsewhere")))
+    return weights
+
+
+@pytest.mark.parametrize("kind", list(BROKEN_MANIFESTS))
+def test_models_page_errors_name_no_server_folder(dashboard_env, tmp_path, monkeypatch, kind):
+    weights = _broken_weights(tmp_path, kind)
+    monkeypatch.setenv("UUSIC_WEIGHTS_DIR", str(weights))
+    at = AppTest.from_file(HOME, default_timeout=120).run()
+    at.switch_page("pages/models.py").run()
+    _assert_inert(at)
+    messages = [m.value for m in [*at.error, *at.warning, *at.info, *at.text, *at.caption]]
+    assert any(m.startswith(i18n.t("weights_error", "zh", message="")) for m in messages), messages
+    for message in messages:
+        assert str(tmp_path) not in message and "broken_weights" not in message and "deep folder" not in message
+    tables = [str(t.value.values) for t in at.table]  # the deliberate admin view keeps the paths
+    assert any(str(weights) in table for table in tables)
+
+
+@pytest.mark.parametrize("kind", list(BROKEN_MANIFESTS))
+def test_api_models_and_health_name_no_server_folder(tiny_settings, tmp_path, kind):
+    from fastapi.testclient import TestClient
+
+    from core.api import create_app
+
+    settings = tiny_settings.model_copy(update={"weights_dir": _broken_weights(tmp_path, kind)})
+    with TestClient(create_app(settings)) as client:
+        client.post("/v1/predict", json={"img_path_relative": "classification/BUSI/imgs/cls_0.png",
+                                         "task": "classification", "dataset_name": "BUSI"})
+        for route in ("/v1/models", "/healthz", "/v1/datasets"):
+            body = client.get(route).text
+            assert str(tmp_path) not in body and "broken_weights" not in body, (route, body)
+        answer = client.post("/v1/predict", json={"img_path_relative": "classification/BUSI/imgs/cls_0.png",
+                                                  "task": "classification", "dataset_name": "BUSI"})
+        assert answer.status_code >= 400 and str(tmp_path) not in answer.text
+
+
+PUBLIC_CASES = [
+    ("model manifest {W}/models.json not found", "model manifest models.json not found"),
+    ("weights file {W}/sub/x.ts for model 'x' is missing", "weights file sub/x.ts for model 'x' is missing"),
+    ("weights file /opt/other/dir/x.ts is missing", "weights file x.ts is missing"),
+    ("weights file '/opt/other dir/x.ts' is empty", "weights file 'x.ts' is empty"),
+    ('cannot load "/srv/a b/c/model.pt"', 'cannot load "model.pt"'),
+    ("the folder {W} is empty", "the folder … is empty"),
+    ("workspace {S}/history.sqlite3 locked", "workspace history.sqlite3 locked"),
+    ("data root {D}/classification/x.png", "data root classification/x.png"),
+    ("C:\\models\\deep\\x.ts is missing", "x.ts is missing"),
+    ("see http://example.org/a/b/c for help", "see http://example.org/a/b/c for help"),
+    ("no model named 'x'; known: a, b", "no model named 'x'; known: a, b"),
+    ("the model manifest lists no models", "the model manifest lists no models"),
+]
+
+
+@pytest.mark.parametrize(("message", "public"), PUBLIC_CASES)
+def test_model_pool_messages_keep_file_names_only(tiny_settings, message, public):
+    from core.routing import ModelPool
+
+    folders = {"W": str(tiny_settings.weights_dir), "S": str(tiny_settings.workspace),
+               "D": str(tiny_settings.data_root)}
+    assert ModelPool(tiny_settings)._public(message.format(**folders)) == public.format(**folders)
