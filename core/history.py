@@ -465,13 +465,31 @@ class HistoryStore:
 
     @staticmethod
     def to_csv(rows: Rows) -> str:
-        """CSV text of ``rows`` (the store's columns first, then any others); lists and dicts as JSON."""
-        extra = sorted({k for r in rows for k in r} - set(COLUMN_NAMES))
+        """CSV text of ``rows`` (the store's columns first, then any others); lists and dicts as JSON.
+
+        The one CSV writer of the history (API ``/v1/history.csv``, the dashboard's export). Safe to open in a
+        spreadsheet: a cell (header included) that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+        return gets a leading ``'`` so it is never run as a formula; numbers (``-1.5``, ``+3``, ``-2e-3``, as
+        numbers or as text) stay numbers."""
+        number = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+        formula_start = ("=", "+", "-", "@", "\t", "\r")
+
+        def cell(value: Any) -> Any:
+            if value is None or isinstance(value, int) or (isinstance(value, float) and abs(value) < float("inf")):
+                return value  # numbers (and booleans) as they are; NaN and infinities go on as text
+            text = (_json(value) or "") if isinstance(value, (list, dict, tuple)) else str(value)
+            if text.startswith(formula_start) and not number.fullmatch(text):
+                return "'" + text
+            return text
+
+        extra = sorted({str(k) for r in rows for k in r} - set(COLUMN_NAMES))
+        fields = [*COLUMN_NAMES, *extra]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=[*COLUMN_NAMES, *extra], extrasaction="ignore")
-        writer.writeheader()
+        writer = csv.writer(buffer)
+        writer.writerow([cell(name) for name in fields])
         for row in rows:
-            writer.writerow({k: (_json(v) if isinstance(v, (list, dict, tuple)) else v) for k, v in row.items()})
+            values = {str(k): v for k, v in row.items()}
+            writer.writerow([cell(values.get(name)) for name in fields])
         return buffer.getvalue()
 
 
