@@ -58,6 +58,13 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", dest="record", action="store_true", default=None,
                    help="record every image in the history (default: UUSIC_RECORD_CLI, off)")
     p.add_argument("--no-record", dest="record", action="store_false", help="do not record in the history")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: Ray Data over a local Ray or the cluster at --address "
+                        "(needs requirements-cluster.txt; see docs/DEPLOY.md)")
+    ray = p.add_argument_group("--backend ray")
+    ray.add_argument("--address", default=None, help="join the Ray cluster at ADDR; default: start a local Ray")
+    ray.add_argument("--concurrency", type=int, default=1, help="engine actors, one loaded model each (default 1)")
+    ray.add_argument("--num-gpus-per-worker", type=float, default=0.0, help="GPUs per engine actor (default 0)")
     return p
 
 
@@ -82,6 +89,14 @@ def _build_service(args: argparse.Namespace):
     if args.arch:
         spec = registry.adhoc_spec(args.arch, args.weights, input_size=args.input_size,
                                    preprocessing=args.preprocessing)
+    if getattr(args, "backend", "local") == "ray":  # the same service, its stages on Ray Data (core.cluster.batch)
+        from core.cluster import import_ray
+
+        import_ray()
+        from core.cluster.batch import build_service
+
+        return build_service(settings, args.model, spec, mask_inverse=args.mask_resize, address=args.address,
+                             concurrency=args.concurrency, num_gpus=args.num_gpus_per_worker, threads=args.threads)
     engine = Engine(settings, args.model, spec=spec, mask_inverse=args.mask_resize, measurements=False)
     return AnalysisService(settings, engine=engine)
 

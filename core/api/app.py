@@ -28,7 +28,11 @@ from core.settings import Settings
 from core.api.routers import compat, files, history, inference, system
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from core.engine import Engine
+
+    Predictor = Callable[[Any], Awaitable[Any]]
 
 log = logging.getLogger("uusic.api")
 OPEN_PATHS = {"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
@@ -106,11 +110,13 @@ def _install_handlers(app: FastAPI, settings: Settings) -> None:
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None, *,
                service: AnalysisService | None = None, preload: bool = False,
-               micro_batch: bool | None = None) -> FastAPI:
+               micro_batch: bool | None = None, predictor: Predictor | None = None) -> FastAPI:
     """The FastAPI app over ``service`` (default: a new :class:`AnalysisService` for ``settings``).
 
     ``engine``: an already loaded engine to serve; ``micro_batch``: group concurrent requests into one forward pass
-    (``None``: ``UUSIC_MICRO_BATCH``, whose ``auto`` means only when the model is on CUDA).
+    (``None``: ``UUSIC_MICRO_BATCH``, whose ``auto`` means only when the model is on CUDA); ``predictor``: an async
+    callable that answers ``POST /v1/predict`` bodies instead of the route's own call to the service (a Ray Serve
+    replica's batched method, :mod:`core.cluster.serve`); None for the plain server.
     """
     if service is None:
         service = AnalysisService(settings or Settings.from_env(), engine=engine, micro_batch=micro_batch)
@@ -127,6 +133,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
 
     app = FastAPI(title="UUSIC Viewer inference API", version="2.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.service, app.state.settings, app.state.limiter = service, settings, None
+    app.state.predictor = predictor
     _install_handlers(app, settings)
     app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
                        allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Authorization", "Content-Type"])
@@ -145,7 +152,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", choices=["auto", "on", "off"], default=None,
                         help="group concurrent requests into one forward pass (default: UUSIC_MICRO_BATCH, auto: "
                              "on CUDA only)")
+    parser.add_argument("--backend", choices=["local", "ray"], default="local",
+                        help="local: this process (uvicorn, default); ray: a Ray Serve deployment (needs "
+                             "requirements-cluster.txt, see docs/DEPLOY.md)")
+    ray_options = parser.add_argument_group("--backend ray")
+    ray_options.add_argument("--address", default=None,
+                             help="join the Ray cluster at ADDR (e.g. head-host:6379); default: start a local Ray")
+    ray_options.add_argument("--replicas", default=None,
+                             help="replicas, one loaded model each: N, or MIN-MAX to let Ray Serve add and remove "
+                                  "replicas with the load (default 1)")
+    ray_options.add_argument("--num-gpus-per-replica", type=float, default=None, help="GPUs per replica (default 0)")
+    ray_options.add_argument("--num-cpus-per-replica", type=float, default=None, help="CPUs per replica (default 1)")
     args = parser.parse_args(argv)
+    if args.backend == "ray":
+        return _serve_on_ray(args)
+    given = [flag for flag, value in (("--address", args.address), ("--replicas", args.replicas),
+                                      ("--num-gpus-per-replica", args.num_gpus_per_replica),
+                                      ("--num-cpus-per-replica", args.num_cpus_per_replica)) if value is not None]
+    if given:
+        parser.error(f"{', '.join(given)} only go with --backend ray")
     import uvicorn
 
     if args.threads:
@@ -161,3 +186,30 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
+
+
+def _serve_on_ray(args: argparse.Namespace) -> int:
+    """``serve --backend ray``: the same app in the replicas of a Ray Serve deployment (:mod:`core.cluster.serve`)."""
+    from core.cluster import import_ray, parse_replicas
+
+    args.num_gpus_per_replica = args.num_gpus_per_replica or 0.0
+    args.num_cpus_per_replica = args.num_cpus_per_replica or 1.0
+    try:
+        import_ray()
+        args.replicas = parse_replicas(args.replicas)
+        if args.num_gpus_per_replica < 0 or args.num_cpus_per_replica <= 0:
+            raise RequestError("--num-gpus-per-replica must be >= 0 and --num-cpus-per-replica > 0")
+    except UUSICError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    from core.cluster.serve import serve_main
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        if args.micro_batch:
+            settings = settings.with_(micro_batch=args.micro_batch)
+    except UUSICError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    return serve_main(args, settings)

@@ -51,6 +51,9 @@ def predict_one(service: AnalysisService, body: Any) -> dict:
                                             "content": {"application/json": {"schema": REQUEST_SCHEMA}}}})
 async def predict(request: Request, service: ServiceDep) -> Any:
     body = await read_json(request)
+    predictor = getattr(request.app.state, "predictor", None)  # a Ray Serve replica batches calls (core.cluster)
+    if predictor is not None:
+        return await predictor(body)
     return await in_worker(request, predict_one, service, body)
 
 

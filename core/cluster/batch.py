@@ -1,0 +1,218 @@
+"""``python -m core predict --backend ray``: the batch CLI's analysis over Ray Data.
+
+The driver runs the one service's :meth:`AnalysisService.analyze_batch` (validation, "no model for this dataset",
+progress, one history row per image with ``--record``, :class:`BatchResult`); only the stages of the runnable images
+go to Ray, as a pipeline over chunks of ``--batch-size`` images, in input order — the chunks the local backend
+forwards together, so the outputs are the same:
+
+1. decode + preprocess: parallel Ray tasks (:func:`prepare_chunk`, the engine's ``prepare`` stage, no model);
+2. forward + finish (probabilities, masks written to ``--output-dir``): ``map_batches`` over a pool of
+   ``--concurrency`` engine actors (:class:`EngineWorker`, one loaded model each, ``--num-gpus-per-worker``).
+
+The driver then writes ``classification.json`` with :func:`core.service.write_classification_json`, as the local
+backend does. The output folder, the input folder and the weights must be paths every node mounts.
+One difference from the local backend: an image that cannot be decoded leaves its chunk one image short, where the
+local backend moves the next image up; the images after it then share forward passes with other neighbours, so
+their probabilities may differ from the local run's in the last bits (a mask pixel only at an exact 0.5 tie).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from core import catalog
+from core.cluster import ClusterError, connect, import_ray
+from core.engine import Engine, Prepared
+from core.errors import error_body, error_from_body
+from core.models import registry
+from core.models.base import ModelSpec
+from core.response import AnalysisFailure, BatchItem
+from core.routing import max_batch
+from core.schema import PredictRequest
+from core.service import AnalysisService, BatchResult
+from core.settings import Settings
+
+Keep = Callable[[int, BatchItem], None]
+ENGINE_MEMORY_BYTES = 1 << 30  # what Ray reserves per engine actor (torch + one model, CPU side)
+
+
+class RemoteEngine(Engine):
+    """The engine as the driver and the decode tasks see it: the spec, the settings and the ``prepare`` stage,
+    without the model (that is loaded in the :class:`EngineWorker` actors)."""
+
+    def __init__(self, settings: Settings, spec: ModelSpec, *, sha256: str, mask_inverse: str = "exact",
+                 label: str = "Ray"):
+        self.settings, self.spec, self.sha256, self.mask_inverse = settings, spec, sha256, mask_inverse
+        self.measurements = False
+        self.device = torch.device("cpu")
+        self.device_name = label
+        self.amp = False
+        self._served = catalog.served_keys(spec.datasets)
+
+    def serves(self, task: str, dataset_name: str) -> bool:
+        return catalog.serves(self._served, task, dataset_name)
+
+    def model_info(self) -> dict:
+        return {"name": self.spec.name, "arch": self.spec.arch, "file": Path(self.spec.file).name,
+                "sha256": self.sha256, "device": self.settings.device, "device_name": self.device_name,
+                "input_size": self.spec.input_size, "preprocessing": self.spec.preprocessing,
+                "mask_inverse": self.mask_inverse, "datasets": [list(k) for k in catalog.served_datasets(self._served)],
+                "description": self.spec.description}
+
+    def forward(self, batch: list[Prepared]) -> Any:
+        raise NotImplementedError("the model runs in the Ray engine actors (core.cluster.batch.EngineWorker)")
+
+
+def _slim(prepared: Prepared) -> Prepared:
+    """``prepared`` without the decoded pixels (the forward pass needs only the model input, ``finish`` only the
+    image's size and metadata): a zero-byte ``H x W x 0`` array keeps the width and height."""
+    image = prepared.image
+    empty = np.empty((image.height, image.width, 0), dtype=np.uint8)
+    return dataclasses.replace(prepared, image=dataclasses.replace(image, rgb=empty))
+
+
+def prepare_chunk(row: dict[str, Any], *, engine: RemoteEngine, input_dir: Path | None) -> dict[str, Any]:
+    """Ray task: decode and preprocess one chunk; each image becomes ``(index, "prepared", Prepared)`` or
+    ``(index, "error", error body)``."""
+    torch.set_num_threads(1)
+    out: list[tuple[int, str, Any]] = []
+    for index, request in pickle.loads(row["payload"]):
+        try:
+            out.append((index, "prepared", _slim(engine.prepare(request, input_dir=input_dir))))
+        except Exception as exc:  # noqa: BLE001 - reported per image
+            out.append((index, "error", error_body(exc)))
+    return {"payload": pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)}
+
+
+class EngineWorker:
+    """Ray actor (``map_batches`` callable class): one loaded model; per chunk one forward pass over its prepared
+    images, then the engine's ``finish`` stage (probabilities, mask PNG under ``output_dir``)."""
+
+    def __init__(self, settings: Settings, spec: ModelSpec, *, mask_inverse: str, output_dir: str,
+                 threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.engine = Engine(settings, spec=spec, mask_inverse=mask_inverse, measurements=False)
+        self.output_dir = Path(output_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"payload": np.array([self._chunk(payload) for payload in batch["payload"]], dtype=object)}
+
+    def _chunk(self, payload: bytes) -> bytes:
+        items = pickle.loads(payload)
+        out = [(index, "error", value) for index, kind, value in items if kind == "error"]
+        ready = [(index, value) for index, kind, value in items if kind == "prepared"]
+        if ready:
+            try:
+                outputs, seconds, gpu = self.engine.forward([prepared for _, prepared in ready])
+            except Exception as exc:  # noqa: BLE001 - every image of the chunk gets the error
+                out += [(index, "error", error_body(exc)) for index, _ in ready]
+            else:
+                share = seconds / len(ready)
+                for (index, prepared), raw in zip(ready, outputs, strict=True):
+                    try:
+                        response = self.engine.finish(prepared, raw, output_dir=self.output_dir, forward_sec=share,
+                                                      gpu=gpu)
+                    except Exception as exc:  # noqa: BLE001 - reported per image
+                        out.append((index, "error", error_body(exc)))
+                    else:
+                        out.append((index, "ok", response))
+        return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class RayBatchService(AnalysisService):
+    """The analysis service whose batches run their stages on Ray (see the module docstring)."""
+
+    def __init__(self, settings: Settings, engine: RemoteEngine, *, address: str | None = None,
+                 concurrency: int = 1, num_gpus: float = 0.0, threads: int | None = None):
+        super().__init__(settings, engine=engine)
+        self.remote = engine
+        self.address, self.concurrency, self.num_gpus, self.threads = address, max(1, concurrency), num_gpus, threads
+        self._started = False
+
+    def connect(self) -> None:
+        """Join ``address`` or start a local Ray, unless this process is already connected (then it stays so)."""
+        self._started = connect(self.address) or self._started
+
+    def close(self) -> None:
+        """Stop the Ray this service started (a connection made by someone else is left open)."""
+        if self._started:
+            import_ray().shutdown()
+            self._started = False
+
+    def analyze_batch(self, requests: Any, *, source: str, output_dir: Path | None = None,
+                      input_dir: Path | None = None, batch_size: int = 8, progress: Any = None,
+                      workers: int = 2, record: bool = True, model: str | None = None) -> BatchResult:
+        """:meth:`AnalysisService.analyze_batch` on Ray (connected first if need be, the Ray it started stopped
+        after)."""
+        self.connect()
+        try:
+            return super().analyze_batch(requests, source=source, output_dir=output_dir, input_dir=input_dir,
+                                         batch_size=batch_size, progress=progress, workers=workers, record=record,
+                                         model=model)
+        finally:
+            self.close()
+
+    def _run_group(self, engine: Engine, entries: list, runnable: list[tuple[int, PredictRequest]], keep: Keep,
+                   out_dir: Path, input_dir: Path | None, batch_size: int, workers: int) -> None:
+        ray = import_ray()
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        size = max_batch(engine, batch_size)
+        chunks = [runnable[i:i + size] for i in range(0, len(runnable), size)]
+        if not chunks:
+            return
+        rows = [{"payload": pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)} for chunk in chunks]
+        # an engine actor reserves memory for its model; with resources unlike the decode tasks' it also keeps Ray
+        # Data from fusing those tasks into the actors (decoding would then be serialised with the forward passes)
+        dataset = (
+            ray.data.from_items(rows, override_num_blocks=len(rows))
+            .map(prepare_chunk, fn_kwargs={"engine": self.remote, "input_dir": input_dir}, num_cpus=1)
+            .map_batches(EngineWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=self.concurrency),
+                         num_cpus=1, num_gpus=self.num_gpus or None, memory=ENGINE_MEMORY_BYTES,
+                         fn_constructor_kwargs={"settings": self.settings, "spec": self.remote.spec,
+                                                "mask_inverse": self.remote.mask_inverse,
+                                                "output_dir": str(out_dir), "threads": self.threads or 1})
+        )
+        pending = {index for index, _ in runnable}
+        try:
+            for row in dataset.iter_rows():
+                for index, kind, value in pickle.loads(row["payload"]):
+                    pending.discard(index)
+                    if kind == "ok":
+                        keep(index, self._typed(value))
+                    else:
+                        failure = error_from_body(value, int(value.get("status_code", 500)))
+                        keep(index, AnalysisFailure.from_exception(entries[index], failure))
+        except Exception as exc:  # noqa: BLE001 - the pipeline itself broke (an actor could not load the model...)
+            reason = ClusterError(f"the Ray pipeline failed: {_gist(exc)}")
+            for index in sorted(pending):
+                keep(index, AnalysisFailure.from_exception(entries[index], reason))
+
+
+def _gist(exc: BaseException) -> str:
+    """The gist of a Ray error (its last non-empty line: the exception itself), without the remote traceback."""
+    lines = [line.strip() for line in str(getattr(exc, "message", None) or exc).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
+def build_service(settings: Settings, model: str | None, spec: ModelSpec | None, *, mask_inverse: str,
+                  address: str | None, concurrency: int, num_gpus: float, threads: int | None) -> RayBatchService:
+    """The batch CLI's service for ``--backend ray``: the manifest's ``model`` (or the ad-hoc ``spec``), its weights
+    checked here (sha256) before any Ray work starts."""
+    spec = spec or registry.find_spec(settings, model)
+    sha256 = registry.verify_weights(spec, settings.weights_dir)[1]
+    label = f"Ray ({concurrency} engine actor{'s' if concurrency != 1 else ''}, device {settings.device})"
+    engine = RemoteEngine(settings, spec, sha256=sha256, mask_inverse=mask_inverse, label=label)
+    service = RayBatchService(settings, engine, address=address, concurrency=concurrency, num_gpus=num_gpus,
+                              threads=threads)
+    service.connect()  # a cluster that cannot be reached is an error before any work (exit status 2 at the CLI)
+    return service

@@ -1,0 +1,241 @@
+"""The Ray backends (core.cluster): ``serve --backend ray`` and ``predict --backend ray`` on a two-node local Ray.
+
+One Ray cluster for the module (ray.cluster_utils.Cluster: a head with 2 CPUs and a second node with none, so the
+cluster counts as multi-node and nothing is scheduled on the second node). Checks: the Serve deployment answers as
+the plain server does (same JSON, the one error body, the API key), records each call once in a PostgreSQL history,
+keeps answering while Ray restarts a replica whose process was killed; the SQLite history is refused on more than
+one node; the Ray Data batch writes the same bytes as the local batch CLI on the bundled samples.
+
+Skipped only when Ray is not installed and ``CI`` is unset; with ``CI`` set a missing Ray fails.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.settings import PROJECT_ROOT, Settings
+
+if importlib.util.find_spec("ray") is None and not os.environ.get("CI"):
+    pytest.skip("Ray is not installed (pip install -r requirements-cluster.txt)", allow_module_level=True)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow,
+              pytest.mark.filterwarnings(r"ignore::DeprecationWarning:ray\..*")]
+SAMPLES = PROJECT_ROOT / "samples"
+ENTRIES = json.loads((SAMPLES / "ground_truth.json").read_text())
+API_KEY = "cluster-test-key"
+STABLE = ("task", "dataset_name", "organ", "img_path_relative", "img_name", "prediction", "label_name",
+          "mask_path_relative", "mask_url", "model_name", "model_sha256", "image_width", "image_height",
+          "input_sha256", "device")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray  # with CI set and no Ray this fails the tests instead of skipping them
+    from ray import serve
+    from ray.cluster_utils import Cluster
+
+    from core.cluster import connect
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    cluster.add_node(num_cpus=0)
+    cluster.wait_for_nodes()
+    connect(cluster.address)
+    yield cluster
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """One workspace for the module, so a converted model (the CPU backend's cache) is made once."""
+    return tmp_path_factory.mktemp("cluster_ws")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env(workspace: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UUSIC_")}
+    env.update(UUSIC_WORKSPACE=str(workspace), UUSIC_DATA_ROOT=str(SAMPLES), UUSIC_DEVICE="cpu", **extra)
+    return env
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, seconds: float = 150.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"serve --backend ray exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            health = httpx.get(f"{url}/healthz", timeout=2)
+            if health.status_code == 200 and health.json().get("model_loaded"):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the Ray Serve deployment did not come up in {seconds:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def _pids(url: str, tries: int = 40) -> set[int]:
+    import httpx
+
+    return {httpx.get(f"{url}/healthz", timeout=10).json()["pid"] for _ in range(tries)}
+
+
+def test_serve_on_ray_answers_like_the_plain_server(ray_cluster, workspace: Path, postgres_url: str,
+                                                   tmp_path: Path):
+    import httpx
+    from fastapi.testclient import TestClient
+
+    from core.api import create_app
+    from core.history import HistoryStore
+
+    # the plain server (in-process, SQLite history in the workspace): the reference answers and masks
+    plain_settings = Settings(workspace=workspace, data_root=SAMPLES, device="cpu", api_key=API_KEY)
+    headers = {"X-API-Key": API_KEY}
+    with TestClient(create_app(plain_settings)) as plain:
+        expected = [plain.post("/v1/predict", json=entry, headers=headers) for entry in ENTRIES]
+        bad = {**ENTRIES[0], "dataset_name": "NoSuchDataset"}
+        expected_bad = plain.post("/v1/predict", json=bad, headers=headers)
+    assert all(r.status_code == 200 for r in expected), [r.text for r in expected if r.status_code != 200]
+    plain_masks = {r.json()["mask_path_relative"]: Image.open(io.BytesIO(
+        (plain_settings.api_out / r.json()["mask_path_relative"]).read_bytes())).copy()
+        for r in expected if r.json()["task"] == "segmentation"}
+
+    # the same API on Ray Serve: 2 replicas of 1 CPU and 1 torch thread, PostgreSQL history, joining the cluster
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "core", "serve", "--backend", "ray", "--address", ray_cluster.address,
+             "--replicas", "2", "--threads", "1", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
+            env=_env(workspace, UUSIC_HISTORY_URL=postgres_url, UUSIC_API_KEY=API_KEY))
+    try:
+        _wait_ready(url, proc, log)
+        assert httpx.post(f"{url}/v1/predict", json=ENTRIES[0]).status_code == 401  # the API key still guards
+        with httpx.Client(base_url=url, headers=headers, timeout=120) as client, \
+                concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda entry: client.post("/v1/predict", json=entry), ENTRIES))
+            wrong = client.post("/v1/predict", json=bad)
+        assert [r.status_code for r in answers] == [200] * len(ENTRIES), [r.text for r in answers]
+        for got, want in zip(answers, expected, strict=True):
+            got_body, want_body = got.json(), want.json()
+            assert set(got_body) == set(want_body)
+            assert {k: got_body.get(k) for k in STABLE} == {k: want_body.get(k) for k in STABLE}
+            if want_body["task"] == "classification":
+                assert np.allclose(got_body["probability"], want_body["probability"], atol=1e-5)
+            else:
+                png = httpx.get(f"{url}{got_body['mask_url']}", headers=headers, timeout=30)
+                assert png.status_code == 200
+                mask = np.asarray(Image.open(io.BytesIO(png.content)))
+                assert np.array_equal(mask, np.asarray(plain_masks[want_body["mask_path_relative"]]))
+        assert wrong.status_code == expected_bad.status_code == 422
+        assert wrong.json() == expected_bad.json()
+
+        rows = HistoryStore(postgres_url).list(limit=None)
+        assert sorted(r["img_path_relative"] for r in rows) == sorted(e["img_path_relative"] for e in [*ENTRIES, bad])
+        assert {r["source"] for r in rows} == {"api"} and {r["batch_id"] for r in rows} == {None}
+        assert sorted(r["id"] for r in rows if not r["error_type"]) == sorted(a.json()["run_id"] for a in answers)
+        assert [r["error_type"] for r in rows if r["error_type"]] == ["RequestError"]
+
+        # kill one replica's process: calls keep being answered while Ray starts a new one
+        pids = _pids(url)
+        assert len(pids) == 2, pids
+        victim = min(pids)
+        os.kill(victim, signal.SIGKILL)
+        with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+            after = [client.post("/v1/predict", json=ENTRIES[i % len(ENTRIES)]) for i in range(12)]
+        assert [r.status_code for r in after] == [200] * len(after), [r.text for r in after]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = _pids(url, tries=12)
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"Ray did not restart the killed replica {victim}: {now}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            assert proc.wait(60) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_serve_on_ray_refuses_sqlite_history_on_several_nodes(ray_cluster, workspace: Path, monkeypatch, capsys):
+    from core.cli import main
+
+    for name in [k for k in os.environ if k.startswith("UUSIC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("UUSIC_WORKSPACE", str(workspace))
+    assert main(["serve", "--backend", "ray", "--address", ray_cluster.address, "--replicas", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to serve on a Ray cluster of 2 nodes with the SQLite history" in err
+    assert "UUSIC_HISTORY_URL" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--replicas", "2"])  # a Ray option without --backend ray
+    assert exc.value.code == 2
+
+
+def test_replicas_option_is_a_count_or_a_range():
+    from core.cluster import parse_replicas
+    from core.errors import ConfigError
+
+    assert parse_replicas(None) == (1, 1) and parse_replicas("3") == (3, 3) and parse_replicas("2-6") == (2, 6)
+    for bad in ("0", "6-2", "x", "1-", "-3", "2-x"):
+        with pytest.raises(ConfigError, match="--replicas"):
+            parse_replicas(bad)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_predict_on_ray_data_writes_the_local_backends_bytes(ray_cluster, workspace: Path, postgres_url: str,
+                                                              tmp_path: Path, monkeypatch, capsys):
+    from core.cli import main
+    from core.history import HistoryStore
+
+    for name in [k for k in os.environ if k.startswith("UUSIC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("UUSIC_WORKSPACE", str(workspace))
+    common = ["--input-json", str(SAMPLES / "ground_truth.json"), "--input-dir", str(SAMPLES), "--device", "cpu",
+              "--batch-size", "8", "--threads", "1", "--no-progress"]
+    local, remote = tmp_path / "local", tmp_path / "ray"
+    assert main(["predict", *common, "--output-dir", str(local)]) == 0
+    monkeypatch.setenv("UUSIC_HISTORY_URL", postgres_url)
+    assert main(["predict", *common, "--output-dir", str(remote), "--backend", "ray", "--address",
+                 ray_cluster.address, "--concurrency", "1", "--record"]) == 0
+    out = capsys.readouterr().out
+    assert f"done: {len(ENTRIES)} predicted" in out
+    local_files, ray_files = _tree(local), _tree(remote)
+    assert len(local_files) == 1 + sum(e["task"] == "segmentation" for e in ENTRIES)
+    assert sorted(ray_files) == sorted(local_files)
+    assert [name for name in local_files if local_files[name] != ray_files[name]] == []
+    rows = HistoryStore(postgres_url).list(limit=None)
+    assert len(rows) == len(ENTRIES) and {r["source"] for r in rows} == {"cli"}
+    assert len({r["batch_id"] for r in rows}) == 1 and all(r["model_sha256"] for r in rows)
