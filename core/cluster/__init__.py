@@ -64,7 +64,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
         if address:
             ray.init(address=address, **options)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=dashboard, **options)
+            # "local": always a new Ray of our own, never one another program left running on this machine
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=dashboard,
+                     **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise ClusterError(f"cannot start or join {where}: {exc}") from None
