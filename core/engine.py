@@ -34,7 +34,7 @@ from core.errors import NoModelError, error_body
 from core.files import atomic_save_image
 from core.geometry import CenterCrop, Letterbox, make_transform
 from core.imaging import LoadedImage, load_image
-from core.models import registry
+from core.models import backends, registry
 from core.models.base import ModelSpec
 from core.paths import mask_relative_path, output_path, resolve_input
 from core.resources import GpuMemory, device_label, measure_gpu, process_rss_mb
@@ -114,6 +114,9 @@ class Engine:
         self.model = registry.load_model(self.spec, self.device, weights_dir=self.settings.weights_dir)
         self.sha256 = getattr(self.model, "sha256", None) or registry.verify_weights(
             self.spec, self.settings.weights_dir)[1]
+        # CPU: the backend chosen for this model (converted once, cached on disk; eager torch on fallback or CUDA)
+        self.model, self.backend = backends.apply(self.model, self.spec, self.settings, self.device,
+                                                  sha256=self.sha256)
         self.amp = bool(self.settings.amp and self.device.type == "cuda")
         self.device_name = device_label(self.device)
         self._lock = _model_lock(self.model)  # shared by every engine serving this loaded model
@@ -137,6 +140,7 @@ class Engine:
             "device": str(self.device),
             "device_name": self.device_name,
             "amp": self.amp,
+            "backend": self.backend.as_dict(),
             "input_size": self.spec.input_size,
             "preprocessing": self.spec.preprocessing,
             "mask_inverse": self.mask_inverse,
@@ -374,7 +378,8 @@ def get_engine(settings: Settings | None = None, model: str | None = None) -> En
     """The process-wide engine for (model, device, roots); built once, shared by all callers."""
     settings = settings or get_settings()
     key = (model or settings.default_model, settings.device, str(settings.weights_dir), str(settings.data_root),
-           str(settings.workspace), settings.amp, settings.max_image_pixels, settings.max_image_side)
+           str(settings.workspace), settings.amp, settings.max_image_pixels, settings.max_image_side,
+           settings.backend, settings.precision, str(settings.cache_dir))
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:

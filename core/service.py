@@ -164,9 +164,15 @@ class AnalysisService:
                 "device": str(engine.device) if engine is not None else None,
                 "device_name": engine.device_name if engine is not None else None,
                 "models_loaded": sorted(self.pool.loaded), "error": next(iter(errors.values()), None),
+                "backends": self._backends(),
                 "errors": errors, "auth_required": bool(self.settings.api_key),
                 "micro_batching": bool(self.pool.batchers), "history": self._history_label(),
                 "workspace": self.workspace_check.summary()}
+
+    def _backends(self) -> dict:
+        """What runs each loaded model: ``{name: {backend, precision, fallback, ...}}`` (core.models.backends)."""
+        return {name: engine.backend.as_dict() for name, engine in sorted(self.pool.loaded.items())
+                if getattr(engine, "backend", None) is not None}
 
     def _history_label(self) -> str:
         return "postgresql" if (self.settings.history_url or "").startswith("postgres") else "sqlite"

@@ -16,6 +16,9 @@ UUSIC_API_KEY              api_key                X-API-Key the API requires / t
 UUSIC_WEIGHTS_DIR          weights_dir            folder holding models.json and the weights
 UUSIC_MODEL                default_model          model name in models.json (default: its first entry)
 UUSIC_AMP                  amp                    bf16 autocast on CUDA (1/true/yes/on, 0/false/no/off)
+UUSIC_BACKEND              backend                CPU inference backend: auto | torch | torch-compile | openvino
+UUSIC_PRECISION            precision              CPU inference precision: fp32 | bf16 | int8 (int8: openvino + nncf)
+UUSIC_CACHE_DIR            cache_dir              converted models (default <workspace>/cache/backends)
 UUSIC_CORS_ORIGINS         cors_origins           comma-separated origins the API allows
 UUSIC_MAX_IMAGE_PIXELS     max_image_pixels       larger images are refused (decompression bombs)
 UUSIC_MAX_IMAGE_SIDE       max_image_side         longest image side accepted
@@ -208,6 +211,11 @@ class Settings(BaseSettings):
     weights_dir: Path = WEIGHTS_DIR
     default_model: str | None = None  # name in weights/models.json; None = first entry
     amp: bool = False  # bf16 autocast on CUDA
+    # CPU inference (core.models.backends); a manifest entry's "backend" / "precision" override these per model.
+    # auto = the fastest backend whose outputs match fp32 eager (openvino when installed, else torch).
+    backend: Literal["auto", "torch", "torch-compile", "openvino"] = "auto"
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    cache_dir: Path | None = None  # converted models; None = <workspace>/cache/backends
     cors_origins: tuple[str, ...] = ("http://localhost:8501", "http://127.0.0.1:8501")
     # Limits. From the environment they must be >= 1; code (tests) may set 0 to refuse everything.
     max_image_pixels: int = Field(default=64_000_000, ge=0)  # larger images are refused (decompression bombs)

@@ -7,11 +7,16 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-# requirements.txt plus requirements-cluster.txt (the Ray backends, so their tests run); the stamp covers both
+# requirements.txt plus every optional requirements-*.txt (fast CPU backends, cluster, ...); the stamp covers them all
 stamp=.venv/.requirements.sha256
-want=$(cat requirements.txt requirements-cluster.txt | sha256sum | cut -d' ' -f1)
+reqs=(requirements.txt)
+args=(-r requirements.txt)
+for extra in requirements-*.txt; do
+  if [ -f "$extra" ]; then reqs+=("$extra"); args+=(-r "$extra"); fi
+done
+want=$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -r requirements.txt -r requirements-cluster.txt
+  .venv/bin/python -m pip install --quiet "${args[@]}"
   echo "$want" > "$stamp"
 fi

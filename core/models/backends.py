@@ -1,0 +1,613 @@
+"""Inference backends for CPU serving: the loaded torch model, or the same network converted for a faster runtime.
+
+=================  ====================================================================================================
+backend            what runs the forward pass
+=================  ====================================================================================================
+``torch``          the model as loaded (eager PyTorch); ``bf16``: a copy with conv/linear weights in bf16 under
+                   ``torch.autocast``
+``torch-compile``  ``torch.export`` → AOTInductor package (``.pt2``, dynamic batch; needs a C++ compiler to build)
+``openvino``       ``openvino.convert_model`` of the torch network (dynamic batch) → OpenVINO IR (``model.xml/.bin``),
+                   compiled for the CPU with ``INFERENCE_PRECISION_HINT`` f32 (``fp32``) or bf16 (``bf16``);
+                   ``int8``: static post-training quantisation with NNCF, calibrated on training images of the
+                   data root (opt-in; needs ``nncf``)
+``auto``           on the CPU the fastest backend whose outputs match fp32 eager (measured, docs/PERFORMANCE.md):
+                   ``openvino`` when it is installed, else ``torch``; on CUDA always ``torch``
+=================  ====================================================================================================
+
+Choice: ``UUSIC_BACKEND`` / ``UUSIC_PRECISION`` (:class:`~core.settings.Settings`), overridden per model by the manifest
+fields ``backend`` / ``precision``. Only CPU devices are converted; CUDA keeps torch (and ``UUSIC_AMP``).
+
+Converted artefacts are written once to ``<workspace>/cache/backends/`` (or ``UUSIC_CACHE_DIR``), one folder per
+key — the weights' sha256, backend, precision, library versions and input size — so a restart loads the artefact
+instead of converting again, and new weights (a new sha256) get a new artefact (older ones of that model are removed).
+A backend that is not installed, cannot convert the model or fails its check falls back to eager torch with a
+warning in the log; the reason is kept in :class:`BackendInfo` and shown by ``/healthz``.
+
+The wrapper (:class:`ConvertedModel`) follows the served-model contract of :mod:`core.models.base` and keeps the
+eager model's ``spec``, ``sha256``, ``device`` (and any other attribute) visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import importlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.models.base import ModelSpec, example_inputs
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "torch-compile", "openvino")
+CHOICES = ("auto", *BACKENDS)
+PRECISIONS = ("fp32", "bf16", "int8")
+# ``auto`` on a CPU: the first of these that is installed (fastest fp32-equivalent first, by measurement)
+AUTO_ORDER = ("openvino",)
+FORMAT_VERSION = 1  # bump when the artefact layout or the conversion recipe changes (invalidates old caches)
+CALIBRATION_IMAGES = 300  # int8: training images used to calibrate the quantisation
+MAX_EXPORT_BATCH = 1024  # torch-compile: the dynamic batch dimension's upper bound
+
+# Tolerances that make a backend "equivalent to fp32 eager" (checked by tests/test_backends.py and the bench).
+FIDELITY = {"max_abs_dp": 1e-4, "mask_agreement": 0.999}
+
+
+@dataclass
+class BackendInfo:
+    """What runs a model, and why (``/healthz``, ``Engine.model_info``)."""
+
+    requested: str  # the backend asked for (setting or manifest): auto | torch | torch-compile | openvino
+    backend: str  # what runs: torch | torch-compile | openvino
+    precision: str  # fp32 | bf16 | int8
+    requested_precision: str = "fp32"
+    fallback: str | None = None  # why the requested backend / precision is not the one running
+    artefact: str | None = None  # the cached artefact's folder name
+    cached: bool = False  # the artefact was on disk already (no conversion in this start)
+    convert_sec: float | None = None  # conversion time when this start converted
+    load_sec: float | None = None  # time to load / compile the artefact
+    version: str | None = None  # the runtime library's version
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+STATS = {"conversions": 0, "loads": 0}  # counters (tests: a second load converts nothing)
+_LOADED: dict[tuple, ConvertedModel] = {}  # (id(eager), artefact) -> wrapper, so engines share one (and its lock)
+_CONVERTED: dict[str, Path] = {}  # artefact name -> the folder this process converted or loaded it in
+_GUARD = threading.Lock()
+
+
+class BackendUnavailable(Exception):
+    """The backend cannot serve this model here (not installed, cannot convert, failed its check)."""
+
+
+# ------------------------------------------------------------------------------------------------ choosing
+
+
+def requested(spec: ModelSpec, settings: Any) -> tuple[str, str]:
+    """(backend, precision) asked for: the manifest entry's ``backend`` / ``precision``, else the settings."""
+    extra = spec.extra or {}
+    backend = getattr(spec, "backend", None) or extra.get("backend") or getattr(settings, "backend", "auto")
+    precision = getattr(spec, "precision", None) or extra.get("precision") or getattr(settings, "precision", "fp32")
+    return str(backend).strip().lower(), str(precision).strip().lower()
+
+
+def installed(backend: str) -> str | None:
+    """None when ``backend`` can run here, else why not."""
+    if backend == "torch":
+        return None
+    if backend == "openvino":
+        try:
+            importlib.import_module("openvino")
+        except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install raising anything
+            return f"openvino is not installed ({type(exc).__name__}; pip install -r requirements-fast.txt)"
+        return None
+    if backend == "torch-compile":
+        if shutil.which(os.environ.get("CXX", "g++")) is None and shutil.which("c++") is None:
+            return "torch-compile needs a C++ compiler (g++) to build its package, and none was found"
+        return None
+    return f"unknown backend {backend!r} (known: {', '.join(CHOICES)})"
+
+
+def resolve(spec: ModelSpec, settings: Any, device: torch.device) -> tuple[BackendInfo, list[str]]:
+    """The info skeleton for ``spec`` on ``device`` and the backends to try in order (the last one is torch)."""
+    backend, precision = requested(spec, settings)
+    info = BackendInfo(requested=backend, backend="torch", precision="fp32", requested_precision=precision)
+    if precision not in PRECISIONS:
+        info.fallback = f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)}); running fp32"
+        info.requested_precision = precision = "fp32"
+    if device.type != "cpu":
+        if backend not in ("auto", "torch") or precision != "fp32":
+            info.fallback = f"{backend}/{precision} is for CPU serving; {device.type} runs torch (see UUSIC_AMP)"
+        return info, []
+    if backend == "auto":
+        order = [b for b in AUTO_ORDER if installed(b) is None]
+        if not order and precision == "fp32":
+            info.fallback = f"auto: {installed(AUTO_ORDER[0])}; running eager torch"
+        return info, [*order, "torch"]
+    if backend not in BACKENDS:
+        info.fallback = f"unknown backend {backend!r} (known: {', '.join(CHOICES)}); running eager torch"
+        return info, ["torch"]
+    return info, [backend] if backend == "torch" else [backend, "torch"]
+
+
+# ------------------------------------------------------------------------------------------------ the wrapper
+
+
+class ConvertedModel:
+    """A served model whose forward runs a converted artefact; every other attribute is the eager model's."""
+
+    def __init__(self, eager: Any, runner: Callable[..., tuple], info: BackendInfo):
+        self.eager = eager
+        self._runner = runner
+        self.backend_info = info
+        self._lock = threading.Lock()  # runtimes' infer requests are not re-entrant
+
+    def __getattr__(self, name: str) -> Any:  # spec, sha256, device, max_batch, network, meta ...
+        if name in ("eager", "_runner", "backend_info", "_lock"):
+            raise AttributeError(name)
+        return getattr(self.eager, name)
+
+    def forward(self, images, position, task, type_, nature):
+        inputs = [t.detach().to("cpu", torch.float32).contiguous() for t in (images, position, task, type_, nature)]
+        with self._lock:
+            out = self._runner(*inputs)
+        return tuple(out)
+
+    __call__ = forward
+
+    def __repr__(self) -> str:
+        info = self.backend_info
+        return f"<ConvertedModel {info.backend}/{info.precision} of {self.eager!r}>"
+
+
+def torch_module(model: Any) -> nn.Module:
+    """The network behind a served model as an ``nn.Module`` taking the five contract inputs (float32, CPU)."""
+    network = getattr(model, "network", None)
+    if isinstance(network, nn.Module):
+        return network.eval()
+    return _ServedAsModule(model)
+
+
+class _ServedAsModule(nn.Module):
+    """Any served model (an exported file's adapter) as a module, so tracers can follow its forward."""
+
+    def __init__(self, served: Any):
+        super().__init__()
+        self.served = served
+        inner = getattr(served, "module", None)
+        if isinstance(inner, nn.Module):
+            self.inner = inner  # registered, so its parameters belong to this module
+
+    def forward(self, images, position, task, type_, nature):
+        return tuple(self.served.forward(images, position, task, type_, nature))
+
+
+class _Autocast(nn.Module):
+    """``network`` under CPU bf16 autocast with its conv / linear weights stored in bf16 (no per-call re-cast)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network = copy.deepcopy(network).eval()
+        for module in self.network.modules():
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)):
+                module.to(torch.bfloat16)
+
+    def forward(self, images, position, task, type_, nature):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = self.network(images, position, task, type_, nature)
+        return tuple(o.float() for o in out)
+
+
+# ------------------------------------------------------------------------------------------------ cache
+
+
+def cache_root(settings: Any) -> Path:
+    """``UUSIC_CACHE_DIR``, else ``<workspace>/cache/backends``."""
+    folder = getattr(settings, "cache_dir", None)
+    return Path(folder) if folder else Path(settings.workspace) / "cache" / "backends"
+
+
+def library_version(backend: str) -> str:
+    if backend == "openvino":
+        import openvino
+
+        return f"openvino-{openvino.__version__}"
+    return f"torch-{torch.__version__}"
+
+
+def cache_key(spec: ModelSpec, sha256: str, backend: str, precision: str) -> tuple[str, dict]:
+    """The artefact's folder name and the fields it is keyed on."""
+    fields = {"format": FORMAT_VERSION, "sha256": sha256, "arch": spec.arch, "backend": backend, "precision": precision,
+              "library": library_version(backend), "torch": torch.__version__, "input_size": spec.input_size,
+              "seg_output": getattr(spec, "seg_output", "two"), "threshold": getattr(spec, "threshold", 0.5),
+              "seg_activation": getattr(spec, "seg_activation", "sigmoid")}
+    if precision == "int8":
+        fields["calibration_images"] = CALIBRATION_IMAGES
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{_slug(spec.name)}-{backend}-{precision}-{digest}", fields
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:60] or "model"
+
+
+def _prune(root: Path, keep: Path) -> None:
+    """Remove older artefacts of the same model, backend and precision (replaced weights or library)."""
+    prefix = keep.name.rsplit("-", 1)[0] + "-"
+    for other in root.glob(prefix + "*"):
+        if other != keep and other.is_dir() and not other.name.startswith("."):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(other)
+                log.info("removed the outdated converted model %s", other.name)
+
+
+@contextlib.contextmanager
+def _building(root: Path, folder: Path) -> Iterator[Path]:
+    """A temporary folder that becomes ``folder`` when the block succeeds (atomic for readers)."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished first: use its artefact
+            if not (folder / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _dir_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# ------------------------------------------------------------------------------------------------ backends
+
+
+class _Backend:
+    """Builds an artefact from a torch module into a folder, and loads a runner from it."""
+
+    name = ""
+    files: tuple[str, ...] = ()
+
+    def version(self) -> str:
+        return library_version(self.name)
+
+    def build(self, module: nn.Module, spec: ModelSpec, precision: str, folder: Path, settings: Any) -> None:
+        raise NotImplementedError
+
+    def load(self, folder: Path, precision: str) -> Callable[..., tuple]:
+        raise NotImplementedError
+
+
+def _dynamic_inputs(size: int) -> list[tuple[list[int], Any]]:
+    return [([-1, size, size, 3], None), ([-1, 8], None), ([-1, 2], None), ([-1, 3], None), ([-1, 2], None)]
+
+
+class OpenVinoBackend(_Backend):
+    name = "openvino"
+    files = ("model.xml", "model.bin")
+    HINTS: ClassVar[dict[str, str]] = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+    def build(self, module, spec, precision, folder, settings):
+        import openvino as ov
+
+        if precision == "bf16":
+            self._check_bf16()
+        if precision == "int8":
+            try:
+                importlib.import_module("nncf")
+            except Exception as exc:  # noqa: BLE001
+                raise BackendUnavailable(f"int8 needs nncf, which is not installed ({type(exc).__name__}; "
+                                         "pip install -r requirements-fast.txt)") from None
+        size = spec.input_size
+        inputs = [(shape, ov.Type.f32) for shape, _ in _dynamic_inputs(size)]
+        with torch.no_grad(), _quiet():
+            model = ov.convert_model(module, example_input=example_inputs(2, size), input=inputs)
+        if precision == "int8":
+            model = self._quantize(model, spec, settings)
+        ov.save_model(model, folder / "model.xml", compress_to_fp16=False)
+
+    @staticmethod
+    def _check_bf16() -> None:
+        import openvino as ov
+
+        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if "BF16" not in [str(c) for c in capabilities]:
+            raise BackendUnavailable("this CPU has no bf16 support (OpenVINO would run f32)")
+
+    def _quantize(self, model, spec: ModelSpec, settings: Any):
+        import nncf
+
+        samples = calibration_inputs(spec, settings, CALIBRATION_IMAGES)
+        if not samples:
+            raise BackendUnavailable("int8 needs training images to calibrate on, and the data root has none "
+                                     "this model serves")
+        log.info("calibrating int8 on %d training images of the data root", len(samples))
+        dataset = nncf.Dataset(samples, lambda sample: [t.numpy() for t in sample])
+        return nncf.quantize(model, dataset, subset_size=len(samples), model_type=_nncf_model_type(spec))
+
+    def load(self, folder, precision):
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"INFERENCE_PRECISION_HINT": self.HINTS[precision], "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                  "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(folder / "compiled")}
+        compiled = core.compile_model(str(folder / "model.xml"), "CPU", config)
+        request = compiled.create_infer_request()
+
+        def run(*inputs: torch.Tensor) -> tuple:
+            result = request.infer([t.numpy() for t in inputs])
+            return tuple(torch.from_numpy(np.array(result[compiled.output(k)], copy=True)) for k in range(3))
+
+        return run
+
+
+def _nncf_model_type(spec: ModelSpec):
+    import nncf
+
+    return nncf.ModelType.TRANSFORMER if spec.arch == "uusic_omni" else None
+
+
+class TorchCompileBackend(_Backend):
+    name = "torch-compile"
+    files = ("model.pt2",)
+
+    def build(self, module, spec, precision, folder, settings):
+        if precision == "int8":
+            raise BackendUnavailable("torch-compile int8 is not implemented; use openvino int8")
+        if precision == "bf16":
+            module = _Autocast(module)
+        batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
+        dynamic = tuple({0: batch} for _ in range(5))
+        with torch.no_grad(), _quiet():
+            program = torch.export.export(module, example_inputs(2, spec.input_size), dynamic_shapes=dynamic)
+            torch._inductor.aoti_compile_and_package(program, package_path=str(folder / "model.pt2"),
+                                                     inductor_configs={"freezing": True})
+
+    def load(self, folder, precision):
+        runner = torch._inductor.aoti_load_package(str(folder / "model.pt2"))
+
+        def run(*inputs: torch.Tensor) -> tuple:
+            with torch.inference_mode():
+                return tuple(runner(*inputs))
+
+        return run
+
+
+_BACKENDS: dict[str, _Backend] = {"openvino": OpenVinoBackend(), "torch-compile": TorchCompileBackend()}
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Tracer warnings (TracerWarning, deprecations) are noise to a clinic's log."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+# ------------------------------------------------------------------------------------------------ calibration
+
+
+def calibration_inputs(spec: ModelSpec, settings: Any, count: int) -> list[tuple[torch.Tensor, ...]]:
+    """Up to ``count`` preprocessed training images of the data root that the model serves (its validation split,
+    ``extra.validation_split``, left out), round-robin over datasets, each with its dataset's prompts."""
+    from core import catalog
+    from core.geometry import make_transform
+    from core.imaging import load_image
+
+    root = Path(settings.data_root)
+    try:
+        entries = json.loads((root / "ground_truth.json").read_text())
+    except (OSError, ValueError):
+        return []
+    held_out: set[str] = set()
+    split = spec.extra.get("validation_split")
+    if split:
+        path = Path(split) if Path(split).is_absolute() else Path(settings.weights_dir) / split
+        with contextlib.suppress(OSError, ValueError):
+            held_out = {e["img_path_relative"] for e in json.loads(path.read_text())}
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for entry in entries:
+        key = (entry.get("task"), entry.get("dataset_name"))
+        if entry.get("img_path_relative") not in held_out and spec.serves(*key):
+            by_key.setdefault(key, []).append(entry)
+    picked: list[dict] = []
+    i = 0
+    while len(picked) < count and any(i < len(v) for v in by_key.values()):
+        picked += [v[i] for _, v in sorted(by_key.items()) if i < len(v)][: count - len(picked)]
+        i += 1
+    samples = []
+    for entry in picked:
+        try:
+            dataset = catalog.find_dataset(entry["task"], entry["dataset_name"])
+            image = load_image(root / entry["img_path_relative"], settings=settings)
+        except Exception:  # noqa: BLE001 - an unreadable image is skipped, calibration needs only most of them
+            continue
+        transform = make_transform(spec.preprocessing, image.width, image.height, spec.input_size)
+        prompts = dataset.prompts().as_tuple()
+        samples.append((torch.from_numpy(transform.apply(image.rgb))[None],
+                        *(torch.tensor([p], dtype=torch.float32) for p in prompts)))
+    return samples
+
+
+# ------------------------------------------------------------------------------------------------ the hook
+
+
+def apply(model: Any, spec: ModelSpec, settings: Any, device: torch.device | str, *,
+          sha256: str | None = None) -> tuple[Any, BackendInfo]:
+    """The served model to use for ``model`` (the eager one, or a :class:`ConvertedModel`) and what runs it.
+
+    Never raises for a backend problem: it falls back to eager torch with a warning and the reason in the info.
+    """
+    device = torch.device(device)
+    info, order = resolve(spec, settings, device)
+    if not order:  # not a CPU device
+        return model, info
+    sha = sha256 or getattr(model, "sha256", None) or ""
+    precision = info.requested_precision
+    reasons: list[str] = [info.fallback] if info.fallback else []
+    failed = bool(reasons) and info.requested != "auto"
+    for backend in order[:-1]:
+        problem = installed(backend)
+        if problem:
+            reasons.append(problem)
+            failed = failed or info.requested != "auto"
+            continue
+        try:
+            wrapped = _converted(model, spec, settings, sha, backend, precision, info)
+        except Exception as exc:  # noqa: BLE001 - any conversion / runtime failure falls back to eager
+            reasons.append(f"{backend} {precision} failed: {type(exc).__name__}: {_short(exc)}")
+            failed = True
+            log.debug("backend %s failed for %r", backend, spec.name, exc_info=True)
+            continue
+        mine = dataclasses.replace(wrapped.backend_info, requested=info.requested,
+                                   requested_precision=info.requested_precision, fallback="; ".join(reasons) or None)
+        return wrapped, mine
+    # eager torch: the model as loaded (fp32), or a bf16 autocast copy
+    info.backend, info.precision, info.version = "torch", "fp32", library_version("torch")
+    served: Any = model
+    if precision == "bf16":
+        try:
+            served = ConvertedModel(model, _Autocast(torch_module(model)), info)
+            info.precision = "bf16"
+        except Exception as exc:  # noqa: BLE001
+            reasons.append(f"torch bf16 failed: {type(exc).__name__}: {_short(exc)}")
+            failed = True
+    elif precision == "int8":
+        reasons.append("int8 runs on openvino only (with nncf)")
+        failed = True
+    info.fallback = "; ".join(reasons) or None
+    if info.fallback:
+        (log.warning if failed else log.info)("model %r: %s → running eager torch %s", spec.name, info.fallback,
+                                               info.precision)
+    return served, info
+
+
+def _converted(model: Any, spec: ModelSpec, settings: Any, sha: str, backend: str, precision: str,
+               requested_info: BackendInfo) -> ConvertedModel:
+    impl = _BACKENDS[backend]
+    root = cache_root(settings)
+    name, fields = cache_key(spec, sha, backend, precision)
+    folder = root / name
+    with _GUARD:
+        cached = _LOADED.get((id(model), name))
+        if cached is not None:  # this model object already runs on this artefact in this process
+            return cached
+        info = BackendInfo(requested=requested_info.requested, backend=backend, precision=precision,
+                           requested_precision=requested_info.requested_precision, artefact=name,
+                           version=impl.version())
+        earlier = _CONVERTED.get(name)
+        if (folder / "meta.json").is_file():
+            info.cached = True
+        elif earlier is not None and (earlier / "meta.json").is_file():
+            folder, info.cached = earlier, True  # converted by this process under another cache folder (tests)
+        else:
+            info.convert_sec = _convert(model, spec, settings, impl, precision, root, folder, fields)
+            _prune(root, folder)
+        start = time.perf_counter()
+        runner = impl.load(folder, precision)
+        STATS["loads"] += 1
+        wrapped = ConvertedModel(model, runner, info)
+        _check(model, wrapped, spec, precision, folder)
+        info.load_sec = round(time.perf_counter() - start, 3)
+        _CONVERTED[name] = folder
+        _LOADED[(id(model), name)] = wrapped
+    log.info("model %r runs on %s %s (%s%s, loaded in %.2f s)", spec.name, backend, precision, name,
+             ", cached" if info.cached else f", converted in {info.convert_sec:.1f} s", info.load_sec)
+    return wrapped
+
+
+def _convert(model: Any, spec: ModelSpec, settings: Any, impl: _Backend, precision: str, root: Path, folder: Path,
+             fields: dict) -> float:
+    log.warning("model %r: converting to %s %s once (first start with these weights; cached in %s) …",
+                spec.name, impl.name, precision, folder)
+    start = time.perf_counter()
+    with _building(root, folder) as tmp:
+        impl.build(torch_module(model), spec, precision, tmp, settings)
+        torch.save(_reference_outputs(model, spec), tmp / "reference.pt")
+        seconds = time.perf_counter() - start
+        meta = {**fields, "model": spec.name, "convert_sec": round(seconds, 2), "created": time.time(),
+                "bytes": _dir_bytes(tmp)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    STATS["conversions"] += 1
+    log.warning("model %r: converted to %s %s in %.1f s (%.1f MB)", spec.name, impl.name, precision, seconds,
+                meta["bytes"] / 1e6)
+    return round(seconds, 2)
+
+
+CHECK_SEED = 7
+
+
+def _reference_outputs(eager: Any, spec: ModelSpec) -> list[torch.Tensor]:
+    with torch.inference_mode():
+        return [t.float().clone() for t in eager(*example_inputs(2, spec.input_size, seed=CHECK_SEED))]
+
+
+def _check(eager: Any, wrapped: ConvertedModel, spec: ModelSpec, precision: str, folder: Path) -> None:
+    """One seeded batch through the converted model against eager's outputs (saved with the artefact at conversion,
+    so a start runs no eager forward): shapes must match and outputs be finite and close — a broken artefact is
+    refused here, not discovered on a patient's image."""
+    reference = folder / "reference.pt"
+    try:
+        want = torch.load(reference, weights_only=True) if reference.is_file() else _reference_outputs(eager, spec)
+    except Exception:  # noqa: BLE001 - an unreadable reference is recomputed
+        want = _reference_outputs(eager, spec)
+    with torch.inference_mode():
+        got = wrapped(*example_inputs(2, spec.input_size, seed=CHECK_SEED))
+    loose = precision != "fp32"
+    for name, a, b in zip(("seg", "cls2", "cls4"), want, got, strict=True):
+        if tuple(a.shape) != tuple(b.shape):
+            raise BackendUnavailable(f"{name} has shape {tuple(b.shape)}, eager {tuple(a.shape)}")
+        b = b.float()
+        if not bool(torch.isfinite(b).all()):
+            raise BackendUnavailable(f"{name} is not finite")
+        scale = max(1.0, float(a.abs().max()))
+        diff = float((a.float() - b).abs().max()) / scale
+        if diff > (0.25 if loose else 1e-3):
+            raise BackendUnavailable(f"{name} differs from eager by {diff:.3g} (relative)")
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
+def info_of(model: Any) -> BackendInfo | None:
+    return getattr(model, "backend_info", None) if isinstance(model, ConvertedModel) else None
+
+
+def clear_cache() -> None:
+    """Forget converted models held by this process (tests); the files on disk stay."""
+    with _GUARD:
+        _LOADED.clear()
+        _CONVERTED.clear()
+
+
+def artefact_bytes(settings: Any, info: BackendInfo, *, compiled: bool = False) -> int | None:
+    """Disk size of the artefact behind ``info`` (bench); ``compiled``: of the runtime's compiled-blob cache."""
+    if not info.artefact:
+        return None
+    folder = cache_root(settings) / info.artefact
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and ("compiled" in p.parts) == compiled)
+
+
