@@ -14,7 +14,6 @@ import argparse
 import importlib
 import json
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -140,31 +139,56 @@ def predict_main(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        entries = _read_entries(args.input_json)
+        from core.schema import loads_json, parse_request_list
+
+        # loads_json refuses nesting deeper than MAX_JSON_DEPTH before parsing (no RecursionError)
+        entries = parse_request_list(loads_json(args.input_json.read_bytes(), what="the file"))
     except FileNotFoundError:
         print(f"error: input JSON {args.input_json} not found", file=sys.stderr)
         return 2
     except (ValueError, RecursionError, UUSICError) as exc:
         print(f"error: input JSON {args.input_json} is not a list of requests: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a folder, no permission
+        print(f"error: cannot read input JSON {args.input_json}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     if not args.input_dir.is_dir():
         print(f"error: input dir {args.input_dir} not found", file=sys.stderr)
+        return 2
+    try:  # before the model loads: an output dir that is a file or read-only is a one-line error, not a traceback
+        import tempfile
+
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.output_dir):
+            pass
+    except OSError as exc:
+        reason = ("it is a file, not a folder" if args.output_dir.exists() and not args.output_dir.is_dir()
+                  else exc.strerror or str(exc))
+        print(f"error: --output-dir {args.output_dir} cannot be written: {reason}", file=sys.stderr)
         return 2
     try:
         service = _build_service(args)
     except UUSICError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the workspace (UUSIC_WORKSPACE) is a file, read-only, ...
+        print(f"error: the workspace cannot be used ({exc.filename or 'UUSIC_WORKSPACE'}): {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     info = service.model_info()
     print(f"model {info['name']} ({info['arch']}, sha256 {info['sha256'][:12]}…) on {info['device_name']}",
           file=sys.stderr)
     record = args.record if args.record is not None else service.settings.record_cli_runs
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(entries), desc="Predicting", unit="img", disable=args.no_progress, file=sys.stderr) as bar:
         result = service.analyze_batch(entries, source="cli", output_dir=args.output_dir, input_dir=args.input_dir,
                                        batch_size=args.batch_size, progress=bar, workers=args.workers,
                                        record=record)
-    write_classification_json(args.output_dir, result.items)
+    try:
+        write_classification_json(args.output_dir, result.items)
+    except OSError as exc:
+        print(f"error: cannot write classification.json into {args.output_dir}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 2
     return _report(result, args.output_dir)
 
 

@@ -85,6 +85,13 @@ class UploadError(UUSICError):
     status_code = 400
 
 
+class WorkspaceError(UUSICError, OSError):
+    """The server cannot write its files: the workspace (or an output folder) is read-only, not a folder, or full
+    (507). The message names no server path."""
+
+    status_code = 500
+
+
 class UnknownDataset(UUSICError, KeyError):
     """A dataset name the catalog does not know (for that task)."""
 
@@ -121,16 +128,31 @@ class InternalError(UUSICError, RuntimeError):
 ERROR_TYPES: dict[str, type[UUSICError]] = {
     cls.__name__: cls
     for cls in (UUSICError, RequestError, ImageError, PathError, NotFoundError, NoModelError, ModelUnavailableError,
-                DeviceError, WeightsError, UploadError, UnknownDataset, ConfigError, HistoryError,
+                DeviceError, WeightsError, UploadError, WorkspaceError, UnknownDataset, ConfigError, HistoryError,
                 ServiceUnavailableError, InternalError)
 }
 
 
 def as_uusic_error(exc: BaseException) -> UUSICError:
-    """``exc`` itself when it is one of ours, else an :class:`InternalError` naming only its type."""
+    """``exc`` itself when it is one of ours, a :class:`WorkspaceError` for a file-system failure (no path in it),
+    else an :class:`InternalError` naming only its type."""
     if isinstance(exc, UUSICError):
         return exc
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return workspace_error(exc)
     return InternalError(f"internal error: {type(exc).__name__}")
+
+
+def workspace_error(exc: OSError) -> WorkspaceError:
+    """A file-system failure in words for the client: why (``strerror``), never which server path; 507 when full."""
+    import errno
+
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WorkspaceError(f"the server's disk is full: its files could not be written ({reason})",
+                              status_code=507)
+    return WorkspaceError(f"the server could not read or write its files ({reason}); its workspace or output "
+                          "folder may be read-only, full or not a folder", status_code=500)
 
 
 def error_body(exc: BaseException) -> dict[str, Any]:

@@ -517,20 +517,43 @@ def record_run(store: HistoryStore, request: Any, response: dict | None, *, sour
                batch_id: str | None = None) -> int:
     """Store one analysis (or, with ``error``, one failed attempt) and return its run id.
 
-    ``error_type`` is the failure's class name (``ImageError``...); ``batch_id`` groups the runs of one batch."""
+    ``error_type`` is the failure's class name (``ImageError``...); ``batch_id`` groups the runs of one batch.
+    A row has a bounded size: fields outside the schema (echoed in the response) are stored once, in ``request``,
+    and only up to ``MAX_EXTRAS_BYTES`` of JSON; a schema field longer than ``MAX_TEXT`` is cut (a refused request
+    is recorded as sent, within these bounds)."""
+    from core.schema import MAX_EXTRAS_BYTES, MAX_TEXT, PredictRequest, extras_size
+
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if request is not None and hasattr(request, "to_dict"):
         request = request.to_dict()
     request = request if isinstance(request, dict) else {}
     response = response or {}
+    extras = {k: v for k, v in request.items() if k not in PredictRequest.model_fields}
+
+    def bounded(value: Any) -> Any:
+        if isinstance(value, str) and len(value) > MAX_TEXT:
+            return value[:MAX_TEXT] + "…"
+        if isinstance(value, (dict, list)) and extras_size({"v": value}) > MAX_TEXT:
+            return f"<{extras_size({'v': value}):,} bytes of JSON, not stored>"
+        return value
+
+    stored_request = {k: bounded(v) for k, v in request.items() if k not in extras}
+    size = extras_size(extras)
+    if size > MAX_EXTRAS_BYTES:
+        stored_request["extras_omitted"] = (f"{len(extras)} field(s) outside the schema, {size:,} bytes of JSON: "
+                                            f"over the {MAX_EXTRAS_BYTES:,} stored")
+    else:
+        stored_request.update(extras)
+    request = stored_request
     rel = response.get("img_path_relative") or request.get("img_path_relative")
     name = request.get("img_name") or response.get("img_name")
     if not name and isinstance(rel, str):
         name = PurePosixPath(rel.replace("\\", "/")).name
     probability = response.get("probability")
-    stored_response = {k: v for k, v in response.items() if not (isinstance(v, dict) and "probability" in v
-                                                                  and k == rel)}
+    stored_response = {k: v for k, v in response.items()
+                       if not (isinstance(v, dict) and "probability" in v and k == rel)
+                       and not (k in extras and v == extras[k])}  # echoed extras: stored once, in request
     return store.add({
         "source": source,
         "img_name": name,

@@ -9,11 +9,17 @@ become RGB, alpha is composited on black (the ultrasound background). Images lar
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
+import math
+import struct
 import warnings
+import zlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -25,6 +31,7 @@ Image.init()  # register every plugin so the allow-list below can be checked
 PIL_FORMATS = tuple(f for f in ("PNG", "JPEG", "MPO", "BMP", "TIFF", "GIF") if f in Image.OPEN)
 FORMAT_NAMES = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg", "BMP": "bmp", "TIFF": "tiff", "GIF": "gif"}
 MIN_SIDE = 8  # pixels; smaller images carry nothing a model can read
+_CHUNK_ELEMENTS = 1 << 20  # values converted per step (8 MB of float64 at most)
 _DEFAULTS = Settings()
 
 
@@ -92,7 +99,12 @@ def load_image(source: Path | str | bytes, *, settings: Settings | None = None) 
     data, name = _read_bytes(source)
     if not data:
         raise ImageError(f"{name}: the file is empty")
-    image = _load_dicom(data, name, settings) if _is_dicom(data, name) else _load_pil(data, name, settings)
+    try:
+        image = _load_dicom(data, name, settings) if _is_dicom(data, name) else _load_pil(data, name, settings)
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other decoder failure on untrusted bytes is the file's fault
+        raise ImageError(f"{name}: the image cannot be decoded ({_reason(exc)})") from None
     return replace(image, sha256=hashlib.sha256(data).hexdigest())
 
 
@@ -105,7 +117,7 @@ def _load_pil(data: bytes, name: str, settings: Settings | None) -> LoadedImage:
         # our own size check replaces PIL's global MAX_IMAGE_PIXELS warning
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            image = Image.open(io.BytesIO(data), formats=list(PIL_FORMATS))
+            image: Image.Image = Image.open(io.BytesIO(data), formats=list(PIL_FORMATS))
         except Image.DecompressionBombError:
             raise ImageError(f"{name}: refused, image too large (decompression bomb): more than the "
                              f"{_limits(settings)[0]:,} pixels allowed") from None
@@ -148,7 +160,7 @@ def _pil_to_rgb8(image: Image.Image, name: str) -> np.ndarray:
         gray = np.asarray(image.convert("L"), dtype=np.uint8)
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        gray = to_uint8(np.asarray(image))
+        gray = _to_uint8_chunked(_PilRows(image))  # row blocks straight from PIL: no full-size numpy copy
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
     if mode in ("P", "PA"):
         image = image.convert("RGBA")
@@ -163,116 +175,504 @@ def _pil_to_rgb8(image: Image.Image, name: str) -> np.ndarray:
         raise ImageError(f"{name}: cannot convert colour mode {mode} to RGB ({exc})") from None
 
 
+class _PilRows:
+    """A single-band PIL image read as numpy row blocks (``image[rows]``), for :func:`_to_uint8_chunked`."""
+
+    def __init__(self, image: Image.Image):
+        self.image, self.shape, self.ndim = image, (image.height, image.width), 2
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return np.asarray(self.image.crop((0, rows.start, self.image.width, rows.stop)))
+
+
+def _row_slices(rows: int, row_elements: int) -> list[slice]:
+    step = max(1, _CHUNK_ELEMENTS // max(1, row_elements))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def _to_uint8_chunked(array: np.ndarray | _PilRows, transform: Callable[[np.ndarray], np.ndarray] | None = None, *,
+                      channels: bool = False) -> np.ndarray:
+    """``transform(array)`` mapped to uint8, a few rows at a time (never a full-size float copy).
+
+    Two passes over row blocks of about ``_CHUNK_ELEMENTS`` values: the first finds the value range, the second
+    scales into a preallocated uint8 array; ``transform`` (pointwise, e.g. a DICOM rescale / window) runs per block.
+    Gray rule (:func:`to_uint8`): 0..255 kept, floats in 0..1 times 255, otherwise min–max; non-finite values
+    count as 0. ``channels`` (:func:`to_uint8_channels`): integers above 255 are scaled by their bit depth.
+    The arithmetic per value is the one of release 2 (float64), so results are identical.
+    """
+    a = array if isinstance(array, _PilRows) else np.asarray(array)
+    if a.ndim == 0:
+        return _to_uint8_chunked(np.asarray(a).reshape(1), transform, channels=channels).reshape(())
+    row_elements = int(np.prod(a.shape[1:], dtype=np.int64)) if a.ndim > 1 else 1
+    blocks = _row_slices(int(a.shape[0]), row_elements)
+    apply = transform or (lambda block: block)
+    lo, hi = math.inf, -math.inf
+    floating = integer = False
+    for index, rows in enumerate(blocks):
+        block = np.asarray(apply(a[rows]))
+        if index == 0:
+            floating = bool(np.issubdtype(block.dtype, np.floating))
+            integer = bool(np.issubdtype(block.dtype, np.integer))
+        if block.size == 0:
+            continue
+        if floating:
+            finite = np.isfinite(block)
+            if not finite.all():
+                block = np.where(finite, block, 0.0)
+        lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    if lo > hi:  # no values at all
+        lo = hi = 0.0
+    offset, factor = 0.0, 1.0
+    if channels and integer and hi > 255:
+        bits = max(8, int(np.ceil(np.log2(hi + 1))))
+        factor = 255.0 / (2**bits - 1)
+    elif floating and lo >= 0.0 and hi <= 1.0:
+        factor = 255.0
+    elif lo >= 0.0 and hi <= 255.0:
+        pass
+    elif hi > lo:
+        offset, factor = lo, 255.0 / (hi - lo)
+    else:
+        factor = 0.0
+    out: np.ndarray | None = None
+    for rows in blocks:
+        values = np.asarray(apply(a[rows])).astype(np.float64)
+        if floating:
+            finite = np.isfinite(values)
+            if not finite.all():
+                values = np.where(finite, values, 0.0)
+        scaled = (values - offset) * factor if factor else np.zeros_like(values)
+        if out is None:
+            out = np.empty((a.shape[0], *values.shape[1:]), dtype=np.uint8)
+        out[rows] = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if out is None:
+        out = np.zeros(a.shape, dtype=np.uint8)
+    return out
+
+
 def to_uint8(array: np.ndarray) -> np.ndarray:
-    """Any-depth grayscale → uint8: values already in 0..255 (or floats in 0..1) kept, otherwise min–max scaled."""
+    """Any-depth grayscale → uint8: values already in 0..255 (or floats in 0..1) kept, otherwise min–max scaled.
+
+    Works through the array a few rows at a time: a large 16-bit image never gets a full-size float64 copy."""
     a = np.asarray(array)
     if a.dtype == np.uint8:
         return a
-    a = a.astype(np.float64)
-    finite = np.isfinite(a)
-    if not finite.all():
-        a = np.where(finite, a, 0.0)
-    lo, hi = float(a.min()), float(a.max())
-    if np.issubdtype(np.asarray(array).dtype, np.floating) and lo >= 0.0 and hi <= 1.0:
-        scaled = a * 255.0
-    elif lo >= 0.0 and hi <= 255.0:
-        scaled = a
-    elif hi > lo:
-        scaled = (a - lo) * (255.0 / (hi - lo))
-    else:
-        scaled = np.zeros_like(a)
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return _to_uint8_chunked(a)
 
 
 # --------------------------------------------------------------------------------------------------- DICOM
+# Everything read from a DICOM header is untrusted: a tag may be missing, multi-valued, non-numeric or absurd. The
+# structure (Rows, Columns, SamplesPerPixel, BitsAllocated, NumberOfFrames, a palette's LUT) must be sound, else the
+# file is refused with an ImageError naming the tag; display and measurement hints (window, rescale, pixel spacing,
+# ultrasound regions) that cannot be used are ignored with a note. Only frame 1 is ever decoded, and only after its
+# size (rows x columns x samples x bytes) has passed the pixel limits; a deflated data set is inflated only as far as
+# its header and that one frame need.
+
+DEFLATE_HEADER_LIMIT = 8 * 1024 * 1024  # bytes: a deflated file's inflated header (all before the pixel data)
+_DEFLATE_PROBE = 64 * 1024
+_BYTES_PER_PIXEL_BUDGET = 4  # a decoded frame may take at most 4 bytes per allowed pixel (e.g. 16-bit RGB: 2/3)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    rows: int
+    cols: int
+    samples: int
+    bits: int
+    frames: int
+
+    @property
+    def frame_bytes(self) -> int:
+        return (self.rows * self.cols * self.samples * self.bits + 7) // 8
+
+
+_UNREADABLE = object()
+
+
+def _dicom_value(ds: Any, keyword: str) -> Any:
+    try:
+        return ds[keyword].value if keyword in ds else None
+    except Exception:  # noqa: BLE001 - a value pydicom cannot even convert
+        return _UNREADABLE
+
+
+def _is_multi(value: Any) -> bool:
+    return not isinstance(value, (str, bytes)) and isinstance(value, Sequence)
+
+
+def _dicom_int(ds: Any, keyword: str, name: str, default: int | None = None) -> int:
+    """An integer tag that the pixel layout depends on: exactly one whole number, else :class:`ImageError`."""
+    value = _dicom_value(ds, keyword)
+    if value is None or value == "":
+        if default is None:
+            raise ImageError(f"{name}: the DICOM header has no {keyword}; the pixel data cannot be laid out")
+        return default
+    if value is _UNREADABLE:
+        raise ImageError(f"{name}: the DICOM {keyword} value is unreadable")
+    if _is_multi(value):
+        raise ImageError(f"{name}: the DICOM {keyword} has {len(value)} values; exactly one is expected")
+    try:
+        number = float(str(value).strip()) if isinstance(value, (str, bytes)) else float(value)
+    except (TypeError, ValueError):
+        raise ImageError(f"{name}: the DICOM {keyword} is {str(value)[:40]!r}, not a whole number") from None
+    if not math.isfinite(number) or not number.is_integer():
+        raise ImageError(f"{name}: the DICOM {keyword} is {str(value)[:40]!r}, not a whole number")
+    return int(number)
+
+
+def _dicom_float(ds: Any, keyword: str) -> float | None:
+    """One finite number, or None when the tag is absent; ValueError (with a reason) when it is malformed."""
+    value = _dicom_value(ds, keyword)
+    if value is None or value == "":
+        return None
+    if value is _UNREADABLE or _is_multi(value):
+        raise ValueError(f"{keyword} is unreadable or has several values")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{keyword} is {str(value)[:40]!r}, not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{keyword} is not a finite number")
+    return number
+
+
+def _dicom_geometry(ds: Any, name: str, settings: Settings | None) -> _Geometry:
+    """The pixel layout from the header, checked against the limits before any pixel is decoded."""
+    rows = _dicom_int(ds, "Rows", name, default=0)
+    cols = _dicom_int(ds, "Columns", name, default=0)
+    check_size(cols, rows, settings, what=name)
+    samples = _dicom_int(ds, "SamplesPerPixel", name, default=1)
+    if samples not in (1, 3):
+        raise ImageError(f"{name}: DICOM SamplesPerPixel {samples} is not supported (1 or 3)")
+    float_pixels = "PixelData" not in ds and ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds)
+    default_bits = (64 if "DoubleFloatPixelData" in ds else 32) if float_pixels else None
+    bits = _dicom_int(ds, "BitsAllocated", name, default=default_bits)
+    if bits not in (1, 8, 16, 32, 64):
+        raise ImageError(f"{name}: DICOM BitsAllocated {bits} is not supported (1, 8, 16, 32 or 64)")
+    frames = _dicom_int(ds, "NumberOfFrames", name, default=1)
+    if frames < 1:
+        raise ImageError(f"{name}: DICOM NumberOfFrames is {frames}; at least 1 is needed")
+    geometry = _Geometry(rows, cols, samples, bits, frames)
+    budget = _limits(settings)[0] * _BYTES_PER_PIXEL_BUDGET
+    if geometry.frame_bytes > budget:
+        raise ImageError(f"{name}: one DICOM frame of {cols}x{rows} px x {samples} sample(s) x {bits} bits would "
+                         f"take {geometry.frame_bytes:,} bytes; at most {budget:,} are decoded")
+    return geometry
+
+
+class _Inflater:
+    """A raw-deflate stream inflated on demand, never past the size asked for."""
+
+    def __init__(self, data: bytes, offset: int):
+        self._data, self._pos = memoryview(data), offset
+        self._zlib = zlib.decompressobj(-zlib.MAX_WBITS)
+        self._tail = b""
+        self.out = bytearray()
+
+    @property
+    def finished(self) -> bool:
+        return self._zlib.eof or (self._pos >= len(self._data) and not self._tail)
+
+    def fill(self, size: int) -> None:
+        """Inflate until ``size`` bytes are out or the stream ends (``zlib.error`` when it is corrupt)."""
+        while len(self.out) < size and not self.finished:
+            if not self._tail:
+                self._tail = bytes(self._data[self._pos:self._pos + _DEFLATE_PROBE])
+                self._pos += _DEFLATE_PROBE
+            self.out += self._zlib.decompress(self._tail, size - len(self.out))
+            self._tail = self._zlib.unconsumed_tail
+
+
+def _read_header(buffer: bytes) -> tuple[Any, int | None]:
+    """The data set before the pixel data in an explicit-VR little-endian ``buffer``, and the offset of the pixel
+    data element (None when ``buffer`` ends before one)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+
+    stream = DicomBytesIO(buffer)
+    stream.is_little_endian, stream.is_implicit_VR = True, False
+    header = read_dataset(cast(BinaryIO, stream), False, True,
+                          stop_when=lambda tag, vr, length: int(tag) >> 16 == 0x7FE0)
+    at = stream.tell()
+    if at + 12 <= len(buffer):
+        group, _ = struct.unpack("<HH", buffer[at:at + 4])
+        if group == 0x7FE0:
+            return header, at
+    return header, None
+
+
+def _read_deflated(data: bytes, offset: int, meta: Any, name: str, settings: Settings | None) -> tuple[Any, list[str]]:
+    """A deflated data set inflated with a cap: first its header (at most DEFLATE_HEADER_LIMIT), then exactly frame
+    1 of its pixel data, whose size the header's (checked) dimensions give."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    inflater, probe = _Inflater(data, offset), _DEFLATE_PROBE
+    try:
+        while True:
+            inflater.fill(probe)
+            header, at = _read_header(bytes(inflater.out))
+            if at is not None or inflater.finished:
+                break
+            if probe >= DEFLATE_HEADER_LIMIT:
+                raise ImageError(f"{name}: the deflated DICOM header is larger than {DEFLATE_HEADER_LIMIT:,} bytes")
+            probe *= 4
+        header.file_meta = meta
+        if at is None:
+            return header, []
+        group, element = struct.unpack("<HH", inflater.out[at:at + 4])
+        if (group, element) != (0x7FE0, 0x0010):
+            raise ImageError(f"{name}: float pixel data in a deflated DICOM file is not supported")
+        vr = bytes(inflater.out[at + 4:at + 6])
+        length = struct.unpack("<I", inflater.out[at + 8:at + 12])[0]
+        if vr not in (b"OB", b"OW") or length == 0xFFFFFFFF:
+            raise ImageError(f"{name}: a deflated DICOM file must carry native (uncompressed) pixel data")
+        geometry = _dicom_geometry(header, name, settings)
+        _check_native_length(length, geometry, name)
+        start = at + 12
+        inflater.fill(start + geometry.frame_bytes)
+    except zlib.error as exc:
+        raise ImageError(f"{name}: the deflated DICOM data is corrupt ({exc})") from None
+    pixels = bytes(inflater.out[start:start + geometry.frame_bytes])
+    if len(pixels) < geometry.frame_bytes or length < geometry.frame_bytes:
+        raise ImageError(f"{name}: the DICOM pixel data is shorter than its header declares "
+                         f"({min(len(pixels), length):,} of {geometry.frame_bytes:,} bytes)")
+    notes = []
+    header.PixelData = pixels
+    header["PixelData"].VR = "OW" if geometry.bits > 8 else "OB"
+    if geometry.frames > 1:
+        notes.append(f"DICOM has {geometry.frames} frames; frame 1 used")
+        header.NumberOfFrames = 1
+    meta = copy.copy(meta)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian  # inflated now
+    header.file_meta = meta
+    return header, notes
+
+
+def _check_native_length(length: int, geometry: _Geometry, name: str) -> None:
+    """Uncompressed pixel data holding a whole frame more than the header declares is refused (a bomb's shape)."""
+    if length >= (geometry.frames + 1) * geometry.frame_bytes:
+        raise ImageError(f"{name}: the DICOM pixel data is {length:,} bytes, more than the {geometry.frames} "
+                         f"frame(s) of {geometry.cols}x{geometry.rows} px its header declares")
+
+
+def _read_dicom(data: bytes, name: str, settings: Settings | None) -> tuple[Any, list[str]]:
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    try:
+        stream = cast(BinaryIO, DicomBytesIO(data))
+        read_preamble(stream, True)
+        meta = _read_file_meta_info(stream)
+        syntax = meta.get("TransferSyntaxUID")
+    except Exception:  # noqa: BLE001 - no readable file meta: let dcmread guess (or refuse) below
+        meta, syntax = None, None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about every odd value; we check what we use
+            if syntax == DeflatedExplicitVRLittleEndian:
+                return _read_deflated(data, stream.tell(), meta, name, settings)
+            return pydicom.dcmread(io.BytesIO(data), force=True), []
+    except ImageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is the file's fault
+        raise ImageError(f"{name}: not a readable DICOM file ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
+
+
+def _check_compressed_frame(ds: Any, geometry: _Geometry, name: str) -> None:
+    """For encapsulated pixel data: a JPEG / JPEG 2000 frame must have the header's size (else its own, possibly
+    huge, dimensions would drive the decoder)."""
+    from pydicom.encaps import get_frame
+
+    try:
+        frame = get_frame(ds.PixelData, 0, number_of_frames=geometry.frames)
+    except Exception as exc:  # noqa: BLE001
+        raise ImageError(f"{name}: the compressed DICOM pixel data is malformed ({_reason(exc)})") from None
+    formats = {b"\xff\xd8": ["JPEG"], b"\xff\x4f": ["JPEG2000"], b"\x00\x00": ["JPEG2000"]}.get(bytes(frame[:2]))
+    if not formats:
+        return
+    try:
+        with Image.open(io.BytesIO(frame), formats=formats) as image:
+            width, height = image.size
+    except Exception:  # noqa: BLE001 - not parsable here: the decoder reports it (within the size checked above)
+        return
+    if (width, height) != (geometry.cols, geometry.rows):
+        raise ImageError(f"{name}: the compressed DICOM frame is {width}x{height} px but the header says "
+                         f"{geometry.cols}x{geometry.rows}")
 
 
 def _load_dicom(data: bytes, name: str, settings: Settings | None) -> LoadedImage:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import pixel_array
 
-    notes: list[str] = []
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
-        raise ImageError(f"{name}: not a readable DICOM file ({exc})") from None
+    ds, notes = _read_dicom(data, name, settings)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageError(f"{name}: the DICOM file has no pixel data (a structured report or header only?)")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    check_size(cols, rows, settings, what=name)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    geometry = _dicom_geometry(ds, name, settings)
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     try:
-        pixels = ds.pixel_array
-    except Exception as exc:  # missing codec, truncated data, inconsistent header
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        compressed = bool(syntax is not None and syntax.is_compressed)
+    except ValueError:  # not a transfer syntax UID at all
+        raise ImageError(f"{name}: the DICOM transfer syntax {str(syntax)[:64]!r} is unknown") from None
+    if compressed and "PixelData" in ds:
+        _check_compressed_frame(ds, geometry, name)
+    elif "PixelData" in ds:
+        _check_native_length(len(ds.PixelData or b""), geometry, name)
+    if geometry.frames > 1:
+        notes.append(f"DICOM has {geometry.frames} frames; frame 1 used")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about excess or odd data; only frame 1 is read
+            pixels = pixel_array(ds, index=0)
+    except Exception as exc:  # noqa: BLE001 - missing codec, truncated data, inconsistent header
         hint = f" (transfer syntax {syntax.name})" if syntax is not None else ""
-        raise ImageError(f"{name}: cannot decode the DICOM pixel data{hint}: {exc}") from None
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if frames > 1:
+        raise ImageError(f"{name}: cannot decode the DICOM pixel data{hint}: {_reason(exc)}") from None
+    if pixels.ndim == 3 + (geometry.samples > 1):  # a decoder that ignored index=0
         pixels = pixels[0]
-        notes.append(f"DICOM has {frames} frames; frame 1 used")
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
-
-        rgb = to_uint8_channels(apply_color_lut(pixels, ds))
-    elif samples >= 3 or pixels.ndim == 3:
+        rgb = _dicom_palette(pixels, ds, name)
+    elif geometry.samples >= 3 or pixels.ndim == 3:
         rgb = to_uint8_channels(pixels[..., :3])
     else:
-        gray = _dicom_gray(pixels, ds, photometric)
+        gray = _dicom_gray(pixels, ds, photometric, notes)
         rgb = np.repeat(gray[:, :, None], 3, axis=2)
-    if rgb.shape[0] != rows or rgb.shape[1] != cols:
+    if rgb.shape[0] != geometry.rows or rgb.shape[1] != geometry.cols:
         raise ImageError(f"{name}: DICOM pixel data ({rgb.shape[1]}x{rgb.shape[0]}) disagrees with its header")
+    spacing, spacing_notes = _dicom_spacing(ds)
     return LoadedImage(
         rgb=np.ascontiguousarray(rgb, dtype=np.uint8),
         format="dicom",
-        pixel_spacing_mm=dicom_pixel_spacing_mm(ds),
-        notes=tuple(notes),
+        pixel_spacing_mm=spacing,
+        notes=tuple(notes + spacing_notes),
     )
 
 
 def to_uint8_channels(array: np.ndarray) -> np.ndarray:
+    """Colour channels → uint8: integers above 255 scaled by their bit depth, anything else as :func:`to_uint8`."""
     a = np.asarray(array)
     if a.dtype == np.uint8:
         return a
-    if np.issubdtype(a.dtype, np.integer) and a.max(initial=0) > 255:
-        bits = max(8, int(np.ceil(np.log2(float(a.max()) + 1))))
-        return np.clip(np.rint(a.astype(np.float64) * (255.0 / (2**bits - 1))), 0, 255).astype(np.uint8)
-    return to_uint8(a)
+    return _to_uint8_chunked(a, channels=True)
 
 
-def _dicom_gray(pixels: np.ndarray, ds, photometric: str) -> np.ndarray:
+def _dicom_palette(pixels: np.ndarray, ds: Any, name: str) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut
+
+    try:
+        apply_color_lut(pixels[:1], ds)  # the LUT must exist and be usable before the whole image is mapped
+        return _to_uint8_chunked(pixels, lambda block: apply_color_lut(block, ds), channels=True)
+    except Exception as exc:  # noqa: BLE001 - missing or malformed palette LUT
+        raise ImageError(f"{name}: PALETTE COLOR DICOM without a usable colour lookup table ({_reason(exc)})") from None
+
+
+def _sanitise_display_tags(ds: Any, notes: list[str]) -> None:
+    """Drop rescale / window tags that cannot be used (non-numeric, several values, a width below 1), with a note."""
+    try:
+        slope = _dicom_float(ds, "RescaleSlope")
+        _dicom_float(ds, "RescaleIntercept")
+        if slope == 0:
+            raise ValueError("RescaleSlope is 0")
+    except ValueError as exc:
+        notes.append(f"DICOM {exc}; the modality rescale was ignored")
+        for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType"):
+            if keyword in ds:
+                del ds[keyword]
+    if "WindowCenter" in ds or "WindowWidth" in ds:
+        reason = None
+        try:
+            centers, widths = (_dicom_numbers(ds, keyword) for keyword in ("WindowCenter", "WindowWidth"))
+            if not centers or not widths or not all(map(math.isfinite, centers + widths)):
+                reason = "WindowCenter / WindowWidth are missing or not finite"
+            elif widths[0] < 1:
+                reason = f"WindowWidth is {widths[0]:g}; it must be at least 1"
+        except Exception:  # noqa: BLE001
+            reason = "WindowCenter / WindowWidth are not numbers"
+        if reason:
+            notes.append(f"DICOM {reason}; the display window was ignored")
+            for keyword in ("WindowCenter", "WindowWidth", "VOILUTFunction"):
+                if keyword in ds:
+                    del ds[keyword]
+
+
+def _dicom_numbers(ds: Any, keyword: str) -> list[float]:
+    """Every value of a (possibly multi-valued) numeric tag; ValueError / TypeError when one is not a number."""
+    value = ds[keyword].value if keyword in ds else None
+    if value is None or value == "":
+        return []
+    return [float(v) for v in (value if _is_multi(value) else [value])]
+
+
+def _dicom_gray(pixels: np.ndarray, ds: Any, photometric: str, notes: list[str] | None = None) -> np.ndarray:
+    """Modality LUT / rescale, then VOI LUT / window, then 8 bits — a few rows at a time (no full float copy)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    values = apply_modality_lut(np.asarray(pixels), ds)
-    if "WindowCenter" in ds or "VOILUTSequence" in ds:
-        values = apply_voi_lut(values, ds)
-    gray = to_uint8(values)
+    notes = notes if notes is not None else []
+    _sanitise_display_tags(ds, notes)
+    windowed = "WindowCenter" in ds or "VOILUTSequence" in ds
+
+    def transform(block: np.ndarray) -> np.ndarray:
+        values = apply_modality_lut(block, ds)
+        return apply_voi_lut(values, ds) if windowed else values
+
+    try:
+        transform(np.asarray(pixels[:1]))  # fail here, not halfway through the image
+        gray = _to_uint8_chunked(pixels, transform)
+    except Exception as exc:  # noqa: BLE001 - a malformed modality / VOI LUT: show the stored values instead
+        notes.append(f"DICOM display lookup tables unusable ({_reason(exc)}); the stored values were shown")
+        gray = to_uint8(pixels)
     if photometric == "MONOCHROME1":
         gray = 255 - gray
     return gray
 
 
-def dicom_pixel_spacing_mm(ds) -> float | None:
-    """Millimetres per pixel: ``PixelSpacing`` (mean of row/col), else the first ultrasound region in cm."""
+def _plausible(spacing: float, what: str, notes: list[str]) -> float | None:
+    from core.schema import MAX_PIXEL_SPACING_MM
+
+    if not math.isfinite(spacing) or spacing <= 0 or spacing > MAX_PIXEL_SPACING_MM:
+        notes.append(f"DICOM {what} gives {spacing:g} mm per pixel, implausible for ultrasound (expected more than "
+                     f"0 and at most {MAX_PIXEL_SPACING_MM:g}); ignored, no measurements in mm")
+        return None
+    return spacing
+
+
+def _dicom_spacing(ds: Any) -> tuple[float | None, list[str]]:
+    """Millimetres per pixel and notes: ``PixelSpacing`` (mean of row/col), else the first ultrasound region in cm;
+    malformed or implausible values are ignored with a note."""
+    notes: list[str] = []
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        spacing = ds.get(keyword)
-        if spacing is not None:
-            try:
-                values = [float(v) for v in spacing]
-            except (TypeError, ValueError):
-                continue
-            if values and all(v > 0 and np.isfinite(v) for v in values):
-                return float(np.mean(values[:2]))
-    regions = ds.get("SequenceOfUltrasoundRegions")
-    for region in regions or ():
+        spacing = _dicom_value(ds, keyword)
+        if spacing is None or spacing == "":
+            continue
         try:
+            values = [float(v) for v in (spacing if _is_multi(spacing) else [spacing])]
+        except (TypeError, ValueError):
+            notes.append(f"DICOM {keyword} is not a number; ignored")
+            continue
+        if values:
+            return _plausible(float(np.mean(values[:2])), keyword, notes), notes
+    try:
+        regions = _dicom_value(ds, "SequenceOfUltrasoundRegions")
+        if regions is _UNREADABLE or (regions is not None and not _is_multi(regions)):
+            raise TypeError("not a sequence")
+        for region in regions or ():
             units_x = int(region.get("PhysicalUnitsXDirection", 0))
             units_y = int(region.get("PhysicalUnitsYDirection", 0))
             dx = abs(float(region.get("PhysicalDeltaX", 0.0)))
             dy = abs(float(region.get("PhysicalDeltaY", 0.0)))
-        except (TypeError, ValueError):
-            continue
-        if units_x == 3 and units_y == 3 and dx > 0 and dy > 0:  # 3 = centimetres
-            return float((dx + dy) / 2.0 * 10.0)
-    return None
+            if units_x == 3 and units_y == 3 and dx > 0 and dy > 0:  # 3 = centimetres
+                return _plausible(float((dx + dy) / 2.0 * 10.0), "SequenceOfUltrasoundRegions", notes), notes
+    except Exception:  # noqa: BLE001 - malformed regions: no spacing, the image is still usable
+        notes.append("DICOM SequenceOfUltrasoundRegions is malformed; ignored, no measurements in mm")
+    return None, notes
+
+
+def dicom_pixel_spacing_mm(ds: Any) -> float | None:
+    """Millimetres per pixel from a DICOM data set, or None (missing, malformed or implausible)."""
+    return _dicom_spacing(ds)[0]

@@ -2,11 +2,13 @@
 
 ``img_path_relative`` values resolve only inside two roots: ``api_in/...`` under the workspace, anything else
 under the data root (or the CLI's ``--input-dir``). ``..`` components, absolute paths outside those roots and
-symlinks that lead out are refused with :class:`~core.errors.PathError`.
+symlinks that lead out are refused with :class:`~core.errors.PathError`; so are paths that name no file at all
+(``.``, ``./``, ``api_in``, ``api_in/``).
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path, PurePosixPath
 
 from core.errors import PathError
@@ -24,6 +26,9 @@ def _parts(rel: str) -> tuple[str, ...]:
     if ".." in parts:
         raise PathError(f"image path {rel!r} contains '..'; paths must stay inside the data root or api_in/",
                         field="img_path_relative")
+    if not parts:  # ".", "./", "./." (PurePosixPath drops the dots)
+        raise PathError(f"image path {rel[:80]!r} names a folder, not an image file", field="img_path_relative",
+                        status_code=400)
     return parts
 
 
@@ -54,6 +59,9 @@ def resolve_input(settings: Settings, rel: str, *, input_dir: Path | None = None
                             field="img_path_relative")
         root = lexical_roots[0]
     elif parts[0] == API_IN_PREFIX:
+        if len(parts) == 1:
+            raise PathError(f"image path {rel[:80]!r} names the upload folder itself; name a file in it "
+                            "(api_in/<name>)", field="img_path_relative", status_code=400)
         root, candidate = api_in, api_in.joinpath(*parts[1:])
     else:
         root, candidate = data_root, data_root.joinpath(*parts)
@@ -69,11 +77,15 @@ def resolve_input(settings: Settings, rel: str, *, input_dir: Path | None = None
 def mask_relative_path(img_path_relative: str) -> str:
     """Where a prediction mask goes, relative to the output dir: ``imgs`` → ``masks`` and extension ``.png``.
 
-    ``segmentation/BUSI/imgs/x.jpg`` → ``segmentation/BUSI/masks/x.png``; ``api_in/x.jpg`` → ``masks/x.png``.
+    ``segmentation/BUSI/imgs/x.jpg`` → ``segmentation/BUSI/masks/x.png`` (the challenge layout); ``api_in/x.jpg`` →
+    ``masks/x.png`` (upload names are unique); an absolute path → ``masks/<digest>/x.png``, where ``<digest>`` is a
+    short sha256 of the whole path, so two inputs of the same name in different folders never share a mask file.
     """
     parts = list(_parts(img_path_relative))
-    if PurePosixPath(img_path_relative.replace("\\", "/")).is_absolute():
-        parts = ["masks", parts[-1]]
+    posix = PurePosixPath(img_path_relative.replace("\\", "/"))
+    if posix.is_absolute():
+        digest = hashlib.sha256(str(posix).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        parts = ["masks", digest, parts[-1]]
     elif parts[0] == API_IN_PREFIX:
         parts = ["masks", *parts[1:]]
     else:

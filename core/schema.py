@@ -2,22 +2,70 @@
 
 Fields follow the challenge's JSON (DEVELOPERS.md). ``task`` and ``dataset_name`` are checked against
 :mod:`core.catalog`; ``organ`` is filled from the catalog when absent and must agree with it when given.
-Extra keys are kept (``model_extra``) and echoed in the response.
+Extra keys are kept (``model_extra``) and echoed in the response, up to :data:`MAX_EXTRAS_BYTES` of JSON (more is
+refused with 413). Text fields are at most :data:`MAX_TEXT` characters; ``pixel_spacing_mm`` must be plausible
+(``0 < spacing <= MAX_PIXEL_SPACING_MM``). JSON text is read by :func:`loads_json`, which refuses nesting deeper than
+:data:`MAX_JSON_DEPTH` before parsing (a deeply nested body must not exhaust the parser's recursion).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import PurePosixPath
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from core import catalog
 from core.errors import RequestError
 
 TASKS = catalog.TASKS
+MAX_PIXEL_SPACING_MM = 10.0  # mm per pixel; coarser is no ultrasound image (typical: 0.05-1)
+MAX_EXTRAS_BYTES = 16 * 1024  # JSON bytes of the fields outside the schema (echoed and stored in the history)
+MAX_TEXT = 4096  # characters of any text field of the schema
+MAX_JSON_DEPTH = 64  # nesting of arrays / objects in a request JSON (real requests use 3-5)
+_JSON_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_DEPTH_STEP = np.zeros(256, dtype=np.int8)
+_DEPTH_STEP[[ord("["), ord("{")]], _DEPTH_STEP[[ord("]"), ord("}")]] = 1, -1
+
+
+def json_depth_exceeds(text: str | bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether arrays / objects in ``text`` nest deeper than ``limit`` (string literals skipped): linear, vectorised,
+    no recursion — run before ``json.loads``, whose recursion a deeply nested text would exhaust."""
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    steps = _DEPTH_STEP[np.frombuffer(_JSON_STRINGS.sub(b"", data), dtype=np.uint8)]
+    depth = 0
+    for start in range(0, len(steps), 1 << 20):
+        running = np.cumsum(steps[start:start + (1 << 20)], dtype=np.int64) + depth
+        if running.size and int(running.max()) > limit:
+            return True
+        depth = int(running[-1]) if running.size else depth
+    return False
+
+
+def loads_json(text: str | bytes | bytearray, *, what: str = "request") -> Any:
+    """``json.loads`` for untrusted text: :class:`RequestError` (400) when it is not JSON or nests deeper than
+    :data:`MAX_JSON_DEPTH`."""
+    if isinstance(text, bytearray):
+        text = bytes(text)
+    if json_depth_exceeds(text):
+        raise RequestError(f"{what} nests arrays / objects more than {MAX_JSON_DEPTH} levels deep", status_code=400)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise RequestError(f"{what} nests arrays / objects too deeply", status_code=400) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"{what} is not valid JSON: {exc}", status_code=400) from None
+
+
+def extras_size(extras: dict[str, Any]) -> int:
+    """JSON bytes of ``extras`` as they would be echoed and stored."""
+    return len(json.dumps(extras, ensure_ascii=False, default=str).encode("utf-8")) if extras else 0
 
 
 class PredictRequest(BaseModel):
@@ -25,21 +73,21 @@ class PredictRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
 
-    img_path_relative: str = Field(min_length=1)
-    task: str
-    dataset_name: str = Field(min_length=1)
-    img_name: str | None = None
+    img_path_relative: str = Field(min_length=1, max_length=MAX_TEXT)
+    task: str = Field(max_length=MAX_TEXT)
+    dataset_name: str = Field(min_length=1, max_length=MAX_TEXT)
+    img_name: str | None = Field(default=None, max_length=MAX_TEXT)
     img_size_bytes: int | None = Field(default=None, ge=0)
     img_dimensions: tuple[int, int] | None = None
-    img_format: str | None = None
-    organ: str | None = None
-    data_partition_group: str | None = None
-    mask_name: str | None = None
-    mask_path_relative: str | None = None
-    seg_target_info: str | None = None
+    img_format: str | None = Field(default=None, max_length=MAX_TEXT)
+    organ: str | None = Field(default=None, max_length=MAX_TEXT)
+    data_partition_group: str | None = Field(default=None, max_length=MAX_TEXT)
+    mask_name: str | None = Field(default=None, max_length=MAX_TEXT)
+    mask_path_relative: str | None = Field(default=None, max_length=MAX_TEXT)
+    seg_target_info: str | None = Field(default=None, max_length=MAX_TEXT)
     class_label_index: int | None = Field(default=None, ge=0)
-    class_label_name: str | None = None
-    pixel_spacing_mm: float | None = Field(default=None, gt=0)
+    class_label_name: str | None = Field(default=None, max_length=MAX_TEXT)
+    pixel_spacing_mm: float | None = Field(default=None, gt=0, le=MAX_PIXEL_SPACING_MM)
 
     _dataset: catalog.Dataset | None = PrivateAttr(default=None)
 
@@ -58,6 +106,13 @@ class PredictRequest(BaseModel):
             raise ValueError(f"expected [width, height] with positive numbers, got {list(value)}")
         return value
 
+    @field_validator("pixel_spacing_mm", mode="before")
+    @classmethod
+    def _spacing_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number of millimetres per pixel, not true/false")
+        return value
+
     @field_validator("pixel_spacing_mm")
     @classmethod
     def _finite_spacing(cls, value: float | None) -> float | None:
@@ -66,7 +121,7 @@ class PredictRequest(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _check_catalog(self) -> "PredictRequest":
+    def _check_catalog(self) -> PredictRequest:
         try:
             dataset = catalog.find_dataset(self.task, self.dataset_name)
         except catalog.UnknownDataset as exc:
@@ -79,12 +134,12 @@ class PredictRequest(BaseModel):
             )
         else:
             self.organ = dataset.organ
-        if self.class_label_index is not None and self.task == "classification":
-            if self.class_label_index >= dataset.num_classes:
-                raise ValueError(
-                    f"class_label_index: {self.class_label_index} is out of range for {dataset.name} "
-                    f"({dataset.num_classes} classes)"
-                )
+        if (self.class_label_index is not None and self.task == "classification"
+                and self.class_label_index >= dataset.num_classes):
+            raise ValueError(
+                f"class_label_index: {self.class_label_index} is out of range for {dataset.name} "
+                f"({dataset.num_classes} classes)"
+            )
         self.dataset_name = dataset.name
         if not self.img_name:
             self.img_name = PurePosixPath(self.img_path_relative.replace("\\", "/")).name
@@ -110,21 +165,30 @@ class PredictRequest(BaseModel):
         return data
 
     @classmethod
-    def parse(cls, obj: "dict | str | bytes | PredictRequest") -> "PredictRequest":
+    def parse(cls, obj: dict | str | bytes | PredictRequest) -> PredictRequest:
         """Validate a dict (or a JSON text of one object); raise :class:`RequestError` naming the field."""
         if isinstance(obj, PredictRequest):
             return obj
         if isinstance(obj, (str, bytes, bytearray)):
             try:
-                obj = json.loads(obj)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise RequestError(f"request is not valid JSON: {exc}") from None
+                obj = loads_json(obj)
+            except RequestError as exc:
+                raise RequestError(exc.message, status_code=422) from None
         if not isinstance(obj, dict):
             raise RequestError(f"request must be a JSON object, got {type(obj).__name__}")
         try:
-            return cls.model_validate(obj)
+            parsed = cls.model_validate(obj)
         except ValidationError as exc:
             raise RequestError(_describe(exc), field=_first_field(exc)) from None
+        except RecursionError:
+            raise RequestError("request nests arrays / objects too deeply") from None
+        size = extras_size(parsed.extras)
+        if size > MAX_EXTRAS_BYTES:
+            largest = max(parsed.extras, key=lambda key: extras_size({key: parsed.extras[key]}))
+            raise RequestError(f"fields outside the schema take {size:,} bytes of JSON; the limit is "
+                               f"{MAX_EXTRAS_BYTES:,} bytes (16 KiB) — the largest is {str(largest)[:60]!r}",
+                               status_code=413, field=str(largest)[:60])
+        return parsed
 
 
 def _first_field(exc: ValidationError) -> str | None:

@@ -336,19 +336,24 @@ class AnalysisService:
                     self._store = HistoryStore.from_settings(self.settings)
         return self._store
 
-    def _record(self, request: Any, response: dict | None, **fields: Any) -> int | None:
-        """One history row; a history failure is logged and never hides the result or the real error."""
+    def _record(self, request: Any, response: dict | None, *, note_to: AnalysisResponse | None = None,
+                **fields: Any) -> int | None:
+        """One history row; a history failure is logged and never hides the result or the real error. When the row
+        cannot be written, ``note_to`` (the response the caller gets) says so in its ``notes`` — run_id None is
+        then explained instead of silent. The note names no server path or database URL (the log has the details)."""
         from core.history import record_run
 
         try:
             return record_run(self.store, request, response, **fields)
         except Exception as exc:  # noqa: BLE001 - the record must not sink the analysis
             log.warning("history write failed: %s", getattr(exc, "message", None) or type(exc).__name__)
+            if note_to is not None:
+                note_to.notes = [*(note_to.notes or []), f"not recorded in the history: {_history_failure(exc)}"]
             return None
 
     def _record_success(self, request: PredictRequest, response: AnalysisResponse, *, source: str,
                         edits: list | None, batch_id: str | None) -> None:
-        response.run_id = self._record(request, response.to_json(), source=source, edits=edits,
+        response.run_id = self._record(request, response.to_json(), note_to=response, source=source, edits=edits,
                                        input_sha256=response.input_sha256, batch_id=batch_id)
 
     def _record_failure(self, request: Any, failure: AnalysisFailure, *, source: str, edits: list | None,
@@ -434,6 +439,17 @@ class AnalysisService:
         if not target.is_file():
             raise NotFoundError(f"the {what} file of this run is no longer available")
         return target
+
+
+def _history_failure(exc: BaseException) -> str:
+    """Why a history row was not written, in words fit for the client (no paths, URLs or tracebacks)."""
+    from core.errors import HistoryError
+
+    if isinstance(exc, HistoryError):
+        return "the history database cannot be written (read-only, full or unreachable); the server log has details"
+    if isinstance(exc, OSError):
+        return f"the workspace cannot be written ({exc.strerror or type(exc).__name__})"
+    return f"the history store failed ({type(exc).__name__}); the server log has details"
 
 
 def write_classification_json(output_dir: Path, items: list[BatchItem]) -> Path:

@@ -20,6 +20,9 @@ UUSIC_BACKEND              backend                CPU inference backend: auto | 
 UUSIC_PRECISION            precision              CPU inference precision: fp32 | bf16 | int8 (int8: openvino + nncf)
 UUSIC_CACHE_DIR            cache_dir              converted models (default <workspace>/cache/backends)
 UUSIC_CORS_ORIGINS         cors_origins           comma-separated origins the API allows
+UUSIC_ALLOWED_HOSTS        allowed_hosts          comma-separated Host names the API answers (``*``: any host)
+UUSIC_MAX_CONNECTIONS      max_connections        ``serve``: concurrent connections + requests before 503
+UUSIC_BODY_TIMEOUT_S       body_timeout_s         seconds a request body may stall between two reads (then 408)
 UUSIC_MAX_IMAGE_PIXELS     max_image_pixels       larger images are refused (decompression bombs)
 UUSIC_MAX_IMAGE_SIDE       max_image_side         longest image side accepted
 UUSIC_MAX_UPLOAD_MB        max_upload_mb          upload size limit
@@ -217,6 +220,11 @@ class Settings(BaseSettings):
     precision: Literal["fp32", "bf16", "int8"] = "fp32"
     cache_dir: Path | None = None  # converted models; None = <workspace>/cache/backends
     cors_origins: tuple[str, ...] = ("http://localhost:8501", "http://127.0.0.1:8501")
+    # Host names (the Host header, port excluded) the API answers; others get 400 (DNS rebinding). "*" = any host;
+    # "*.example.org" = its subdomains. "testserver" is what Starlette's TestClient sends.
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "::1", "testserver")
+    max_connections: int = Field(default=64, ge=1)  # `serve`: uvicorn limit_concurrency
+    body_timeout_s: float = Field(default=30.0, gt=0, allow_inf_nan=False)  # stall between two body reads → 408
     # Limits. From the environment they must be >= 1; code (tests) may set 0 to refuse everything.
     max_image_pixels: int = Field(default=64_000_000, ge=0)  # larger images are refused (decompression bombs)
     max_image_side: int = Field(default=16_384, ge=0)
@@ -252,10 +260,20 @@ class Settings(BaseSettings):
         # pydantic-settings' own env/.env/secrets sources are left out on purpose: direct construction reads nothing.
         return init_settings, _UUSICEnvSource(settings_cls)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_list(value) if isinstance(value, str) else value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if "*" in host[1:] or (host.startswith("*") and host != "*" and not host.startswith("*.")):
+                raise ValueError(f"{host!r} is not a host name; wildcards are '*' (any) or '*.example.org'")
+            if "/" in host or " " in host:
+                raise ValueError(f"{host!r} is not a host name (no scheme, path or spaces; the port is not needed)")
+        return value
 
     @field_validator("history_url")
     @classmethod

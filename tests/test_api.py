@@ -138,7 +138,8 @@ def test_compat_segment_route_both_tasks(client):
     for key, value in OLD_SEG_BODY.items():
         if key not in ("mask_name", "mask_path_relative"):
             assert body[key] == value  # the request is echoed
-    assert body["mask_name"] == "seg_1.png" and body["mask_path_relative"] == "api_out/segmentation/DDTI/masks/seg_1.png"
+    assert body["mask_name"] == "seg_1.png"
+    assert body["mask_path_relative"] == "api_out/segmentation/DDTI/masks/seg_1.png"
     assert (client.settings.workspace / body["mask_path_relative"]).is_file()
     assert Path(body["mask_path_absolute"]).is_file()
     for name in ("inference_time_sec", "memory_usage_mb", "gpu_memory_usage_mb", "gpu_memory_reserved_mb"):
@@ -204,15 +205,18 @@ def test_bad_bodies(client):
     assert client.post("/v1/predict", content=b"{not json", headers={"content-type": "application/json"}
                        ).status_code == 400
     assert client.post("/v1/predict", json=[OLD_SEG_BODY]).status_code == 422
-    assert client.post("/v1/predict", content=b"").status_code == 422
+    assert client.post("/v1/predict", content=b"", headers={"content-type": "application/json"}).status_code == 422
+    assert client.post("/v1/predict", content=b"").status_code == 415  # no Content-Type: not a JSON body
     huge = {**OLD_SEG_BODY, "padding": "x" * (client.settings.max_json_bytes + 10)}
     response = client.post("/v1/predict", json=huge)
     assert response.status_code == 413 and "limit" in response.json()["detail"]
-    chunked = client.post("/v1/predict", content=iter([json.dumps(huge).encode()]))  # no Content-Length
+    chunked = client.post("/v1/predict", content=iter([json.dumps(huge).encode()]),  # no Content-Length
+                          headers={"content-type": "application/json"})
     assert chunked.status_code == 413
     not_image = client.post("/v1/upload", files={"file": ("x.png", b"MZ\x90\x00 not an image", "image/png")})
     assert not_image.status_code == 400 and "not a recognised image" in not_image.json()["detail"]
-    assert client.post("/v1/upload").status_code == 422  # no file field
+    assert client.post("/v1/upload").status_code == 415  # no multipart body at all
+    assert client.post("/v1/upload", files={"other": ("x.png", b"x", "image/png")}).status_code == 422  # no file field
     assert client.post("/segment/", json={**OLD_SEG_BODY, "task": "detection"}).json()["error"]
     assert client.get("/healthz").status_code == 200
 

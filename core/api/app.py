@@ -1,7 +1,9 @@
-"""The FastAPI app: middleware (API key, body limits, logs), error handlers, and the routers, over one service.
+"""The FastAPI app: middleware (Host allow-list, CORS, streamed body limits and timeout, API key, content types,
+logs), error handlers, and the routers, over one service.
 
 ``create_app`` only assembles; every route is in :mod:`core.api.routers` and calls :class:`core.service.
-AnalysisService`. Logs carry method, route, status and time only: no image bytes, file names or request bodies.
+AnalysisService`; the limits live in :mod:`core.api.limits` (see docs/SECURITY.md). Logs carry method, route,
+status and time only: no image bytes, file names or request bodies.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import RequestError, UUSICError, error_body
+from core.api.limits import DRAIN_BYTES, BodyLimit, TrustedHosts, body_limit, content_type_refusal
+from core.api.routers import compat, files, history, inference, system
+from core.errors import NotFoundError, RequestError, UUSICError, error_body
 from core.service import AnalysisService
 from core.settings import Settings
-
-from core.api.routers import compat, files, history, inference, system
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -36,7 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("uusic.api")
 OPEN_PATHS = {"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
-UPLOAD_PATHS = {"/v1/upload", "/upload"}
+H11_MAX_HEADER_BYTES = 16 * 1024  # request line + headers; more is refused by uvicorn
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this many seconds
 DESCRIPTION = "Universal ultrasound classification and segmentation (UUSIC25 request JSON)."
 
 
@@ -70,7 +74,10 @@ def _refusal(request: Request, settings: Settings) -> UUSICError | None:
             given = auth[7:].strip()
         if not given or not secrets.compare_digest(given.encode(), settings.api_key.encode()):
             return UUSICError("missing or wrong API key (send X-API-Key or Authorization: Bearer)", status_code=401)
-    limit = (settings.max_upload_mb * 1024 * 1024 + 64 * 1024) if path in UPLOAD_PATHS else settings.max_json_bytes
+    refusal = content_type_refusal(request.method, path, request.headers.get("content-type"))
+    if refusal is not None:
+        return refusal
+    limit = body_limit(settings, path)
     length = request.headers.get("content-length")
     if length is None:
         return None
@@ -87,7 +94,11 @@ def _install_handlers(app: FastAPI, settings: Settings) -> None:
         start = time.perf_counter()
         refusal = _refusal(request, settings)
         if refusal is not None:
-            return error_response(refusal, request.url.path)
+            response = error_response(refusal, request.url.path)
+            length = request.headers.get("content-length") or "0"
+            if not length.isdigit() or int(length) > body_limit(settings, request.url.path) + DRAIN_BYTES:
+                response.headers["connection"] = "close"  # do not let the server drain a huge declared body
+            return response
         response = await call_next(request)
         route = request.scope.get("route")
         log.info("%s %s %s %.1f ms", request.method, getattr(route, "path", "?"), response.status_code,
@@ -98,9 +109,26 @@ def _install_handlers(app: FastAPI, settings: Settings) -> None:
     async def uusic_error(request: Request, exc: UUSICError) -> JSONResponse:
         return error_response(exc, request.url.path)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own refusals (unknown route 404, 405, a multipart body it cannot parse) in the one error body
+        kind = NotFoundError if exc.status_code == 404 else RequestError if exc.status_code < 500 else UUSICError
+        response = error_response(kind(str(exc.detail), status_code=exc.status_code), request.url.path)
+        response.headers.update(exc.headers or {})
+        return response
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(_validation_error(exc), request.url.path)
+
+    @app.exception_handler(OSError)
+    async def storage_error(request: Request, exc: OSError) -> JSONResponse:
+        # a read-only / full / replaced workspace: 500 or 507 naming no server path (core.errors.workspace_error);
+        # the log gets the reason, not the file name (names may be patients')
+        route = getattr(request.scope.get("route"), "path", "?")
+        log.error("file-system error on %s %s: %s (errno %s)", request.method, route,
+                  exc.strerror or type(exc).__name__, exc.errno)
+        return error_response(exc, request.url.path)
 
     @app.exception_handler(Exception)
     async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -135,8 +163,11 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     app.state.service, app.state.settings, app.state.limiter = service, settings, None
     app.state.predictor = predictor
     _install_handlers(app, settings)
+    # outermost last: Host allow-list → CORS → streamed body limit / stall timeout → guard (key, type, length)
+    app.add_middleware(BodyLimit, settings=settings, respond=error_response)
     app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
                        allow_methods=["GET", "POST"], allow_headers=["X-API-Key", "Authorization", "Content-Type"])
+    app.add_middleware(TrustedHosts, allowed_hosts=list(settings.allowed_hosts), respond=error_response)
     for router in (system.router, inference.router, files.router, history.router, compat.router):
         app.include_router(router)
     return app
@@ -178,13 +209,28 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings.from_env()
-    if args.micro_batch:
-        settings = settings.with_(micro_batch=args.micro_batch)
-    app = create_app(settings, preload=True)
+    try:
+        settings = Settings.from_env()
+        if args.micro_batch:
+            settings = settings.with_(micro_batch=args.micro_batch)
+    except UUSICError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        app = create_app(settings, preload=True)
+    except UUSICError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the workspace is a file, read-only, on a missing disk...
+        print(f"error: the workspace {settings.workspace} cannot be used: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(f"serving on http://{args.host}:{args.port} (docs at /docs); workspace {settings.workspace}",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    # h11 (not httptools) so that the header size limit applies; limit_concurrency answers 503 past
+    # UUSIC_MAX_CONNECTIONS connections + requests; stalled bodies are cut by core.api.limits.BodyLimit
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, http="h11",
+                timeout_keep_alive=KEEP_ALIVE_S, h11_max_incomplete_event_size=H11_MAX_HEADER_BYTES,
+                limit_concurrency=settings.max_connections)
     return 0
 
 

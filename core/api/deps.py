@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -13,6 +12,7 @@ from fastapi import Depends, Request
 from fastapi.responses import FileResponse
 
 from core.errors import NotFoundError, PathError, RequestError
+from core.schema import loads_json
 from core.service import AnalysisService
 
 # worker threads for decoding, the forward pass (serialised by the engine) and writing masks: enough to overlap
@@ -46,10 +46,7 @@ async def read_json(request: Request) -> Any:
         raise RequestError(f"request body is {len(body):,} bytes; the limit is {limit:,}", status_code=413)
     if not body:
         raise RequestError("request body is empty; send the request JSON object")
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(f"request body is not valid JSON: {exc}", status_code=400) from None
+    return loads_json(body, what="request body")  # 400 when not JSON or nested deeper than MAX_JSON_DEPTH
 
 
 def serve_file(root: Path, rel: str, suffixes: tuple[str, ...]) -> FileResponse:
