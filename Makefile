@@ -18,5 +18,5 @@ test-fast: setup
 
 .PHONY: lint
 lint: setup
-	.venv/bin/ruff check core tests pages Home.py bench scripts
+	.venv/bin/ruff check .
 	.venv/bin/mypy

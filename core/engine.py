@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -219,17 +219,17 @@ class Engine:
                     if p.request.task == "classification" and (p.request.dataset.head == "cls4") == (head == "cls4")]
             if rows:
                 probs = torch.softmax(logits[rows], dim=1).cpu().numpy()
-                for i, prob in zip(rows, probs):
+                for i, prob in zip(rows, probs, strict=True):
                     outputs[i].probability = prob
         if seg_rows:
             seg_sel = seg[seg_rows]
             if self.spec.preprocessing == "letterbox":
                 fg = torch.softmax(seg_sel, dim=1)[:, 1].cpu().numpy().astype(np.float32)
-                for i, f in zip(seg_rows, fg):
+                for i, f in zip(seg_rows, fg, strict=True):
                     outputs[i].seg_foreground = f
             else:  # the baseline's argmax(softmax(...)) path, kept for parity
                 labels = torch.argmax(torch.softmax(seg_sel, dim=1), dim=1).to(torch.uint8).cpu().numpy()
-                for i, lab in zip(seg_rows, labels):
+                for i, lab in zip(seg_rows, labels, strict=True):
                     outputs[i].seg_label = lab
         return outputs
 
@@ -246,6 +246,7 @@ class Engine:
             "img_name": req.img_name,
         }
         if req.task == "classification":
+            assert raw.probability is not None, "a classification sample has probabilities"
             probability = [float(v) for v in raw.probability]
             prediction = int(np.argmax(raw.probability))
             response[req.img_path_relative] = {"probability": probability, "prediction": prediction}
@@ -289,6 +290,8 @@ class Engine:
         req, transform = prepared.request, prepared.transform
         if raw.seg_foreground is not None and isinstance(transform, Letterbox):
             mask = transform.invert_probability(raw.seg_foreground) > 0.5
+        elif raw.seg_label is None:
+            raise RuntimeError("a segmentation sample without a label map")  # the forward pass always sets one
         elif self.mask_inverse == "baseline":
             mask = baseline_resize_nearest(raw.seg_label, prepared.image.width, prepared.image.height) > 0
         else:

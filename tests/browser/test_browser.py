@@ -22,7 +22,7 @@ from core import i18n
 from core.settings import PROJECT_ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
-from app_server import CHROMIUM, dashboard, launch_browser, wait_idle  # noqa: E402
+from app_server import CHROMIUM, dashboard, launch_browser, wait_idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.timeout(240)]
 playwright_api = pytest.importorskip("playwright.sync_api")

@@ -9,10 +9,9 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from PIL import Image
 
+from core.api.deps import ServiceDep, in_worker
 from core.history import decode_row
 from core.service import AnalysisService
-
-from core.api.deps import ServiceDep, in_worker
 
 router = APIRouter(tags=["history"])
 RUN_ID = Path(..., ge=1, le=2**62, description="run id")
@@ -66,4 +65,4 @@ async def history_mask(request: Request, service: ServiceDep, run_id: int = RUN_
     return png_response(await in_worker(request, service.run_mask, run_id))
 
 
-__all__ = ["router", "AnalysisService"]
+__all__ = ["AnalysisService", "router"]

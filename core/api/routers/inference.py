@@ -6,13 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from core.api.deps import ServiceDep, in_worker, read_json
 from core.errors import RequestError
 from core.history import SOURCES
 from core.response import AnalysisResponse
 from core.schema import PredictRequest, parse_request_list
 from core.service import AnalysisService
-
-from core.api.deps import ServiceDep, in_worker, read_json
 
 router = APIRouter(tags=["inference"])
 REQUEST_SCHEMA = PredictRequest.model_json_schema()
