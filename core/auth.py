@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from core.errors import AuthConfigError
+
 log = logging.getLogger("uusic.auth")
 
 ARGON2_PREFIXES = ("$argon2id$", "$argon2i$", "$argon2d$")
@@ -47,12 +49,6 @@ LEGACY_SHA256_WARNING = (
     f"brute-force if the secrets file leaks: replace it with password_hash ({HASH_HELP})"
 )
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-class AuthConfigError(ValueError):
-    """The login configuration is present but unusable: the dashboard must not serve.
-
-    The message names sections and keys, never a configured value."""
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from core.errors import UUSICError
+from core.errors import ArchiveError, UUSICError
 from core.files import atomic_open, atomic_write_bytes
 from core.workspace import Key, row_files
 
@@ -49,12 +49,6 @@ RUNS_MEMBER = "runs.jsonl"
 MANIFEST_MEMBER = "manifest.json"
 FILES_PREFIX = "files"
 RUN_KEY_COLUMNS = ("timestamp", "source", "input_sha256", "img_name")
-
-
-class ArchiveError(UUSICError):
-    """An archive that cannot be imported (not ours, damaged, from a newer schema)."""
-
-    status_code = 422
 
 
 def run_key(row: dict) -> str:

@@ -119,6 +119,40 @@ class ServiceUnavailableError(UUSICError, ConnectionError):
     status_code = 503
 
 
+class ArchiveError(UUSICError):
+    """A history archive that cannot be imported (not ours, damaged, from a newer schema)."""
+
+    status_code = 422
+
+
+class ExportError(UUSICError):
+    """A network cannot be exported as a served model (``python -m core export``); the message says why."""
+
+
+class SetupError(ExportError):
+    """Bad options, factory or checkpoint for an export (exit status 2)."""
+
+
+class ClusterError(UUSICError):
+    """Ray is missing, the cluster cannot be reached, or the deployment would not share its state."""
+
+    status_code = 503
+
+
+class AuthConfigError(UUSICError, ValueError):
+    """The dashboard's login configuration is present but unusable: the dashboard must not serve.
+
+    The message names sections and keys, never a configured value."""
+
+    status_code = 500
+
+
+class BackendUnavailable(UUSICError):
+    """An inference backend cannot serve this model here (not installed, cannot convert, failed its check)."""
+
+    status_code = 503
+
+
 class InternalError(UUSICError, RuntimeError):
     """An unexpected failure: reported by type name, never with a traceback or server paths."""
 
@@ -129,7 +163,8 @@ ERROR_TYPES: dict[str, type[UUSICError]] = {
     cls.__name__: cls
     for cls in (UUSICError, RequestError, ImageError, PathError, NotFoundError, NoModelError, ModelUnavailableError,
                 DeviceError, WeightsError, UploadError, WorkspaceError, UnknownDataset, ConfigError, HistoryError,
-                ServiceUnavailableError, InternalError)
+                ServiceUnavailableError, ArchiveError, ExportError, SetupError, ClusterError, AuthConfigError,
+                BackendUnavailable, InternalError)
 }
 
 

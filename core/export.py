@@ -42,21 +42,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.errors import UUSICError
+from core.errors import ExportError, SetupError, UUSICError
 from core.models.base import SEG_ACTIVATIONS, example_inputs, file_sha256
 
 PROMPT_MODES = ("auto", "args", "tuple", "none")
 LAYOUTS = ("nhwc", "nchw")
 _PREFIXES = ("module.", "_orig_mod.")
 _WRAPPERS = ("model", "state_dict")
-
-
-class ExportError(UUSICError):
-    """The network cannot be exported as a served model; the message says why."""
-
-
-class SetupError(ExportError):
-    """Bad options, factory or checkpoint (exit status 2)."""
 
 
 # ------------------------------------------------------------------------------------------------ the network

@@ -22,16 +22,10 @@ import os
 from types import ModuleType
 from typing import Any
 
-from core.errors import ConfigError, UUSICError
+from core.errors import ClusterError, ConfigError
 from core.settings import PROJECT_ROOT, Settings
 
 INSTALL_HINT = "pip install -r requirements-cluster.txt (or pip install -e .[cluster])"
-
-
-class ClusterError(UUSICError):
-    """Ray is missing, the cluster cannot be reached, or the deployment would not share its state."""
-
-    status_code = 503
 
 
 def import_ray() -> ModuleType:

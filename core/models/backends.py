@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import BackendUnavailable
 from core.models.base import ModelSpec, example_inputs
 
 log = logging.getLogger(__name__)
@@ -91,10 +92,6 @@ STATS = {"conversions": 0, "loads": 0}  # counters (tests: a second load convert
 _LOADED: dict[tuple, ConvertedModel] = {}  # (id(eager), artefact) -> wrapper, so engines share one (and its lock)
 _CONVERTED: dict[str, Path] = {}  # artefact name -> the folder this process converted or loaded it in
 _GUARD = threading.Lock()
-
-
-class BackendUnavailable(Exception):
-    """The backend cannot serve this model here (not installed, cannot convert, failed its check)."""
 
 
 # ------------------------------------------------------------------------------------------------ choosing
