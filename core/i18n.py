@@ -81,6 +81,12 @@ STRINGS: dict[str, tuple[str, str]] = {
     "api_error": ("推理服务出错：{message}", "The inference service failed: {message}"),
     # results
     "result": ("结果", "Result"),
+    "model_pick": ("模型", "Model"),
+    "model_auto": ("自动（按数据集）", "automatic (by dataset)"),
+    "compare_with": ("对比模型", "Compare with"),
+    "compare_none": ("不对比", "no comparison"),
+    "comparison": ("模型对比", "Model comparison"),
+    "compare_agreement": ("两个模型掩膜的 Dice 一致性", "Dice agreement of the two models' masks"),
     "probability": ("概率", "Probability"),
     "class": ("类别", "Class"),
     "prediction": ("预测：{label}（{p:.1%}）", "Prediction: {label} ({p:.1%})"),

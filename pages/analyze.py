@@ -174,8 +174,36 @@ def build_request(skeleton: dict, dataset: catalog.Dataset, image: dict, edits: 
     return request
 
 
-def run(dataset: catalog.Dataset, image: dict, edited: Image.Image, edits: list[dict]) -> None:
-    """Store the edited image and analyse it through the service (which records the run, with its sha256)."""
+def models_for(dataset: catalog.Dataset) -> list[str]:
+    """Names of this deployment's models that serve ``dataset`` (the default model first)."""
+    try:
+        entries = service(current).models().get("models") or []
+    except Exception:  # noqa: BLE001 - the model picker is optional
+        return []
+    ordered = sorted(entries, key=lambda m: not m.get("default"))
+    return [str(m["name"]) for m in ordered
+            if catalog.serves(catalog.served_keys(m.get("datasets")), dataset.task, dataset.name)]
+
+
+def pick_models(dataset: catalog.Dataset) -> tuple[str | None, str | None]:
+    """(model, model to compare with) when several models serve ``dataset``; (None, None) otherwise."""
+    names = models_for(dataset)
+    if len(names) < 2:
+        return None, None
+    cols = st.columns(2)
+    key = f"{dataset.task}_{dataset.name}"
+    picked = cols[0].selectbox(tr("model_pick"), ["", *names], key=f"model_{key}",
+                               format_func=lambda n: n or tr("model_auto"))
+    others = [n for n in names if n != (picked or names[0])]
+    other = cols[1].selectbox(tr("compare_with"), ["", *others], key=f"compare_{key}",
+                              format_func=lambda n: n or tr("compare_none"))
+    return picked or None, other or None
+
+
+def run(dataset: catalog.Dataset, image: dict, edited: Image.Image, edits: list[dict],
+        model: str | None = None, compare: str | None = None) -> None:
+    """Store the edited image and analyse it through the service (which records the run, with its sha256);
+    with ``compare``, the same saved image is analysed by a second model too."""
     clicked_at = time.perf_counter()
     buffer = io.BytesIO()
     edited.convert("RGB").save(buffer, format="PNG")
@@ -185,7 +213,8 @@ def run(dataset: catalog.Dataset, image: dict, edited: Image.Image, edits: list[
         skeleton = analysis.save_upload(buffer.getvalue(), f"{stem}.png")
         request = build_request(skeleton, dataset, image, edits)
         with st.spinner(tr("running")):
-            response = analysis.analyze(request, source="dashboard", edits=edits)
+            response = analysis.analyze(request, source="dashboard", edits=edits, model=model)
+            second = analysis.analyze(request, source="dashboard", edits=edits, model=compare) if compare else None
     except Exception as error:  # the service's typed errors (and anything else, as one line)
         st.session_state["result"] = {"error": error_message(error), "no_model": is_no_model(error),
                                       "dataset": dataset.name}
@@ -193,7 +222,29 @@ def run(dataset: catalog.Dataset, image: dict, edited: Image.Image, edits: list[
     st.session_state["result"] = {
         "request": request, "response": response.to_json(), "edits": edits, "edited": edited,
         "run_id": response.run_id, "image_token": image["token"], "seconds": time.perf_counter() - clicked_at,
+        "compare": second.to_json() if second is not None else None,
     }
+
+
+def show_comparison(result: dict) -> None:
+    """The two models' answers side by side (and, for masks, how much they agree)."""
+    first, second = result["response"], result["compare"]
+    rows = []
+    for response in (first, second):
+        answer = (label(response["task"], response["dataset_name"], int(response["prediction"]))
+                  if response["task"] == "classification" else f"{int(response.get('mask_area_px') or 0):,} px²")
+        rows.append({tr("model_pick"): response.get("model_name"), tr("result"): answer,
+                     tr("inference_time"): f"{float(response.get('inference_time_sec', 0.0)) * 1000:.0f} ms"})
+    st.subheader(tr("comparison"))
+    st.table(pd.DataFrame(rows))
+    if first["task"] == "segmentation":
+        try:
+            masks = [overlay.as_bool_mask(load_image(service(current).mask_png(r), settings=current).rgb)
+                     for r in (first, second)]
+        except Exception as error:  # noqa: BLE001 - shown, never raised
+            st.error(tr("engine_error", message=scrub_literal(error_message(error), current)))
+            return
+        st.metric(tr("compare_agreement"), f"{_dice(masks[0], masks[1]):.3f}")
 
 
 # ---------------------------------------------------------------- results
@@ -374,8 +425,9 @@ st.caption(tr("current_image", name=md_literal(image["name"]), w=image["picture"
 edited, edits = edit_image(image)
 zoomable(edited, key="zoom_view")
 
+chosen_model, compare_model = pick_models(dataset) if served else (None, None)
 if st.button(tr("run"), type="primary", key="run", disabled=not served):
-    run(dataset, image, edited, edits)
+    run(dataset, image, edited, edits, chosen_model, compare_model)
 
 result = st.session_state.get("result")
 if result and result.get("error"):
@@ -391,6 +443,8 @@ elif result and result.get("image_token") == image["token"]:
         show_classification(result, image)
     else:
         show_segmentation(result, image)
+    if result.get("compare"):
+        show_comparison(result)
     with st.expander(tr("response_json")):
         st.code(json.dumps(result["response"], ensure_ascii=False, indent=2, default=str), language="json")
     show_resources(result["response"], result["seconds"], result.get("run_id"))

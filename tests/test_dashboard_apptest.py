@@ -866,3 +866,25 @@ def test_model_pool_messages_keep_file_names_only(tiny_settings, message, public
     folders = {"W": str(tiny_settings.weights_dir), "S": str(tiny_settings.workspace),
                "D": str(tiny_settings.data_root)}
     assert ModelPool(tiny_settings)._public(message.format(**folders)) == public.format(**folders)
+
+
+def test_two_models_can_be_picked_and_compared_on_one_image(dashboard_env):
+    """With two models serving DDTI, Analyze offers a model picker and a comparison; both runs are recorded."""
+    manifest_path = dashboard_env.weights_dir / "models.json"
+    tiny = json.loads(manifest_path.read_text())[0]
+    manifest_path.write_text(json.dumps([{**tiny, "name": "first"}, {**tiny, "name": "second"}]))
+    at = AppTest.from_file(HOME, default_timeout=120)
+    at.run()
+    at.settings = dashboard_env
+    _choose(at, "segmentation", "thyroid", "DDTI")
+    at.button(key="random_sample").click().run()
+    at.selectbox(key="model_segmentation_DDTI").set_value("second").run()
+    at.selectbox(key="compare_segmentation_DDTI").set_value("first").run()
+    at.button(key="run").click().run()
+    _ok(at)
+    rows = _runs(at)
+    assert sorted(r["model_name"] for r in rows) == ["first", "second"]
+    assert {r["source"] for r in rows} == {"dashboard"} and len({r["input_sha256"] for r in rows}) == 1
+    shown = at.table[-1].value
+    assert list(shown.iloc[:, 0]) == ["second", "first"]
+    assert any(m.value == "1.000" for m in at.metric)  # the same network twice: the masks agree exactly
