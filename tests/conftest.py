@@ -230,3 +230,13 @@ def history_target(request, tmp_path: Path):
     if request.param == "sqlite":
         return tmp_path / "history.sqlite3"
     return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test that runs a CLI in-process with ``--threads N`` must not change the thread count of later tests
+    (outputs pinned bit for bit depend on it)."""
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)

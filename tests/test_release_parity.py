@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.schema import PredictRequest
 from core.service import AnalysisService
@@ -18,6 +19,15 @@ DEMO_PRESENT = (Settings().weights_dir / "models.json").is_file()
 NEW_KEYS = {"run_id", "mask_url"}  # added by the service (the API answered mask_url before, now every door does)
 
 pytestmark = pytest.mark.skipif(not DEMO_PRESENT, reason="demo weights not present")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_threads():
+    """The pinned outputs were computed with 2 torch threads; other tests may change the count (ray: 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
