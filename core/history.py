@@ -343,34 +343,24 @@ class HistoryStore:
                 self._engine = None
 
     # -------------------------------------------------------------------------------- writing
-    def add(self, record: dict) -> int:
-        """Insert one run (unknown keys are ignored); returns its id."""
+    @staticmethod
+    def _row(record: dict) -> dict:
+        """The stored form of a run: known columns only (no ``id``), defaults filled, JSON columns as text."""
         row = {k: v for k, v in record.items() if k in COLUMN_NAMES and k != "id"}
         row.setdefault("timestamp", utc_now())
         row.setdefault("source", "api")
         for name in JSON_COLUMNS:
             if name in row:
                 row[name] = _json(row[name])
+        return row
 
-        def insert() -> int:
-            with self._transaction(write=True) as connection:
-                key = connection.execute(sa.insert(runs).values(row)).inserted_primary_key
-                assert key is not None, "an INSERT returns its primary key"
-                return int(key[0])
-
-        return self._retry(insert, "record a run")
+    def add(self, record: dict) -> int:
+        """Insert one run (unknown keys are ignored); returns its id."""
+        return self.add_many([record])[0]
 
     def add_many(self, records: Iterable[dict]) -> list[int]:
         """Insert several runs in one transaction (all or none; ``id`` is ignored); returns their new ids in order."""
-        rows = []
-        for record in records:
-            row = {k: v for k, v in record.items() if k in COLUMN_NAMES and k != "id"}
-            row.setdefault("timestamp", utc_now())
-            row.setdefault("source", "api")
-            for name in JSON_COLUMNS:
-                if name in row:
-                    row[name] = _json(row[name])
-            rows.append(row)
+        rows = [self._row(record) for record in records]
 
         def insert() -> list[int]:
             ids = []
