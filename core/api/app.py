@@ -208,13 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        settings = Settings.from_env()
-        if args.micro_batch:
-            settings = settings.with_(micro_batch=args.micro_batch)
-    except UUSICError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+    settings = _serve_settings(args)
+    if settings is None:
         return 2
     try:
         app = create_app(settings, preload=True)
@@ -250,12 +245,16 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
         return 2
     from core.cluster.serve import serve_main
 
+    settings = _serve_settings(args)
+    return 2 if settings is None else serve_main(args, settings)
+
+
+def _serve_settings(args: argparse.Namespace) -> Settings | None:
+    """Logging set up and the settings of a ``serve`` command (None, with the error printed, when they are bad)."""
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
-        if args.micro_batch:
-            settings = settings.with_(micro_batch=args.micro_batch)
+        return settings.with_(micro_batch=args.micro_batch) if args.micro_batch else settings
     except UUSICError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    return serve_main(args, settings)
+        return None
