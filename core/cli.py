@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -65,13 +64,6 @@ def _predict_parser() -> argparse.ArgumentParser:
     ray.add_argument("--concurrency", type=int, default=1, help="engine actors, one loaded model each (default 1)")
     ray.add_argument("--num-gpus-per-worker", type=float, default=0.0, help="GPUs per engine actor (default 0)")
     return p
-
-
-def _read_entries(path: Path) -> list:
-    """The request list of a challenge JSON; :class:`RequestError` / ``OSError`` / ``ValueError`` when unreadable."""
-    from core.schema import parse_request_list
-
-    return parse_request_list(json.loads(path.read_text(encoding="utf-8")))
 
 
 def _build_service(args: argparse.Namespace):

@@ -240,3 +240,24 @@ def _restore_torch_threads():
     yield
     if torch.get_num_threads() != before:
         torch.set_num_threads(before)
+
+
+def wait_for_server(process, base: str, log_path: Path, *, timeout: float) -> None:
+    """Wait until a started ``python -m core serve`` answers ``/healthz``; fail with its log if it dies or stalls."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(log_path.read_text())
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("server did not start: " + log_path.read_text())
+        time.sleep(0.2)

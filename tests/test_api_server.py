@@ -7,12 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
+from conftest import wait_for_server
 from PIL import Image
 
 from core.history import HistoryStore
@@ -37,19 +37,7 @@ def server(tiny_settings: Settings, tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "core", "serve", "--host", "127.0.0.1", "--port", str(port),
                                 "--threads", "1"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            raise AssertionError((tmp_path / "server.log").read_text())
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("server did not start: " + (tmp_path / "server.log").read_text())
-        time.sleep(0.2)
+    wait_for_server(process, base, tmp_path / "server.log", timeout=60)
     client = httpx.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=30)
     client.settings = tiny_settings
     client.log_path = tmp_path / "server.log"

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import wait_for_server
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -616,19 +617,7 @@ def live(tmp_path_factory):
                                 "--threads", "1", "--log-level", "warning"], cwd=PROJECT_ROOT, env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        if process.poll() is not None:
-            raise AssertionError((parent / "server.log").read_text())
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("server did not start: " + (parent / "server.log").read_text())
-        time.sleep(0.2)
+    wait_for_server(process, base, parent / "server.log", timeout=120)
     yield {"base": base, "port": port, "process": process, "log": parent / "server.log"}
     process.terminate()
     try:
