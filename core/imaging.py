@@ -44,6 +44,7 @@ class LoadedImage:
     pixel_spacing_mm: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     sha256: str | None = None  # of the file's bytes as read (history: which input was analysed)
+    pixel_spacing_source: str | None = None  # "dicom" | "dicom_region" (core.calibration) when spacing is known
 
     @property
     def width(self) -> int:
@@ -550,6 +551,7 @@ def _load_dicom(data: bytes, name: str, settings: Settings | None) -> LoadedImag
         rgb=np.ascontiguousarray(rgb, dtype=np.uint8),
         format="dicom",
         pixel_spacing_mm=spacing,
+        pixel_spacing_source=_spacing_source(ds) if spacing is not None else None,
         notes=tuple(notes + spacing_notes),
     )
 
@@ -671,6 +673,12 @@ def _dicom_spacing(ds: Any) -> tuple[float | None, list[str]]:
     except Exception:  # noqa: BLE001 - malformed regions: no spacing, the image is still usable
         notes.append("DICOM SequenceOfUltrasoundRegions is malformed; ignored, no measurements in mm")
     return None, notes
+
+
+def _spacing_source(ds: Any) -> str:
+    from core.calibration import dicom_spacing_source
+
+    return dicom_spacing_source(ds)
 
 
 def dicom_pixel_spacing_mm(ds: Any) -> float | None:
