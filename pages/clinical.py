@@ -1,0 +1,658 @@
+"""Issue 11 on the Analyze page: cine loops, pixel-spacing calibration, uncertainty (TTA), the reference
+measurement and the case report.
+
+``pages/analyze.py`` calls these functions from a few lines marked ``# clinical hook``. Every widget talks only to
+the analysis service (in-process or :class:`core.client.ApiClient`); where the service lacks a method the widget
+hides itself with a short note, so the page never breaks.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from PIL import Image, ImageDraw
+
+from core import catalog, editing, i18n, overlay
+from pages.common import choice, error_message, lang, md_literal, scrub_literal, service, tr
+
+VIDEO_TYPES = ["mp4", "avi", "mov", "webm", "mkv"]
+FRAME_MARK = "#frame="
+PLAY_SECONDS = 0.4  # one player step; the frame step follows the loop's fps
+THUMB_SIDE = 480  # the player's frames (display copies only)
+LINE_VIEW_SIDE = 640  # the calibration image (clicks are scaled back to image pixels)
+MODES = ["auto", "user", "line", "none"]
+PLOT_CONFIG = {"displaylogo": False}
+
+
+# ---------------------------------------------------------------------------------------------- shared
+def _has(method: str) -> bool:
+    """Whether the analysis service offers ``method`` (the colleagues' parts land one by one)."""
+    try:
+        return callable(getattr(service(), method, None))
+    except Exception:  # noqa: BLE001 - no service: the page says so elsewhere
+        return False
+
+
+def _problem(error: BaseException) -> str:
+    return scrub_literal(error_message(error))
+
+
+def base_token(image: dict) -> str:
+    """The image's token without the cine frame part (one calibration / upload record per file)."""
+    return str(image.get("token") or "").split(FRAME_MARK)[0]
+
+
+def _short(token: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(token.encode()).hexdigest()[:10]
+
+
+def _upload_record(image: dict) -> dict | None:
+    record = st.session_state.get("clinical_upload")
+    return record if record and record.get("token") == base_token(image) else None
+
+
+def _cine(image: dict) -> dict | None:
+    """The kept container of a multi-frame upload (``frame_count`` > 1), when the service can read its frames."""
+    record = _upload_record(image)
+    if not record or int(record["skeleton"].get("frame_count") or 1) < 2:
+        return None
+    return record if _has("load_frame") else None
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:,.1f} {unit}" if abs(value) >= 10 else f"{value:,.3g} {unit}"
+
+
+def spacing_text(spacing: float | None, source: str | None) -> str:
+    """``0.0812 mm/px (ground truth)`` or the note that values are in pixels only."""
+    if not spacing:
+        return tr("cl_spacing_none")
+    return tr("cl_spacing_value", spacing=f"{float(spacing):.4g}", source=tr(f"cl_source_{source or 'unknown'}"))
+
+
+# ---------------------------------------------------------------------------------------------- upload
+def remember_upload(data: bytes, name: str, token: str) -> None:
+    """A multi-frame DICOM or video upload is also kept as uploaded, so its frames can be shown and analysed."""
+    st.session_state.pop("clinical_upload", None)
+    suffix = Path(name).suffix.lower().lstrip(".")
+    if not (data[128:132] == b"DICM" or suffix in ("dcm", "dicom", *VIDEO_TYPES)):
+        return
+    try:
+        from core.imaging import probe_frames
+    except ImportError:  # no cine support in this core yet
+        return
+    try:
+        if probe_frames(data, name=name).frame_count < 2:
+            return
+        skeleton = service().save_upload(data, name)
+    except Exception as error:  # noqa: BLE001 - the first frame may still open; say why the loop does not
+        st.warning(tr("cl_container_error", message=_problem(error)))
+        return
+    st.session_state["clinical_upload"] = {"token": token, "skeleton": skeleton}
+
+
+# ---------------------------------------------------------------------------------------------- cine
+def _thumbnail(picture: Image.Image, side: int = THUMB_SIDE) -> Image.Image:
+    shown = picture.convert("RGB")
+    if max(shown.size) > side:
+        shown.thumbnail((side, side))
+    return shown
+
+
+def load_frame(path: str, index: int) -> Image.Image:
+    """Frame ``index`` of the kept container through the service (the last few cached per session)."""
+    cache: dict = st.session_state.setdefault("cine_frames", {})
+    key = (path, int(index))
+    if key not in cache:
+        cache[key] = Image.fromarray(np.ascontiguousarray(service().load_frame(path, int(index))))
+        while len(cache) > 4:
+            cache.pop(next(iter(cache)))
+    return cache[key]
+
+
+def _thumb_bytes(path: str, index: int) -> bytes:
+    cache: dict = st.session_state.setdefault("cine_thumbs", {})
+    key = (path, int(index))
+    if key not in cache:
+        buffer = io.BytesIO()
+        _thumbnail(load_frame(path, index)).save(buffer, format="JPEG", quality=80)
+        cache[key] = buffer.getvalue()
+        while len(cache) > 400:
+            cache.pop(next(iter(cache)))
+    return cache[key]
+
+
+def _toggle_play(play_key: str, slider_key: str, position_key: str) -> None:
+    """Play starts at the slider's frame; stop leaves the slider on the frame that was shown."""
+    if st.session_state.get(play_key):
+        st.session_state[position_key] = int(st.session_state.get(slider_key, 0))
+    else:
+        st.session_state[slider_key] = int(st.session_state.get(position_key, 0))
+
+
+@st.fragment(run_every=PLAY_SECONDS)
+def _player(path: str, count: int, fps: float | None, position_key: str) -> None:
+    """While play is on: the next frame every :data:`PLAY_SECONDS` (only this fragment reruns)."""
+    step = max(1, round((fps or 0) * PLAY_SECONDS)) if fps else 1
+    position = (int(st.session_state.get(position_key, 0)) + step) % count
+    st.session_state[position_key] = position
+    try:
+        st.image(_thumb_bytes(path, position), caption=tr("cl_frame_of", k=position, n=count))
+    except Exception as error:  # noqa: BLE001 - a frame that cannot be read stops nothing else
+        st.error(tr("cl_frame_error", message=_problem(error)))
+
+
+def cine_frame(image: dict) -> dict:
+    """For a cine: the frame slider (frame count shown) with play; returns the image of the chosen frame."""
+    cine = _cine(image)
+    if cine is None:
+        return image
+    skeleton = cine["skeleton"]
+    count, fps = int(skeleton["frame_count"]), skeleton.get("fps")
+    key = _short(cine["token"])
+    slider_key, play_key, position_key = f"cine_frame_{key}", f"cine_play_{key}", f"cine_pos_{key}"
+    st.subheader(tr("cl_cine_title"))
+    st.caption(tr("cl_cine_info", n=count, fps=f"{float(fps):.1f}" if fps else "—"))
+    cols = st.columns([6, 1])
+    index = cols[0].slider(tr("cl_frame"), 0, count - 1, key=slider_key)
+    playing = cols[1].toggle(tr("cl_play"), key=play_key, on_change=_toggle_play,
+                             args=(play_key, slider_key, position_key))
+    if playing:
+        _player(skeleton["img_path_relative"], count, fps, position_key)
+    try:
+        picture = load_frame(skeleton["img_path_relative"], index)
+    except Exception as error:  # noqa: BLE001 - shown; the first frame stays on screen
+        st.error(tr("cl_frame_error", message=_problem(error)))
+        return image
+    st.caption(tr("cl_this_frame", k=index, n=count))
+    return {**image, "picture": picture, "token": f"{cine['token']}{FRAME_MARK}{index}", "frame_index": index}
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+def auto_spacing(image: dict) -> tuple[float | None, str | None]:
+    """The spacing the image brings itself: the data root's ground truth, else the DICOM header."""
+    spacing = image.get("spacing")
+    if not spacing:
+        return None, None
+    sample = image.get("sample") or {}
+    if sample.get("pixel_spacing_mm"):
+        return float(spacing), "ground_truth"
+    return float(spacing), image.get("spacing_source") or "dicom"
+
+
+def chosen_spacing(image: dict) -> tuple[float | None, str | None]:
+    """(spacing, source) the user chose in the panel for this image (automatic until they choose)."""
+    chosen = st.session_state.get("calibration", {}).get(base_token(image))
+    return tuple(chosen) if chosen else auto_spacing(image)  # type: ignore[return-value]
+
+
+def _set_spacing(image: dict, spacing: float | None, source: str | None) -> None:
+    st.session_state.setdefault("calibration", {})[base_token(image)] = (spacing, source)
+
+
+def spacing_problem(spacing: float) -> str | None:
+    """The core's refusal of an implausible spacing (its message, with the band), or None."""
+    try:
+        from core.calibration import check_spacing
+    except ImportError:
+        return None
+    try:
+        check_spacing(spacing)
+    except Exception as error:  # noqa: BLE001 - RequestError: shown as the core words it
+        return error_message(error)
+    return None
+
+
+def calibration_panel(image: dict) -> None:
+    """Spacing for a segmentation: automatic (DICOM / ground truth), typed in, a drawn line, or none."""
+    auto_value, auto_source = auto_spacing(image)
+    key = _short(base_token(image))
+    with st.expander(tr("cl_calibration"), expanded=False):
+        st.caption(tr("cl_auto_spacing", text=spacing_text(auto_value, auto_source)))
+        mode = choice("radio", tr("cl_spacing_mode"), MODES, key=f"calib_mode_{key}", horizontal=True,
+                      format_func=lambda m: tr(f"cl_mode_{m}"))
+        if mode == "auto":
+            _set_spacing(image, auto_value, auto_source)
+        elif mode == "none":
+            _set_spacing(image, None, None)
+        elif mode == "user":
+            value = st.number_input(tr("cl_enter_spacing"), min_value=0.0, value=float(auto_value or 0.1),
+                                    step=0.01, format="%.4f", key=f"calib_user_{key}")
+            problem = spacing_problem(value)
+            if problem:
+                st.error(tr("cl_spacing_error", message=md_literal(problem)))
+            _set_spacing(image, float(value), "user")
+        else:
+            _line_tool(image, key)
+    spacing, source = chosen_spacing(image)
+    st.caption(tr("cl_spacing_used", text=spacing_text(spacing, source)))
+
+
+def _line_view(picture: Image.Image, points: list[tuple[float, float]]) -> Image.Image:
+    """A downscaled copy of the image with the clicked points and the line between them drawn on it."""
+    view = _thumbnail(picture, LINE_VIEW_SIDE)
+    scale = view.width / picture.width
+    draw = ImageDraw.Draw(view)
+    shown = [(x * scale, y * scale) for x, y in points]
+    if len(shown) == 2:
+        draw.line(shown, fill=(255, 210, 0), width=2)
+    for x, y in shown:
+        draw.ellipse((x - 4, y - 4, x + 4, y + 4), outline=(255, 210, 0), width=2)
+    return view
+
+
+def _add_point(click_key: str, points_key: str, size: tuple[int, int]) -> None:
+    """A click on the displayed copy → a point in image pixels (two make the line)."""
+    click = st.session_state.get(click_key) or {}
+    if not click.get("width"):
+        return
+    x = float(click["x"]) * size[0] / float(click["width"])
+    y = float(click["y"]) * size[1] / float(click["height"])
+    points = list(st.session_state.get(points_key) or [])
+    st.session_state[points_key] = [*(points if len(points) < 2 else []), (x, y)]  # a third click starts again
+
+
+def _line_tool(image: dict, key: str) -> None:
+    """Click two points of known distance (e.g. on the depth ruler), type the distance: spacing_from_line."""
+    try:
+        from streamlit_image_coordinates import streamlit_image_coordinates
+
+        from core.calibration import spacing_from_line
+    except ImportError as error:
+        st.info(tr("cl_unavailable", message=md_literal(error)))
+        return
+    picture: Image.Image = image["picture"]
+    points_key, click_key = f"calib_points_{key}", f"calib_click_{key}"
+    points = list(st.session_state.get(points_key) or [])
+    st.caption(tr("cl_line_help"))
+    streamlit_image_coordinates(_line_view(picture, points), key=click_key, cursor="crosshair",
+                                on_click=lambda: _add_point(click_key, points_key, picture.size))
+    cols = st.columns([2, 1])
+    length = cols[0].number_input(tr("cl_line_length"), min_value=0.0, value=10.0, step=1.0, key=f"calib_mm_{key}")
+    if cols[1].button(tr("cl_line_reset"), key=f"calib_reset_{key}"):
+        st.session_state[points_key] = []
+        points = []
+    if len(points) < 2:
+        st.caption(tr("cl_line_points", n=len(points)))
+        _set_spacing(image, None, None)
+        return
+    pixels = math.dist(points[0], points[1])
+    try:
+        spacing = spacing_from_line(points[0], points[1], float(length))
+    except Exception as error:  # noqa: BLE001 - RequestError: the core's reason
+        st.error(tr("cl_spacing_error", message=_problem(error)))
+        _set_spacing(image, None, None)
+        return
+    st.caption(tr("cl_line_result", px=f"{pixels:.1f}", mm=f"{float(length):g}", spacing=f"{spacing:.4g}"))
+    _set_spacing(image, spacing, "line")
+
+
+# ---------------------------------------------------------------------------------------------- options + request
+def _tta_default() -> bool:
+    """The deployment's TTA default (``UUSIC_TTA``: on / off / auto as the service decides)."""
+    from pages.common import settings
+
+    setting = str(getattr(settings(), "tta", "off") or "off").lower()
+    if setting in ("on", "off"):
+        return setting == "on"
+    try:
+        from core import tta
+
+        decide = getattr(tta, "default_enabled", None) or getattr(tta, "auto_enabled", None)
+        return bool(decide(settings())) if callable(decide) else False
+    except Exception:  # noqa: BLE001 - unknown: off (the user can turn it on)
+        return False
+
+
+def options_panel(dataset: catalog.Dataset, image: dict, edits: list[dict], served: bool) -> None:
+    """Before Run: the spacing panel (segmentation), the TTA switch and, for a cine, "analyse all frames"."""
+    if dataset.task == "segmentation":
+        calibration_panel(image)
+    st.toggle(tr("cl_tta"), value=_tta_default(), key="tta_on", help=tr("cl_tta_help"))
+    if _cine(image) is not None:
+        cine_analysis(dataset, image, edits, served)
+
+
+def _sample_of(image: dict, dataset: catalog.Dataset) -> dict:
+    sample = image.get("sample") or {}
+    return sample if (image.get("task"), image.get("dataset")) == (dataset.task, dataset.name) else {}
+
+
+def extend_request(request: dict, dataset: catalog.Dataset, image: dict, edits: list[dict]) -> dict:
+    """The request with the chosen spacing and its source, the TTA switch, the ground truth it may be compared
+    with (unedited samples; the dashboard compares edited ones itself) and, for an unedited cine, the frame shown."""
+    request = dict(request)
+    if dataset.task == "segmentation":
+        spacing, source = chosen_spacing(image)
+        request.pop("pixel_spacing_mm", None)
+        request.pop("pixel_spacing_source", None)
+        if spacing:
+            request.update(pixel_spacing_mm=float(spacing), pixel_spacing_source=source)
+    if "tta_on" in st.session_state:
+        request["tta"] = bool(st.session_state["tta_on"])
+    sample = _sample_of(image, dataset)
+    if sample and not editing.changes_geometry(edits):
+        if sample.get("mask_path_relative"):
+            request["mask_path_relative"] = sample["mask_path_relative"]
+        if sample.get("head_circumference_mm"):
+            request["head_circumference_mm"] = float(sample["head_circumference_mm"])
+    if image.get("frame_index") is not None and int(request.get("frame_count") or 1) > 1:
+        request["frame_index"] = int(image["frame_index"])  # the cine itself (unedited): the frame shown
+    return request
+
+
+def _frames_request(cine: dict, dataset: catalog.Dataset, image: dict, edits: list[dict]) -> dict:
+    request = {k: v for k, v in cine["skeleton"].items() if k not in ("frame_count", "fps", "frame_index")}
+    request.update(task=dataset.task, dataset_name=dataset.name, organ=dataset.organ)
+    if dataset.task == "segmentation":
+        request["seg_target_info"] = dataset.seg_target
+    return extend_request(request, dataset, image, edits)
+
+
+# ---------------------------------------------------------------------------------------------- cine analysis
+def _item_json(item) -> dict:
+    return item.to_json() if hasattr(item, "to_json") else dict(item)
+
+
+def _run_all_frames(dataset: catalog.Dataset, image: dict, edits: list[dict], cine: dict) -> None:
+    """Every frame through ``analyze_frames`` (one batch, one history row per frame), with a progress bar."""
+    count = int(cine["skeleton"]["frame_count"])
+    bar = st.progress(0.0, text=tr("cl_frames_progress", done=0, n=count))
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=tr("cl_frames_progress", done=done, n=total))
+
+    stored: dict = {"token": cine["token"], "dataset": [dataset.task, dataset.name],
+                    "edits": json.dumps(edits, sort_keys=True)}
+    try:
+        request = _frames_request(cine, dataset, image, edits)
+        result = service().analyze_frames(request, frames=None, edits=edits, source="dashboard", progress=progress)
+    except Exception as error:  # noqa: BLE001 - the service's typed error, one line
+        stored["error"] = error_message(error)
+    else:
+        stored.update(summary=dict(result.summary), items=[_item_json(i) for i in result.items],
+                      spacing=request.get("pixel_spacing_mm"), source=request.get("pixel_spacing_source"))
+    bar.empty()
+    st.session_state["cine_result"] = stored
+
+
+def cine_analysis(dataset: catalog.Dataset, image: dict, edits: list[dict], served: bool) -> None:
+    """"Analyse all frames" and, once done, the curve over the loop (kept until the loop or dataset changes)."""
+    cine = _cine(image)
+    if cine is None:
+        return
+    count = int(cine["skeleton"]["frame_count"])
+    if not _has("analyze_frames"):
+        st.info(tr("cl_unavailable", message=tr("cl_frames_missing")))
+        return
+    if st.button(tr("cl_analyze_all", n=count), key="cine_all", disabled=not served):
+        _run_all_frames(dataset, image, edits, cine)
+    stored = st.session_state.get("cine_result")
+    if not stored or stored["token"] != cine["token"] or stored["dataset"] != [dataset.task, dataset.name]:
+        return
+    if stored.get("error"):
+        st.error(tr("engine_error", message=scrub_literal(stored["error"])))
+        return
+    if stored["edits"] != json.dumps(edits, sort_keys=True):
+        st.warning(tr("cl_frames_stale"))
+    show_cine_result(stored, dataset)
+
+
+def _marker(figure: go.Figure, frames: list, values: list, index, text: str, color: str, symbol: str) -> None:
+    if index is None or index not in frames:
+        return
+    y = values[frames.index(index)]
+    figure.add_trace(go.Scatter(x=[index], y=[y], mode="markers+text", text=[text], textposition="top center",
+                                marker=dict(size=13, color=color, symbol=symbol), name=text))
+
+
+def _area_curve(summary: dict, stored: dict) -> None:
+    frames = list(summary.get("frames") or [])
+    in_mm = summary.get("area_mm2") is not None
+    values = list(summary.get("area_mm2") if in_mm else summary.get("area_px") or [])
+    if not frames or len(values) != len(frames):
+        return
+    unit = "mm²" if in_mm else "px²"
+    figure = go.Figure(go.Scatter(x=frames, y=values, mode="lines+markers", name=tr("cl_area", unit=unit),
+                                  line=dict(color="#0072b2")))
+    _marker(figure, frames, values, summary.get("largest_frame"), tr("cl_largest"), "#d55e00", "triangle-up")
+    _marker(figure, frames, values, summary.get("smallest_frame"), tr("cl_smallest"), "#009e73", "triangle-down")
+    _marker(figure, frames, values, summary.get("ed_frame"), "ED", "#cc79a7", "diamond")
+    _marker(figure, frames, values, summary.get("es_frame"), "ES", "#e69f00", "diamond")
+    figure.update_layout(xaxis_title=tr("cl_frame"), yaxis_title=tr("cl_area", unit=unit), height=320,
+                         margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h"))
+    st.plotly_chart(figure, config=PLOT_CONFIG, key="cine_curve", width="stretch")
+    if in_mm:
+        st.caption(tr("cl_mm_note", text=spacing_text(stored.get("spacing"), stored.get("source"))))
+
+
+def _cine_metrics(summary: dict) -> None:
+    cards = [(tr("cl_largest"), summary.get("largest_frame")), (tr("cl_smallest"), summary.get("smallest_frame"))]
+    if summary.get("ed_frame") is not None:
+        cards += [(tr("cl_ed"), summary.get("ed_frame")), (tr("cl_es"), summary.get("es_frame"))]
+    fac = summary.get("fractional_area_change")
+    cols = st.columns(len(cards) + (1 if fac is not None else 0))
+    for col, (name, frame) in zip(cols, cards, strict=False):
+        col.metric(name, "—" if frame is None else tr("cl_frame_n", k=frame))
+    if fac is not None:
+        cols[-1].metric(tr("cl_fac"), f"{float(fac) * 100:.1f} %")
+
+
+def _probability_curve(summary: dict, dataset: catalog.Dataset) -> None:
+    frames, rows = list(summary.get("frames") or []), summary.get("probability") or []
+    if not rows or len(rows) != len(frames):
+        return
+    figure = go.Figure()
+    for index in range(len(rows[0])):
+        figure.add_trace(go.Scatter(x=frames, y=[row[index] if row else None for row in rows], mode="lines+markers",
+                                    name=i18n.class_name(dataset.task, dataset.name, index, lang())))
+    figure.update_layout(xaxis_title=tr("cl_frame"), yaxis=dict(range=[0, 1], title=tr("probability")),
+                         height=300, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h"))
+    st.plotly_chart(figure, config=PLOT_CONFIG, key="cine_probability", width="stretch")
+
+
+def show_cine_result(stored: dict, dataset: catalog.Dataset) -> None:
+    summary = stored.get("summary") or {}
+    st.subheader(tr("cl_frames_result", n=len(summary.get("frames") or [])))
+    if dataset.task == "segmentation":
+        _area_curve(summary, stored)
+        _cine_metrics(summary)
+    else:
+        _probability_curve(summary, dataset)
+    failed = [item for item in stored.get("items") or [] if item.get("error") or item.get("error_type")]
+    if failed:
+        st.warning(tr("cl_frames_failed", n=len(failed), message=scrub_literal(failed[0].get("error", ""))))
+
+
+# ---------------------------------------------------------------------------------------------- results
+def add_error_bars(figure: go.Figure, response: dict) -> None:
+    """TTA: the probability bars are the mean over the views; error bars span their min-max range."""
+    spread = response.get("uncertainty") or {}
+    low, high = spread.get("probability_min"), spread.get("probability_max")
+    mean = response.get("probability") or []
+    if not low or not high or len(low) != len(mean) or not figure.data:
+        return
+    figure.data[0].update(error_y=dict(type="data", symmetric=False, color="#333333", thickness=1.5,
+                                       array=[max(0.0, float(h) - float(p)) for h, p in zip(high, mean, strict=True)],
+                                       arrayminus=[max(0.0, float(p) - float(lo)) for lo, p in
+                                                   zip(low, mean, strict=True)]))
+
+
+def spacing_caption(response: dict) -> None:
+    """Beside the measurements: the spacing every mm value was computed with, and where it came from."""
+    spacing = response.get("pixel_spacing_mm")
+    st.caption(tr("cl_mm_note", text=spacing_text(spacing, response.get("pixel_spacing_source")))
+               if spacing else tr("cl_spacing_none"))
+
+
+def _measure_rows(keys, columns: dict[str, dict]) -> pd.DataFrame:
+    """One row per measurement key (``area_mm2``, ``head_circumference_mm`` …), one column per source dict."""
+    rows = []
+    for key in keys:
+        base, _, unit = key.rpartition("_")
+        unit_text = {"px": "px²" if base == "area" else "px", "mm2": "mm²", "mm": "mm"}.get(unit)
+        if unit_text is None or base not in i18n.MEASURE_LABELS:
+            continue
+        row = {tr("measure_name"): f"{i18n.measure_label(base, lang())} ({unit_text})"}
+        for title, values in columns.items():
+            value = values.get(key)
+            row[title] = "—" if not isinstance(value, (int, float)) else f"{float(value):,.2f}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _agreement_view(picture: Image.Image, agreement: np.ndarray) -> Image.Image:
+    """Where the TTA views disagree (agreement near 0.5) in orange over the image; full agreement stays clear."""
+    base = overlay.as_rgb_array(picture).astype(np.float32)
+    if agreement.shape != base.shape[:2]:
+        agreement = np.asarray(Image.fromarray((agreement * 255).astype(np.uint8)).resize(
+            (base.shape[1], base.shape[0]), Image.BILINEAR), dtype=np.float32) / 255.0
+    doubt = (1.0 - np.abs(2.0 * agreement - 1.0))[..., None]  # 0 all agree, 1 half and half
+    found = (agreement >= 0.5)[..., None] * 0.25
+    colour = np.array([230, 159, 0], dtype=np.float32)
+    mixed = base * (1 - 0.8 * doubt - found) + colour * 0.8 * doubt + np.array([0, 114, 178]) * found
+    return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))
+
+
+def show_uncertainty(result: dict) -> None:
+    """TTA spread: classification range per class; segmentation agreement map and the measurement spread."""
+    response = result["response"]
+    spread = response.get("uncertainty") or {}
+    if not spread:
+        return
+    st.subheader(tr("cl_uncertainty", n=spread.get("views", "?")))
+    if response.get("task") == "classification":
+        st.caption(tr("cl_tta_bars"))
+        return
+    cols = st.columns([1, 2])
+    if spread.get("agreement_mean") is not None:
+        cols[0].metric(tr("cl_agreement"), f"{float(spread['agreement_mean']):.3f}")
+    if _has("agreement_map"):
+        try:
+            agreement = np.asarray(service().agreement_map(response), dtype=np.float32)
+            cols[1].image(_agreement_view(result["edited"], agreement), caption=tr("cl_agreement_map"),
+                          width="stretch")
+        except Exception as error:  # noqa: BLE001 - the map is extra; its failure is shown
+            cols[1].warning(tr("cl_frame_error", message=_problem(error)))
+    table_rows = spread.get("measurement_spread") or {}
+    columns = {tr(f"cl_stat_{name}"): {k: v.get(name) for k, v in table_rows.items()}
+               for name in ("mean", "min", "max", "sd")}
+    table = _measure_rows(list(table_rows), columns)
+    if not table.empty:
+        st.table(table)
+        if any(k.endswith(("_mm", "_mm2")) for k in table_rows):
+            spacing_caption(response)
+
+
+# ---------------------------------------------------------------------------------------------- reference
+def _edited_reference(result: dict, image: dict) -> dict | None:
+    """For an edited sample the dashboard measures the ground-truth mask after the same edits itself."""
+    from pages.common import settings
+
+    request, response = result["request"], result["response"]
+    dataset = catalog.find_dataset(request["task"], request["dataset_name"])
+    relative = _sample_of(image, dataset).get("mask_path_relative")
+    if not relative or request.get("task") != "segmentation" or not result.get("edits"):
+        return None
+    try:
+        from core.imaging import load_image
+        from core.measure import measure_mask
+
+        current = settings()
+        pixels = load_image(current.data_root / relative, settings=current).rgb[..., 0]
+        mask = editing.apply_edits(Image.fromarray(np.ascontiguousarray(pixels)), result["edits"], is_mask=True)
+        if mask.size != result["edited"].size:
+            return None
+        measured = measure_mask(overlay.as_bool_mask(mask), pixel_spacing_mm=response.get("pixel_spacing_mm"),
+                                fetal_head=dataset.group == "fetal_head")
+    except Exception:  # noqa: BLE001 - no comparison rather than a broken page
+        return None
+    predicted = response.get("measurements") or {}
+    difference = {k: float(predicted[k]) - float(v) for k, v in measured.items()
+                  if isinstance(v, (int, float)) and isinstance(predicted.get(k), (int, float))}
+    return {"source": "ground_truth_mask_edited", "measurements": measured, "difference": difference}
+
+
+def show_reference(result: dict, image: dict) -> None:
+    """Demo mode: the reference measurement (ground truth) next to the predicted one, with the difference."""
+    response = result["response"]
+    reference = response.get("reference") or _edited_reference(result, image)
+    if not reference or response.get("task") != "segmentation":
+        return
+    difference = reference.get("difference") or {}
+    keys = [k for k in difference if k.endswith(("_mm", "_mm2"))] or list(difference)
+    table = _measure_rows(keys, {tr("cl_predicted"): response.get("measurements") or {},
+                                 tr("cl_reference"): reference.get("measurements") or {},
+                                 tr("cl_difference"): difference})
+    if table.empty:
+        return
+    st.subheader(tr("cl_reference_title"))
+    st.table(table)
+    source = tr(f"cl_ref_{reference.get('source')}")
+    if any(k.endswith(("_mm", "_mm2")) for k in keys):
+        st.caption(f"{source} · " + tr("cl_mm_note", text=spacing_text(response.get("pixel_spacing_mm"),
+                                                                       response.get("pixel_spacing_source"))))
+    else:
+        st.caption(source)
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _dicom_input(result: dict) -> bool:
+    request = result.get("request") or {}
+    names = [request.get("source_path_relative"), request.get("img_path_relative")]
+    return any(str(n or "").lower().endswith((".dcm", ".dicom")) for n in names)
+
+
+def _seg_bytes(result: dict) -> bytes | str:
+    """The run's DICOM SEG (made once per run), or the reason there is none."""
+    cached = result.setdefault("_clinical", {})
+    if "seg" not in cached:
+        try:
+            cached["seg"] = service().dicom_seg(int(result["run_id"]))
+        except Exception as error:  # noqa: BLE001 - NotFoundError / RequestError: the reason is shown
+            cached["seg"] = error_message(error)
+    return cached["seg"]
+
+
+def report_downloads(result: dict) -> None:
+    """"Report (PDF)" for this run (made when clicked) and, for a DICOM input, its mask as a DICOM SEG."""
+    run_id = result.get("run_id")
+    if run_id is None:
+        return
+    stem = Path(str((result.get("request") or {}).get("img_name") or "case")).stem
+    cols = st.columns(2)
+    if _has("report_pdf"):
+        analysis, language = service(), lang()
+        cols[0].download_button(tr("cl_report_pdf"), lambda: analysis.report_pdf(int(run_id), language),
+                                f"{stem}_run{run_id}_report.pdf", "application/pdf", key="dl_report",
+                                on_click="ignore", icon=":material/picture_as_pdf:")
+    else:
+        cols[0].caption(tr("cl_unavailable", message=tr("cl_report_missing")))
+    if result["response"].get("task") != "segmentation" or not _dicom_input(result) or not _has("dicom_seg"):
+        return
+    seg = _seg_bytes(result)
+    if isinstance(seg, bytes):
+        cols[1].download_button(tr("cl_dicom_seg"), seg, f"{stem}_run{run_id}_seg.dcm", "application/dicom",
+                                key="dl_seg", on_click="ignore")
+    else:
+        cols[1].caption(tr("cl_seg_unavailable", message=scrub_literal(seg)))
+
+
+def result_extras(result: dict, image: dict) -> None:
+    """After a result: its uncertainty, the reference (demo mode) and the report downloads."""
+    for part in (show_uncertainty, lambda r: show_reference(r, image), report_downloads):
+        try:
+            part(result)
+        except Exception as error:  # noqa: BLE001 - one extra failing never hides the result above it
+            st.warning(tr("cl_frame_error", message=_problem(error)))
