@@ -162,10 +162,11 @@ def test_filters_and_csv(history_target):
     assert len(store.list(limit=1)) == 1
     rows = store.list({"organ": "Thyroid"})
     parsed = list(csv.DictReader(io.StringIO(store.to_csv(rows))))
-    assert len(parsed) == 2 and list(parsed[0]) == list(COLUMN_NAMES)
+    assert len(parsed) == 2 and list(parsed[0])[: len(COLUMN_NAMES)] == list(COLUMN_NAMES)
     assert {p["img_name"] for p in parsed} == {"x_1.png", "old_100%.png"}
     seg_row = next(p for p in parsed if p["img_name"] == "x_1.png")
     assert json.loads(seg_row["measurements"])["area_px"] == 321 and seg_row["mask_area_px"] == "321"
+    assert seg_row["area_px"] == "321"  # and the measurement's own flat column
     assert store.to_csv([]).strip() == ",".join(COLUMN_NAMES)
     store.close()
 
