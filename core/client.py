@@ -149,6 +149,24 @@ class ApiClient:
     def run_mask(self, run_id: int) -> np.ndarray:
         return self._png(f"/v1/history/{int(run_id)}/mask") > 127
 
+    def report_pdf(self, run_id: int, lang: str = "en") -> bytes:
+        """The case report of a run as PDF bytes (``GET /v1/history/{id}/report.pdf``)."""
+        return self._send("GET", f"/v1/history/{int(run_id)}/report.pdf", params={"lang": lang}).content
+
+    def dicom_seg(self, run_id: int) -> bytes:
+        """The DICOM SEG of a segmentation run of a DICOM input (``GET /v1/history/{id}/seg.dcm``)."""
+        return self._send("GET", f"/v1/history/{int(run_id)}/seg.dcm").content
+
+    def agreement_map(self, response: AnalysisResponse | dict) -> np.ndarray:
+        """The TTA agreement map (float32 ``H x W``, 0..1) of a segmentation response (``GET /v1/masks/...``)."""
+        from core.errors import NotFoundError
+
+        data = response if isinstance(response, dict) else response.to_json()
+        url = (data.get("uncertainty") or {}).get("agreement_url")
+        if not url:
+            raise NotFoundError("this result has no agreement map (it was analysed without test-time augmentation)")
+        return self._png(url).astype(np.float32) / 255.0
+
     # ------------------------------------------------------------------------------------------ older names
     def predict(self, request: dict, **_: Any) -> dict:
         """``analyze`` as a plain dict (the client's earlier method)."""

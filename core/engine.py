@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import catalog
+from core import calibration, catalog, tta
 from core.batching import report_progress, run_batch
 from core.errors import NoModelError, error_body
 from core.files import atomic_save_image
 from core.geometry import CenterCrop, Letterbox, make_transform
-from core.imaging import LoadedImage, load_image
+from core.imaging import LoadedImage, frame_mask_path, load_image
 from core.models import backends, registry
 from core.models.base import ModelSpec
 from core.paths import mask_relative_path, output_path, resolve_input
@@ -67,6 +67,13 @@ class Prepared:
     input: np.ndarray  # S x S x 3 float32 in [0, 1]
     prep_sec: float
     timings: dict = field(default_factory=dict)
+    views: tuple[tta.View, ...] = ()  # test-time augmentation: the views stacked into the forward pass (none: off)
+    view_input: np.ndarray | None = None  # V x S x S x 3 float32, the input seen in each view
+    input_dir: Path | None = None  # where the request's relative paths live (its ground-truth mask, core.reference)
+
+    def model_inputs(self) -> list[np.ndarray]:
+        """What this image contributes to the forward pass: its input, or one input per TTA view."""
+        return [self.input] if self.view_input is None else list(self.view_input)
 
 
 @dataclass
@@ -77,6 +84,7 @@ class RawOutput:
     seg_label: np.ndarray | None = None  # center_crop: argmax label map S x S (uint8)
     seg_foreground: np.ndarray | None = None  # letterbox: foreground probability S x S (float32)
     fallback_device: str | None = None  # set when CUDA ran out of memory and the sample ran on the CPU
+    views: list[RawOutput] | None = None  # test-time augmentation: one output per view (in the view's frame)
 
 
 _MODEL_LOCKS: dict[int, threading.Lock] = {}
@@ -160,18 +168,27 @@ class Engine:
                 field="dataset_name",
             )
         path = resolve_input(self.settings, req.img_path_relative, input_dir=input_dir)
-        image = load_image(path, settings=self.settings)
+        image = load_image(path, settings=self.settings, frame_index=req.frame_index)  # cine: that frame only
         decoded = time.perf_counter()
         transform = make_transform(self.spec.preprocessing, image.width, image.height, self.spec.input_size)
         array = transform.apply(image.rgb)
+        views = self.tta_views(req)
         done = time.perf_counter()
         return Prepared(req, image, transform, array, done - start,
-                        {"decode_sec": decoded - start, "preprocess_sec": done - decoded})
+                        {"decode_sec": decoded - start, "preprocess_sec": done - decoded}, views=views,
+                        view_input=tta.view_inputs(views, array) if views else None, input_dir=input_dir)
+
+    def tta_views(self, request: PredictRequest) -> tuple[tta.View, ...]:
+        """The TTA views for ``request`` (its ``tta`` field, else the setting), or () when TTA is off."""
+        if not tta.tta_enabled(request.tta, self.settings.tta):
+            return ()
+        return tta.parse_views(self.settings.tta_views)
 
     def forward(self, batch: list[Prepared]) -> tuple[list[RawOutput], float, Any]:
         """One forward pass over ``batch`` under the engine lock; returns per-sample outputs, seconds, GPU memory."""
-        prompts = [p.request.dataset.prompts() for p in batch]
-        images = torch.from_numpy(np.stack([p.input for p in batch]))
+        rows = [p for p in batch for _ in p.model_inputs()]  # TTA: one row per view, all in this one pass
+        prompts = [p.request.dataset.prompts() for p in rows]
+        images = torch.from_numpy(np.stack([a for p in batch for a in p.model_inputs()]))
         vectors = [torch.tensor([pr.as_tuple()[k] for pr in prompts], dtype=torch.float32) for k in range(4)]
         with self._lock:
             start = time.perf_counter()
@@ -182,11 +199,11 @@ class Engine:
                     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
                     with autocast:
                         seg, cls2, cls4 = self._run_model(self.model, images_d, vectors_d)
-                    outputs = self._extract(batch, seg.float(), cls2.float(), cls4.float())
+                    outputs = self._extract(rows, seg.float(), cls2.float(), cls4.float())
             except torch.OutOfMemoryError:
-                outputs, gpu = self._forward_on_cpu(batch, images, vectors), GpuMemory()
+                outputs, gpu = self._forward_on_cpu(rows, images, vectors), GpuMemory()
             seconds = time.perf_counter() - start
-        return outputs, seconds, gpu
+        return _regroup(batch, outputs), seconds, gpu
 
     def _run_model(self, model, images: torch.Tensor, vectors: list[torch.Tensor]):
         """``model`` over the batch in chunks of at most ``spec.max_batch`` images (an export that runs one image at
@@ -246,10 +263,12 @@ class Engine:
             "img_name": req.img_name,
         }
         if req.task == "classification":
-            assert raw.probability is not None, "a classification sample has probabilities"
-            probability = [float(v) for v in raw.probability]
-            prediction = int(np.argmax(raw.probability))
+            probs, uncertainty = _class_probability(prepared, raw)
+            probability = [float(v) for v in probs]
+            prediction = int(np.argmax(probs))
             response[req.img_path_relative] = {"probability": probability, "prediction": prediction}
+            if uncertainty is not None:
+                response["uncertainty"] = uncertainty
             response.update(
                 probability=probability,
                 prediction=prediction,
@@ -275,9 +294,12 @@ class Engine:
             image_height=prepared.image.height,
             image_format=prepared.image.format,
             input_sha256=prepared.image.sha256,
+            frame_index=prepared.image.frame_index,  # cine (a still image: 0 of 1)
+            frame_count=prepared.image.frame_count,
         )
-        if prepared.image.notes:
-            response["notes"] = list(prepared.image.notes)
+        notes = [*response.pop("notes", []), *prepared.image.notes]  # the segmentation's own notes first
+        if notes:
+            response["notes"] = notes
         if raw.fallback_device:
             response["device"] = raw.fallback_device
             response.setdefault("notes", []).append(
@@ -288,31 +310,81 @@ class Engine:
 
     def _finish_segmentation(self, prepared: Prepared, raw: RawOutput, output_dir: Path) -> dict:
         req, transform = prepared.request, prepared.transform
-        if raw.seg_foreground is not None and isinstance(transform, Letterbox):
-            mask = transform.invert_probability(raw.seg_foreground) > 0.5
-        elif raw.seg_label is None:
-            raise RuntimeError("a segmentation sample without a label map")  # the forward pass always sets one
-        elif self.mask_inverse == "baseline":
-            mask = baseline_resize_nearest(raw.seg_label, prepared.image.width, prepared.image.height) > 0
-        else:
-            mask = transform.invert_mask(raw.seg_label, background=0) > 0
-        relative = mask_relative_path(req.img_path_relative)
+        fused = self._fuse_segmentation(prepared, raw) if raw.views else None
+        mask = fused.mask if fused is not None else self._mask(prepared, raw)
+        relative = frame_mask_path(mask_relative_path(req.img_path_relative), prepared.image)  # cine: one per frame
         target = output_path(output_dir, relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_save_image(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"), target, format="PNG",
                           compress_level=1)
-        spacing = req.pixel_spacing_mm or prepared.image.pixel_spacing_mm
-        coverage = transform.coverage() if self.mask_inverse == "exact" else np.ones(1)
-        return {
+        spacing, source, notes = calibration.resolve_spacing(
+            req.pixel_spacing_mm, req.pixel_spacing_source, prepared.image.pixel_spacing_mm,
+            prepared.image.pixel_spacing_source)
+        coverage = transform.coverage() if self.mask_inverse == "exact" or fused is not None else np.ones(1)
+        fetal_head = req.dataset.group == "fetal_head"
+        measurements = _measure(mask, spacing, fetal_head=fetal_head) if self.measurements else None
+        result = {
             "mask_name": target.name,
             "mask_path": str(target),
             "mask_path_relative": relative,
             "mask_area_px": int(mask.sum()),
             "seg_target_info": req.dataset.seg_target,
             "pixel_spacing_mm": spacing,
+            "pixel_spacing_source": source,
             "coverage_fraction": float(coverage.mean()),
-            "measurements": (_measure(mask, spacing, fetal_head=req.dataset.group == "fetal_head")
-                             if self.measurements else None),
+            "measurements": measurements,
+        }
+        if fused is not None:
+            result["uncertainty"] = self._segmentation_uncertainty(prepared, fused, target, spacing, fetal_head)
+        if measurements is not None:
+            from core.reference import reference_for
+
+            reference = reference_for(self.settings, req, measurements, mask.shape, spacing,
+                                      input_dir=prepared.input_dir)
+            if reference is not None:
+                result["reference"] = reference
+        if notes:
+            result["notes"] = notes
+        return result
+
+    def _mask(self, prepared: Prepared, raw: RawOutput) -> np.ndarray:
+        """The one-view mask on the original pixels (the path every response took before TTA)."""
+        transform = prepared.transform
+        if raw.seg_foreground is not None and isinstance(transform, Letterbox):
+            return transform.invert_probability(raw.seg_foreground) > 0.5
+        if raw.seg_label is None:
+            raise RuntimeError("a segmentation sample without a label map")  # the forward pass always sets one
+        if self.mask_inverse == "baseline":
+            return baseline_resize_nearest(raw.seg_label, prepared.image.width, prepared.image.height) > 0
+        return transform.invert_mask(raw.seg_label, background=0) > 0
+
+    @staticmethod
+    def _fuse_segmentation(prepared: Prepared, raw: RawOutput) -> tta.FusedMask:
+        """Every view's foreground map back on the original pixels, averaged (:func:`core.tta.fuse_masks`)."""
+        transform = prepared.transform
+        maps = [_foreground(view) for view in raw.views or []]
+        if isinstance(transform, Letterbox):
+            return tta.fuse_masks(prepared.views, maps, transform.invert_probability)
+        return tta.fuse_masks(prepared.views, maps, lambda m: transform.invert_mask(m, background=0))
+
+    def _segmentation_uncertainty(self, prepared: Prepared, fused: tta.FusedMask, target: Path,
+                                  spacing: float | None, fetal_head: bool) -> dict:
+        """The TTA block: views, agreement PNG (0..255 = fraction of views voting foreground), measurement spread."""
+        path = target.with_name(f"{target.stem}_agreement.png")
+        atomic_save_image(Image.fromarray(tta.agreement_png(fused.agreement), mode="L"), path, format="PNG",
+                          compress_level=1)
+        per_view = [_measure(m, spacing, fetal_head=fetal_head) for m in fused.view_masks] if self.measurements \
+            else [{"area_px": int(m.sum())} for m in fused.view_masks]
+        union = np.zeros_like(fused.mask)
+        for m in fused.view_masks:
+            union |= m
+        consensus = np.maximum(fused.agreement, 1.0 - fused.agreement)[union]
+        return {
+            "views": len(prepared.views),
+            "view_names": [v.name for v in prepared.views],
+            "agreement_mean": float(consensus.mean()) if consensus.size else 1.0,
+            "agreement_path": str(path),
+            "measurement_spread": tta.spread(per_view),
         }
 
     # ------------------------------------------------------------------------------------------ public API
@@ -356,6 +428,39 @@ class Engine:
 
     def _output_dir(self, output_dir: Path | None) -> Path:
         return Path(output_dir) if output_dir is not None else Path(self.settings.api_out)
+
+
+def _class_probability(prepared: Prepared, raw: RawOutput) -> tuple[np.ndarray, dict | None]:
+    """Classification probabilities: the one view's, or the mean over the TTA views with their spread."""
+    if raw.views:
+        rows = [v.probability for v in raw.views if v.probability is not None]
+        return tta.fuse_probabilities(np.stack(rows), prepared.views)
+    assert raw.probability is not None, "a classification sample has probabilities"
+    return raw.probability, None
+
+
+def _foreground(raw: RawOutput) -> np.ndarray:
+    """A view's ``S x S`` foreground map: the probability (letterbox) or the 0/1 vote of the label map (crop)."""
+    if raw.seg_foreground is not None:
+        return raw.seg_foreground
+    if raw.seg_label is None:
+        raise RuntimeError("a segmentation view without a label map")  # the forward pass always sets one
+    return np.asarray(raw.seg_label > 0, dtype=np.float32)
+
+
+def _regroup(batch: list[Prepared], outputs: list[RawOutput]) -> list[RawOutput]:
+    """One output per image: a TTA image's view rows gathered into one :class:`RawOutput` (``views``)."""
+    grouped: list[RawOutput] = []
+    index = 0
+    for prepared in batch:
+        if prepared.view_input is None:
+            grouped.append(outputs[index])
+            index += 1
+            continue
+        parts = outputs[index:index + len(prepared.view_input)]
+        grouped.append(RawOutput(views=parts, fallback_device=parts[0].fallback_device))
+        index += len(parts)
+    return grouped
 
 
 def _measure(mask: np.ndarray, spacing: float | None, *, fetal_head: bool) -> dict:

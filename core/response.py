@@ -54,8 +54,12 @@ class AnalysisResponse(_Open):
     mask_area_px: int | None = None
     seg_target_info: str | None = None
     pixel_spacing_mm: float | None = None
+    pixel_spacing_source: str | None = None  # core.calibration.SPACING_SOURCES; None when unknown
     coverage_fraction: float | None = None
     measurements: dict[str, Any] | None = None
+    # test-time augmentation (core.tta) and the ground truth's measurements (core.reference)
+    uncertainty: dict[str, Any] | None = None
+    reference: dict[str, Any] | None = None
     # resources and provenance
     inference_time_sec: float
     memory_usage_mb: float | None = None
@@ -70,6 +74,8 @@ class AnalysisResponse(_Open):
     image_height: int | None = None
     image_format: str | None = None
     input_sha256: str | None = None
+    frame_index: int | None = None  # cine: the analysed frame (0 for a still image)
+    frame_count: int | None = None  # frames in the input file (1 for a still image)
     notes: list[str] | None = None
     run_id: int | None = None
 

@@ -4,7 +4,9 @@ Fields follow the challenge's JSON (DEVELOPERS.md). ``task`` and ``dataset_name`
 :mod:`core.catalog`; ``organ`` is filled from the catalog when absent and must agree with it when given.
 Extra keys are kept (``model_extra``) and echoed in the response, up to :data:`MAX_EXTRAS_BYTES` of JSON (more is
 refused with 413). Text fields are at most :data:`MAX_TEXT` characters; ``pixel_spacing_mm`` must be plausible
-(``0 < spacing <= MAX_PIXEL_SPACING_MM``). JSON text is read by :func:`loads_json`, which refuses nesting deeper than
+(inside :mod:`core.calibration`'s band, 0.01-2 mm per pixel) and ``pixel_spacing_source`` one of
+:data:`core.calibration.SPACING_SOURCES`; ``tta`` asks for test-time augmentation (None: the setting ``tta``).
+JSON text is read by :func:`loads_json`, which refuses nesting deeper than
 :data:`MAX_JSON_DEPTH` before parsing (a deeply nested body must not exhaust the parser's recursion).
 """
 
@@ -19,11 +21,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from core import catalog
+from core import calibration, catalog
 from core.errors import RequestError
 
 TASKS = catalog.TASKS
-MAX_PIXEL_SPACING_MM = 10.0  # mm per pixel; coarser is no ultrasound image (typical: 0.05-1)
+MAX_PIXEL_SPACING_MM = calibration.MAX_PIXEL_SPACING_MM  # mm per pixel; the band is core.calibration's
 MAX_EXTRAS_BYTES = 16 * 1024  # JSON bytes of the fields outside the schema (echoed and stored in the history)
 MAX_TEXT = 4096  # characters of any text field of the schema
 MAX_JSON_DEPTH = 64  # nesting of arrays / objects in a request JSON (real requests use 3-5)
@@ -87,7 +89,10 @@ class PredictRequest(BaseModel):
     seg_target_info: str | None = Field(default=None, max_length=MAX_TEXT)
     class_label_index: int | None = Field(default=None, ge=0)
     class_label_name: str | None = Field(default=None, max_length=MAX_TEXT)
-    pixel_spacing_mm: float | None = Field(default=None, gt=0, le=MAX_PIXEL_SPACING_MM)
+    frame_index: int | None = Field(default=None, ge=0)  # cine: which frame of a multi-frame file (None = 0)
+    pixel_spacing_mm: float | None = None
+    pixel_spacing_source: str | None = Field(default=None, max_length=MAX_TEXT)
+    tta: bool | None = None
 
     _dataset: catalog.Dataset | None = PrivateAttr(default=None)
 
@@ -118,7 +123,18 @@ class PredictRequest(BaseModel):
     def _finite_spacing(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):
             raise ValueError("must be a finite number of millimetres per pixel")
+        if value is not None and not calibration.is_plausible(value):
+            raise ValueError(calibration.spacing_problem(value))
         return value
+
+    @field_validator("pixel_spacing_source")
+    @classmethod
+    def _known_spacing_source(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.lower() not in calibration.SPACING_SOURCES:
+            raise ValueError(f"{value!r:.60} is not one of {', '.join(calibration.SPACING_SOURCES)}")
+        return value.lower()
 
     @model_validator(mode="after")
     def _check_catalog(self) -> PredictRequest:

@@ -92,6 +92,9 @@ class AnalysisBackend(Protocol):
     def mask_png(self, response: AnalysisResponse | dict) -> bytes: ...
     def run_image(self, run_id: int) -> np.ndarray: ...
     def run_mask(self, run_id: int) -> np.ndarray: ...
+    def agreement_map(self, response: AnalysisResponse | dict) -> np.ndarray: ...
+    def report_pdf(self, run_id: int, lang: str = "en") -> bytes: ...
+    def dicom_seg(self, run_id: int) -> bytes: ...
 
 
 class AnalysisService:
@@ -182,7 +185,7 @@ class AnalysisService:
         """Store image bytes in ``api_in/`` (pixels only, re-encoded) and return the request skeleton."""
         from core.samples import save_upload
 
-        return save_upload(self.settings, data, filename)
+        return with_spacing_source(save_upload(self.settings, data, filename), data)
 
     def random_sample(self, task: str, dataset_name: str) -> dict:
         """The request skeleton of a random image of ``dataset_name`` under the data root."""
@@ -196,7 +199,7 @@ class AnalysisService:
         if sample is None:
             raise NotFoundError(f"no images of {dataset.task}/{dataset.name} under the data root",
                                 field="dataset_name")
-        return sample
+        return with_spacing_source(sample)
 
     # ------------------------------------------------------------------------------------------ analysis
     def analyze(self, request: Any, *, source: str = "api", edits: list | None = None,
@@ -259,6 +262,7 @@ class AnalysisService:
             target = Path(mask_path).resolve()
             if target.is_relative_to(api_out):
                 response["mask_url"] = f"/v1/masks/{target.relative_to(api_out).as_posix()}"
+        self._agreement_url(response)
         return AnalysisResponse.model_validate(response)
 
     def analyze_batch(self, requests: Iterable[Any], *, source: str, output_dir: Path | None = None,
@@ -429,6 +433,42 @@ class AnalysisService:
         path = self._workspace_file(self.run(run_id).get("mask_path"), Path(self.settings.api_out), "mask")
         return load_image(path, settings=self.settings).rgb[..., 0] > 127
 
+    # ---- calibration / uncertainty / reference
+    def agreement_map(self, response: AnalysisResponse | dict) -> np.ndarray:
+        """The TTA agreement map of a segmentation response: float32 ``H x W`` in 0..1 (fraction of the views
+        voting foreground); :class:`NotFoundError` when the response has none (analysed without TTA)."""
+        from core.imaging import load_image
+
+        data = response if isinstance(response, dict) else response.to_json()
+        path = (data.get("uncertainty") or {}).get("agreement_path")
+        if not path:
+            raise NotFoundError("this result has no agreement map (it was analysed without test-time augmentation)")
+        target = self._workspace_file(path, Path(self.settings.api_out), "agreement map")
+        return load_image(target, settings=self.settings).rgb[..., 0].astype(np.float32) / 255.0
+
+    def _agreement_url(self, response: dict) -> None:
+        """``uncertainty.agreement_url`` (``/v1/masks/...``) for an agreement PNG under ``api_out/``."""
+        block = response.get("uncertainty")
+        path = block.get("agreement_path") if isinstance(block, dict) else None
+        if isinstance(block, dict) and path:
+            api_out = Path(self.settings.api_out).resolve()
+            target = Path(path).resolve()
+            if target.is_relative_to(api_out):
+                block["agreement_url"] = f"/v1/masks/{target.relative_to(api_out).as_posix()}"
+
+    # ---- reports
+    def report_pdf(self, run_id: int, lang: str = "en") -> bytes:
+        """The case report of a successful run as PDF bytes (``lang`` "zh" or "en"; see :mod:`core.report`)."""
+        from core.report import build_report
+
+        return build_report(self, int(run_id), lang)
+
+    def dicom_seg(self, run_id: int) -> bytes:
+        """A DICOM SEG of a segmentation run's mask, referencing its source DICOM (see :mod:`core.dicom_seg`)."""
+        from core.dicom_seg import run_dicom_seg
+
+        return run_dicom_seg(self, int(run_id))
+
     @staticmethod
     def _workspace_file(path: Any, root: Path, what: str) -> Path:
         if not path:
@@ -439,6 +479,27 @@ class AnalysisService:
         if not target.is_file():
             raise NotFoundError(f"the {what} file of this run is no longer available")
         return target
+
+
+def with_spacing_source(skeleton: dict, data: bytes | None = None) -> dict:
+    """A request skeleton whose ``pixel_spacing_mm`` says where it came from: ``ground_truth`` for a data-root
+    sample, the DICOM element for an upload (``data``: its bytes)."""
+    if skeleton.get("pixel_spacing_mm") and not skeleton.get("pixel_spacing_source"):
+        if data is None:
+            skeleton["pixel_spacing_source"] = "ground_truth"
+        else:
+            import io
+
+            import pydicom
+
+            from core.calibration import dicom_spacing_source
+
+            try:  # only DICOM carries a spacing; its header alone says which element
+                header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
+                skeleton["pixel_spacing_source"] = dicom_spacing_source(header)
+            except Exception:  # noqa: BLE001 - the loader read it already; no source is "unknown"
+                pass
+    return skeleton
 
 
 def _history_failure(exc: BaseException) -> str:

@@ -27,6 +27,8 @@ UUSIC_MAX_IMAGE_PIXELS     max_image_pixels       larger images are refused (dec
 UUSIC_MAX_IMAGE_SIDE       max_image_side         longest image side accepted
 UUSIC_MAX_UPLOAD_MB        max_upload_mb          upload size limit
 UUSIC_MAX_JSON_BYTES       max_json_bytes         request body limit for JSON routes
+UUSIC_MAX_FRAMES           max_frames             cine: most frames decoded / analysed per call (videos: read up to)
+UUSIC_MAX_DECODED_MB       max_decoded_mb         cine: most decoded RGB megabytes per call
 UUSIC_LANGUAGE             language               dashboard language (zh | en)
 UUSIC_HISTORY_URL          history_url            SQLAlchemy URL of the history database (default: SQLite file)
 UUSIC_MICRO_BATCH          micro_batch            auto | on | off: group concurrent API requests (auto = CUDA only)
@@ -35,6 +37,8 @@ UUSIC_BATCH_WAIT_MS        batch_wait_ms          how long the first request wai
 UUSIC_RECORD_CLI           record_cli_runs        CLI ``predict`` also records its runs in the history
 UUSIC_RETENTION_DAYS       retention_days         ``workspace gc`` removes inputs and masks not used for N days
 UUSIC_RETENTION_GB         retention_gb           ``workspace gc`` keeps api_in/ + api_out/ under N GB, oldest out first
+UUSIC_TTA                  tta                    test-time augmentation: auto | on | off (auto: core.tta.TTA_AUTO)
+UUSIC_TTA_VIEWS            tta_views              TTA views, e.g. identity,hflip,rot-10,rot+10 (also vflip, rot90)
 =========================  =====================  ===============================================================
 """
 
@@ -230,6 +234,9 @@ class Settings(BaseSettings):
     max_image_side: int = Field(default=16_384, ge=0)
     max_upload_mb: int = Field(default=50, ge=0)
     max_json_bytes: int = Field(default=1_000_000, ge=0)
+    # Cine loops (core.cine): frames one call may decode / analyse, and their total decoded RGB size
+    max_frames: int = Field(default=300, ge=0)
+    max_decoded_mb: int = Field(default=1024, ge=0)
     language: str = "zh"
     history_url: str | None = None  # SQLAlchemy URL; None = the SQLite file <workspace>/history.sqlite3
     micro_batch: Literal["auto", "on", "off"] = "auto"  # group concurrent API requests; auto = on CUDA only
@@ -239,6 +246,9 @@ class Settings(BaseSettings):
     # Retention of api_in/ and api_out/ (core.workspace, `python -m core workspace gc`); None = keep forever.
     retention_days: int | None = Field(default=None, ge=1)
     retention_gb: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # Test-time augmentation (core.tta): a request's "tta" wins; auto = the measured CPU decision (docs/PERFORMANCE.md)
+    tta: Literal["auto", "on", "off"] = "auto"
+    tta_views: str = "identity,hflip,rot-10,rot+10"
     extra: dict[str, Any] = Field(default_factory=dict)
 
     def __init__(self, **values: Any) -> None:
@@ -273,6 +283,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"{host!r} is not a host name; wildcards are '*' (any) or '*.example.org'")
             if "/" in host or " " in host:
                 raise ValueError(f"{host!r} is not a host name (no scheme, path or spaces; the port is not needed)")
+        return value
+
+    @field_validator("tta_views")
+    @classmethod
+    def _tta_views_parse(cls, value: str) -> str:
+        from core.tta import parse_views
+
+        parse_views(value)  # ValueError with the bad view's name
         return value
 
     @field_validator("history_url")

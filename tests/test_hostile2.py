@@ -504,17 +504,18 @@ def test_cli_refuses_nested_input_json(tmp_path: Path, monkeypatch, capsys):
 
 # pixel_spacing_mm: (id, raw JSON value, status, fragment)
 SPACING_CASES = [
-    ("zero", "0", 422, "greater than 0"),
-    ("negative", "-0.2", 422, "greater than 0"),
+    ("zero", "0", 422, "between 0.01 and 2 mm per pixel"),
+    ("negative", "-0.2", 422, "between 0.01 and 2 mm per pixel"),
     ("nan", "NaN", 422, "pixel_spacing_mm"),
     ("infinity", "Infinity", 422, "pixel_spacing_mm"),
     ("minus_infinity", "-Infinity", 422, "pixel_spacing_mm"),
-    ("over_10", "10.5", 422, "less than or equal to 10"),
-    ("huge", "1e308", 422, "less than or equal to 10"),
+    ("over_2", "2.5", 422, "between 0.01 and 2 mm per pixel"),
+    ("too_fine", "0.005", 422, "between 0.01 and 2 mm per pixel"),
+    ("huge", "1e308", 422, "between 0.01 and 2 mm per pixel"),
     ("bool", "true", 422, "not true/false"),
     ("text", '"abc"', 422, "pixel_spacing_mm"),
     ("list", "[0.1, 0.1]", 422, "pixel_spacing_mm"),
-    ("exactly_10", "10", 200, None),
+    ("exactly_2", "2", 200, None),
     ("typical", "0.08", 200, None),
     ("numeric_text", '"0.2"', 200, None),
     ("null", "null", 200, None),

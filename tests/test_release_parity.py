@@ -17,6 +17,9 @@ from core.settings import BUNDLED_SAMPLES, Settings
 PINNED = json.loads((Path(__file__).parent / "data" / "release1_outputs.json").read_text())
 DEMO_PRESENT = (Settings().weights_dir / "models.json").is_file()
 NEW_KEYS = {"run_id", "mask_url"}  # added by the service (the API answered mask_url before, now every door does)
+# issue 11's contract keys (docs: team contract): cine frame fields on every response, the spacing's source on every
+# segmentation, the ground truth's reference measurements where the request names its ground truth; values unchanged
+NEW_KEYS |= {"frame_index", "frame_count", "pixel_spacing_source", "reference"}
 
 pytestmark = pytest.mark.skipif(not DEMO_PRESENT, reason="demo weights not present")
 
