@@ -9,8 +9,21 @@ st.set_page_config(page_title="UUSIC Viewer", page_icon="🩻", layout="wide")
 from core import i18n  # noqa: E402
 from pages.common import is_remote, mark_entrypoint, navigation, require_login, settings, tr  # noqa: E402
 
-if "lang" not in st.session_state:
-    st.session_state["lang"] = i18n.normalise_lang(settings().language)
+# Narrow windows: a slimmer sidebar (Streamlit keeps ~300 px otherwise) and metric values that wrap, never "1,51…"
+LAYOUT_CSS = """<style>
+@media (max-width: 1000px) {
+  section[data-testid="stSidebar"] { width: 220px !important; min-width: 220px !important; }
+}
+[data-testid="stMetricValue"] { font-size: 1.6rem; }
+[data-testid="stMetricValue"] > div { white-space: normal; overflow-wrap: anywhere; }
+[data-testid="stMetricLabel"] p { white-space: normal; }
+</style>"""
+
+if "lang" not in st.session_state:  # a new browser session: the link's language, else the configured one
+    wanted = st.query_params.get("lang")
+    st.session_state["lang"] = wanted if wanted in i18n.LANGUAGES else i18n.normalise_lang(settings().language)
+
+st.html(LAYOUT_CSS)
 
 with st.sidebar:
     st.radio(
@@ -20,6 +33,8 @@ with st.sidebar:
         key="lang",
         horizontal=True,
     )
+if st.query_params.get("lang") != st.session_state["lang"]:
+    st.query_params["lang"] = st.session_state["lang"]  # reloads and shared links keep the language
 
 require_login()
 

@@ -7,8 +7,15 @@ import io
 import numpy as np
 from PIL import Image
 
-PREDICTION_COLOR = (255, 64, 64)
-REFERENCE_COLOR = (64, 220, 64)
+# Okabe–Ito colours, told apart with every common colour-vision deficiency: prediction orange, reference blue
+PREDICTION_COLOR = (230, 159, 0)
+REFERENCE_COLOR = (0, 114, 178)
+
+
+def readable_thickness(size: tuple[int, int], *, shown_side: int = 700) -> int:
+    """A contour width (pixels of an image of ``size``) that stays about 3 screen pixels wide when the image is
+    shown ``shown_side`` pixels across."""
+    return max(2, round(3 * max(size) / shown_side))
 
 
 def as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -71,7 +78,7 @@ def overlay(
         rgb[edge] = paint
     else:
         edge = contour(region, thickness)
-        rgb[edge] = (1 - max(alpha, 0.6)) * rgb[edge] + max(alpha, 0.6) * paint
+        rgb[edge] = paint  # opaque: a blended outline is too faint on a bright image
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
 
 
@@ -82,7 +89,7 @@ def compare_overlay(
     *,
     thickness: int = 2,
 ) -> Image.Image:
-    """Prediction (red) and reference (green) contours on one image."""
+    """Prediction (orange) and reference (blue) contours on one image (Okabe–Ito, colour-blind safe)."""
     rgb = as_rgb_array(image).copy()
     rgb[contour(as_bool_mask(reference), thickness)] = REFERENCE_COLOR
     rgb[contour(as_bool_mask(prediction), thickness)] = PREDICTION_COLOR

@@ -15,40 +15,78 @@ from PIL import Image
 
 from core import catalog, editing, i18n, overlay
 from core.imaging import load_image
+from pages import clinical  # clinical hook
 from pages.common import (
     choice,
+    default_dataset_name,
+    default_task,
+    edited_size,
     error_message,
+    full_resolution_edits,
+    group_served,
     is_no_model,
     label,
     lang,
     md_literal,
     page_header,
+    proxy_of,
     scrub_literal,
+    served_first,
+    served_keys,
     service,
+    set_url_params,
     settings,
     tr,
+    url_param,
 )
 
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm"]
+UPLOAD_TYPES = [*UPLOAD_TYPES, *clinical.VIDEO_TYPES]  # clinical hook
 PLOT_CONFIG = {"scrollZoom": True, "displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
 
+PAGE_STARTED = time.perf_counter()  # this script run began just after the click that started it
 current = settings()
 page_header("nav_analyze")
 L = lang()
 
 
 # ---------------------------------------------------------------- selection
+def _apply_url_state() -> None:
+    """Once per browser session: the task / organ / dataset a reloaded or shared link names (invalid ones are
+    ignored) become the selectors' choices."""
+    if st.session_state.get("_url_applied"):
+        return
+    st.session_state["_url_applied"] = True
+    task, group, name = url_param("task"), url_param("organ"), url_param("dataset")
+    if task not in catalog.TASKS:
+        return
+    st.session_state["_choice_task"] = task
+    if group not in [g.key for g in catalog.groups_for(task)]:
+        return
+    st.session_state[f"_choice_organ_{task}"] = group
+    if name in [d.name for d in catalog.datasets_for(task, group)]:
+        st.session_state[f"_choice_dataset_{task}_{group}"] = name
+
+
+def _marked(text: str, is_served: bool) -> str:
+    return text if is_served else f"{text} {tr('no_model_mark')}"
+
+
 def select_dataset() -> catalog.Dataset:
-    cols = st.columns(3)
+    """Task, organ and dataset: served choices first, the others marked "no model"; defaults that give a result."""
+    _apply_url_state()
+    served = served_keys(current)
+    cols = st.columns([2, 3, 3])
     task = choice("radio", tr("task"), list(catalog.TASKS), format_func=lambda k: i18n.task_name(k, L), key="task",
-                  container=cols[0], horizontal=True)
-    groups = [g.key for g in catalog.groups_for(task)]
-    group = choice("selectbox", tr("organ"), groups, format_func=lambda k: i18n.group_name(k, L), key=f"organ_{task}",
-                   container=cols[1])
-    choices = catalog.datasets_for(task, group)
-    names = [d.name for d in choices]
-    default = catalog.default_dataset(task, group).name
-    name = cols[2].selectbox(tr("dataset"), names, index=names.index(default), key=f"dataset_{task}_{group}")
+                  container=cols[0], default=default_task(served), horizontal=True)
+    groups = sorted((g.key for g in catalog.groups_for(task)), key=lambda g: not group_served(task, g, served))
+    group = choice("selectbox", tr("organ"), groups, key=f"organ_{task}", container=cols[1],
+                   format_func=lambda k: _marked(i18n.group_name(k, L), group_served(task, k, served)))
+    names = [d.name for d in served_first(catalog.datasets_for(task, group), served)]
+    name = choice("selectbox", tr("dataset"), names, key=f"dataset_{task}_{group}", container=cols[2],
+                  default=default_dataset_name(task, group, served),
+                  format_func=lambda n: _marked(n, (task, n) in served))
+    set_url_params(task=task, organ=group, dataset=name)
     return catalog.find_dataset(task, name)
 
 
@@ -71,14 +109,17 @@ def load_upload() -> None:
     token = f"upload:{uploaded.name}:{uploaded.file_id}"  # a new upload (the service hashes what it analyses)
     if st.session_state.get("image", {}).get("token") == token:
         return
+    clinical.remember_upload(data, uploaded.name, token)  # clinical hook
     try:
         picture, spacing, fmt = _decode(data)
     except Exception as error:  # ImageError and anything a hostile file triggers
-        st.error(tr("image_error", message=scrub_literal(error_message(error), current)))
+        st.error(tr("image_error_named", name=md_literal(uploaded.name),
+                    message=scrub_literal(error_message(error).replace("<upload>", uploaded.name), current)))
         st.session_state.pop("image", None)
+        st.session_state.pop("result", None)
         return
     _set_image(token=token, name=uploaded.name, picture=picture, spacing=spacing, format=fmt, source="upload",
-               sample=None, task=None, dataset=None)
+               sample=None, task=None, dataset=None, data=data)
 
 
 def load_sample(dataset: catalog.Dataset) -> None:
@@ -106,17 +147,23 @@ def load_sample(dataset: catalog.Dataset) -> None:
 
 # ---------------------------------------------------------------- editing
 def edit_image(image: dict) -> tuple[Image.Image, list[dict]]:
+    """The edit controls on the preview proxy: returns the edited preview and the edit log for the
+    full-resolution image (a crop box drawn on the preview is scaled to full-resolution pixels)."""
     picture: Image.Image = image["picture"]
+    if image.get("proxy_source") != id(picture):  # a new picture (e.g. another frame): a new proxy
+        image["proxy"], image["proxy_source"] = proxy_of(picture), id(picture)
+    proxy: Image.Image = image["proxy"]
     with st.expander(tr("edit"), expanded=True):
-        cols = st.columns([2, 3, 1, 1, 1])
-        quarter = cols[0].select_slider(tr("rotate90"), options=[0, 90, 180, 270], key="rot90")
-        angle = cols[1].slider(tr("free_angle"), -45.0, 45.0, 0.0, 0.5, key="angle")
-        flip_h = cols[2].checkbox(tr("flip_h"), key="flip_h")
-        flip_v = cols[3].checkbox(tr("flip_v"), key="flip_v")
-        do_crop = cols[4].checkbox(tr("crop"), key="crop_on")
+        top = st.columns(2)
+        quarter = top[0].select_slider(tr("rotate90"), options=[0, 90, 180, 270], key="rot90")
+        angle = top[1].slider(tr("free_angle"), -45.0, 45.0, 0.0, 0.5, key="angle")
+        row = st.columns(3)
+        flip_h = row[0].checkbox(tr("flip_h"), key="flip_h")
+        flip_v = row[1].checkbox(tr("flip_v"), key="flip_v")
+        do_crop = row[2].checkbox(tr("crop"), key="crop_on")
         turned_edits = editing.build_edits(quarter_turns=quarter // 90, angle=angle, flip_horizontal=flip_h,
                                            flip_vertical=flip_v)
-        turned = editing.apply_edits(picture, turned_edits)
+        turned = editing.apply_edits(proxy, turned_edits)
         box = None
         if do_crop:
             from streamlit_cropper import st_cropper
@@ -126,11 +173,13 @@ def edit_image(image: dict) -> tuple[Image.Image, list[dict]]:
             cropper_key = f"cropper_{image['token'][-16:]}_{quarter}_{angle}_{flip_h}_{flip_v}"
             rect = st_cropper(turned, realtime_update=True, return_type="box", key=cropper_key, box_color="#ff4040")
             box = editing.box_from_cropper(rect)
-        edits = editing.build_edits(quarter_turns=quarter // 90, angle=angle, flip_horizontal=flip_h,
-                                    flip_vertical=flip_v, crop_box=box)
-        edited = editing.apply_edits(picture, edits)
-        st.caption(tr("edited_size", w=edited.width, h=edited.height))
-    return edited, edits
+        preview = editing.apply_edits(turned, editing.build_edits(crop_box=box))
+        edits = full_resolution_edits(picture.size, turned_edits, box, turned.size)
+        width, height = edited_size(picture.size, edits)
+        st.caption(tr("edited_size", w=width, h=height))
+        if proxy is not picture:
+            st.caption(tr("preview_scaled", w=proxy.width, h=proxy.height))
+    return preview, edits
 
 
 def _data_url(picture: Image.Image, max_side: int = 1024) -> str:
@@ -144,9 +193,10 @@ def _data_url(picture: Image.Image, max_side: int = 1024) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def zoomable(picture: Image.Image, key: str) -> None:
-    """The edited image in a plotly figure: scroll to zoom, drag to pan (axes in original pixels)."""
-    width, height = picture.size
+def zoomable(picture: Image.Image, key: str, size: tuple[int, int] | None = None) -> None:
+    """The edited image in a plotly figure: scroll to zoom, drag to pan (axes in the analysed image's pixels,
+    ``size``, when ``picture`` is its preview)."""
+    width, height = size or picture.size
     figure = go.Figure()
     figure.add_layout_image(source=_data_url(picture), x=0, y=0, sizex=width, sizey=height, xref="x", yref="y",
                             sizing="stretch", layer="below")
@@ -200,30 +250,45 @@ def pick_models(dataset: catalog.Dataset) -> tuple[str | None, str | None]:
     return picked or None, other or None
 
 
-def run(dataset: catalog.Dataset, image: dict, edited: Image.Image, edits: list[dict],
-        model: str | None = None, compare: str | None = None) -> None:
-    """Store the edited image and analyse it through the service (which records the run, with its sha256);
-    with ``compare``, the same saved image is analysed by a second model too."""
-    clicked_at = time.perf_counter()
+def _input_bytes(image: dict, edits: list[dict]) -> tuple[bytes, Image.Image]:
+    """What is stored and analysed: an unedited upload as uploaded (its format, e.g. DICOM, kept), anything else
+    the full-resolution image with ``edits`` applied, as PNG."""
+    edited = editing.apply_edits(image["picture"], edits)
+    if not edits and image.get("data") is not None:
+        return image["data"], edited
     buffer = io.BytesIO()
     edited.convert("RGB").save(buffer, format="PNG")
-    stem = Path(image["name"]).stem or "image"
+    return buffer.getvalue(), edited
+
+
+def run(dataset: catalog.Dataset, image: dict, edits: list[dict], inputs: dict,
+        model: str | None = None, compare: str | None = None) -> None:
+    """Store the full-resolution edited image and analyse it through the service (which records the run, with its
+    sha256); with ``compare``, the same saved image is analysed by a second model too. ``inputs`` (what the
+    page showed when Run was clicked) is kept with the result, so a later change marks it out of date."""
+    clicked_at = PAGE_STARTED
     analysis = service(current)
     try:
-        skeleton = analysis.save_upload(buffer.getvalue(), f"{stem}.png")
+        data, edited = _input_bytes(image, edits)
+        skeleton = analysis.save_upload(data, image["name"])
+        skeleton.setdefault("original_name", image["name"])
         request = build_request(skeleton, dataset, image, edits)
+        request = clinical.extend_request(request, dataset, image, edits)  # clinical hook
         with st.spinner(tr("running")):
             response = analysis.analyze(request, source="dashboard", edits=edits, model=model)
             second = analysis.analyze(request, source="dashboard", edits=edits, model=compare) if compare else None
     except Exception as error:  # the service's typed errors (and anything else, as one line)
-        st.session_state["result"] = {"error": error_message(error), "no_model": is_no_model(error),
-                                      "dataset": dataset.name}
+        message = error_message(error).replace("<upload>", str(image["name"]))
+        st.session_state["result"] = {"error": message, "no_model": is_no_model(error), "dataset": dataset.name,
+                                      "inputs": inputs, "image_token": image["token"]}
         return
     st.session_state["result"] = {
         "request": request, "response": response.to_json(), "edits": edits, "edited": edited,
         "run_id": response.run_id, "image_token": image["token"], "seconds": time.perf_counter() - clicked_at,
-        "compare": second.to_json() if second is not None else None,
+        "compare": second.to_json() if second is not None else None, "inputs": inputs,
+        "run_number": st.session_state.get("_run_number", 0) + 1,
     }
+    st.session_state["_run_number"] = st.session_state["result"]["run_number"]
 
 
 def show_comparison(result: dict) -> None:
@@ -260,6 +325,7 @@ def show_classification(result: dict, image: dict) -> None:
     figure.update_layout(yaxis=dict(range=[0, 1.1], title=tr("probability")), xaxis_title=tr("class"),
                          height=340, margin=dict(l=10, r=10, t=10, b=10))
     st.subheader(tr("prediction", label=names[predicted], p=probabilities[predicted]))
+    clinical.add_error_bars(figure, response)  # clinical hook
     st.plotly_chart(figure, config=PLOT_CONFIG, key="prob_chart", width="stretch")
     reference = request.get("class_label_index")
     if reference is not None:
@@ -324,10 +390,14 @@ def show_segmentation(result: dict, image: dict) -> None:
     alpha = cols[0].slider(tr("opacity"), 0.0, 1.0, 0.45, 0.05, key="opacity")
     mode = choice("radio", tr("display_mode"), ["fill", "contour"], key="overlay_mode", horizontal=True,
                   format_func=lambda m: tr(f"mode_{m}"), container=cols[1])
-    blended = overlay.overlay(edited, mask, alpha=alpha, mode=mode)
+    blended = _full_overlay(result, mask, alpha, mode)
+    shown, shown_mask = _display_pair(result, mask)
     left, right = st.columns(2)
-    left.image(edited, caption=tr("original"), width="stretch")
-    right.image(blended, caption=tr("overlay"), width="stretch")
+    left.image(shown, caption=tr("original"), width="stretch")
+    right.image(overlay.overlay(shown, shown_mask, alpha=alpha, mode=mode,
+                                thickness=overlay.readable_thickness(shown.size)),
+                caption=tr("overlay"), width="stretch")
+    legend(reference=False)
     st.subheader(tr("measurements"))
     measurements = response.get("measurements") or {}
     if not mask.any():
@@ -335,7 +405,8 @@ def show_segmentation(result: dict, image: dict) -> None:
     table = _measurement_table(measurements)
     if not table.empty:
         st.table(table)
-    stem = Path(request.get("img_name") or "image").stem
+        clinical.spacing_caption(response)  # clinical hook
+    stem = Path(str(request.get("original_name") or request.get("img_name") or "image")).stem  # the user's name
     d1, d2 = st.columns(2)
     d1.download_button(tr("download_mask"), overlay.png_bytes(overlay.mask_image(mask)), f"{stem}_mask.png",
                        "image/png", key="dl_mask")
@@ -344,30 +415,83 @@ def show_segmentation(result: dict, image: dict) -> None:
     reference = _reference_mask(image, request, result["edits"], edited.size)
     if reference is not None:
         st.subheader(tr("ground_truth"))
+        shown_reference = _shrink_mask(reference, shown.size)
+        width = overlay.readable_thickness(shown.size)
         a, b = st.columns(2)
-        a.image(overlay.overlay(edited, reference, alpha=0.45, color=overlay.REFERENCE_COLOR),
+        a.image(overlay.overlay(shown, shown_reference, alpha=0.45, color=overlay.REFERENCE_COLOR, thickness=width),
                 caption=tr("gt_mask"), width="stretch")
-        b.image(overlay.compare_overlay(edited, mask, reference), width="stretch")
-        st.metric("Dice", f"{_dice(mask, reference):.3f}")
+        b.image(overlay.compare_overlay(shown, shown_mask, shown_reference, thickness=width),
+                caption=tr("compare_contours"), width="stretch")
+        legend(reference=True)
+        st.metric(tr("dice_label"), f"{_dice(mask, reference):.3f}")
+
+
+def _shrink_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``mask`` at ``size`` (nearest neighbour: a display copy keeps hard edges)."""
+    if mask.shape[::-1] == tuple(size):
+        return mask
+    return overlay.as_bool_mask(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST))
+
+
+def _display_pair(result: dict, mask: np.ndarray) -> tuple[Image.Image, np.ndarray]:
+    """The analysed image and its mask as display copies (longer side at most 1024 px), made once per result."""
+    if result.get("display") is None:
+        shown = proxy_of(result["edited"])
+        result["display"] = (shown, _shrink_mask(mask, shown.size))
+    return result["display"]
+
+
+def _full_overlay(result: dict, mask: np.ndarray, alpha: float, mode: str) -> Image.Image:
+    """The full-resolution overlay (for the download), made once per result and display setting."""
+    cache = result.setdefault("overlays", {})
+    if (alpha, mode) not in cache:
+        cache.clear()
+        cache[(alpha, mode)] = overlay.overlay(result["edited"], mask, alpha=alpha, mode=mode,
+                                               thickness=overlay.readable_thickness(mask.shape[::-1]))
+    return cache[(alpha, mode)]
+
+
+def _swatch(color: tuple[int, int, int], text: str) -> str:
+    red, green, blue = color
+    return (f'<span style="display:inline-block;width:0.9em;height:0.9em;background:rgb({red},{green},{blue});'
+            f'vertical-align:middle;margin:0 0.35em 0 0.8em;border-radius:2px"></span>{text}')
+
+
+def legend(*, reference: bool) -> None:
+    """Which colour is which (fixed strings of the table only, so the HTML is ours)."""
+    parts = [_swatch(overlay.PREDICTION_COLOR, tr("legend_prediction"))]
+    if reference:
+        parts.append(_swatch(overlay.REFERENCE_COLOR, tr("legend_reference")))
+    st.markdown(f'<div data-testid="uusic-legend">{tr("legend_title")}:{"".join(parts)}</div>',
+                unsafe_allow_html=True)
 
 
 def _mb(value) -> str:
-    return "—" if value is None else f"{float(value):,.1f} MB"
+    """Memory in a short form that fits a narrow metric ("812 MB", "1.5 GB")."""
+    if value is None:
+        return "—"
+    megabytes = float(value)
+    return f"{megabytes / 1024:.1f} GB" if megabytes >= 1000 else f"{megabytes:.0f} MB"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 def show_resources(response: dict, seconds: float, run_id: int | None = None) -> None:
     st.subheader(tr("resources"))
     device = str(response.get("device") or "cpu")
     on_gpu = device.startswith("cuda")
-    cols = st.columns(4)
-    cols[0].metric(tr("inference_time"), f"{float(response.get('inference_time_sec', 0.0)) * 1000:.0f} ms")
-    cols[1].metric(tr("rss"), _mb(response.get("memory_usage_mb")))
+    first, second = st.columns(3), st.columns(3)  # two short rows: no value is cut on a narrow window
+    first[0].metric(tr("click_to_result"), _duration(seconds))
+    first[1].metric(tr("inference_time"), _duration(float(response.get("inference_time_sec", 0.0))))
+    first[2].metric(tr("rss"), _mb(response.get("memory_usage_mb")))
     if on_gpu:
-        cols[2].metric(tr("gpu_used"), _mb(response.get("gpu_memory_usage_mb")))
-        cols[3].metric(tr("gpu_reserved"), _mb(response.get("gpu_memory_reserved_mb")))
+        second[0].metric(tr("gpu_used"), _mb(response.get("gpu_memory_usage_mb")))
+        second[1].metric(tr("gpu_reserved"), _mb(response.get("gpu_memory_reserved_mb")))
     else:
-        cols[2].metric(tr("gpu_used"), "CPU")
-        cols[3].metric(tr("gpu_reserved"), "CPU")
+        second[0].metric(tr("gpu_used"), "CPU")
+        second[1].metric(tr("gpu_reserved"), "CPU")
     run = f" · {tr('run_id', n=run_id)}" if run_id is not None else ""
     st.caption(f"{tr('device')}: {md_literal(device) if on_gpu else tr('cpu_only')} · "
                f"{md_literal(response.get('model_name', ''))}{run}")
@@ -394,6 +518,81 @@ def system_strip() -> None:
         cols[3].metric(tr("gpu_mem"), "CPU")
 
 
+# ---------------------------------------------------------------- provenance, stale results, scrolling
+def forget_result_of_other_dataset(dataset: catalog.Dataset) -> None:
+    """A result belongs to its task and dataset: choosing another one clears it."""
+    result = st.session_state.get("result") or {}
+    made_for = result.get("inputs") or {}
+    if result and (made_for.get("task"), made_for.get("dataset")) != (dataset.task, dataset.name):
+        st.session_state.pop("result", None)
+
+
+def changed_inputs(made_for: dict, now: dict) -> list[str]:
+    """What differs between the inputs a result was made for and the page's inputs now (in a fixed order)."""
+    changes = []
+    if (made_for.get("task"), made_for.get("dataset")) != (now["task"], now["dataset"]):
+        changes.append("dataset")
+    if made_for.get("image") != now["image"]:
+        changes.append("image")
+    if made_for.get("edits") != now["edits"]:
+        changes.append("edits")
+    if (made_for.get("model"), made_for.get("compare")) != (now["model"], now["compare"]):
+        changes.append("model")
+    if made_for.get("options") != now.get("options"):
+        changes.append("options")
+    return changes
+
+
+def options_snapshot(dataset: catalog.Dataset, image: dict, edits: list[dict]) -> dict:
+    """The request fields the analysis options add (spacing, TTA, ...): a change marks the result out of date."""
+    try:
+        return clinical.extend_request({}, dataset, image, edits)
+    except Exception:  # noqa: BLE001 - options that cannot be read are not compared
+        return {}
+
+
+def describe_edits(edits: list[dict]) -> str:
+    """The edit log in words ("rotated 90°, cropped to 300×200")."""
+    words = []
+    for edit in edits or []:
+        op = edit.get("op")
+        if op == "rotate90":
+            words.append(tr("edit_rotate90", deg=90 * int(edit.get("k", 0))))
+        elif op == "rotate":
+            words.append(tr("edit_rotate", deg=f"{float(edit.get('angle', 0.0)):g}"))
+        elif op == "flip":
+            words.append(tr(f"edit_flip_{edit.get('axis', 'horizontal')}"))
+        elif op == "crop":
+            left, top, right, bottom = edit["box"]
+            words.append(tr("edit_crop", w=right - left, h=bottom - top))
+    return ", ".join(words) or tr("edits_none")
+
+
+def show_provenance(result: dict, image: dict) -> None:
+    """Which task, organ, dataset, model, image and edits produced this result."""
+    request, response = result["request"], result["response"]
+    found = catalog.find_dataset(request["task"], request["dataset_name"])
+    st.caption(tr("provenance", task=i18n.task_name(found.task, L), organ=i18n.group_name(found.group, L),
+                  dataset=md_literal(found.name), model=md_literal(response.get("model_name") or "—"),
+                  image=md_literal(request.get("original_name") or image["name"]),
+                  edits=describe_edits(result.get("edits") or [])))
+
+
+def scroll_to_result(result: dict) -> None:
+    """Bring a fresh result into view, once per run (a later rerun of the same result leaves the scroll alone)."""
+    number = result.get("run_number")
+    if number is None or st.session_state.get("_scrolled_to") == number:
+        return
+    st.session_state["_scrolled_to"] = number
+    import streamlit.components.v1 as components
+
+    components.html(
+        "<script>(function go(tries){const target = window.parent.document.getElementById('uusic-result');"
+        "if (target) {target.scrollIntoView({block: 'start'});} else if (tries < 50) "
+        f"{{setTimeout(function(){{go(tries + 1);}}, 100);}}}})(0);</script><!-- run {int(number)} -->",
+        height=0)
+
+
 # ---------------------------------------------------------------- page
 dataset = select_dataset()
 try:
@@ -402,7 +601,8 @@ except Exception as error:
     st.error(tr("weights_error", message=scrub_literal(error_message(error), current)))
     st.stop()
 if not served:
-    st.info(tr("no_model", dataset=dataset.name))
+    st.info(tr("no_model", dataset=md_literal(dataset.name)))
+forget_result_of_other_dataset(dataset)
 
 source = choice("radio", tr("source"), ["sample", "upload"], format_func=lambda s: tr(f"source_{s}"), key="source",
                 horizontal=True)
@@ -411,7 +611,7 @@ if source == "upload":
 else:
     load_sample(dataset)
     if st.session_state.get("no_samples") == (dataset.task, dataset.name):
-        st.info(tr("no_samples", root=md_literal(current.data_root), dataset=md_literal(dataset.name)))
+        st.info(tr("no_samples", dataset=md_literal(dataset.name)))  # never the server's folder
 
 image = st.session_state.get("image")
 if image and image["source"] == "sample" and (image["task"], image["dataset"]) != (dataset.task, dataset.name):
@@ -421,30 +621,43 @@ if not image:
     system_strip()
     st.stop()
 
+image = clinical.cine_frame(image)  # clinical hook
 st.caption(tr("current_image", name=md_literal(image["name"]), w=image["picture"].width, h=image["picture"].height))
 edited, edits = edit_image(image)
-zoomable(edited, key="zoom_view")
+zoomable(edited, key="zoom_view", size=edited_size(image["picture"].size, edits))
 
+clinical.options_panel(dataset, image, edits, served)  # clinical hook
 chosen_model, compare_model = pick_models(dataset) if served else (None, None)
+inputs = {"task": dataset.task, "dataset": dataset.name, "image": image["token"], "edits": edits,
+          "model": chosen_model, "compare": compare_model, "options": options_snapshot(dataset, image, edits)}
 if st.button(tr("run"), type="primary", key="run", disabled=not served):
-    run(dataset, image, edited, edits, chosen_model, compare_model)
+    run(dataset, image, edits, inputs, chosen_model, compare_model)
 
 result = st.session_state.get("result")
+if result and result.get("image_token") != image["token"]:
+    result = None  # another image: its result is not this one's
+if result:
+    changes = changed_inputs(result.get("inputs") or {}, inputs)
+    if changes:
+        st.warning(tr("stale_result", changes=", ".join(tr(f"changed_{c}") for c in changes)))
 if result and result.get("error"):
     if result["no_model"]:
         st.info(tr("no_model", dataset=md_literal(result["dataset"])))
     else:
         st.error(tr("engine_error", message=scrub_literal(result["error"], current)))
-elif result and result.get("image_token") == image["token"]:
+elif result:
     with st.expander(tr("request_json")):
         st.json(result["request"])
-    st.header(tr("result"))
+    st.header(tr("result"), anchor="uusic-result")
+    show_provenance(result, image)
+    scroll_to_result(result)
     if result["request"]["task"] == "classification":
         show_classification(result, image)
     else:
         show_segmentation(result, image)
     if result.get("compare"):
         show_comparison(result)
+    clinical.result_extras(result, image)  # clinical hook
     with st.expander(tr("response_json")):
         st.code(json.dumps(result["response"], ensure_ascii=False, indent=2, default=str), language="json")
     show_resources(result["response"], result["seconds"], result.get("run_id"))

@@ -306,3 +306,134 @@ def page_header(title_key: str) -> None:
 
 def label(task: str, dataset_name: str, index: int) -> str:
     return i18n.class_name(task, dataset_name, index, lang())
+
+
+# ---------------------------------------------------------------------------------------- served datasets
+@st.cache_data(ttl=15, show_spinner=False)
+def _served_keys(key: str, _current: Settings) -> frozenset:
+    """The (task, dataset) keys some model of this deployment serves (empty when the models cannot be listed)."""
+    from core import catalog
+
+    try:
+        entries = service(_current).models().get("models") or []
+    except Exception:  # noqa: BLE001 - the page says so where it matters (weights_error)
+        return frozenset()
+    keys: set[tuple[str, str]] = set()
+    for entry in entries:
+        keys.update(catalog.served_datasets(catalog.served_keys(entry.get("datasets"))))
+    return frozenset(keys)
+
+
+def served_keys(current: Settings | None = None) -> frozenset:
+    current = current or settings()
+    return _served_keys(settings_key(current), current)
+
+
+def served_first(datasets: list, served: frozenset) -> list:
+    """``datasets`` (catalog entries) with the served ones first, each part in catalog order."""
+    return sorted(datasets, key=lambda d: d.key not in served)
+
+
+def default_task(served: frozenset) -> str:
+    from core import catalog
+
+    return next((t for t in catalog.TASKS if any(key[0] == t for key in served)), catalog.TASKS[0])
+
+
+def group_served(task: str, group: str, served: frozenset) -> bool:
+    from core import catalog
+
+    return any(d.key in served for d in catalog.datasets_for(task, group))
+
+
+def default_dataset_name(task: str, group: str, served: frozenset) -> str:
+    """The catalog's demo pick when a model serves it, else the group's first served dataset, else the demo pick."""
+    from core import catalog
+
+    demo = catalog.default_dataset(task, group)
+    if demo.key in served:
+        return demo.name
+    return next((d.name for d in catalog.datasets_for(task, group) if d.key in served), demo.name)
+
+
+# ---------------------------------------------------------------------------------------- page state in the URL
+def url_param(name: str) -> str | None:
+    value = st.query_params.get(name)
+    return str(value) if value else None
+
+
+def set_url_params(**values: str | None) -> None:
+    """Write the page state into the URL (only what changed, so the browser history is not flooded)."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if st.query_params.get(name) != value:
+            st.query_params[name] = value
+
+
+# ---------------------------------------------------------------------------------------- editing proxy
+PROXY_MAX_SIDE = 1024
+
+
+def proxy_of(picture, max_side: int = PROXY_MAX_SIDE):
+    """A copy of ``picture`` whose longer side is at most ``max_side`` (the picture itself when already small):
+    the editing preview works on it so sliders stay quick on a 4000×2700 image."""
+    from PIL import Image
+
+    width, height = picture.size
+    scale = max_side / max(width, height)
+    if scale >= 1:
+        return picture
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def turned_size(size: tuple[int, int], edits: list[dict]) -> tuple[int, int]:
+    """The size ``edits`` (rotations and flips, no crop) give an image of ``size``, without touching its pixels
+    (a free rotation is replayed on a blank 1-bit image, so the size is PIL's own)."""
+    from PIL import Image
+
+    from core import editing
+
+    width, height = size
+    for edit in edits:
+        if edit.get("op") == "rotate90" and int(edit.get("k", 0)) % 2:
+            width, height = height, width
+        elif edit.get("op") == "rotate":
+            width, height = editing.rotate(Image.new("1", (width, height)), edit.get("angle", 0.0), is_mask=True).size
+    return width, height
+
+
+def scale_box(box: list[int], from_size: tuple[int, int], to_size: tuple[int, int]) -> list[int]:
+    """A crop box ``[left, top, right, bottom]`` drawn on an image of ``from_size`` in the coordinates of the same
+    image at ``to_size`` (each edge at the same fraction of the side, rounded to the nearest pixel, clamped)."""
+    from core import editing
+
+    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    left, top, right, bottom = box
+    scaled = [round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)]
+    return list(editing.clamp_box(scaled, to_size))
+
+
+def full_resolution_edits(full_size: tuple[int, int], turn_edits: list[dict], crop_box: list[int] | None,
+                          proxy_turned_size: tuple[int, int]) -> list[dict]:
+    """The edit log for the full-resolution image of the preview's edits: rotations and flips as they are, the
+    crop box (drawn on the turned preview of ``proxy_turned_size``) scaled to the turned full-resolution image."""
+    edits = [dict(edit) for edit in turn_edits]
+    if crop_box is not None:
+        full_turned = turned_size(full_size, turn_edits)
+        edits.append({"op": "crop", "box": scale_box(crop_box, proxy_turned_size, full_turned)})
+    return edits
+
+
+def edited_size(full_size: tuple[int, int], edits: list[dict]) -> tuple[int, int]:
+    """The size of the full-resolution image after ``edits`` (computed, not rendered)."""
+    turns = [e for e in edits if e.get("op") != "crop"]
+    width, height = turned_size(full_size, turns)
+    crop = next((e for e in edits if e.get("op") == "crop"), None)
+    if crop is None:
+        return width, height
+    from core import editing
+
+    left, top, right, bottom = editing.clamp_box(crop["box"], (width, height))
+    return right - left, bottom - top

@@ -96,16 +96,32 @@ def test_banner_title_and_language_switch(app):
     assert app.radio(key="task@en").label == "Task"  # per-language widget key, same choice
 
 
+SERVED = {("classification", "BUSI"), ("segmentation", "DDTI")}  # what the tiny manifest serves
+NO_MODEL = i18n.t("no_model_mark", "zh")
+
+
+def _marked(text: str, served: bool) -> str:
+    return text if served else f"{text} {NO_MODEL}"
+
+
 @pytest.mark.parametrize("task", catalog.TASKS)
-def test_organ_selector_shows_exactly_the_task_groups_and_default_dataset(app, task):
+def test_selectors_list_served_choices_first_and_mark_the_others(app, task):
     app.radio(key="task").set_value(task).run()
+    groups = [g.key for g in catalog.groups_for(task)]
+    served_groups = [g for g in groups if any(d.key in SERVED for d in catalog.datasets_for(task, g))]
+    ordered = served_groups + [g for g in groups if g not in served_groups]
     organ = app.selectbox(key=f"organ_{task}")
-    assert organ.options == [i18n.group_name(g.key, "zh") for g in catalog.groups_for(task)]
-    for group in catalog.groups_for(task):
-        app.selectbox(key=f"organ_{task}").set_value(group.key).run()
-        dataset = app.selectbox(key=f"dataset_{task}_{group.key}")
-        assert dataset.value == catalog.default_dataset(task, group.key).name
-        assert dataset.options == [d.name for d in catalog.datasets_for(task, group.key)]
+    assert organ.options == [_marked(i18n.group_name(g, "zh"), g in served_groups) for g in ordered]
+    assert organ.value == served_groups[0]  # a served organ is the default
+    for group in ordered:
+        app.selectbox(key=f"organ_{task}").set_value(group).run()
+        datasets = catalog.datasets_for(task, group)
+        names = [d.name for d in datasets if d.key in SERVED] + [d.name for d in datasets if d.key not in SERVED]
+        dataset = app.selectbox(key=f"dataset_{task}_{group}")
+        assert dataset.options == [_marked(n, (task, n) in SERVED) for n in names]
+        demo = catalog.default_dataset(task, group)
+        assert dataset.value == (names[0] if demo.key not in SERVED and names[0] != demo.name
+                                 and (task, names[0]) in SERVED else demo.name)
 
 
 def test_dataset_without_model_is_an_info_not_an_error(app):
@@ -117,7 +133,9 @@ def test_dataset_without_images_says_so(app):
     _choose(app, "segmentation", "breast", "BUSI")  # the tiny data root has no BUSI segmentation images
     app.button(key="random_sample").click().run()
     _ok(app)
-    assert any("BUSI" in i.value and str(app.settings.data_root) in i.value for i in app.info)
+    infos = [i.value for i in app.info]
+    assert any("BUSI" in i for i in infos)
+    assert not any(str(app.settings.data_root) in i or str(app.settings.workspace) in i for i in infos)
 
 
 def test_random_sample_segmentation_run_records_history(app):
@@ -132,7 +150,7 @@ def test_random_sample_segmentation_run_records_history(app):
     subheaders = [s.value for s in app.subheader]
     assert i18n.t("measurements", "zh") in subheaders and i18n.t("resources", "zh") in subheaders
     assert i18n.t("ground_truth", "zh") in subheaders
-    dice = [m for m in app.metric if m.label == "Dice"]
+    dice = [m for m in app.metric if m.label == i18n.t("dice_label", "zh")]
     assert dice and 0.0 <= float(dice[0].value) <= 1.0
     assert [m.value for m in app.metric if m.label == i18n.t("gpu_used", "zh")] == ["CPU"]
     assert len(app.get("download_button")) == 2
@@ -194,7 +212,9 @@ def test_bad_upload_gives_a_clear_message(app):
     app.radio(key="source").set_value("upload").run()
     app.file_uploader(key="upload").upload("fake.png", b"this is not an image", "image/png").run()
     assert not app.exception
-    assert app.error and i18n.t("image_error", "zh", message="").split("：")[0] in app.error[0].value
+    assert app.error and "fake.png" in app.error[0].value  # the file is named as the user gave it
+    assert i18n.t("image_error_named", "zh", name="", message="").split("：")[0].strip() in app.error[0].value
+    assert "<upload>" not in app.error[0].value and str(app.settings.workspace) not in app.error[0].value
 
 
 def test_history_page_filters_and_exports(app):
@@ -300,7 +320,7 @@ def test_analyze_against_remote_api(api_server, tiny_settings, tmp_path, monkeyp
     at.button(key="run").click().run()
     _ok(at)
     assert i18n.t("measurements", "zh") in [s.value for s in at.subheader]
-    assert [m for m in at.metric if m.label == "Dice"]
+    assert [m for m in at.metric if m.label == i18n.t("dice_label", "zh")]
     assert list((tiny_settings.workspace / "api_in").glob("*.png")), "upload did not reach the API's api_in/"
     assert not list((dashboard_workspace / "api_in").glob("*"))
     from core.history import HistoryStore
@@ -685,7 +705,8 @@ def test_analyze_shows_a_hostile_name_of_a_broken_upload_inert(app, payload):
     name = payload.replace("\x00", "") + ".png"
     app.file_uploader(key="upload").upload(name, b"EVIL <script> not an image", "image/png").run()
     _assert_inert(app)
-    assert app.error and app.error[0].value.startswith(i18n.t("image_error", "zh", message=""))
+    assert app.error and app.error[0].value.startswith(i18n.t("image_error_named", "zh", name="", message="")[:4])
+    assert "internal error" not in app.error[0].value
 
 
 def test_batch_names_hostile_uploads_inert(app):
@@ -885,6 +906,6 @@ def test_two_models_can_be_picked_and_compared_on_one_image(dashboard_env):
     rows = _runs(at)
     assert sorted(r["model_name"] for r in rows) == ["first", "second"]
     assert {r["source"] for r in rows} == {"dashboard"} and len({r["input_sha256"] for r in rows}) == 1
-    shown = at.table[-1].value
+    shown = next(t.value for t in at.table if i18n.t("model_pick", "zh") in t.value.columns)
     assert list(shown.iloc[:, 0]) == ["second", "first"]
     assert any(m.value == "1.000" for m in at.metric)  # the same network twice: the masks agree exactly
