@@ -1,4 +1,5 @@
-"""The run history: ``GET /v1/history`` (+ ``.csv``), ``/v1/history/{id}`` and its image and mask."""
+"""The run history: ``GET /v1/history`` (+ ``.csv``), ``/v1/history/{id}``, its image and mask, its case report
+(``report.pdf``) and, for a segmentation of a DICOM input, its DICOM SEG (``seg.dcm``)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,23 @@ async def history_image(request: Request, service: ServiceDep, run_id: int = RUN
 @router.get("/v1/history/{run_id}/mask", summary="the predicted mask of a segmentation run, as PNG (0/255)")
 async def history_mask(request: Request, service: ServiceDep, run_id: int = RUN_ID) -> Response:
     return png_response(await in_worker(request, service.run_mask, run_id))
+
+
+@router.get("/v1/history/{run_id}/report.pdf", summary="the case report of a run, as PDF (lang zh or en)",
+            response_class=Response)
+async def history_report(request: Request, service: ServiceDep, run_id: int = RUN_ID,
+                         lang: str = Query("en", description="report language: zh or en")) -> Response:
+    data = await in_worker(request, service.report_pdf, run_id, lang)
+    return Response(data, media_type="application/pdf",
+                    headers={"Content-Disposition": f'attachment; filename="uusic_run_{run_id}_{lang}.pdf"'})
+
+
+@router.get("/v1/history/{run_id}/seg.dcm", summary="a DICOM SEG of a segmentation run's mask (DICOM inputs only)",
+            response_class=Response)
+async def history_seg(request: Request, service: ServiceDep, run_id: int = RUN_ID) -> Response:
+    data = await in_worker(request, service.dicom_seg, run_id)
+    return Response(data, media_type="application/dicom",
+                    headers={"Content-Disposition": f'attachment; filename="uusic_run_{run_id}_seg.dcm"'})
 
 
 __all__ = ["AnalysisService", "router"]
