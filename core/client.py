@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
@@ -19,6 +19,9 @@ from core import catalog
 from core.errors import ServiceUnavailableError, UUSICError, error_from_body
 from core.response import AnalysisResponse, BatchItem, item_from_json
 from core.service import BatchResult
+
+if TYPE_CHECKING:
+    from core.cine import CineResult
 from core.settings import Settings
 
 ApiError = UUSICError  # what the client raises: always one of the project's typed errors
@@ -123,6 +126,30 @@ class ApiClient:
             for done in range(len(items) - len(chunk) + 1, len(items) + 1):
                 report_progress(progress, done, len(entries))
         return BatchResult(items, batch_id=",".join(batch_ids), output_dir=None, seconds=seconds)
+
+    # ---- cine
+    def probe(self, img_path_relative: str) -> dict:
+        """``{frame_count, fps, width, height, format}`` of an input (``GET /v1/frames/info``)."""
+        return self._json("GET", "/v1/frames/info", params={"path": img_path_relative})
+
+    def load_frame(self, img_path_relative: str, frame_index: int) -> np.ndarray:
+        """One frame of an input as RGB uint8 (``GET /v1/frames``)."""
+        data = self._send("GET", "/v1/frames", params={"path": img_path_relative, "index": int(frame_index)}).content
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+    def analyze_frames(self, request: Any, *, frames: list[int] | str | None = None, edits: list | None = None,
+                       source: str = "api", progress: Any = None, model: str | None = None) -> CineResult:
+        """The frames of a cine analysed on the server as one batch (``POST /v1/predict/frames``)."""
+        from core.batching import report_progress
+        from core.cine import CineResult
+
+        body = {"request": request, "frames": frames, "source": source, **({"edits": edits} if edits else {}),
+                **({"model": model} if model else {})}
+        result = CineResult.from_json(self._json("POST", "/v1/predict/frames", json=body,
+                                                 timeout=max(self._http.timeout.read or 0, 900.0)))
+        for done in range(1, len(result.items) + 1):
+            report_progress(progress, done, len(result.items))
+        return result
 
     def mask_png(self, response: AnalysisResponse | dict) -> bytes:
         """The PNG of a segmentation response's mask (``GET /v1/masks/...``)."""

@@ -1,7 +1,9 @@
 """Decode an uploaded or on-disk image into 8-bit RGB, refusing anything hostile with a clear :class:`ImageError`.
 
-Accepted: PNG, JPEG, BMP, TIFF, GIF (first frame; animations are reduced to frame 1 and say so in ``notes``)
-and ultrasound DICOM (pydicom; pixel spacing from ``PixelSpacing`` or ``SequenceOfUltrasoundRegions``).
+Accepted: PNG, JPEG, BMP, TIFF, GIF, ultrasound DICOM (pydicom; pixel spacing from ``PixelSpacing`` or
+``SequenceOfUltrasoundRegions``) and cine videos (MP4 / AVI / MOV / WebM / MKV through PyAV). A multi-frame file gives
+one frame: ``frame_index`` (default the first, and ``notes`` say the file has more); a multi-frame DICOM decodes only
+that frame, a video decodes up to it (``Settings.max_frames`` / ``max_decoded_mb`` bound the work).
 EXIF orientation is applied. 16-bit / float images are rescaled to 8 bits, palette / CMYK / grayscale
 become RGB, alpha is composited on black (the ultrasound background). Images larger than
 ``Settings.max_image_pixels`` or ``max_image_side`` are refused before their pixels are decoded.
@@ -14,9 +16,11 @@ import hashlib
 import io
 import math
 import struct
+import threading
 import warnings
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -24,7 +28,7 @@ from typing import Any, BinaryIO, cast
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import ImageError
+from core.errors import ImageError, RequestError, UUSICError
 from core.settings import Settings
 
 Image.init()  # register every plugin so the allow-list below can be checked
@@ -44,6 +48,9 @@ class LoadedImage:
     pixel_spacing_mm: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     sha256: str | None = None  # of the file's bytes as read (history: which input was analysed)
+    frame_index: int = 0  # which frame of the file this is
+    frame_count: int = 1  # frames in the file (1 for a still image)
+    fps: float | None = None  # frames per second of a cine (None: unknown or a still image)
     pixel_spacing_source: str | None = None  # "dicom" | "dicom_region" (core.calibration) when spacing is known
 
     @property
@@ -95,24 +102,99 @@ def _is_dicom(data: bytes, name: str) -> bool:
     return data[128:132] == b"DICM" or name.lower().endswith((".dcm", ".dicom"))
 
 
-def load_image(source: Path | str | bytes, *, settings: Settings | None = None) -> LoadedImage:
-    """Decode ``source`` (a path or the file's bytes) into :class:`LoadedImage`; raises :class:`ImageError`."""
-    data, name = _read_bytes(source)
+@dataclass(frozen=True)
+class FrameInfo:
+    """How many frames a file has, at what rate and size (:func:`probe_frames`)."""
+
+    frame_count: int
+    fps: float | None
+    width: int
+    height: int
+    format: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"frame_count": self.frame_count, "fps": self.fps, "width": self.width, "height": self.height,
+                "format": self.format}
+
+
+def load_image(source: Path | str | bytes, *, settings: Settings | None = None, frame_index: int | None = None,
+               name: str | None = None) -> LoadedImage:
+    """Decode ``source`` (a path or the file's bytes) into :class:`LoadedImage`; raises :class:`ImageError`.
+
+    ``frame_index``: the frame of a multi-frame file (None = the first, noted as such); beyond the file's frames →
+    :class:`RequestError` (field ``frame_index``). ``name``: the file name errors use for bytes (an upload's)."""
+    cached = _cached_frame(source, frame_index)
+    if cached is not None:
+        return cached
+    data, read_name = _read_bytes(source)
+    name = name or read_name
     if not data:
         raise ImageError(f"{name}: the file is empty")
     try:
-        image = _load_dicom(data, name, settings) if _is_dicom(data, name) else _load_pil(data, name, settings)
-    except ImageError:
+        if _is_video(data, name):
+            image = next(_video_frames(data, name, settings, [frame_index]))
+        elif _is_dicom(data, name):
+            image = _load_dicom(data, name, settings, frame_index)
+        else:
+            image = _load_pil(data, name, settings, frame_index)
+    except UUSICError:
         raise
     except Exception as exc:  # noqa: BLE001 - any other decoder failure on untrusted bytes is the file's fault
         raise ImageError(f"{name}: the image cannot be decoded ({_reason(exc)})") from None
     return replace(image, sha256=hashlib.sha256(data).hexdigest())
 
 
+def probe_frames(source: Path | str | bytes, *, settings: Settings | None = None,
+                 name: str | None = None) -> FrameInfo:
+    """Frame count, rate, size and format of ``source``: a video's header only, other files' first frame."""
+    data, read_name = _read_bytes(source)
+    name = name or read_name
+    if data and _is_video(data, name):
+        try:
+            return _probe_video(data, name, settings)
+        except UUSICError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a demuxer failure on untrusted bytes is the file's fault
+            raise ImageError(f"{name}: the video cannot be read ({_reason(exc)})") from None
+    image = load_image(data if data else source, settings=settings, frame_index=0, name=name)
+    return FrameInfo(image.frame_count, image.fps, image.width, image.height, image.format)
+
+
+def frame_out_of_range(frame_index: int, frame_count: int, name: str) -> RequestError:
+    """The one error for a frame the file does not have."""
+    last = f"0..{frame_count - 1}" if frame_count > 1 else "only 0"
+    return RequestError(f"frame_index {frame_index} is out of range: {name} has {frame_count} frame(s) ({last})",
+                        field="frame_index")
+
+
+def _frame_note(kind: str, frame_count: int, frame_index: int | None) -> list[str]:
+    """``notes`` for a multi-frame file: how many frames it has, and which one this is."""
+    if frame_count <= 1:
+        return []
+    if frame_index is None:
+        return [f"{kind} has {frame_count} frames; frame 1 used (choose another with frame_index)"]
+    return [f"{kind} has {frame_count} frames; this is frame {frame_index + 1} of {frame_count}"]
+
+
+def _check_frame_index(frame_index: int | None, frame_count: int, name: str) -> int:
+    index = int(frame_index or 0)
+    if index < 0 or index >= frame_count:
+        raise frame_out_of_range(index, frame_count, name)
+    return index
+
+
+def _max_decoded_bytes(settings: Settings | None) -> int:
+    return int((settings or _DEFAULTS).max_decoded_mb) * 1024 * 1024
+
+
+def _max_frames(settings: Settings | None) -> int:
+    return int((settings or _DEFAULTS).max_frames)
+
+
 # --------------------------------------------------------------------------------------------- PIL formats
 
 
-def _load_pil(data: bytes, name: str, settings: Settings | None) -> LoadedImage:
+def _load_pil(data: bytes, name: str, settings: Settings | None, frame_index: int | None = None) -> LoadedImage:
     notes: list[str] = []
     with warnings.catch_warnings():
         # our own size check replaces PIL's global MAX_IMAGE_PIXELS warning
@@ -124,7 +206,8 @@ def _load_pil(data: bytes, name: str, settings: Settings | None) -> LoadedImage:
                              f"{_limits(settings)[0]:,} pixels allowed") from None
         except UnidentifiedImageError:
             raise ImageError(
-                f"{name}: not a recognised image; supported formats are PNG, JPEG, BMP, TIFF, GIF and DICOM"
+                f"{name}: not a recognised image; supported formats are PNG, JPEG, BMP, TIFF, GIF, DICOM and "
+                "cine videos (MP4, MOV, AVI, WebM, MKV)"
             ) from None
         except (OSError, SyntaxError, ValueError, KeyError, EOFError) as exc:
             raise ImageError(f"{name}: cannot read image header ({exc})") from None
@@ -132,10 +215,13 @@ def _load_pil(data: bytes, name: str, settings: Settings | None) -> LoadedImage:
         width, height = image.size
         check_size(width, height, settings, what=name)
         frames = int(getattr(image, "n_frames", 1) or 1)
-        if frames > 1:
-            notes.append(f"{fmt} has {frames} frames; frame 1 used")
+        index = _check_frame_index(frame_index, frames, name)
+        if index >= max(1, _max_frames(settings)):  # GIF / TIFF frames are reached one after the other
+            raise RequestError(f"frame_index {index}: only the first {_max_frames(settings)} frames of {name} are "
+                               "read (UUSIC_MAX_FRAMES)", field="frame_index")
+        notes += _frame_note(fmt, frames, frame_index)
         try:
-            image.seek(0)
+            image.seek(index)
             image.load()
         except Image.DecompressionBombError:
             raise ImageError(f"{name}: refused, image too large (decompression bomb): more than the "
@@ -150,7 +236,8 @@ def _load_pil(data: bytes, name: str, settings: Settings | None) -> LoadedImage:
     except Exception:  # a broken EXIF block must not make a readable image unreadable
         notes.append("EXIF orientation unreadable; ignored")
     rgb = _pil_to_rgb8(image, name)
-    return LoadedImage(rgb=rgb, format=fmt, pixel_spacing_mm=None, notes=tuple(notes))
+    return LoadedImage(rgb=rgb, format=fmt, pixel_spacing_mm=None, notes=tuple(notes), frame_index=index,
+                       frame_count=frames)
 
 
 def _pil_to_rgb8(image: Image.Image, name: str) -> np.ndarray:
@@ -261,17 +348,137 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     return _to_uint8_chunked(a)
 
 
+# --------------------------------------------------------------------------------------------------- videos
+# Cine loops as video files, through PyAV (FFmpeg). Only the demuxers below are accepted; the stream's declared size
+# passes check_size before any frame is decoded, every decoded frame is checked again, and a frame is reached by
+# decoding the ones before it: at most Settings.max_frames of them and Settings.max_decoded_mb of RGB in all.
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv")
+_VIDEO_DEMUXERS = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "avi": "avi", "matroska,webm": "webm"}
+_STILL_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis")  # ISO-BMFF images, not cine loops
+
+
+def _is_video(data: bytes, name: str) -> bool:
+    head = data[:16]
+    if head[4:8] == b"ftyp":
+        return head[8:12] not in _STILL_BRANDS
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return True
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska / WebM
+        return True
+    return name.lower().endswith(VIDEO_SUFFIXES) and not _is_dicom(data, "")
+
+
+def _open_video(data: bytes, name: str, settings: Settings | None) -> tuple[Any, Any, str]:
+    """(container, its first video stream, format name) after the demuxer and declared size checks."""
+    try:
+        import av
+    except ImportError:
+        raise ImageError(f"{name}: video files need PyAV (pip install av), which is not installed") from None
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except Exception as exc:  # noqa: BLE001 - not a video FFmpeg can read
+        raise ImageError(f"{name}: not a readable video ({_reason(exc)})") from None
+    fmt = _VIDEO_DEMUXERS.get(container.format.name)
+    if fmt is None or not container.streams.video:
+        container.close()
+        what = "has no video stream" if fmt else f"is a {container.format.name!r} file"
+        raise ImageError(f"{name}: {what}; supported videos are MP4, MOV, AVI, WebM and MKV")
+    stream = container.streams.video[0]
+    try:
+        check_size(int(stream.codec_context.width or 0), int(stream.codec_context.height or 0), settings, what=name)
+    except ImageError:
+        container.close()
+        raise
+    if fmt == "mp4" and name.lower().endswith(".mov"):
+        fmt = "mov"
+    elif fmt == "webm" and name.lower().endswith(".mkv"):
+        fmt = "mkv"
+    return container, stream, fmt
+
+
+def _video_fps(stream: Any) -> float | None:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    try:
+        fps = float(rate) if rate else None
+    except (TypeError, ZeroDivisionError):
+        return None
+    return round(fps, 3) if fps and math.isfinite(fps) and 0 < fps <= 1000 else None
+
+
+def _video_frame_count(container: Any, stream: Any) -> int:
+    """The header's frame count, else the video packets counted by demuxing (nothing decoded)."""
+    if int(stream.frames or 0) > 0:
+        return int(stream.frames)
+    count = sum(1 for packet in container.demux(stream) if packet.size)
+    container.seek(0)
+    return count
+
+
+def _probe_video(data: bytes, name: str, settings: Settings | None) -> FrameInfo:
+    container, stream, fmt = _open_video(data, name, settings)
+    with container:
+        count = _video_frame_count(container, stream)
+        if count < 1:
+            raise ImageError(f"{name}: the video has no frames")
+        return FrameInfo(count, _video_fps(stream), int(stream.codec_context.width),
+                         int(stream.codec_context.height), fmt)
+
+
+def _video_frames(data: bytes, name: str, settings: Settings | None,
+                  indices: Sequence[int | None]) -> Iterator[LoadedImage]:
+    """The frames ``indices`` (None = the first) of a video, decoded in one pass up to the highest one and yielded
+    in frame order."""
+    container, stream, fmt = _open_video(data, name, settings)
+    with container:
+        count = _video_frame_count(container, stream)
+        wanted = [int(i or 0) for i in indices]
+        last = max(wanted)
+        if last >= count:
+            raise frame_out_of_range(last, count, name)
+        width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+        _check_video_budget(name, last, width * height * 3, settings)
+        fps, todo, decoded = _video_fps(stream), dict.fromkeys(wanted), 0
+        for position, frame in enumerate(container.decode(stream)):
+            if position > last:
+                break
+            decoded = position + 1
+            check_size(frame.width, frame.height, settings, what=f"{name} frame {position + 1}")
+            if position not in todo:
+                continue
+            rgb = np.ascontiguousarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
+            for index in (i for i in indices if int(i or 0) == position):
+                yield LoadedImage(rgb=rgb, format=fmt, notes=tuple(_frame_note("video", count, index)),
+                                  frame_index=position, frame_count=count, fps=fps)
+            del todo[position]
+        if todo:  # the header promised more frames than could be decoded
+            raise frame_out_of_range(min(todo), decoded, name)
+
+
+def _check_video_budget(name: str, last: int, frame_bytes: int, settings: Settings | None) -> None:
+    """Reaching frame ``last`` decodes every frame before it: bounded by max_frames and max_decoded_mb."""
+    if last >= _max_frames(settings):
+        raise RequestError(f"frame_index {last}: only the first {_max_frames(settings)} frames of {name} are "
+                           "decoded (UUSIC_MAX_FRAMES)", field="frame_index")
+    if (last + 1) * frame_bytes > _max_decoded_bytes(settings):
+        raise RequestError(f"frame_index {last}: reaching it decodes {(last + 1) * frame_bytes / 1048576:,.0f} MB "
+                           f"of frames, more than the {_max_decoded_bytes(settings) // 1048576:,} MB allowed "
+                           "(UUSIC_MAX_DECODED_MB)", field="frame_index")
+
+
 # --------------------------------------------------------------------------------------------------- DICOM
 # Everything read from a DICOM header is untrusted: a tag may be missing, multi-valued, non-numeric or absurd. The
 # structure (Rows, Columns, SamplesPerPixel, BitsAllocated, NumberOfFrames, a palette's LUT) must be sound, else the
 # file is refused with an ImageError naming the tag; display and measurement hints (window, rescale, pixel spacing,
-# ultrasound regions) that cannot be used are ignored with a note. Only frame 1 is ever decoded, and only after its
-# size (rows x columns x samples x bytes) has passed the pixel limits; a deflated data set is inflated only as far as
-# its header and that one frame need.
+# ultrasound regions) that cannot be used are ignored with a note. Only the requested frame is ever decoded, and only
+# after its size (rows x columns x samples x bytes) has passed the pixel limits; a deflated data set is inflated only
+# as far as its header and that one frame need (the frames before it are inflated in steps and dropped, at most
+# Settings.max_decoded_mb of them).
 
 DEFLATE_HEADER_LIMIT = 8 * 1024 * 1024  # bytes: a deflated file's inflated header (all before the pixel data)
 _DEFLATE_PROBE = 64 * 1024
 _BYTES_PER_PIXEL_BUDGET = 4  # a decoded frame may take at most 4 bytes per allowed pixel (e.g. 16-bit RGB: 2/3)
+_DROP_STEP = 4 * 1024 * 1024  # bytes inflated at a time while skipping the frames before the requested one
 
 
 @dataclass(frozen=True)
@@ -383,6 +590,17 @@ class _Inflater:
             self.out += self._zlib.decompress(self._tail, size - len(self.out))
             self._tail = self._zlib.unconsumed_tail
 
+    def drop(self, count: int) -> None:
+        """Forget the next ``count`` bytes (those in ``out`` first), inflating the rest in bounded steps."""
+        while count > 0:
+            if not self.out:
+                self.fill(min(count, _DROP_STEP))
+                if not self.out:
+                    return  # the stream ended early: the caller finds the frame short
+            step = min(count, len(self.out))
+            del self.out[:step]
+            count -= step
+
 
 def _read_header(buffer: bytes) -> tuple[Any, int | None]:
     """The data set before the pixel data in an explicit-VR little-endian ``buffer``, and the offset of the pixel
@@ -402,9 +620,11 @@ def _read_header(buffer: bytes) -> tuple[Any, int | None]:
     return header, None
 
 
-def _read_deflated(data: bytes, offset: int, meta: Any, name: str, settings: Settings | None) -> tuple[Any, list[str]]:
-    """A deflated data set inflated with a cap: first its header (at most DEFLATE_HEADER_LIMIT), then exactly frame
-    1 of its pixel data, whose size the header's (checked) dimensions give."""
+def _read_deflated(data: bytes, offset: int, meta: Any, name: str, settings: Settings | None,
+                   frame_index: int | None) -> tuple[Any, int | None]:
+    """A deflated data set inflated with a cap: first its header (at most DEFLATE_HEADER_LIMIT), then exactly the
+    requested frame of its pixel data, whose size the header's (checked) dimensions give. Returns the data set
+    (holding that one frame) and the file's frame count (None without pixel data)."""
     from pydicom.uid import ExplicitVRLittleEndian
 
     inflater, probe = _Inflater(data, offset), _DEFLATE_PROBE
@@ -419,7 +639,7 @@ def _read_deflated(data: bytes, offset: int, meta: Any, name: str, settings: Set
             probe *= 4
         header.file_meta = meta
         if at is None:
-            return header, []
+            return header, None
         group, element = struct.unpack("<HH", inflater.out[at:at + 4])
         if (group, element) != (0x7FE0, 0x0010):
             raise ImageError(f"{name}: float pixel data in a deflated DICOM file is not supported")
@@ -429,24 +649,30 @@ def _read_deflated(data: bytes, offset: int, meta: Any, name: str, settings: Set
             raise ImageError(f"{name}: a deflated DICOM file must carry native (uncompressed) pixel data")
         geometry = _dicom_geometry(header, name, settings)
         _check_native_length(length, geometry, name)
-        start = at + 12
-        inflater.fill(start + geometry.frame_bytes)
+        index = _check_frame_index(frame_index, geometry.frames, name)
+        skip = index * geometry.frame_bytes
+        if skip + geometry.frame_bytes > _max_decoded_bytes(settings):
+            raise ImageError(f"{name}: reaching frame {index + 1} of this deflated DICOM means inflating "
+                             f"{skip + geometry.frame_bytes:,} bytes, more than the {_max_decoded_bytes(settings):,} "
+                             "allowed (UUSIC_MAX_DECODED_MB)")
+        inflater.fill(at + 12)
+        del inflater.out[:at + 12]  # the pixel data from here on
+        inflater.drop(skip)
+        inflater.fill(geometry.frame_bytes)
     except zlib.error as exc:
         raise ImageError(f"{name}: the deflated DICOM data is corrupt ({exc})") from None
-    pixels = bytes(inflater.out[start:start + geometry.frame_bytes])
-    if len(pixels) < geometry.frame_bytes or length < geometry.frame_bytes:
+    pixels = bytes(inflater.out[:geometry.frame_bytes])
+    if len(pixels) < geometry.frame_bytes or length < skip + geometry.frame_bytes:
         raise ImageError(f"{name}: the DICOM pixel data is shorter than its header declares "
-                         f"({min(len(pixels), length):,} of {geometry.frame_bytes:,} bytes)")
-    notes = []
+                         f"({min(len(pixels), max(0, length - skip)):,} of {geometry.frame_bytes:,} bytes)")
     header.PixelData = pixels
     header["PixelData"].VR = "OW" if geometry.bits > 8 else "OB"
     if geometry.frames > 1:
-        notes.append(f"DICOM has {geometry.frames} frames; frame 1 used")
         header.NumberOfFrames = 1
     meta = copy.copy(meta)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian  # inflated now
     header.file_meta = meta
-    return header, notes
+    return header, geometry.frames
 
 
 def _check_native_length(length: int, geometry: _Geometry, name: str) -> None:
@@ -456,7 +682,9 @@ def _check_native_length(length: int, geometry: _Geometry, name: str) -> None:
                          f"frame(s) of {geometry.cols}x{geometry.rows} px its header declares")
 
 
-def _read_dicom(data: bytes, name: str, settings: Settings | None) -> tuple[Any, list[str]]:
+def _read_dicom(data: bytes, name: str, settings: Settings | None,
+                frame_index: int | None = None) -> tuple[Any, int | None]:
+    """The data set, and for a deflated file (inflated to the one requested frame) its real frame count."""
     import pydicom
     from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import _read_file_meta_info, read_preamble
@@ -473,9 +701,9 @@ def _read_dicom(data: bytes, name: str, settings: Settings | None) -> tuple[Any,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about every odd value; we check what we use
             if syntax == DeflatedExplicitVRLittleEndian:
-                return _read_deflated(data, stream.tell(), meta, name, settings)
-            return pydicom.dcmread(io.BytesIO(data), force=True), []
-    except ImageError:
+                return _read_deflated(data, stream.tell(), meta, name, settings, frame_index)
+            return pydicom.dcmread(io.BytesIO(data), force=True), None
+    except UUSICError:
         raise
     except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes is the file's fault
         raise ImageError(f"{name}: not a readable DICOM file ({_reason(exc)})") from None
@@ -486,13 +714,13 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__
 
 
-def _check_compressed_frame(ds: Any, geometry: _Geometry, name: str) -> None:
+def _check_compressed_frame(ds: Any, geometry: _Geometry, name: str, index: int = 0) -> None:
     """For encapsulated pixel data: a JPEG / JPEG 2000 frame must have the header's size (else its own, possibly
     huge, dimensions would drive the decoder)."""
     from pydicom.encaps import get_frame
 
     try:
-        frame = get_frame(ds.PixelData, 0, number_of_frames=geometry.frames)
+        frame = get_frame(ds.PixelData, index, number_of_frames=geometry.frames)
     except Exception as exc:  # noqa: BLE001
         raise ImageError(f"{name}: the compressed DICOM pixel data is malformed ({_reason(exc)})") from None
     formats = {b"\xff\xd8": ["JPEG"], b"\xff\x4f": ["JPEG2000"], b"\x00\x00": ["JPEG2000"]}.get(bytes(frame[:2]))
@@ -508,10 +736,21 @@ def _check_compressed_frame(ds: Any, geometry: _Geometry, name: str) -> None:
                          f"{geometry.cols}x{geometry.rows}")
 
 
-def _load_dicom(data: bytes, name: str, settings: Settings | None) -> LoadedImage:
-    from pydicom.pixels import pixel_array
+@dataclass
+class _DicomFile:
+    """A parsed DICOM data set ready to decode frames from (``local``: a deflated file holds only one frame)."""
 
-    ds, notes = _read_dicom(data, name, settings)
+    ds: Any
+    geometry: _Geometry
+    name: str
+    frame_count: int
+    deflated: bool
+    syntax: Any
+    compressed: bool
+
+
+def _open_dicom(data: bytes, name: str, settings: Settings | None, frame_index: int | None) -> _DicomFile:
+    ds, deflated_frames = _read_dicom(data, name, settings, frame_index)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageError(f"{name}: the DICOM file has no pixel data (a structured report or header only?)")
     geometry = _dicom_geometry(ds, name, settings)
@@ -521,21 +760,35 @@ def _load_dicom(data: bytes, name: str, settings: Settings | None) -> LoadedImag
         compressed = bool(syntax is not None and syntax.is_compressed)
     except ValueError:  # not a transfer syntax UID at all
         raise ImageError(f"{name}: the DICOM transfer syntax {str(syntax)[:64]!r} is unknown") from None
-    if compressed and "PixelData" in ds:
-        _check_compressed_frame(ds, geometry, name)
-    elif "PixelData" in ds:
+    if "PixelData" in ds and not compressed:
         _check_native_length(len(ds.PixelData or b""), geometry, name)
-    if geometry.frames > 1:
-        notes.append(f"DICOM has {geometry.frames} frames; frame 1 used")
+    return _DicomFile(ds, geometry, name, deflated_frames or geometry.frames, deflated_frames is not None, syntax,
+                      compressed)
+
+
+def _load_dicom(data: bytes, name: str, settings: Settings | None, frame_index: int | None = None) -> LoadedImage:
+    return _dicom_frame(_open_dicom(data, name, settings, frame_index), frame_index)
+
+
+def _dicom_frame(file: _DicomFile, frame_index: int | None) -> LoadedImage:
+    """Decode one frame of an opened DICOM file (only that frame's pixels)."""
+    from pydicom.pixels import pixel_array
+
+    ds, geometry, name = file.ds, file.geometry, file.name
+    index = _check_frame_index(frame_index, file.frame_count, name)
+    local = 0 if file.deflated else index
+    if file.compressed and "PixelData" in ds:
+        _check_compressed_frame(ds, geometry, name, local)
+    notes = _frame_note("DICOM", file.frame_count, frame_index)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom warns about excess or odd data; only frame 1 is read
-            pixels = pixel_array(ds, index=0)
+            warnings.simplefilter("ignore")  # pydicom warns about excess or odd data; only one frame is read
+            pixels = pixel_array(ds, index=local)
     except Exception as exc:  # noqa: BLE001 - missing codec, truncated data, inconsistent header
-        hint = f" (transfer syntax {syntax.name})" if syntax is not None else ""
+        hint = f" (transfer syntax {file.syntax.name})" if file.syntax is not None else ""
         raise ImageError(f"{name}: cannot decode the DICOM pixel data{hint}: {_reason(exc)}") from None
-    if pixels.ndim == 3 + (geometry.samples > 1):  # a decoder that ignored index=0
+    if pixels.ndim == 3 + (geometry.samples > 1):  # a decoder that ignored index
         pixels = pixels[0]
     if photometric == "PALETTE COLOR":
         rgb = _dicom_palette(pixels, ds, name)
@@ -547,13 +800,24 @@ def _load_dicom(data: bytes, name: str, settings: Settings | None) -> LoadedImag
     if rgb.shape[0] != geometry.rows or rgb.shape[1] != geometry.cols:
         raise ImageError(f"{name}: DICOM pixel data ({rgb.shape[1]}x{rgb.shape[0]}) disagrees with its header")
     spacing, spacing_notes = _dicom_spacing(ds)
-    return LoadedImage(
-        rgb=np.ascontiguousarray(rgb, dtype=np.uint8),
-        format="dicom",
-        pixel_spacing_mm=spacing,
-        pixel_spacing_source=_spacing_source(ds) if spacing is not None else None,
-        notes=tuple(notes + spacing_notes),
-    )
+    return LoadedImage(rgb=np.ascontiguousarray(rgb, dtype=np.uint8), format="dicom", pixel_spacing_mm=spacing,
+                       notes=tuple(notes + spacing_notes), frame_index=index, frame_count=file.frame_count,
+                       fps=_dicom_fps(ds) if file.frame_count > 1 else None)
+
+
+def _dicom_fps(ds: Any) -> float | None:
+    """Frames per second from ``FrameTime`` (ms), ``CineRate`` or ``RecommendedDisplayFrameRate``; None when none
+    is usable."""
+    for keyword, per_ms in (("FrameTime", True), ("CineRate", False), ("RecommendedDisplayFrameRate", False)):
+        try:
+            value = _dicom_float(ds, keyword)
+        except ValueError:
+            continue
+        if value is not None and value > 0:
+            fps = 1000.0 / value if per_ms else value
+            if 0 < fps <= 1000:
+                return round(fps, 3)
+    return None
 
 
 def to_uint8_channels(array: np.ndarray) -> np.ndarray:
@@ -684,3 +948,97 @@ def _spacing_source(ds: Any) -> str:
 def dicom_pixel_spacing_mm(ds: Any) -> float | None:
     """Millimetres per pixel from a DICOM data set, or None (missing, malformed or implausible)."""
     return _dicom_spacing(ds)[0]
+
+
+# ------------------------------------------------------------------------------------------ several frames at once
+# A cine analysed frame by frame (core.service.analyze_frames) decodes its frames once, in one pass, and holds them
+# while the batch runs: load_image(path, frame_index=i) then takes frame i from memory (the file must be unchanged).
+# The caller bounds what is held (frames x width x height x 3 <= Settings.max_decoded_mb).
+
+_HELD: dict[tuple[str, int], tuple[tuple[int, int], LoadedImage, int]] = {}  # (path, index) → (stat, image, holders)
+_HELD_LOCK = threading.Lock()
+
+
+def decode_frames(source: Path | str | bytes, indices: Sequence[int], *, settings: Settings | None = None,
+                  name: str | None = None) -> Iterator[LoadedImage]:
+    """The frames ``indices`` of one file with one read and one parse (a video: one decoding pass), in frame
+    order; the same checks and errors as :func:`load_image`."""
+    data, read_name = _read_bytes(source)
+    name = name or read_name
+    wanted = sorted({int(i) for i in indices})
+    if not data:
+        raise ImageError(f"{name}: the file is empty")
+    if not wanted:
+        return
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        if _is_video(data, name):
+            frames: Iterator[LoadedImage] = _video_frames(data, name, settings, wanted)
+        elif _is_dicom(data, name):
+            frames = _dicom_frames(data, name, settings, wanted)
+        else:
+            frames = (_load_pil(data, name, settings, index) for index in wanted)
+        for image in frames:
+            yield replace(image, sha256=digest)
+    except UUSICError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any other decoder failure on untrusted bytes is the file's fault
+        raise ImageError(f"{name}: the image cannot be decoded ({_reason(exc)})") from None
+
+
+def _dicom_frames(data: bytes, name: str, settings: Settings | None, indices: list[int]) -> Iterator[LoadedImage]:
+    """Frames of one DICOM parsed once (a deflated file is inflated again per frame: it holds only one)."""
+    opened = _open_dicom(data, name, settings, indices[0])
+    for index in indices:
+        if opened.deflated and index != indices[0]:
+            opened = _open_dicom(data, name, settings, index)
+        yield _dicom_frame(opened, index)
+
+
+def _stat_key(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@contextmanager
+def held_frames(path: Path, indices: Sequence[int], *, settings: Settings | None = None) -> Iterator[list[int]]:
+    """Decode ``indices`` of the file at ``path`` once and serve them to ``load_image(path, frame_index=i)`` until
+    the block ends; yields the indices held."""
+    resolved = Path(path).resolve()
+    stat = _stat_key(resolved)
+    keys: list[tuple[str, int]] = []
+    try:
+        for image in decode_frames(resolved, indices, settings=settings):
+            key = (str(resolved), image.frame_index)
+            with _HELD_LOCK:
+                held = _HELD.get(key)
+                _HELD[key] = (stat, image, (held[2] if held else 0) + 1)
+            keys.append(key)
+        yield [index for _, index in keys]
+    finally:
+        with _HELD_LOCK:
+            for key in keys:
+                held = _HELD.pop(key, None)
+                if held is not None and held[2] > 1:
+                    _HELD[key] = (held[0], held[1], held[2] - 1)
+
+
+def _cached_frame(source: Path | str | bytes, frame_index: int | None) -> LoadedImage | None:
+    """A frame :func:`held_frames` holds for ``source``, when the file is still the one decoded."""
+    if frame_index is None or not _HELD or isinstance(source, (bytes, bytearray, memoryview)):
+        return None
+    try:
+        resolved = Path(source).resolve()
+        with _HELD_LOCK:
+            held = _HELD.get((str(resolved), int(frame_index)))
+        return held[1] if held is not None and held[0] == _stat_key(resolved) else None
+    except (OSError, ValueError):
+        return None
+
+
+def frame_mask_path(relative: str, image: LoadedImage) -> str:
+    """A mask path per frame for a multi-frame input (``x.png`` → ``x_f0003.png``); a still image's is unchanged."""
+    if image.frame_count <= 1:
+        return relative
+    stem, dot, suffix = relative.rpartition(".")
+    return f"{stem}_f{image.frame_index:04d}{dot}{suffix}" if dot else f"{relative}_f{image.frame_index:04d}"

@@ -2,7 +2,10 @@
 
 A data root has ``ground_truth.json`` (a list of request objects) or, without it, the layout
 ``<task>/<dataset>/imgs/*`` (segmentation masks in ``masks/``) or ``classification/<dataset>/<class index>/*``.
-Uploads are re-encoded (no EXIF / metadata survives) under a safe unique name and never overwrite a file.
+Uploads are re-encoded (no EXIF / metadata survives) under a safe unique name and never overwrite a file; cine
+containers (a multi-frame DICOM, a video) are kept as uploaded, and every DICOM upload also keeps its original file
+(``source_path_relative``: what a DICOM SEG refers to). The skeleton names the file as the user gave it
+(``original_name``, for display); the stored names stay unique.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from core.files import atomic_write_bytes
 from core.imaging import load_image
 from core.settings import Settings
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".gif", ".mp4", ".avi", ".mov",
+                  ".webm", ".mkv")
+CINE_FORMATS = ("mp4", "mov", "avi", "webm", "mkv")  # videos: always kept as uploaded (multi-frame DICOM too)
 _GT_CACHE: dict[str, tuple[float, list]] = {}
 _GT_LOCK = threading.Lock()
 
@@ -187,42 +192,68 @@ def _encode(rgb: np.ndarray, fmt: str) -> tuple[bytes, str]:
     return buffer.getvalue(), "png"
 
 
-def save_upload(settings: Settings, data: bytes, filename: str) -> dict:
-    """Store an uploaded image in ``api_in/`` and return its request skeleton.
+def display_name(filename: str, limit: int = 120) -> str:
+    """The file name as the user gave it, fit for messages and display: its last path part, no control characters,
+    at most ``limit`` characters."""
+    name = PurePosixPath(str(filename or "").replace("\\", "/")).name
+    name = "".join(ch for ch in unicodedata.normalize("NFC", name) if unicodedata.category(ch)[0] != "C").strip()
+    return (name[: limit - 1] + "…" if len(name) > limit else name) or "upload"
 
-    Raises :class:`ImageError` (not an image, hostile) or :class:`UploadError` (too large: 413; disk full: 507).
+
+def save_upload(settings: Settings, data: bytes, filename: str) -> dict:
+    """Store an uploaded image or cine in ``api_in/`` and return its request skeleton.
+
+    Single images are re-encoded (pixels only); a multi-frame DICOM or a video is kept as uploaded
+    (``img_path_relative`` names the container; ``frame_count`` / ``fps`` say what it holds). Any DICOM also keeps
+    its original file (``source_path_relative``). Raises :class:`ImageError` (not an image, hostile) or
+    :class:`UploadError` (too large: 413; disk full: 507), naming the uploaded file.
     """
+    shown = display_name(filename)
     limit = int(settings.max_upload_mb) * 1024 * 1024
     if len(data) > limit:
-        raise UploadError(f"upload is {len(data) / 1048576:.1f} MB; the limit is {settings.max_upload_mb} MB",
-                          status_code=413, field="file")
-    loaded = load_image(bytes(data), settings=settings)
-    encoded, ext = _encode(loaded.rgb, loaded.format)
+        raise UploadError(f"{shown}: the upload is {len(data) / 1048576:.1f} MB; the limit is "
+                          f"{settings.max_upload_mb} MB", status_code=413, field="file")
+    data = bytes(data)
+    loaded = load_image(data, settings=settings, name=shown)  # the first frame: the whole file must be sound
+    keep = loaded.format in CINE_FORMATS or (loaded.format == "dicom" and loaded.frame_count > 1)
+    if keep:
+        stored, ext = data, ("dcm" if loaded.format == "dicom" else loaded.format)
+    else:
+        stored, ext = _encode(loaded.rgb, loaded.format)
     folder = Path(settings.api_in)
     folder.mkdir(parents=True, exist_ok=True)
     stem = safe_stem(filename)
-    digest = hashlib.sha256(encoded).hexdigest()
+    name = _store(folder, stem, stored, ext)
+    skeleton = {
+        "img_name": name,
+        "img_path_relative": f"api_in/{name}",
+        "img_size_bytes": len(stored),
+        "img_dimensions": [loaded.width, loaded.height],
+        "img_format": ext,
+        "frame_count": loaded.frame_count if keep else 1,
+        "fps": loaded.fps if keep else None,
+        "original_name": shown,
+    }
+    if loaded.format == "dicom":
+        skeleton["source_path_relative"] = f"api_in/{name if keep else _store(folder, stem, data, 'dcm')}"
+    if loaded.pixel_spacing_mm:
+        skeleton["pixel_spacing_mm"] = loaded.pixel_spacing_mm
+    return skeleton
+
+
+def _store(folder: Path, stem: str, data: bytes, ext: str) -> str:
+    """Write ``data`` under a new unique name ``<stem>-<digest><random>.<ext>`` in ``folder``; returns the name."""
+    digest = hashlib.sha256(data).hexdigest()
     for _ in range(20):
         name = f"{stem}-{digest[:8]}{uuid.uuid4().hex[:6]}.{ext}"
         try:
-            atomic_write_bytes(folder / name, encoded, exclusive=True)
+            atomic_write_bytes(folder / name, data, exclusive=True)
         except FileExistsError:
             continue
         except OSError as exc:
             raise _storage_error(exc) from None
-        break
-    else:  # pragma: no cover - 20 uuid collisions
-        raise UploadError("could not find a free file name in api_in/", status_code=500)
-    skeleton = {
-        "img_name": name,
-        "img_path_relative": f"api_in/{name}",
-        "img_size_bytes": len(encoded),
-        "img_dimensions": [loaded.width, loaded.height],
-        "img_format": ext,
-    }
-    if loaded.pixel_spacing_mm:
-        skeleton["pixel_spacing_mm"] = loaded.pixel_spacing_mm
-    return skeleton
+        return name
+    raise UploadError("could not find a free file name in api_in/", status_code=500)  # pragma: no cover
 
 
 def _storage_error(exc: OSError) -> UploadError:

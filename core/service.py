@@ -12,6 +12,7 @@ The API routes, the dashboard pages and the CLI call only :class:`AnalysisServic
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import threading
 import time
@@ -37,6 +38,7 @@ from core.schema import PredictRequest
 from core.settings import Settings
 
 if TYPE_CHECKING:
+    from core.cine import CineResult
     from core.engine import Engine
     from core.history import HistoryStore
 
@@ -92,6 +94,10 @@ class AnalysisBackend(Protocol):
     def mask_png(self, response: AnalysisResponse | dict) -> bytes: ...
     def run_image(self, run_id: int) -> np.ndarray: ...
     def run_mask(self, run_id: int) -> np.ndarray: ...
+    def probe(self, img_path_relative: str) -> dict: ...
+    def load_frame(self, img_path_relative: str, frame_index: int) -> np.ndarray: ...
+    def analyze_frames(self, request: Any, *, frames: list[int] | str | None = None, edits: list | None = None,
+                       source: str = "api", progress: Any = None, model: str | None = None) -> CineResult: ...
     def agreement_map(self, response: AnalysisResponse | dict) -> np.ndarray: ...
     def report_pdf(self, run_id: int, lang: str = "en") -> bytes: ...
     def dicom_seg(self, run_id: int) -> bytes: ...
@@ -416,7 +422,9 @@ class AnalysisService:
         from core.imaging import load_image
         from core.paths import resolve_input
 
-        rel = self.run(run_id).get("img_path_relative")
+        row = self.run(run_id)
+        rel = row.get("img_path_relative")
+        frame = (row.get("request") or {}).get("frame_index") if isinstance(row.get("request"), dict) else None
         if not rel:
             raise NotFoundError(f"run {run_id} names no image", field="run_id")
         try:
@@ -424,7 +432,7 @@ class AnalysisService:
         except PathError as exc:
             raise NotFoundError(f"the image of run {run_id} is no longer available ({exc.message})",
                                 field="run_id") from None
-        return load_image(path, settings=self.settings).rgb
+        return load_image(path, settings=self.settings, frame_index=frame).rgb  # cine: the run's frame
 
     def run_mask(self, run_id: int) -> np.ndarray:
         """The predicted mask of a segmentation run, as a boolean array at the image's size."""
@@ -432,6 +440,95 @@ class AnalysisService:
 
         path = self._workspace_file(self.run(run_id).get("mask_path"), Path(self.settings.api_out), "mask")
         return load_image(path, settings=self.settings).rgb[..., 0] > 127
+
+    # ---- cine
+    def probe(self, img_path_relative: str) -> dict:
+        """``{frame_count, fps, width, height, format}`` of an input (a still image: 1 frame, fps None)."""
+        from core.imaging import probe_frames
+        from core.paths import resolve_input
+
+        path = resolve_input(self.settings, img_path_relative)
+        return probe_frames(path, settings=self.settings).as_dict()
+
+    def load_frame(self, img_path_relative: str, frame_index: int) -> np.ndarray:
+        """One frame of an input as RGB uint8 (only that frame is decoded; a video: up to it)."""
+        from core.imaging import load_image
+        from core.paths import resolve_input
+
+        if isinstance(frame_index, bool) or not isinstance(frame_index, int) or frame_index < 0:
+            raise RequestError(f"frame_index must be a whole number >= 0, got {frame_index!r}", field="frame_index")
+        path = resolve_input(self.settings, img_path_relative)
+        return load_image(path, settings=self.settings, frame_index=frame_index).rgb
+
+    def analyze_frames(self, request: Any, *, frames: list[int] | str | None = None, edits: list | None = None,
+                       source: str = "api", progress: Any = None, model: str | None = None,
+                       output_dir: Path | None = None, input_dir: Path | None = None,
+                       record: bool = True) -> CineResult:
+        """Analyse frames of a cine (None = all) as one batch: each frame decoded once, ``edits`` applied to each,
+        one history row per frame (``frame_index``) under one ``batch_id``; the result has the loop's summary."""
+        from core.cine import CineResult, check_budget, parse_frames, summarize
+        from core.imaging import held_frames, probe_frames
+        from core.paths import resolve_input
+
+        start = time.perf_counter()
+        parsed = PredictRequest.parse(request)
+        raw = dict(request) if isinstance(request, dict) else parsed.to_dict()
+        path = resolve_input(self.settings, parsed.img_path_relative, input_dir=input_dir)
+        info = probe_frames(path, settings=self.settings)
+        chosen = parse_frames(frames, info.frame_count)
+        check_budget(len(chosen), info.width, info.height, self.settings.max_frames, self.settings.max_decoded_mb)
+        if edits:
+            entries = self._edited_frames(raw, path, chosen, edits)
+            result = self.analyze_batch(entries, source=source, progress=progress, model=model, record=False,
+                                        output_dir=output_dir, input_dir=input_dir)
+        else:
+            entries = [{**raw, "frame_index": index} for index in chosen]
+            with held_frames(path, chosen, settings=self.settings):
+                result = self.analyze_batch(entries, source=source, progress=progress, model=model, record=False,
+                                            output_dir=output_dir, input_dir=input_dir)
+        for index, item in zip(chosen, result.items, strict=True):
+            item.frame_index, item.frame_count = index, info.frame_count  # type: ignore[union-attr]
+        if record:
+            self._record_frames(entries, result.items, source=source, edits=edits, batch_id=result.batch_id,
+                                input_dir=input_dir)
+        summary = summarize(result.items, chosen, frame_count=info.frame_count, fps=info.fps, dataset=parsed.dataset)
+        return CineResult(result.items, summary, batch_id=result.batch_id, seconds=time.perf_counter() - start)
+
+    def _edited_frames(self, raw: dict, path: Path, chosen: list[int], edits: list) -> list[dict]:
+        """Each frame decoded, edited (core.editing, as the dashboard does) and stored in ``api_in/``; the requests
+        name the stored frames and say where they came from (``source_path_relative``, ``source_frame_index``)."""
+        from PIL import Image
+
+        from core.editing import apply_edits
+        from core.imaging import decode_frames
+        from core.samples import safe_stem, save_upload
+
+        entries: list[dict] = []
+        stem = safe_stem(str(raw.get("img_name") or path.name))
+        base = {k: v for k, v in raw.items() if k not in ("frame_index", "img_name", "img_dimensions",
+                                                           "img_size_bytes", "img_format")}
+        for frame in decode_frames(path, chosen, settings=self.settings):
+            edited = apply_edits(Image.fromarray(frame.rgb), edits).convert("RGB")
+            buffer = io.BytesIO()
+            edited.save(buffer, format="PNG")
+            skeleton = save_upload(self.settings, buffer.getvalue(), f"{stem}_f{frame.frame_index:04d}.png")
+            entry = {**base, **{k: skeleton[k] for k in ("img_name", "img_path_relative", "img_size_bytes",
+                                                         "img_dimensions", "img_format")},
+                     "source_path_relative": raw.get("img_path_relative"), "source_frame_index": frame.frame_index}
+            if not entry.get("pixel_spacing_mm") and frame.pixel_spacing_mm:  # edits keep the pixel size
+                entry["pixel_spacing_mm"] = frame.pixel_spacing_mm
+            entries.append(entry)
+        order = {index: position for position, index in enumerate(chosen)}
+        return sorted(entries, key=lambda entry: order[entry["source_frame_index"]])
+
+    def _record_frames(self, entries: list, items: list[BatchItem], *, source: str, edits: list | None,
+                       batch_id: str, input_dir: Path | None) -> None:
+        for entry, item in zip(entries, items, strict=True):
+            if isinstance(item, AnalysisResponse):
+                self._record_success(PredictRequest.parse(entry), item, source=source, edits=edits,
+                                     batch_id=batch_id)
+            else:
+                self._record_failure(entry, item, source=source, edits=edits, batch_id=batch_id, input_dir=input_dir)
 
     # ---- calibration / uncertainty / reference
     def agreement_map(self, response: AnalysisResponse | dict) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Inputs and outputs: ``POST /v1/upload``, ``GET /v1/random-sample``, ``GET /v1/masks/{path}``."""
+"""Inputs and outputs: ``POST /v1/upload``, ``GET /v1/random-sample``, ``GET /v1/masks/{path}``, and a cine's
+frames: ``GET /v1/frames?path=&index=`` (one frame as PNG), ``GET /v1/frames/info?path=`` (frame count, fps, size)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from typing import Any
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from core.api.deps import ServiceDep, in_worker, serve_file
+from core.api.routers.history import png_response
 from core.errors import UploadError
 from core.service import AnalysisService
 
 router = APIRouter()
-UPLOAD_DOC = "PNG, JPEG, BMP, TIFF, GIF or DICOM"
+UPLOAD_DOC = "PNG, JPEG, BMP, TIFF, GIF, DICOM (multi-frame kept) or a cine video (MP4, AVI, MOV, WebM, MKV)"
 
 
 async def store_upload(request: Request, service: AnalysisService, file: UploadFile) -> dict:
@@ -38,3 +40,15 @@ def random_sample(service: ServiceDep, task: str = Query(..., examples=["segment
 @router.get("/v1/masks/{path:path}", tags=["outputs"], summary="a mask PNG written under api_out/")
 def mask(path: str, service: ServiceDep) -> Any:
     return serve_file(service.settings.api_out, path, (".png",))
+
+
+@router.get("/v1/frames/info", tags=["inputs"], summary="frame count, fps, width, height and format of an input")
+async def frame_info(request: Request, service: ServiceDep,
+                     path: str = Query(..., examples=["api_in/loop-ab12cd.dcm"])) -> dict:
+    return await in_worker(request, service.probe, path)
+
+
+@router.get("/v1/frames", tags=["inputs"], summary="one frame of an input (multi-frame DICOM, video) as PNG")
+async def frame(request: Request, service: ServiceDep, path: str = Query(..., examples=["api_in/loop-ab12cd.mp4"]),
+                index: int = Query(0, description="frame number, from 0")) -> Any:
+    return png_response(await in_worker(request, service.load_frame, path, index))

@@ -1,4 +1,5 @@
-"""``POST /v1/predict`` (one image) and ``POST /v1/predict/batch`` (several), both through the service."""
+"""``POST /v1/predict`` (one image), ``POST /v1/predict/batch`` (several) and ``POST /v1/predict/frames`` (the frames
+of one cine), all through the service."""
 
 from __future__ import annotations
 
@@ -72,3 +73,20 @@ def predict_many(service: AnalysisService, body: Any) -> dict:
 async def predict_batch(request: Request, service: ServiceDep) -> Any:
     body = await read_json(request)
     return await in_worker(request, predict_many, service, body)
+
+
+def predict_frames(service: AnalysisService, body: Any) -> dict:
+    """The frames of one cine analysed as one batch, with the loop's summary (``core.cine``)."""
+    if not isinstance(body, dict) or not isinstance(body.get("request"), dict):
+        raise RequestError('expected {"request": {...}, "frames": [0, 3, 5] or null (all), "edits": [...]}',
+                           field="request")
+    request, source, edits, model = unwrap(body)
+    result = service.analyze_frames(request, frames=body.get("frames"), edits=edits, source=source, model=model)
+    return result.to_json()
+
+
+@router.post("/v1/predict/frames", summary="analyse frames of a multi-frame DICOM or video (null = all); "
+             "per-frame results in frame order and the loop's summary (area curve, ED/ES candidates)")
+async def predict_frames_route(request: Request, service: ServiceDep) -> Any:
+    body = await read_json(request)
+    return await in_worker(request, predict_frames, service, body)
