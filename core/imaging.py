@@ -801,6 +801,7 @@ def _dicom_frame(file: _DicomFile, frame_index: int | None) -> LoadedImage:
         raise ImageError(f"{name}: DICOM pixel data ({rgb.shape[1]}x{rgb.shape[0]}) disagrees with its header")
     spacing, spacing_notes = _dicom_spacing(ds)
     return LoadedImage(rgb=np.ascontiguousarray(rgb, dtype=np.uint8), format="dicom", pixel_spacing_mm=spacing,
+                       pixel_spacing_source=_spacing_source(ds) if spacing is not None else None,
                        notes=tuple(notes + spacing_notes), frame_index=index, frame_count=file.frame_count,
                        fps=_dicom_fps(ds) if file.frame_count > 1 else None)
 
