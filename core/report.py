@@ -84,6 +84,18 @@ class _Pdf(FPDF):
         self.cell(0, 5, f"{self.footer_text}  ·  {self.page_no()}/{{nb}}", align="C")
 
 
+def measure_label(key: str, lang: str = "en") -> str:
+    """A measurement key as people read it: ``head_circumference_mm`` → ``Head circumference (HC), mm``."""
+    units = {"_px": "px", "_mm2": "mm²", "_mm": "mm"}
+    for suffix, unit in units.items():
+        if key.endswith(suffix):
+            stem = key[: -len(suffix)]
+            for known, zh, en in MEASURES:
+                if known == stem:
+                    return f"{zh if lang == 'zh' else en}, {unit}"
+    return key
+
+
 def _quiet_font_tools() -> None:
     """fontTools logs every table it cannot subset (e.g. a .ttc's bitmap tables); the PDF is fine without them."""
     for name in ("fontTools.subset", "fontTools.ttLib"):
@@ -236,7 +248,9 @@ class CaseReport:
         self.row(self.label("task"), self.both(names["zh"], names["en"]))
         self.row(self.label("dataset"), str(run.get("dataset_name") or ""))
         self.row(self.label("organ"), self._organ_name())
-        name = response.get("original_name") or run.get("img_name") or run.get("img_path_relative")
+        request = run.get("request")
+        given = request.get("original_name") if isinstance(request, dict) else None
+        name = given or response.get("original_name") or run.get("img_name") or run.get("img_path_relative")
         self.row(self.label("image"), f"{name}  ({response.get('image_width')} x {response.get('image_height')} px, "
                                       f"{response.get('image_format') or '?'})")
         if int(response.get("frame_count") or 1) > 1:
@@ -389,9 +403,10 @@ class CaseReport:
             self.row(self.label("agreement_mean"), f"{float(uncertainty['agreement_mean']):.4f}")
         spread = uncertainty.get("measurement_spread")
         if isinstance(spread, dict) and spread:
-            rows = [[str(key), _format(v.get("mean")), f"{_format(v.get('min'))} - {_format(v.get('max'))}",
+            rows = [[measure_label(key, self.lang), _format(v.get("mean")),
+                     f"{_format(v.get('min'))} - {_format(v.get('max'))}",
                      _format(v.get("sd"))] for key, v in spread.items() if isinstance(v, dict)]
-            self.table(["", self.label("mean"), self.label("range"), self.label("sd")], rows, [60, 40, 45, 35])
+            self.table(["", self.label("mean"), self.label("range"), self.label("sd")], rows, [70, 35, 45, 30])
 
     def reference_block(self) -> None:
         reference = self.response.get("reference")
@@ -402,10 +417,12 @@ class CaseReport:
         predicted = self.response.get("measurements") or {}
         values = reference.get("measurements") or {}
         difference = reference.get("difference") or {}
-        rows = [[str(key), _format(predicted.get(key)), _format(value), _format(difference.get(key))]
-                for key, value in values.items() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+        keys = list(difference) or [k for k, v in values.items() if isinstance(v, (int, float))
+                                    and not isinstance(v, bool)]
+        rows = [[measure_label(key, self.lang), _format(predicted.get(key)), _format(values.get(key)),
+                 _format(difference.get(key))] for key in keys]
         self.table(["", self.label("predicted"), self.label("reference_value"), self.label("difference")], rows,
-                   [60, 40, 40, 40])
+                   [70, 37, 37, 36])
 
     def provenance_block(self) -> None:
         run, response = self.run, self.response

@@ -180,6 +180,25 @@ def test_uncertainty_and_reference_blocks(service: AnalysisService, monkeypatch)
     assert f"{hc - 150.0:,.2f}" in text
 
 
+def test_real_tta_uncertainty_agreement_map_and_ground_truth_reference(service: AnalysisService):
+    sample = service.random_sample("segmentation", "DDTI")
+    response = service.analyze({**sample, "tta": True}).to_json()
+    uncertainty, reference = response["uncertainty"], response["reference"]
+    data = service.report_pdf(response["run_id"])
+    text = pdf_text(data)
+    assert f"views {uncertainty['views']}" in text.replace("\n", " ")
+    assert f"{uncertainty['agreement_mean']:.4f}" in text
+    spread = uncertainty["measurement_spread"]["area_px"]
+    assert f"{spread['min']:,.2f} - {spread['max']:,.2f}" in text and "Area, px" in text
+    assert reference["source"] == "ground_truth_mask" and "ground_truth_mask" in text
+    assert f"{reference['measurements']['area_px']:,}" in text and f"{reference['difference']['area_px']:,.2f}" in text
+    assert pdf_image_count(data) == 3  # image, overlay, agreement map
+    cls = service.analyze({**service.random_sample("classification", "BUSI"), "tta": True}).to_json()
+    text = pdf_text(service.report_pdf(cls["run_id"]))
+    low, high = cls["uncertainty"]["probability_min"][0], cls["uncertainty"]["probability_max"][0]
+    assert f"{low:.4f} - {high:.4f}" in text and report.format_probability(cls["probability"][0]) in text
+
+
 def test_failed_run_bad_language_and_unknown_run_are_clear_errors(service: AnalysisService):
     with pytest.raises(PathError):
         service.analyze({**hc_request(), "img_path_relative": "segmentation/Fetal_HC/imgs/missing.png"})
@@ -233,6 +252,18 @@ def test_dicom_seg_of_a_dicom_input_reads_back_with_the_runs_mask(service: Analy
     assert segment.SegmentLabel == "thyroid nodule"
     assert segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == response.model_sha256
     assert "0.2 mm/px" in seg.ContentDescription
+
+
+def test_dicom_upload_keeps_its_source_for_the_seg_and_the_report_names_the_spacing(service: AnalysisService):
+    source_bytes = dicom_bytes(ultrasound_dicom(rows=56, columns=72))
+    skeleton = service.save_upload(source_bytes, "scan one.dcm")
+    assert skeleton["source_path_relative"].endswith(".dcm")
+    response = service.analyze({**skeleton, "task": "segmentation", "dataset_name": "DDTI", "organ": "Thyroid"})
+    source = pydicom.dcmread(io.BytesIO(source_bytes))
+    np.testing.assert_array_equal(read_seg(service.dicom_seg(response.run_id), source),
+                                  service.run_mask(response.run_id))
+    text = pdf_text(service.report_pdf(response.run_id))
+    assert "0.2000 mm/px" in text and "spacing source: dicom" in text and "scan one.dcm" in text
 
 
 def test_dicom_seg_refuses_non_dicom_classification_edited_and_failed_runs(service: AnalysisService):
