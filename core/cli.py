@@ -56,6 +56,10 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", dest="record", action="store_true", default=None,
                    help="record every image in the history (default: UUSIC_RECORD_CLI, off)")
     p.add_argument("--no-record", dest="record", action="store_false", help="do not record in the history")
+    p.add_argument("--frames", default=None, metavar="all|0,3,5",
+                   help="cine: analyse these frames of every entry (a multi-frame DICOM or a video; 'all' = every "
+                        "frame) as one batch each; writes OUT/frames.json (per-frame results + the loop's summary: "
+                        "area curve, largest / smallest frame, ED / ES and fractional area change for cardiac views)")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: this process (default); ray: Ray Data over a local Ray or the cluster at --address "
                         "(needs requirements-cluster.txt; see docs/DEPLOY.md)")
@@ -171,6 +175,8 @@ def predict_main(argv: list[str]) -> int:
     print(f"model {info['name']} ({info['arch']}, sha256 {info['sha256'][:12]}…) on {info['device_name']}",
           file=sys.stderr)
     record = args.record if args.record is not None else service.settings.record_cli_runs
+    if args.frames is not None:
+        return _predict_frames(service, entries, args, record)
     with tqdm(total=len(entries), desc="Predicting", unit="img", disable=args.no_progress, file=sys.stderr) as bar:
         result = service.analyze_batch(entries, source="cli", output_dir=args.output_dir, input_dir=args.input_dir,
                                        batch_size=args.batch_size, progress=bar, workers=args.workers,
@@ -182,6 +188,41 @@ def predict_main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     return _report(result, args.output_dir)
+
+
+def _predict_frames(service, entries: list, args: argparse.Namespace, record: bool) -> int:
+    """``predict --frames``: every entry's frames through ``analyze_frames``; OUT/frames.json; exit 1 on a failure."""
+    import json
+
+    from tqdm import tqdm
+
+    from core.errors import UUSICError
+    from core.files import atomic_write_text
+
+    cines, failed = [], 0
+    with tqdm(desc="Frames", unit="frame", disable=args.no_progress, file=sys.stderr) as bar:
+        for entry in entries:
+            rel = entry.get("img_path_relative") if isinstance(entry, dict) else None
+            try:
+                result = service.analyze_frames(entry, frames=args.frames, source="cli", progress=bar,
+                                                output_dir=args.output_dir, input_dir=args.input_dir, record=record)
+            except UUSICError as exc:
+                failed += 1
+                print(f"warning: failed {rel or '?'}: {exc}", file=sys.stderr)
+                cines.append({"img_path_relative": rel, "error": str(exc), "error_type": type(exc).__name__})
+                continue
+            failed += len(result.failures)
+            cines.append({"img_path_relative": rel, **result.to_json()})
+            summary = result.summary
+            print(f"{rel}: {len(result.responses)} of {len(summary['frames'])} frame(s) analysed; largest "
+                  f"{summary['largest_frame']}, smallest {summary['smallest_frame']}", file=sys.stderr)
+    try:
+        atomic_write_text(Path(args.output_dir) / "frames.json", json.dumps(cines, indent=1, ensure_ascii=False))
+    except OSError as exc:
+        print(f"error: cannot write frames.json into {args.output_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"done: {len(cines)} cine(s), {failed} failure(s); output in {args.output_dir}/frames.json")
+    return 1 if failed else 0
 
 
 def models_main(argv: list[str]) -> int:

@@ -508,7 +508,10 @@ class AnalysisService:
         base = {k: v for k, v in raw.items() if k not in ("frame_index", "img_name", "img_dimensions",
                                                            "img_size_bytes", "img_format")}
         for frame in decode_frames(path, chosen, settings=self.settings):
-            edited = apply_edits(Image.fromarray(frame.rgb), edits).convert("RGB")
+            try:
+                edited = apply_edits(Image.fromarray(frame.rgb), edits).convert("RGB")
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                raise RequestError(f"edits cannot be applied: {exc}", field="edits") from None
             buffer = io.BytesIO()
             edited.save(buffer, format="PNG")
             skeleton = save_upload(self.settings, buffer.getvalue(), f"{stem}_f{frame.frame_index:04d}.png")
