@@ -409,12 +409,15 @@ def cine_analysis(dataset: catalog.Dataset, image: dict, edits: list[dict], serv
     show_cine_result(stored, dataset)
 
 
-def _marker(figure: go.Figure, frames: list, values: list, index, text: str, color: str, symbol: str) -> None:
+def _marker(figure: go.Figure, frames: list, values: list, index, name: str, color: str, symbol: str,
+            size: int = 15) -> None:
+    """One marked frame (named in the legend and on hover; marks on the same frame stay visible by size)."""
     if index is None or index not in frames:
         return
     y = values[frames.index(index)]
-    figure.add_trace(go.Scatter(x=[index], y=[y], mode="markers+text", text=[text], textposition="top center",
-                                marker=dict(size=13, color=color, symbol=symbol), name=text))
+    figure.add_trace(go.Scatter(x=[index], y=[y], mode="markers", name=f"{name}: {index}",
+                                hovertemplate=f"{name}<br>%{{x}}: %{{y:,.1f}}<extra></extra>",
+                                marker=dict(size=size, color=color, symbol=symbol, line=dict(width=1, color="white"))))
 
 
 def _area_curve(summary: dict, stored: dict) -> None:
@@ -428,8 +431,8 @@ def _area_curve(summary: dict, stored: dict) -> None:
                                   line=dict(color="#0072b2")))
     _marker(figure, frames, values, summary.get("largest_frame"), tr("cl_largest"), "#d55e00", "triangle-up")
     _marker(figure, frames, values, summary.get("smallest_frame"), tr("cl_smallest"), "#009e73", "triangle-down")
-    _marker(figure, frames, values, summary.get("ed_frame"), "ED", "#cc79a7", "diamond")
-    _marker(figure, frames, values, summary.get("es_frame"), "ES", "#e69f00", "diamond")
+    _marker(figure, frames, values, summary.get("ed_frame"), "ED", "#cc79a7", "diamond", size=8)
+    _marker(figure, frames, values, summary.get("es_frame"), "ES", "#e69f00", "diamond", size=8)
     figure.update_layout(xaxis_title=tr("cl_frame"), yaxis_title=tr("cl_area", unit=unit), height=320,
                          margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h"))
     st.plotly_chart(figure, config=PLOT_CONFIG, key="cine_curve", width="stretch")

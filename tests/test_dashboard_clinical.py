@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from core import i18n
 from core.settings import PROJECT_ROOT
