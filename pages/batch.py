@@ -8,11 +8,12 @@ are shown inert (:func:`pages.common.md_literal`).
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 import streamlit as st
@@ -21,12 +22,16 @@ from core import catalog, i18n
 from core.response import AnalysisResponse
 from pages.common import (
     choice,
+    default_dataset_name,
+    default_task,
     error_message,
     lang,
     md_literal,
     page_header,
     scrub_literal,
     scrub_paths,
+    served_first,
+    served_keys,
     service,
     settings,
     tr,
@@ -41,14 +46,32 @@ page_header("nav_batch")
 L = lang()
 
 
-def _requests_from_uploads() -> list[dict] | None:
+def _marked(name: str, is_served: bool) -> str:
+    return name if is_served else f"{name} {tr('no_model_mark')}"
+
+
+def select_dataset() -> catalog.Dataset:
+    """Task and dataset: served datasets first (the demo pick of the first served organ by default), the others
+    marked "· no model"."""
+    served = served_keys(current)
     cols = st.columns(2)
     task = choice("radio", tr("task"), list(catalog.TASKS), format_func=lambda k: i18n.task_name(k, L),
-                  key="b_task", horizontal=True, container=cols[0])
-    names = catalog.dataset_names(task)
-    default = catalog.default_dataset(task, catalog.groups_for(task)[0].key).name
-    name = cols[1].selectbox(tr("dataset"), names, index=names.index(default), key=f"b_dataset_{task}")
-    dataset = catalog.find_dataset(task, name)
+                  key="b_task", horizontal=True, container=cols[0], default=default_task(served))
+    datasets = served_first(catalog.datasets_for(task), served)
+    names = [d.name for d in datasets]
+    first_group = next((d.group for d in datasets if d.key in served), catalog.groups_for(task)[0].key)
+    default = default_dataset_name(task, first_group, served)
+    shown = {n: _marked(n, (task, n) in served) for n in names}  # bound now, not when the label is drawn
+    name = cols[1].selectbox(tr("dataset"), names, index=names.index(default), key=f"b_dataset_{task}",
+                             format_func=shown.__getitem__)
+    if served and (task, name) not in served:
+        st.info(tr("b_unserved_dataset"))
+    return catalog.find_dataset(task, name)
+
+
+def _requests_from_uploads() -> list[dict] | None:
+    dataset = select_dataset()
+    task = dataset.task
     files = st.file_uploader(tr("batch_uploads"), type=UPLOAD_TYPES, accept_multiple_files=True, key="b_files")
     if not st.button(tr("batch_run"), type="primary", key="b_run"):
         return None
@@ -63,6 +86,7 @@ def _requests_from_uploads() -> list[dict] | None:
         except Exception as error:  # one bad file is named and skipped; the batch goes on
             st.error(tr("image_error", message=md_literal(f"{uploaded.name}: {scrub_paths(error_message(error))}")))
             continue
+        skeleton.setdefault("original_name", uploaded.name)  # the user's name, for display and the zip
         requests.append({**skeleton, "task": task, "dataset_name": dataset.name, "organ": dataset.organ})
     return requests
 
@@ -137,7 +161,7 @@ def _requests_from_json() -> list[dict] | None:
     if not files:
         st.caption(tr("batch_json_none"))
     uploaded = st.file_uploader(tr("batch_json_upload"), type=["json"], key="b_json_upload")
-    limit = st.number_input("max", min_value=1, max_value=100_000, value=50, step=10, key="b_limit")
+    limit = st.number_input(tr("b_limit"), min_value=1, max_value=100_000, value=50, step=10, key="b_limit")
     if not st.button(tr("batch_run"), type="primary", key="b_run_json"):
         return None
     st.session_state.pop("batch", None)
@@ -175,19 +199,53 @@ def _run(requests: list[dict], data_root: Path) -> None:
     st.session_state["batch"] = {"result": result, "requests": requests, "data_root": str(data_root)}
 
 
-def _zip(result) -> bytes:
-    """classification.json (the service's writer) and every mask PNG (through the service, local or remote)."""
-    analysis = service(current)
-    buffer = io.BytesIO()
+def unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``stem (2).ext``, ``stem (3).ext`` … when an earlier entry took it (case-insensitively);
+    records the name it returns in ``taken``."""
+    path = PurePosixPath(name.replace("\\", "/").strip("/") or "image")
+    candidate, number = path.as_posix(), 2
+    while candidate.lower() in taken:
+        candidate = path.with_name(f"{path.stem} ({number}){path.suffix}").as_posix()
+        number += 1
+    taken.add(candidate.lower())
+    return candidate
+
+
+def original_names(requests: list[dict]) -> dict[str, str]:
+    """Stored image path → the file name the user gave (uploads); data-root entries keep their path."""
+    return {str(r.get("img_path_relative")): str(r["original_name"]) for r in requests
+            if r.get("original_name") and r.get("img_path_relative")}
+
+
+def _mask_entry(item, names: dict[str, str], taken: set[str]) -> str:
+    """The zip entry of one mask: ``masks/<the user's file stem>_mask.png`` for an upload (unique), the
+    challenge layout (``mask_path_relative``) for a data-root image."""
+    given = names.get(str(item.img_path_relative))
+    if not given:
+        return unique_name(str(item.mask_path_relative), taken)
+    return unique_name(f"masks/{PurePosixPath(given.replace(chr(92), '/')).stem}_mask.png", taken)
+
+
+def _zip(result, requests: list[dict]) -> bytes:
+    """classification.json (the service's writer, stored paths as the challenge wants), every mask PNG (through
+    the service, local or remote) under the user's file names, and names.csv: user name ↔ stored name ↔ run."""
+    analysis, names, taken = service(current), original_names(requests), {"classification.json", "names.csv"}
+    buffer, index = io.BytesIO(), io.StringIO()
+    table = csv.writer(index)
+    table.writerow(["original_name", "img_path_relative", "mask_file", "run_id"])
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("classification.json", json.dumps(result.classification_json(), indent=4))
         for item in result.responses:
-            if not item.mask_path_relative:
-                continue
-            try:
-                archive.writestr(item.mask_path_relative, analysis.mask_png(item))
-            except Exception as error:  # noqa: BLE001 - one missing mask does not sink the zip
-                st.warning(scrub_literal(error_message(error), current))
+            entry = ""
+            if item.mask_path_relative:
+                try:
+                    data = analysis.mask_png(item)
+                    entry = _mask_entry(item, names, taken)
+                    archive.writestr(entry, data)
+                except Exception as error:  # noqa: BLE001 - one missing mask does not sink the zip
+                    st.warning(scrub_literal(error_message(error), current))
+            table.writerow([names.get(str(item.img_path_relative), ""), item.img_path_relative, entry, item.run_id])
+        archive.writestr("names.csv", index.getvalue())
     return buffer.getvalue()
 
 
@@ -206,46 +264,96 @@ def _metrics(batch: dict) -> pd.DataFrame | None:
     rows = []
     for task in ("classification", "segmentation"):
         for name, values in report[task].items():
-            row = {"dataset": f"{task}/{name}"}
+            row = {"dataset": f"{task}/{name}", "dataset_shown": f"{i18n.task_name(task, L)} / {name}"}
             row.update({k: (round(v, 4) if isinstance(v, float) else v) for k, v in values.items()})
+            row.update({f"{k}_shown": "—" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+                        for k, v in values.items()})
             rows.append(row)
     return pd.DataFrame(rows) if rows else None
 
 
-def _summary(result) -> pd.DataFrame:
-    label_key = "label_name_zh" if L == "zh" else "label_name"
-    return pd.DataFrame([
-        {"image": item.img_path_relative, "task": item.task, "dataset": item.dataset_name,
-         "prediction": item.get(label_key, item.prediction) if isinstance(item, AnalysisResponse) else None,
-         "mask_area_px": item.mask_area_px if isinstance(item, AnalysisResponse) else None,
-         "error": None if isinstance(item, AnalysisResponse) else item.error,
-         "run_id": item.run_id}
-        for item in result.items
-    ])
+def _shown(value) -> str:
+    """A table cell: "—" for nothing, numbers with thousands separators."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _prediction(item) -> str | None:
+    if not isinstance(item, AnalysisResponse) or item.task != "classification" or item.prediction is None:
+        return None
+    try:
+        return i18n.class_name(item.task, str(item.dataset_name), int(item.prediction), L)
+    except Exception:  # noqa: BLE001 - a dataset the catalog does not know: the response's own label
+        return item.get("label_name_zh" if L == "zh" else "label_name", item.prediction)
+
+
+def _summary(result, requests: list[dict]) -> pd.DataFrame:
+    """One row per item; the raw columns (``image`` = stored path, ``mask_area_px``, ``run_id`` …) stay for
+    programs, the page shows the translated ``*_shown`` ones (the user's file names, "—" for nothing)."""
+    names = original_names(requests)
+    rows = []
+    for item in result.items:
+        ok = isinstance(item, AnalysisResponse)
+        error = None if ok else scrub_paths(str(item.error or ""), current)
+        area = item.mask_area_px if ok else None
+        rows.append({"image": item.img_path_relative, "task": item.task, "dataset": item.dataset_name,
+                     "prediction": _prediction(item), "mask_area_px": _shown(area), "error": error,
+                     "run_id": item.run_id,
+                     "image_shown": names.get(str(item.img_path_relative)) or _shown(item.img_path_relative),
+                     "task_shown": i18n.task_name(str(item.task), L) if item.task else "—",
+                     "dataset_shown": _shown(item.dataset_name), "prediction_shown": _shown(_prediction(item)),
+                     "error_shown": _shown(error)})
+    return pd.DataFrame(rows)
+
+
+SUMMARY_SHOWN = {"run_id": "bcol_run_id", "image_shown": "bcol_image", "task_shown": "bcol_task",
+                 "dataset_shown": "bcol_dataset", "prediction_shown": "bcol_prediction",
+                 "mask_area_px": "bcol_mask_area_px", "error_shown": "bcol_error"}
+
+
+def _columns(shown: dict[str, str]) -> dict:
+    """Translated headers (``column_config``) for the columns a table shows."""
+    return {column: st.column_config.Column(tr(key)) for column, key in shown.items()}
+
+
+def _metric_columns(frame: pd.DataFrame) -> dict[str, str]:
+    shown = {"dataset_shown": "mcol_dataset"}
+    shown.update({c: f"metric_{c[: -len('_shown')]}" for c in frame.columns
+                  if c.endswith("_shown") and c != "dataset_shown"})
+    return shown
 
 
 def show(batch: dict) -> None:
     result = batch["result"]
-    st.success(tr("batch_done", n=len(result.items), sec=result.seconds))
+    if result.responses:
+        st.success(tr("batch_done", n=len(result.items), sec=result.seconds))
+    elif result.count("NoModelError") < len(result.items):  # nothing came back: no success message
+        st.error(tr("batch_failed_all", n=len(result.items)))
     skipped = [f for f in result.failures if f.error_type == "NoModelError"]
     if skipped:
         names = ", ".join(sorted({str(f.dataset_name or "?") for f in skipped}))
         st.info(tr("batch_skipped", n=result.count("NoModelError"), names=md_literal(names)))
-    st.dataframe(_summary(result), width="stretch", hide_index=True)
+    st.dataframe(_summary(result, batch["requests"]), width="stretch", hide_index=True,
+                 column_order=list(SUMMARY_SHOWN), column_config=_columns(SUMMARY_SHOWN))
     if "zip" not in batch:
-        batch["zip"] = _zip(result)
+        batch["zip"] = _zip(result, batch["requests"])
     st.download_button(tr("batch_zip"), batch["zip"], "uusic_batch.zip", "application/zip", key="b_zip")
     if "metrics" not in batch:
         batch["metrics"] = _metrics(batch)
     if batch["metrics"] is not None:
         st.subheader(tr("batch_metrics"))
-        st.dataframe(batch["metrics"], width="stretch", hide_index=True)
+        shown = _metric_columns(batch["metrics"])
+        st.dataframe(batch["metrics"], width="stretch", hide_index=True, column_order=list(shown),
+                     column_config=_columns(shown))
     elif result.output_dir is None:
         st.caption(tr("batch_metrics_remote"))
 
 
 source = choice("radio", tr("batch_source"), ["uploads", "json"], key="b_source", horizontal=True,
-                format_func=lambda s: tr("batch_uploads") if s == "uploads" else tr("batch_json"))
+                format_func={"uploads": tr("batch_uploads"), "json": tr("batch_json")}.__getitem__)
 if source == "uploads":
     new_requests = _requests_from_uploads()
     if new_requests:

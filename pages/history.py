@@ -1,22 +1,25 @@
-"""History: every run of this workspace, filterable, exportable to CSV, and re-openable.
+"""History: every run of this workspace, filterable, exportable to CSV, re-openable, and two runs side by side.
 
 Stored names, paths and errors are user-controlled: they are shown inert (dataframe, ``st.text``, ``st.json``,
 select box labels, or :func:`pages.common.md_literal` inside Markdown elements), never as Markdown. Images and
 masks are read only through the service (``run_image`` / ``run_mask``: data root and workspace only); a failed
-run's file is never re-opened.
+run's file is never re-opened. Times are the server's local time (or ``UUSIC_TIMEZONE``), with the zone shown;
+file names are the ones the user gave (``original_name``), the stored unique names stay underneath.
 """
 
 from __future__ import annotations
 
-import json
+import base64
+import io
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
 
 from core import catalog, i18n, overlay
-from core.history import HistoryStore
+from core.history import HistoryStore, decode_row, display_name, display_zone, local_time
 from pages.common import (
     choice,
     error_message,
@@ -33,6 +36,10 @@ from pages.common import (
 current = settings()
 page_header("nav_history")
 L = lang()
+PLOT_CONFIG = {"scrollZoom": True, "displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
+TABLE_COLUMNS = ("id", "timestamp", "source", "img_name", "task", "dataset_name", "organ", "model_name",
+                 "label_name", "mask_area_px", "inference_time_sec", "error_type")
+COMPARE_SIDE = 768  # the comparison figure's longer side (display copies only)
 
 
 def _value(row: dict, *names, default=None):
@@ -42,26 +49,90 @@ def _value(row: dict, *names, default=None):
     return default
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def organ_name(organ: str) -> str:
+    """A stored organ string ("Breast", "Head" …) in the page's language (the first organ group naming it)."""
+    group = next((g for g in catalog.ORGAN_GROUPS.values() if g.organ.lower() == str(organ).lower()), None)
+    return group.name(L) if group else str(organ)
+
+
+def source_name(source) -> str:
+    return tr(f"src_{source}") if f"src_{source}" in i18n.STRINGS else str(source or "—")
+
+
+def task_label(task) -> str:
+    return i18n.task_name(str(task), L) if task in catalog.TASKS else str(task or "—")
+
+
+def class_label(row: dict, index) -> str:
+    try:
+        return i18n.class_name(str(row.get("task")), str(row.get("dataset_name")), int(index), L)
+    except Exception:  # noqa: BLE001 - a dataset the catalog does not know: the stored value
+        return str(row.get("label_name") or index)
+
+
+# ---------------------------------------------------------------------------------------------- the table
 def filtered_rows(rows: list[dict]) -> list[dict]:
-    cols = st.columns(4)
+    top, bottom = st.columns(2), st.columns(2)
+    everything = tr("all")  # bound now: a format function may be called outside this run
     tasks = ["", *catalog.TASKS]
-    task = choice("selectbox", tr("filter_task"), tasks, key="h_task", container=cols[0],
-                  format_func=lambda k: i18n.task_name(k, L) if k else tr("all"))
+    task = choice("selectbox", tr("filter_task"), tasks, key="h_task", container=top[0],
+                  format_func=lambda k: i18n.task_name(k, L) if k else everything)
     datasets = ["", *sorted({str(_value(r, "dataset_name", "dataset", default="")) for r in rows} - {""})]
-    dataset = cols[1].selectbox(tr("filter_dataset"), datasets, key="h_dataset",
-                                format_func=lambda k: k or tr("all"))
+    dataset = top[1].selectbox(tr("filter_dataset"), datasets, key="h_dataset", format_func=lambda k: k or everything)
     organs = ["", *sorted({str(_value(r, "organ", default="")) for r in rows} - {""})]
-    organ = cols[2].selectbox(tr("filter_organ"), organs, key="h_organ", format_func=lambda k: k or tr("all"))
-    name = cols[3].text_input(tr("filter_name"), key="h_name").strip().lower()
+    organs_shown = {k: organ_name(k) if k else everything for k in organs}
+    organ = bottom[0].selectbox(tr("filter_organ"), organs, key="h_organ", format_func=organs_shown.__getitem__)
+    name = bottom[1].text_input(tr("filter_name"), key="h_name").strip().lower()
     return [
         r for r in rows
         if (not task or _value(r, "task") == task)
         and (not dataset or _value(r, "dataset_name", "dataset") == dataset)
         and (not organ or _value(r, "organ") == organ)
-        and (not name or name in str(_value(r, "img_name", "image_name", default="")).lower())
+        and (not name or name in f"{display_name(r)} {_value(r, 'img_name', default='')}".lower())
     ]
 
 
+def _cell(value) -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.3f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(rows: list[dict]) -> pd.DataFrame:
+    """The raw columns (for programs and the CSV) and, for the page, translated ``*_shown`` ones: local time,
+    the user's file name, task / organ / source names, "—" for nothing."""
+    frame = []
+    for r in rows:
+        shown = {"id_shown": r.get("id"), "timestamp_shown": local_time(r.get("timestamp")),
+                 "source_shown": source_name(r.get("source")), "img_name_shown": display_name(r) or "—",
+                 "task_shown": task_label(r.get("task")), "organ_shown": organ_name(r["organ"]) if r.get("organ")
+                 else "—", "label_name_shown": class_label(r, r["prediction"]) if _number(r.get("prediction"))
+                 else _cell(r.get("label_name"))}
+        for column in ("dataset_name", "model_name", "mask_area_px", "inference_time_sec", "error_type"):
+            shown[f"{column}_shown"] = _cell(r.get(column))
+        raw = {k: v for k, v in r.items() if k not in ("request", "response")}
+        for column in ("mask_path", "error"):  # may name server folders: only their part inside the workspace
+            if isinstance(raw.get(column), str):
+                raw[column] = scrub_paths(raw[column], current)
+        frame.append({**raw, **shown})
+    return pd.DataFrame(frame)
+
+
+def show_table(rows: list[dict]) -> None:
+    order = [f"{c}_shown" for c in TABLE_COLUMNS]
+    config = {f"{c}_shown": st.column_config.Column(tr(f"hcol_{c}")) for c in TABLE_COLUMNS}
+    st.dataframe(table(rows), width="stretch", hide_index=True, key="history_table", column_order=order,
+                 column_config=config)
+    st.caption(tr("h_time_zone", zone=md_literal(str(display_zone()))))
+
+
+# ---------------------------------------------------------------------------------------------- re-open
 def _load(what, run_id: int):
     """``what(run_id)`` (the service's ``run_image`` / ``run_mask``); a typed error becomes a warning (no paths)."""
     try:
@@ -71,7 +142,40 @@ def _load(what, run_id: int):
         return None
 
 
-def _show_segmentation(run_id: int, picture: np.ndarray) -> None:
+def measurement_table(measurements: dict) -> pd.DataFrame:
+    """One row per measurement: its name, the pixel value and the millimetre value with units."""
+    rows = []
+    for base in i18n.MEASURE_LABELS:
+        px = measurements.get(f"{base}_px")
+        if not _number(px):
+            continue
+        area = base == "area"
+        mm = measurements.get(f"{base}_mm2" if area else f"{base}_mm")
+        rows.append({tr("measure_name"): i18n.measure_label(base, L),
+                     f"{tr('measure_value')} (px)": f"{px:,.1f} {'px²' if area else 'px'}",
+                     f"{tr('measure_value')} (mm)": f"{mm:,.2f} {'mm²' if area else 'mm'}" if _number(mm) else "—"})
+    return pd.DataFrame(rows)
+
+
+def spacing_line(response: dict) -> str:
+    spacing = response.get("pixel_spacing_mm")
+    if not _number(spacing):
+        return tr("h_spacing_none")
+    source = response.get("pixel_spacing_source")
+    key = f"cl_source_{source or 'unknown'}"
+    named = tr(key) if key in i18n.STRINGS else md_literal(source)
+    return tr("h_spacing", spacing=f"{float(spacing):.4g}", source=named)
+
+
+def _overlay_of(picture: np.ndarray, mask: np.ndarray | None) -> Image.Image:
+    shown = Image.fromarray(picture)
+    if mask is None or mask.shape != picture.shape[:2]:
+        return shown
+    return overlay.overlay(shown, mask, thickness=overlay.readable_thickness(shown.size))
+
+
+def show_segmentation(row: dict, picture: np.ndarray) -> None:
+    run_id = int(row["id"])
     mask = _load(service(current).run_mask, run_id)
     if mask is None:
         st.image(picture, width="stretch")
@@ -79,62 +183,291 @@ def _show_segmentation(run_id: int, picture: np.ndarray) -> None:
     left, right = st.columns(2)
     left.image(picture, caption=tr("original"), width="stretch")
     if mask.shape == picture.shape[:2]:
-        right.image(overlay.overlay(Image.fromarray(picture), mask), caption=tr("overlay"), width="stretch")
+        right.image(_overlay_of(picture, mask), caption=tr("overlay"), width="stretch")
     else:
         right.warning(tr("reopen_unavailable", message=f"mask {mask.shape[::-1]} ≠ image {picture.shape[1::-1]}"))
+    response = row.get("response") if isinstance(row.get("response"), dict) else {}
+    measurements = row.get("measurements") if isinstance(row.get("measurements"), dict) else {}
+    st.subheader(tr("measurements"))
+    if not mask.any():
+        st.info(tr("empty_mask"))
+    measured = measurement_table(measurements)
+    if not measured.empty:
+        st.table(measured)
+    st.caption(spacing_line({**measurements, **response}))
 
 
-def _show_classification(row: dict, picture: np.ndarray) -> None:
-    st.image(picture, width=360)
-    prediction = _value(row, "prediction")
-    dataset = _value(row, "dataset_name", "dataset")
-    if prediction is not None and dataset:
+def probability_chart(row: dict, probabilities: list[float], uncertainty: dict | None = None) -> go.Figure:
+    predicted = int(row["prediction"]) if _number(row.get("prediction")) else -1
+    names = [class_label(row, i) for i in range(len(probabilities))]
+    colors = ["#e4572e" if i == predicted else "#9bb1c8" for i in range(len(probabilities))]
+    figure = go.Figure(go.Bar(x=names, y=probabilities, marker_color=colors,
+                              text=[f"{p:.1%}" for p in probabilities], textposition="outside"))
+    low, high = (uncertainty or {}).get("probability_min"), (uncertainty or {}).get("probability_max")
+    if low and high and len(low) == len(high) == len(probabilities):
+        above = [max(0.0, float(h) - p) for h, p in zip(high, probabilities, strict=True)]
+        below = [max(0.0, p - float(lo)) for lo, p in zip(low, probabilities, strict=True)]
+        figure.data[0].update(error_y=dict(type="data", symmetric=False, color="#333333", array=above,
+                                           arrayminus=below))
+    figure.update_layout(yaxis=dict(range=[0, 1.15], title=tr("probability")), xaxis_title=tr("class"),
+                         height=320, margin=dict(l=10, r=10, t=10, b=10))
+    return figure
+
+
+def _probabilities(row: dict) -> list[float] | None:
+    values = _value(row, "probabilities", "probability")
+    if not isinstance(values, list):
+        return None
+    try:
+        return [float(p) for p in values]
+    except (TypeError, ValueError):
+        return None
+
+
+def show_classification(row: dict, picture: np.ndarray) -> None:
+    left, right = st.columns([1, 2])
+    left.image(picture, width="stretch")
+    probabilities = _probabilities(row)
+    if _number(row.get("prediction")):
+        index = int(row["prediction"])
+        share = f" ({probabilities[index]:.1%})" if probabilities and 0 <= index < len(probabilities) else ""
+        right.subheader(md_literal(class_label(row, index)) + share)
+    if probabilities:
+        response = row.get("response") if isinstance(row.get("response"), dict) else {}
+        right.plotly_chart(probability_chart(row, probabilities, response.get("uncertainty")),
+                           config={"displaylogo": False}, key=f"h_prob_{row['id']}", width="stretch")
+
+
+def _measure_rows(keys: list[str], columns: dict[str, dict]) -> pd.DataFrame:
+    """Measurement keys (``area_mm2``, ``head_circumference_mm`` …) as rows, one column per source dict."""
+    rows = []
+    for key in keys:
+        base, _, unit = key.rpartition("_")
+        unit_text = {"px": "px²" if base == "area" else "px", "mm2": "mm²", "mm": "mm"}.get(unit)
+        if unit_text is None or base not in i18n.MEASURE_LABELS:
+            continue
+        row = {tr("measure_name"): f"{i18n.measure_label(base, L)} ({unit_text})"}
+        for title, values in columns.items():
+            value = values.get(key)
+            row[title] = f"{float(value):,.2f}" if _number(value) else "—"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def show_reference(response: dict) -> None:
+    """Contract B: the reference (ground truth) measurements next to the predicted ones, with the difference."""
+    reference = response.get("reference")
+    if not isinstance(reference, dict):
+        return
+    difference = reference.get("difference") or {}
+    keys = [k for k in difference if k.endswith(("_mm", "_mm2"))] or list(difference)
+    rows = _measure_rows(keys, {tr("cl_predicted"): response.get("measurements") or {},
+                                tr("cl_reference"): reference.get("measurements") or {},
+                                tr("cl_difference"): difference})
+    if not rows.empty:
+        st.subheader(tr("cl_reference_title"))
+        st.table(rows)
+        key = f"cl_ref_{reference.get('source')}"
+        st.caption(tr(key) if key in i18n.STRINGS else tr("cl_ref_None"))
+
+
+def show_uncertainty(response: dict) -> None:
+    """Contract B: the TTA spread (classification: the chart's error bars; segmentation: agreement and spread)."""
+    spread = response.get("uncertainty")
+    if not isinstance(spread, dict) or not spread:
+        return
+    st.subheader(tr("cl_uncertainty", n=spread.get("views", "?")))
+    if response.get("task") == "classification":
+        st.caption(tr("cl_tta_bars"))
+        return
+    if _number(spread.get("agreement_mean")):
+        st.metric(tr("cl_agreement"), f"{float(spread['agreement_mean']):.3f}")
+    stats = spread.get("measurement_spread") or {}
+    columns = {tr(f"cl_stat_{name}"): {k: (v or {}).get(name) for k, v in stats.items()}
+               for name in ("mean", "min", "max", "sd")}
+    rows = _measure_rows(list(stats), columns)
+    if not rows.empty:
+        st.table(rows)
+
+
+def _is_dicom_run(row: dict) -> bool:
+    request = row.get("request") if isinstance(row.get("request"), dict) else {}
+    names = [request.get("source_path_relative"), row.get("img_path_relative"), display_name(row)]
+    return any(str(n or "").lower().endswith((".dcm", ".dicom")) for n in names)
+
+
+def _made(kind: str, run_id: int, make) -> bytes | None:
+    """The bytes of a report / DICOM SEG, made once per run (and language) when its button is clicked; a failure
+    is shown as the service's message, without server paths."""
+    key = f"_h_{kind}_{run_id}_{L}"
+    if st.button(tr("h_report_make" if kind == "pdf" else "h_seg_make"), key=f"h_make_{kind}"):
         try:
-            st.subheader(i18n.class_name("classification", str(dataset), int(prediction), L))
-        except Exception:  # noqa: BLE001 - a dataset the catalog does not know: the stored value, inert
-            st.subheader(md_literal(prediction))
-    probabilities = _value(row, "probabilities", "probability")
-    if isinstance(probabilities, str):
-        try:
-            probabilities = json.loads(probabilities)
-        except ValueError:
-            probabilities = None
-    if isinstance(probabilities, list) and dataset:
-        try:
-            names = i18n.class_names("classification", str(dataset), L)
-        except Exception:  # noqa: BLE001 - unknown dataset: class indices
-            names = [str(i) for i in range(len(probabilities))]
-        try:
-            shown = [f"{float(p):.1%}" for p in probabilities]
-        except (TypeError, ValueError):
-            shown = [str(p) for p in probabilities]
-        st.table(pd.DataFrame({tr("class"): names[: len(probabilities)], tr("probability"): shown}))
+            st.session_state[key] = make()
+        except Exception as error:  # NotFoundError, RequestError, a missing library ...
+            st.session_state[key] = error_message(error)
+    made = st.session_state.get(key)
+    if isinstance(made, str):
+        text = "h_report_error" if kind == "pdf" else "cl_seg_unavailable"
+        st.warning(tr(text, message=scrub_literal(made, current)))
+        return None
+    return made
+
+
+def downloads(row: dict) -> None:
+    """Issue 11 §5: "Report (PDF)" for every successful run; "DICOM SEG" for a segmentation of a DICOM input."""
+    run_id, analysis = int(row["id"]), service(current)
+    stem = (display_name(row) or "case").rsplit(".", 1)[0] or "case"
+    left, right = st.columns(2)
+    with left:
+        pdf = _made("pdf", run_id, lambda: analysis.report_pdf(run_id, L))
+        if pdf:
+            st.download_button(tr("cl_report_pdf"), pdf, f"{stem}_run{run_id}_report.pdf", "application/pdf",
+                               key="h_report", on_click="ignore")
+    with right:
+        if row.get("task") != "segmentation" or not _is_dicom_run(row):
+            st.caption(tr("h_seg_not_dicom"))
+            return
+        seg = _made("seg", run_id, lambda: analysis.dicom_seg(run_id))
+        if seg:
+            st.download_button(tr("cl_dicom_seg"), seg, f"{stem}_run{run_id}_seg.dcm", "application/dicom",
+                               key="h_seg", on_click="ignore")
+
+
+def run_heading(row: dict) -> None:
+    title = tr("h_run_title", n=row.get("id"), name=md_literal(display_name(row) or "—"),
+               time=local_time(row.get("timestamp")))
+    st.markdown(f"**{title}**")
+    st.caption(tr("h_run_facts", task=task_label(row.get("task")), dataset=md_literal(row.get("dataset_name") or "—"),
+                  model=md_literal(row.get("model_name") or "—"), source=source_name(row.get("source"))))
+    response = row.get("response") if isinstance(row.get("response"), dict) else {}
+    if int(response.get("frame_count") or 1) > 1:
+        st.caption(tr("h_frame", k=int(response.get("frame_index") or 0) + 1, n=int(response["frame_count"])))
 
 
 def reopen(run_id: int) -> None:
-    """One recorded run, its image and (segmentation) mask or (classification) probabilities, via the service."""
+    """One recorded run as it was shown: image, overlay + measurements (with spacing) or class names + chart, the
+    reference and uncertainty blocks when present, and the report / DICOM SEG downloads."""
     row = _load(service(current).run, run_id)
     if row is None:
         return
-    st.json({k: v for k, v in row.items() if k not in ("probability_json",)}, expanded=False)
+    run_heading(row)
     if row.get("error") or row.get("error_type"):
         # a failed run (PathError: its path was refused) is shown as recorded; its file is never opened
         st.info(tr("run_failed"))
         st.text(f"{row.get('error_type') or 'Error'}: {scrub_paths(str(row.get('error') or ''), current)}")
-        return
-    picture = _load(service(current).run_image, run_id)
-    if picture is None:
-        return
-    if _value(row, "task") == "segmentation":
-        _show_segmentation(run_id, picture)
     else:
-        _show_classification(row, picture)
+        picture = _load(service(current).run_image, run_id)
+        if picture is not None:
+            (show_segmentation if _value(row, "task") == "segmentation" else show_classification)(row, picture)
+            response = row.get("response") if isinstance(row.get("response"), dict) else {}
+            show_uncertainty(response)
+            show_reference(response)
+            downloads(row)
+    with st.expander(tr("h_raw_json")):
+        st.json(scrubbed({k: v for k, v in row.items() if k not in ("probability_json",)}), expanded=False)
 
 
+def scrubbed(value):
+    """``value`` (JSON) with every text's server folders taken out (:func:`pages.common.scrub_paths`)."""
+    if isinstance(value, dict):
+        return {k: scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrubbed(v) for v in value]
+    return scrub_paths(value, current) if isinstance(value, str) else value
+
+
+# ---------------------------------------------------------------------------------------------- compare
+def same_image(a: dict, b: dict) -> bool:
+    """Two runs of one image: the same input bytes, stored file, or the name the user gave it (another edit)."""
+    return any(a.get(k) and a.get(k) == b.get(k) for k in ("input_sha256", "img_path_relative")) or bool(
+        display_name(a) and display_name(a) == display_name(b))
+
+
+def _view(row: dict) -> Image.Image | None:
+    """The run's image, with its mask over it for a segmentation run (None when its files are gone)."""
+    picture = _load(service(current).run_image, int(row["id"]))
+    if picture is None:
+        return None
+    mask = _load(service(current).run_mask, int(row["id"])) if row.get("task") == "segmentation" else None
+    return _overlay_of(picture, mask)
+
+
+def _data_url(picture: Image.Image) -> str:
+    buffer = io.BytesIO()
+    picture.convert("RGB").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def linked_figure(views: list[Image.Image], titles: list[str]) -> go.Figure:
+    """Two images in one figure whose x and y axes are linked: zooming or panning one moves the other."""
+    from plotly.subplots import make_subplots
+
+    scale = min(1.0, COMPARE_SIDE / max(max(v.size) for v in views))
+    figure = make_subplots(rows=1, cols=2, shared_xaxes=True, shared_yaxes=True, subplot_titles=titles,
+                           horizontal_spacing=0.02)
+    for column, view in enumerate(views, start=1):
+        size = (max(1, round(view.width * scale)), max(1, round(view.height * scale)))
+        figure.add_trace(go.Image(source=_data_url(view.resize(size)), hoverinfo="skip"), row=1, col=column)
+    figure.update_xaxes(matches="x", showticklabels=False)
+    figure.update_yaxes(matches="y", showticklabels=False, autorange="reversed", scaleanchor="x")
+    figure.update_layout(height=460, margin=dict(l=5, r=5, t=30, b=5), dragmode="pan")
+    return figure
+
+
+def compare_numbers(a: dict, b: dict) -> pd.DataFrame:
+    """The two runs' numbers side by side: model, prediction and probabilities or measurements, and B − A."""
+    first, second = f"A · #{a['id']}", f"B · #{b['id']}"
+    rows = [{tr("measure_name"): tr("model_pick"), first: a.get("model_name") or "—", second: b.get("model_name")
+             or "—", tr("h_difference"): ""}]
+    if a.get("task") == "classification":
+        pa, pb = _probabilities(a) or [], _probabilities(b) or []
+        rows.append({tr("measure_name"): tr("class"), first: class_label(a, a.get("prediction")),
+                     second: class_label(b, b.get("prediction")), tr("h_difference"): ""})
+        for index in range(max(len(pa), len(pb))):
+            va = pa[index] if index < len(pa) else None
+            vb = pb[index] if index < len(pb) else None
+            rows.append({tr("measure_name"): f"{tr('probability')} · {class_label(a, index)}",
+                         first: f"{va:.1%}" if va is not None else "—", second: f"{vb:.1%}" if vb is not None else "—",
+                         tr("h_difference"): f"{vb - va:+.1%}" if va is not None and vb is not None else "—"})
+        return pd.DataFrame(rows)
+    ma = a.get("measurements") if isinstance(a.get("measurements"), dict) else {}
+    mb = b.get("measurements") if isinstance(b.get("measurements"), dict) else {}
+    keys = [k for k in dict.fromkeys([*ma, *mb]) if _number(ma.get(k)) or _number(mb.get(k))]
+    difference = {k: float(mb[k]) - float(ma[k]) for k in keys if _number(ma.get(k)) and _number(mb.get(k))}
+    table_rows = _measure_rows(keys, {first: ma, second: mb, tr("h_difference"): difference})
+    return pd.concat([pd.DataFrame(rows), table_rows], ignore_index=True)
+
+
+def compare(row: dict, rows: list[dict]) -> None:
+    """Issue 11 §6: this run next to another run of the same image, with linked zoom and their numbers."""
+    st.subheader(tr("h_compare"))
+    others = [r for r in rows if r.get("id") != row.get("id") and not (r.get("error") or r.get("error_type"))
+              and r.get("task") == row.get("task") and same_image(row, r)]
+    if not others:
+        st.caption(tr("h_compare_none"))
+        return
+    labels = {r["id"]: f"#{r['id']} · {local_time(r.get('timestamp'))} · {r.get('model_name') or '—'}" for r in others}
+    chosen = st.selectbox(tr("h_compare_with"), ["", *labels], key="h_compare",
+                          format_func=lambda i: labels.get(i, "—") if i else "—")
+    if not chosen:
+        return
+    runs = [decode_row(row), _load(service(current).run, int(chosen))]
+    if runs[1] is None:
+        return
+    views = [_view(r) for r in runs]
+    if all(v is not None for v in views):
+        titles = [f"A · #{runs[0]['id']}", f"B · #{runs[1]['id']}"]
+        st.plotly_chart(linked_figure(views, titles), config=PLOT_CONFIG, key="h_compare_chart", width="stretch")
+        st.caption(tr("h_compare_linked"))
+    st.markdown(f"**{tr('h_compare_numbers')}**")
+    st.table(compare_numbers(*runs))
+
+
+# ---------------------------------------------------------------------------------------------- the page
 try:
     rows = service(current).runs(limit=5000)
 except Exception as error:
-    st.error(error_message(error))
+    st.error(scrub_literal(error_message(error), current))
     st.stop()
 
 if not rows:
@@ -143,9 +476,7 @@ if not rows:
 
 shown = filtered_rows(rows)
 st.caption(tr("rows", n=len(shown)))
-HIDDEN = ("request", "response")  # full JSON stays in the CSV and in the re-opened view
-st.dataframe(pd.DataFrame([{k: v for k, v in r.items() if k not in HIDDEN} for r in shown]), width="stretch",
-             hide_index=True, key="history_table")
+show_table(shown)
 st.download_button(tr("download_csv"), HistoryStore.to_csv(shown).encode("utf-8"), "uusic_history.csv", "text/csv",
                    key="history_csv", disabled=not shown)
 
@@ -153,11 +484,14 @@ if shown:
     st.subheader(tr("reopen"))
     ids = [_value(r, "id", "run_id") for r in shown]
     labels = {
-        i: f"#{i} · {_value(r, 'timestamp', 'created_at', default='')} · {_value(r, 'source', default='')} · "
-           f"{_value(r, 'img_name', default='')}"
+        i: f"#{i} · {local_time(_value(r, 'timestamp', 'created_at', default=''))} · {source_name(r.get('source'))}"
+           f" · {display_name(r)}"
         for i, r in zip(ids, shown, strict=True)
     }
     chosen = st.selectbox(tr("reopen"), ids, format_func=lambda i: labels.get(i, str(i)), key="h_reopen",
                           label_visibility="collapsed")
     if chosen is not None:
         reopen(int(chosen))
+        picked = next((r for r in shown if r.get("id") == chosen), None)
+        if picked is not None and not (picked.get("error") or picked.get("error_type")):
+            compare(decode_row(picked), [decode_row(r) for r in rows])

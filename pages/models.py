@@ -1,7 +1,8 @@
-"""Models & System: the manifest, the loaded model, device, versions, paths and the model card.
+"""Models & System: the manifest, the loaded model, device, versions, where the files live and the model card.
 
-The paths table is a deliberate admin view (behind the dashboard login when one is configured); error messages
-never name the server's folders (:func:`pages.common.scrub_literal`).
+Every label is translated; raw field names stay only inside the folded JSON views. No server folder is shown: the
+paths table names each setting's environment variable and its place relative to the workspace or its own folder
+name, and error messages go through :func:`pages.common.scrub_literal`.
 """
 
 from __future__ import annotations
@@ -9,35 +10,96 @@ from __future__ import annotations
 import platform
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from pages.common import error_message, is_remote, page_header, scrub_literal, scrub_paths, service, settings, tr
+from core import i18n
+from pages.common import error_message, is_remote, lang, page_header, scrub_literal, scrub_paths, service, settings, tr
 
 current = settings()
 page_header("nav_models")
+L = lang()
+MANIFEST_COLUMNS = ("name", "arch", "file", "sha256", "input_size", "preprocessing", "datasets", "loaded")
 
 
 def _datasets(entry: dict) -> str:
     served = entry.get("datasets")
     if not served:
-        return "all"
-    return ", ".join("/".join(d) if isinstance(d, (list, tuple)) else str(d) for d in served)
+        return tr("m_all_datasets")
+    return ", ".join("/".join(map(str, d)) if isinstance(d, (list, tuple)) else str(d) for d in served)
 
 
 def manifest_table(entries: list[dict]) -> pd.DataFrame:
-    """One row per model of the service's manifest (the loaded one first)."""
-    columns = ("name", "arch", "file", "sha256", "input_size", "preprocessing")
+    """One row per model of the service's manifest (the loaded one first); columns keep their field names (the
+    page shows translated headers through ``column_config``)."""
+    columns = MANIFEST_COLUMNS[:6]
     return pd.DataFrame([{**{c: m.get(c) for c in columns}, "datasets": _datasets(m), "loaded": bool(m.get("loaded"))}
                          for m in entries if isinstance(m, dict)])
+
+
+def description(entry: dict) -> str:
+    """The model's description in the page's language: a translation from the string table when there is one
+    (``model_desc_<name>``), else the manifest's own text."""
+    key = f"model_desc_{entry.get('name')}"
+    if key in i18n.STRINGS:
+        return tr(key)
+    return str(entry.get("description") or "—")
+
+
+def _yes_no(value) -> str:
+    return tr("m_yes") if value else tr("m_no")
+
+
+def info_table(info: dict) -> pd.DataFrame:
+    """The loaded model as translated item / value rows."""
+    backend = info.get("backend")
+    if isinstance(backend, dict):
+        backend = backend.get("name") or backend.get("kind") or ", ".join(f"{k}={v}" for k, v in backend.items())
+    rows = [("m_name", info.get("name")), ("m_arch", info.get("arch")), ("m_file", info.get("file")),
+            ("m_sha256", info.get("sha256")), ("m_device", info.get("device_name") or info.get("device")),
+            ("m_amp", _yes_no(info.get("amp"))), ("m_backend", backend),
+            ("m_input_size", info.get("input_size")), ("m_preprocessing", info.get("preprocessing")),
+            ("m_datasets", _datasets(info)), ("m_description", description(info))]
+    return pd.DataFrame({tr("m_field"): [tr(k) for k, _ in rows],
+                         tr("m_value"): ["—" if v in (None, "") else str(v) for _, v in rows]})
+
+
+def _inside(path: Path, base: Path, prefix: str) -> str | None:
+    try:
+        return f"{prefix}/{Path(path).resolve().relative_to(Path(base).resolve()).as_posix()}".rstrip("/.")
+    except (OSError, ValueError):
+        return None
+
+
+def place(path: Path) -> str:
+    """Where a folder or file lives, without the server's folders: relative to the workspace when inside it, else
+    ``…/<its name>``."""
+    return _inside(path, current.workspace, "workspace") or f"…/{Path(path).name}"
+
+
+def paths_table() -> pd.DataFrame:
+    history = getattr(current, "history_url", None)
+    rows = [("workspace", "UUSIC_WORKSPACE", f"…/{current.workspace.name}"),
+            ("api_in", "UUSIC_WORKSPACE", place(current.api_in)),
+            ("api_out", "UUSIC_WORKSPACE", place(current.api_out)),
+            ("history", "UUSIC_HISTORY_URL", scrub_paths(str(history), current) if history
+             else place(current.history_db)),
+            ("data_root", "UUSIC_DATA_ROOT", f"…/{current.data_root.name}"),
+            ("weights_dir", "UUSIC_WEIGHTS_DIR", f"…/{current.weights_dir.name}"),
+            ("api_url", "UUSIC_API_URL", current.api_url if is_remote(current) else tr("m_remote_none"))]
+    return pd.DataFrame({tr("m_setting"): [r[0] for r in rows], tr("m_env"): [r[1] for r in rows],
+                         tr("m_where"): [r[2] for r in rows]})
 
 
 st.subheader(tr("model_info"))
 info: dict = {}
 try:
     info = service(current).model_info()
-    st.json(info, expanded=1)  # top level open, dataset list folded
+    st.table(info_table(info))
+    with st.expander(tr("h_raw_json")):
+        st.json({k: scrub_paths(v, current) if isinstance(v, str) else v for k, v in info.items()}, expanded=1)
 except Exception as error:
     st.error(tr("weights_error", message=scrub_literal(error_message(error), current)))
 
@@ -50,7 +112,8 @@ if manifest.get("error"):
     st.error(tr("weights_error", message=scrub_literal(manifest["error"], current)))
 entries = manifest.get("models") or []
 if entries:
-    st.dataframe(manifest_table(entries), width="stretch", hide_index=True)
+    st.dataframe(manifest_table(entries), width="stretch", hide_index=True,
+                 column_config={c: st.column_config.Column(tr(f"m_{c}")) for c in MANIFEST_COLUMNS})
     with st.expander("models.json"):
         st.json(entries, expanded=False)
 elif not manifest.get("error"):
@@ -59,6 +122,8 @@ elif not manifest.get("error"):
 card = current.weights_dir / "MODEL_CARD.md"
 if card.is_file():
     with st.expander(tr("model_card"), expanded=False):
+        if L == "zh":
+            st.caption(tr("m_card_english"))
         st.markdown(card.read_text(encoding="utf-8"))
 
 st.subheader(tr("device"))
@@ -68,7 +133,7 @@ try:
     from core.resources import device_label
 
     device = str(info.get("device", current.device)) if isinstance(info, dict) else current.device
-    st.write(f"{device_label(device)} (`{device}`) · CUDA available: {torch.cuda.is_available()}")
+    st.write(f"{device_label(device)} (`{device}`) · {tr('m_cuda', value=_yes_no(torch.cuda.is_available()))}")
 except Exception as error:  # noqa: BLE001 - the device line only
     st.text(scrub_paths(error_message(error), current))
 
@@ -79,16 +144,8 @@ for package in ("torch", "torchvision", "streamlit", "numpy", "pillow", "pydicom
         versions[package] = metadata.version(package)
     except metadata.PackageNotFoundError:
         versions[package] = "—"
-st.table(pd.DataFrame({"package": list(versions), "version": list(versions.values())}))
+st.table(pd.DataFrame({tr("m_package"): list(versions), tr("m_version"): list(versions.values())}))
 
 st.subheader(tr("paths"))
-st.table(
-    pd.DataFrame(
-        {
-            "setting": ["workspace", "api_in", "api_out", "history", "data_root", "weights_dir", "api_url"],
-            "value": [str(current.workspace), str(current.api_in), str(current.api_out), str(current.history_db),
-                      str(current.data_root), str(current.weights_dir),
-                      current.api_url if is_remote(current) else "—"],
-        }
-    )
-)
+st.caption(tr("m_paths_note"))
+st.table(paths_table())
