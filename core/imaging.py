@@ -354,19 +354,26 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 # decoding the ones before it: at most Settings.max_frames of them and Settings.max_decoded_mb of RGB in all.
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv")
-_VIDEO_DEMUXERS = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "avi": "avi", "matroska,webm": "webm"}
 _STILL_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis")  # ISO-BMFF images, not cine loops
 
 
-def _is_video(data: bytes, name: str) -> bool:
+def _video_demuxer(data: bytes) -> str | None:
+    """The FFmpeg demuxer the file's signature names (the only one it is opened with), else None."""
     head = data[:16]
     if head[4:8] == b"ftyp":
-        return head[8:12] not in _STILL_BRANDS
+        return None if head[8:12] in _STILL_BRANDS else "mp4"
+    if head[4:8] in (b"moov", b"mdat", b"wide", b"free", b"skip"):  # QuickTime without ftyp
+        return "mov"
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-        return True
+        return "avi"
     if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML: Matroska / WebM
-        return True
-    return name.lower().endswith(VIDEO_SUFFIXES) and not _is_dicom(data, "")
+        return "matroska"
+    return None
+
+
+def _is_video(data: bytes, name: str) -> bool:
+    """A video signature, or a video file name on bytes that are no DICOM (refused later when unreadable)."""
+    return _video_demuxer(data) is not None or (name.lower().endswith(VIDEO_SUFFIXES) and not _is_dicom(data, ""))
 
 
 def _open_video(data: bytes, name: str, settings: Settings | None) -> tuple[Any, Any, str]:
@@ -375,26 +382,32 @@ def _open_video(data: bytes, name: str, settings: Settings | None) -> tuple[Any,
         import av
     except ImportError:
         raise ImageError(f"{name}: video files need PyAV (pip install av), which is not installed") from None
+    demuxer = _video_demuxer(data)
+    if demuxer is None:  # never let FFmpeg guess: a playlist demuxer (HLS, concat) would open other files
+        raise ImageError(f"{name}: not a readable video (no MP4, MOV, AVI, WebM or MKV signature)")
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        container = av.open(io.BytesIO(data), mode="r", format=demuxer)
     except Exception as exc:  # noqa: BLE001 - not a video FFmpeg can read
         raise ImageError(f"{name}: not a readable video ({_reason(exc)})") from None
-    fmt = _VIDEO_DEMUXERS.get(container.format.name)
-    if fmt is None or not container.streams.video:
+    if not container.streams.video:
         container.close()
-        what = "has no video stream" if fmt else f"is a {container.format.name!r} file"
-        raise ImageError(f"{name}: {what}; supported videos are MP4, MOV, AVI, WebM and MKV")
+        raise ImageError(f"{name}: the file has no video stream")
     stream = container.streams.video[0]
     try:
         check_size(int(stream.codec_context.width or 0), int(stream.codec_context.height or 0), settings, what=name)
     except ImageError:
         container.close()
         raise
-    if fmt == "mp4" and name.lower().endswith(".mov"):
-        fmt = "mov"
-    elif fmt == "webm" and name.lower().endswith(".mkv"):
-        fmt = "mkv"
-    return container, stream, fmt
+    return container, stream, _video_format(demuxer, data, name)
+
+
+def _video_format(demuxer: str, data: bytes, name: str) -> str:
+    """mp4 | mov | avi | webm | mkv (the stored upload's extension)."""
+    if demuxer == "matroska":
+        return "webm" if b"webm" in data[:64] and not name.lower().endswith(".mkv") else "mkv"
+    if demuxer == "mp4" and (name.lower().endswith(".mov") or data[8:12] == b"qt  "):
+        return "mov"
+    return demuxer
 
 
 def _video_fps(stream: Any) -> float | None:

@@ -72,10 +72,10 @@ def disk(radius: float, size: tuple[int, int] = (96, 128), centre: tuple[float, 
 
 
 def video_bytes(frames: list[np.ndarray], *, fmt: str = "mp4", fps: int = 10) -> bytes:
-    """A short video (mpeg4 in MP4 / AVI, or VP8 in WebM) of gray ``frames``."""
-    codec = {"mp4": "mpeg4", "avi": "mpeg4", "webm": "libvpx"}[fmt]
+    """A short video (mpeg4 in MP4 / MOV / AVI / MKV, or VP8 in WebM) of gray ``frames``."""
+    codec = "libvpx" if fmt == "webm" else "mpeg4"
     buffer = io.BytesIO()
-    with av.open(buffer, "w", format=fmt) as container:
+    with av.open(buffer, "w", format="matroska" if fmt == "mkv" else fmt) as container:
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = frames[0].shape
         stream.pix_fmt = "yuv420p"
@@ -137,7 +137,7 @@ def test_still_images_are_frame_0_of_1(tiny_data_root: Path):
     assert error.value.field == "frame_index" and "seg_0.png has 1 frame(s) (only 0)" in error.value.message
 
 
-@pytest.mark.parametrize("fmt", ["mp4", "avi", "webm"])
+@pytest.mark.parametrize("fmt", ["mp4", "mov", "avi", "webm", "mkv"])
 def test_video_frames_decode_up_to_the_requested_one(fmt: str):
     if fmt == "webm" and "libvpx" not in av.codecs_available:
         pytest.skip("no VP8 encoder")
@@ -169,6 +169,9 @@ def test_a_file_named_like_a_video_that_is_not_one_is_refused_by_name():
         load_image(b"\x00\x00\x00\x18ftypisom" + b"\x00" * 64, name="clip.mp4")
     with pytest.raises(ImageError, match=r"scan\.mp4"):
         probe_frames(b"junk" * 40, name="scan.mp4")
+    for playlist in (b"#EXTM3U\n#EXTINF:1,\nfile:///etc/passwd\n", b"ffconcat version 1.0\nfile /etc/passwd\n"):
+        with pytest.raises(ImageError, match="no MP4, MOV, AVI, WebM or MKV signature"):  # FFmpeg never guesses
+            load_image(playlist, name="evil.mp4")
 
 
 # ------------------------------------------------------------------------------------------------ uploads
