@@ -433,8 +433,8 @@ def _area_curve(summary: dict, stored: dict) -> None:
     _marker(figure, frames, values, summary.get("smallest_frame"), tr("cl_smallest"), "#009e73", "triangle-down")
     _marker(figure, frames, values, summary.get("ed_frame"), "ED", "#cc79a7", "diamond", size=8)
     _marker(figure, frames, values, summary.get("es_frame"), "ES", "#e69f00", "diamond", size=8)
-    figure.update_layout(xaxis_title=tr("cl_frame"), yaxis_title=tr("cl_area", unit=unit), height=320,
-                         margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h"))
+    figure.update_layout(xaxis_title=tr("cl_frame"), yaxis_title=tr("cl_area", unit=unit), height=340,
+                         margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=1.02, yanchor="bottom"))
     st.plotly_chart(figure, config=PLOT_CONFIG, key="cine_curve", width="stretch")
     if in_mm:
         st.caption(tr("cl_mm_note", text=spacing_text(stored.get("spacing"), stored.get("source"))))
@@ -461,7 +461,8 @@ def _probability_curve(summary: dict, dataset: catalog.Dataset) -> None:
         figure.add_trace(go.Scatter(x=frames, y=[row[index] if row else None for row in rows], mode="lines+markers",
                                     name=i18n.class_name(dataset.task, dataset.name, index, lang())))
     figure.update_layout(xaxis_title=tr("cl_frame"), yaxis=dict(range=[0, 1], title=tr("probability")),
-                         height=300, margin=dict(l=10, r=10, t=10, b=10), legend=dict(orientation="h"))
+                         height=320, margin=dict(l=10, r=10, t=40, b=10),
+                         legend=dict(orientation="h", y=1.02, yanchor="bottom"))
     st.plotly_chart(figure, config=PLOT_CONFIG, key="cine_probability", width="stretch")
 
 

@@ -232,3 +232,22 @@ def test_cine_upload_slider_and_all_frames(app):
     _ok(app)
     response = app.session_state["result"]["response"]
     assert response["frame_index"] == 3 and response["frame_count"] == 6
+
+
+def test_dicom_upload_offers_its_mask_as_dicom_seg(app):
+    import pydicom
+
+    if not callable(getattr(_service(app), "dicom_seg", None)):
+        pytest.skip("this core has no dicom_seg yet")
+    app.radio(key="task").set_value("segmentation").run()
+    app.radio(key="source").set_value("upload").run()
+    app.file_uploader(key="upload").upload("still.dcm", cine_dicom(frames=1), "application/dicom").run()
+    app.button(key="run").click().run()
+    _ok(app)
+    result = app.session_state["result"]
+    assert result["request"]["source_path_relative"].endswith(".dcm")  # the original DICOM, kept
+    seg = result["_clinical"]["seg"]
+    assert isinstance(seg, bytes), seg
+    assert [b for b in app.get("download_button") if b.proto.label == _t("cl_dicom_seg")]
+    dataset = pydicom.dcmread(io.BytesIO(seg))
+    assert dataset.Modality == "SEG"

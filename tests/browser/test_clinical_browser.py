@@ -206,7 +206,10 @@ def test_screenshots_of_the_clinical_widgets(page, tmp_path):
     page.get_by_role("button", name=_t("run", "en")).click()
     page.get_by_text(_t("resources", "en"), exact=True).wait_for()
     wait_idle(page)
-    page.screenshot(path=str(SCREENSHOTS / "clinical_uncertainty_reference.png"), full_page=True)
+    page.set_viewport_size({"width": 1400, "height": 4600})  # the whole result, down to the report button
+    page.get_by_role("button", name=_t("cl_report_pdf", "en")).wait_for()
+    page.screenshot(path=str(SCREENSHOTS / "clinical_uncertainty_reference.png"))
+    page.set_viewport_size({"width": 1400, "height": 2600})
     _spacing_mode(page, "user", "en")
     _enter_spacing(page, "5", "en")
     page.screenshot(path=str(SCREENSHOTS / "clinical_calibration.png"), full_page=True)
