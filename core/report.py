@@ -46,6 +46,9 @@ LABELS: dict[str, tuple[str, str]] = {
     "organ": ("器官", "Organ"), "image": ("图像", "Image"), "frame": ("帧", "Frame"),
     "source": ("来源", "Source"), "images": ("图像", "Images"), "analysed_image": ("分析图像", "Analysed image"),
     "overlay": ("分割叠加", "Mask overlay"), "agreement": ("一致性图", "Agreement map"),
+    "agreement_legend": ("一致性图：白色 = 所有视图判为目标，黑色 = 所有视图判为背景，灰色 = 视图不一致。",
+                         "Agreement map: white = every view votes target, black = every view votes background, "
+                         "grey = the views disagree."),
     "image_missing": ("图像已不可用", "The image is no longer available"),
     "result": ("结果", "Result"), "prediction": ("预测", "Prediction"), "probability": ("概率", "Probability"),
     "measurements": ("测量", "Measurements"), "spacing": ("像素间距", "Pixel spacing"),
@@ -253,9 +256,9 @@ class CaseReport:
         name = given or response.get("original_name") or run.get("img_name") or run.get("img_path_relative")
         self.row(self.label("image"), f"{name}  ({response.get('image_width')} x {response.get('image_height')} px, "
                                       f"{response.get('image_format') or '?'})")
-        if int(response.get("frame_count") or 1) > 1:
-            index = int(response.get("frame_index") or 0)
-            self.row(self.label("frame"), f"{index + 1} / {response.get('frame_count')} (frame_index {index})")
+        count, index = _frame(run)
+        if count > 1:
+            self.row(self.label("frame"), f"{index + 1} / {count} (frame_index {index})")
         self.row(self.label("source"), str(run.get("source") or ""))
 
     def _organ_name(self) -> str:
@@ -285,6 +288,8 @@ class CaseReport:
             self.pdf.cell(width, 5, self.text(caption))
             self.pdf.image(image, x=x, y=top + 5.5, w=width, h=height, keep_aspect_ratio=True)
         self.pdf.set_xy(15, top + height + 7)
+        if any(caption == self.label("agreement") for caption, _ in pictures):
+            self.paragraph(self.label("agreement_legend"), size=8, color=(90, 90, 90))
 
     def _pictures(self) -> list[tuple[str, Image.Image]]:
         """(caption, image) pairs: the analysed image, the mask overlay and the agreement map when there are."""
@@ -316,7 +321,7 @@ class CaseReport:
             values = np.asarray(agreement_map(self.response), dtype=np.float32)
         except (UUSICError, OSError, ValueError, KeyError, TypeError):
             return None
-        return _small(Image.fromarray((np.clip(values, 0, 1) * 255).astype(np.uint8), mode="L"))
+        return _small(Image.fromarray((np.clip(values, 0, 1) * 255).astype(np.uint8)))
 
     def probability_block(self) -> None:
         self.heading("result")
@@ -450,6 +455,14 @@ def _dataset(run: dict) -> catalog.Dataset | None:
         return catalog.find_dataset(str(run.get("task") or ""), str(run.get("dataset_name") or ""))
     except catalog.UnknownDataset:
         return None
+
+
+def _frame(run: dict) -> tuple[int, int]:
+    """(frame count, analysed frame index) of a run: from its response, else its request (an upload's skeleton)."""
+    parts = [part for part in (run.get("response"), run.get("request")) if isinstance(part, dict)]
+    count = next((part["frame_count"] for part in parts if part.get("frame_count") is not None), 1)
+    index = next((part["frame_index"] for part in parts if part.get("frame_index") is not None), 0)
+    return int(count), int(index)
 
 
 def _dates(timestamp: Any) -> str:

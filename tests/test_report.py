@@ -192,7 +192,7 @@ def test_real_tta_uncertainty_agreement_map_and_ground_truth_reference(service: 
     assert f"{spread['min']:,.2f} - {spread['max']:,.2f}" in text and "Area, px" in text
     assert reference["source"] == "ground_truth_mask" and "ground_truth_mask" in text
     assert f"{reference['measurements']['area_px']:,}" in text and f"{reference['difference']['area_px']:,.2f}" in text
-    assert pdf_image_count(data) == 3  # image, overlay, agreement map
+    assert pdf_image_count(data) == 3 and "grey = the views disagree" in text  # image, overlay, agreement map
     cls = service.analyze({**service.random_sample("classification", "BUSI"), "tta": True}).to_json()
     text = pdf_text(service.report_pdf(cls["run_id"]))
     low, high = cls["uncertainty"]["probability_min"][0], cls["uncertainty"]["probability_max"][0]
@@ -299,6 +299,20 @@ def test_dicom_seg_of_a_multi_frame_source_references_the_analysed_frame():
         build_seg(source, mask, frame_index=5)
     with pytest.raises(RequestError, match="not aligned"):
         build_seg(source, mask[:, :60])
+
+
+def test_cine_dicom_upload_seg_and_report_follow_the_analysed_frame(service: AnalysisService):
+    source_bytes = dicom_bytes(ultrasound_dicom(frames=5))
+    skeleton = service.save_upload(source_bytes, "loop.dcm")
+    assert skeleton["frame_count"] == 5
+    request = {**skeleton, "task": "segmentation", "dataset_name": "DDTI", "organ": "Thyroid", "frame_index": 2}
+    response = service.analyze(request)
+    data = service.dicom_seg(response.run_id)
+    reference = pydicom.dcmread(io.BytesIO(data)).PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
+    assert reference.SourceImageSequence[0].ReferencedFrameNumber == 3
+    source = pydicom.dcmread(io.BytesIO(source_bytes), stop_before_pixels=True)
+    np.testing.assert_array_equal(read_seg(data, source, frame_number=3), service.run_mask(response.run_id))
+    assert "3 / 5 (frame_index 2)" in pdf_text(service.report_pdf(response.run_id))
 
 
 def test_dicom_seg_of_an_empty_mask_and_a_sparse_header():
