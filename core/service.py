@@ -520,6 +520,7 @@ class AnalysisService:
                      "source_path_relative": raw.get("img_path_relative"), "source_frame_index": frame.frame_index}
             if not entry.get("pixel_spacing_mm") and frame.pixel_spacing_mm:  # edits keep the pixel size
                 entry["pixel_spacing_mm"] = frame.pixel_spacing_mm
+                entry["pixel_spacing_source"] = getattr(frame, "pixel_spacing_source", None)
             entries.append(entry)
         order = {index: position for position, index in enumerate(chosen)}
         return sorted(entries, key=lambda entry: order[entry["source_frame_index"]])

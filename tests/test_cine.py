@@ -256,7 +256,8 @@ def test_analyze_frames_subset_edits_and_classification(tiny_settings: Settings)
     for item in result.items:
         assert (item.image_width, item.image_height) == (40, 48)  # turned
         assert item.get("source_path_relative") == skeleton["img_path_relative"]
-        assert item.pixel_spacing_mm == 0.3  # the DICOM's spacing carried onto the edited frame
+        assert item.pixel_spacing_mm == 0.3  # the DICOM's spacing carried onto the edited frame, with its source
+        assert item.get("pixel_spacing_source") == "dicom"
     assert result.summary["area_mm2"] == pytest.approx([a * 0.09 for a in result.summary["area_px"]])
     rows = service.runs()
     assert len(rows) == 2 and all(service.run(r["id"])["edits"] == edits for r in rows)
