@@ -300,19 +300,16 @@ def _line_tool(image: dict, key: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- options + request
 def _tta_default() -> bool:
-    """The deployment's TTA default (``UUSIC_TTA``: on / off / auto as the service decides)."""
+    """The deployment's TTA default (``UUSIC_TTA``: on / off / auto, as :func:`core.tta.tta_enabled` decides)."""
     from pages.common import settings
 
     setting = str(getattr(settings(), "tta", "off") or "off").lower()
-    if setting in ("on", "off"):
-        return setting == "on"
     try:
-        from core import tta
+        from core.tta import tta_enabled
 
-        decide = getattr(tta, "default_enabled", None) or getattr(tta, "auto_enabled", None)
-        return bool(decide(settings())) if callable(decide) else False
-    except Exception:  # noqa: BLE001 - unknown: off (the user can turn it on)
-        return False
+        return bool(tta_enabled(None, setting))
+    except Exception:  # noqa: BLE001 - no TTA in this core: off unless asked for
+        return setting == "on"
 
 
 def options_panel(dataset: catalog.Dataset, image: dict, edits: list[dict], served: bool) -> None:

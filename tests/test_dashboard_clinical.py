@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -12,9 +13,13 @@ import pytest
 from core import i18n
 from core.settings import PROJECT_ROOT
 
+sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest
+from test_dashboard_apptest import _remote_app, api_server
 
+__all__ = ["api_server"]  # a fixture (a real API server) from the dashboard tests
 HOME = str(PROJECT_ROOT / "Home.py")
 ZH = "zh"
 
@@ -251,3 +256,29 @@ def test_dicom_upload_offers_its_mask_as_dicom_seg(app):
     assert [b for b in app.get("download_button") if b.proto.label == _t("cl_dicom_seg")]
     dataset = pydicom.dcmread(io.BytesIO(seg))
     assert dataset.Modality == "SEG"
+
+
+@pytest.mark.server
+def test_remote_mode_cine_tta_spacing_and_report(api_server, tiny_settings, tmp_path, monkeypatch):
+    """The same widgets over HTTP (ApiClient): frames, all frames, TTA + spacing in the request, the report."""
+    at = _remote_app(api_server, tiny_settings, tmp_path / "dashboard_ws", monkeypatch)
+    at.radio(key="task").set_value("segmentation").run()
+    at.radio(key="source").set_value("upload").run()
+    at.file_uploader(key="upload").upload("loop.dcm", cine_dicom(), "application/dicom").run()
+    _ok(at)
+    _by_label(at.slider, _t("cl_frame")).set_value(2).run()
+    at.button(key="cine_all").click().run()
+    _ok(at)
+    stored = at.session_state["cine_result"]
+    assert not stored.get("error"), stored.get("error")
+    assert stored["summary"]["frames"] == list(range(6))
+    _by_label(at.radio, _t("cl_spacing_mode")).set_value("user").run()
+    _by_label(at.number_input, _t("cl_enter_spacing")).set_value(0.3).run()
+    at.toggle(key="tta_on").set_value(True).run()
+    at.button(key="run").click().run()
+    _ok(at)
+    response = at.session_state["result"]["response"]
+    assert response["frame_index"] == 2 and response["pixel_spacing_mm"] == pytest.approx(0.3)
+    assert response["pixel_spacing_source"] == "user" and response["uncertainty"]["views"] >= 2
+    assert [b for b in at.get("download_button") if b.proto.label == _t("cl_report_pdf")]
+    assert any(m.label == _t("cl_agreement") for m in at.metric)
