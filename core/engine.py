@@ -487,7 +487,7 @@ def get_engine(settings: Settings | None = None, model: str | None = None) -> En
     settings = settings or get_settings()
     key = (model or settings.default_model, settings.device, str(settings.weights_dir), str(settings.data_root),
            str(settings.workspace), settings.amp, settings.max_image_pixels, settings.max_image_side,
-           settings.backend, settings.precision, str(settings.cache_dir))
+           settings.backend, settings.precision, str(settings.cache_dir), settings.tta, settings.tta_views)
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:

@@ -20,6 +20,7 @@ Whether a request uses TTA: its ``tta`` field, else the setting ``tta`` (``on`` 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -76,9 +77,17 @@ class View:
 
     def seen(self, size: int) -> np.ndarray:
         """``S x S`` float32: 1 where the view's output covers the unaugmented frame, 0 where it saw nothing."""
-        if not self.angle_deg:
-            return np.ones((size, size), dtype=np.float32)
-        return (self.invert(self.apply(np.ones((size, size), dtype=np.float32))) > 0.5).astype(np.float32)
+        return _seen(self, size)
+
+
+@functools.lru_cache(maxsize=64)
+def _seen(view: View, size: int) -> np.ndarray:
+    if not view.angle_deg:
+        seen = np.ones((size, size), dtype=np.float32)
+    else:
+        seen = (view.invert(view.apply(np.ones((size, size), dtype=np.float32))) > 0.5).astype(np.float32)
+    seen.flags.writeable = False  # shared by every call
+    return seen
 
 
 def _rotate(array: np.ndarray, angle: float) -> np.ndarray:
