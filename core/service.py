@@ -188,7 +188,8 @@ class AnalysisService:
 
     # ------------------------------------------------------------------------------------------ inputs
     def save_upload(self, data: bytes, filename: str) -> dict:
-        """Store image bytes in ``api_in/`` (pixels only, re-encoded) and return the request skeleton."""
+        """Store an upload in ``api_in/`` and return the request skeleton: a still image re-encoded (pixels only), a
+        cine (multi-frame DICOM, video) kept as uploaded, any DICOM's original kept (``source_path_relative``)."""
         from core.samples import save_upload
 
         return with_spacing_source(save_upload(self.settings, data, filename), data)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from core.api.deps import ServiceDep, in_worker, serve_file
 from core.api.routers.history import png_response
 from core.errors import UploadError
+from core.samples import display_name
 from core.service import AnalysisService
 
 router = APIRouter()
@@ -21,8 +22,8 @@ async def store_upload(request: Request, service: AnalysisService, file: UploadF
     limit = service.settings.max_upload_mb * 1024 * 1024
     data = await file.read(limit + 1)
     if len(data) > limit:
-        raise UploadError(f"upload is larger than the {service.settings.max_upload_mb} MB limit", status_code=413,
-                          field="file")
+        raise UploadError(f"{display_name(file.filename or 'upload')}: the upload is larger than the "
+                          f"{service.settings.max_upload_mb} MB limit", status_code=413, field="file")
     return await in_worker(request, service.save_upload, data, file.filename or "upload")
 
 
