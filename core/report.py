@@ -62,7 +62,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "model_sha256": ("模型 sha256", "Model sha256"), "input_sha256": ("输入 sha256", "Input sha256"),
     "device": ("设备", "Device"), "notes": ("备注", "Notes"), "disclaimer": ("声明", "Disclaimer"),
     "mean": ("均值", "mean"), "range": ("范围", "range"), "sd": ("标准差", "sd"),
-    "components": ("连通区域数", "Connected regions"), "coverage": ("掩膜占图像比例", "Mask coverage of the image"),
+    "components": ("连通区域数", "Connected regions"), "coverage": ("模型所见图像", "Image seen by model"),
 }
 MEASURES: tuple[tuple[str, str, str], ...] = (  # key stem, zh, en
     ("area", "面积", "Area"),
@@ -137,29 +137,31 @@ class CaseReport:
         self.pdf = _Pdf(orientation="P", unit="mm", format="A4")
         self.pdf.set_margins(15, 15, 15)
         self.pdf.set_auto_page_break(True, margin=15)
-        self.cjk = self._register_fonts()
+        needs_cjk = lang == "zh" or _has_cjk(run)
+        self.cjk = self._register_fonts(needs_cjk)
         self.lang = lang if (lang == "en" or self.cjk) else "en"
-        self.notice = NO_CJK_NOTE if not self.cjk else None
+        self.notice = NO_CJK_NOTE if needs_cjk and not self.cjk else None
         self.pdf.set_title(f"UUSIC case report - run {run.get('id')}")
         self.pdf.set_creator("UUSIC Viewer")
         self.pdf.footer_family = self.family
         self.pdf.footer_text = self.text(f"UUSIC Viewer - run {run.get('id')}")
 
-    def _register_fonts(self) -> bool:
-        """Register the CJK font (``family "body"``), else a Unicode Latin font, else the core Helvetica."""
-        cjk = find_font(CJK_FONT_CANDIDATES)
-        chosen = cjk or find_font(LATIN_FONT_CANDIDATES)
-        self.family = "helvetica"
-        if chosen is None:
-            return False
-        try:
-            for style in ("", "B"):  # no bold face in these files: headings use the same face, larger
-                self.pdf.add_font("body", style, str(chosen), collection_font_number=0)  # 0: a .ttc's first face
-        except Exception:  # noqa: BLE001 - a broken font file must not sink the report
-            logging.getLogger("uusic.report").warning("cannot use font %s; falling back", chosen.name)
-            return False
-        self.family = "body"
-        return cjk is not None
+    def _register_fonts(self, needs_cjk: bool) -> bool:
+        """Register family ``body``: the CJK font when Chinese is to be printed, else a Unicode Latin font (a CJK
+        face takes seconds to parse and subset), else none (the core Helvetica). True when the CJK font is in."""
+        cjk = find_font(CJK_FONT_CANDIDATES) if needs_cjk else None
+        self.family, self.bold = "helvetica", "B"
+        for chosen in (cjk, find_font(LATIN_FONT_CANDIDATES)):
+            if chosen is None:
+                continue
+            try:
+                self.pdf.add_font("body", "", str(chosen), collection_font_number=0)  # 0: a .ttc's first face
+            except Exception:  # noqa: BLE001 - a broken font file must not sink the report
+                logging.getLogger("uusic.report").warning("cannot use font %s; falling back", chosen.name)
+                continue
+            self.family, self.bold = "body", ""  # one face only: headings are set larger, not bold
+            return chosen == cjk
+        return False
 
     # ------------------------------------------------------------------------------------------ text helpers
     def label(self, key: str) -> str:
@@ -176,7 +178,7 @@ class CaseReport:
         return value
 
     def font(self, size: float, bold: bool = False) -> None:
-        self.pdf.set_font(self.family, "B" if bold else "", size)
+        self.pdf.set_font(self.family, self.bold if bold else "", size)
 
     def heading(self, key: str) -> None:
         if self.pdf.get_y() > self.pdf.h - 45:  # never a heading alone at the foot of a page
@@ -448,6 +450,13 @@ class CaseReport:
         if self.lang == "zh":
             self.paragraph(DISCLAIMER_ZH, color=(170, 30, 30))
         self.paragraph(DISCLAIMER_EN, color=(170, 30, 30))
+
+
+def _has_cjk(value: Any) -> bool:
+    """Whether any text in ``value`` (a run: names, notes...) holds CJK characters."""
+    import json
+
+    return any(ord(char) >= 0x2E80 for char in json.dumps(value, ensure_ascii=False, default=str))
 
 
 def _dataset(run: dict) -> catalog.Dataset | None:
