@@ -361,6 +361,7 @@ def api(hc_settings: Settings, tmp_path):
             process.wait()
 
 
+@pytest.mark.server
 def test_report_and_seg_round_trip_over_a_real_server(api, hc_settings: Settings):
     cls = api.analyze(api.random_sample("classification", "BUSI"))
     data = api.report_pdf(cls.run_id, "zh")
