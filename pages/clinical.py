@@ -229,10 +229,11 @@ def calibration_panel(image: dict) -> None:
         elif mode == "user":
             value = st.number_input(tr("cl_enter_spacing"), min_value=0.0, value=float(auto_value or 0.1),
                                     step=0.01, format="%.4f", key=f"calib_user_{key}")
+            _set_spacing(image, float(value), "user")  # sent as entered: the service refuses it the same way
             problem = spacing_problem(value)
             if problem:
                 st.error(tr("cl_spacing_error", message=md_literal(problem)))
-            _set_spacing(image, float(value), "user")
+                return
         else:
             _line_tool(image, key)
     spacing, source = chosen_spacing(image)

@@ -282,3 +282,18 @@ def test_remote_mode_cine_tta_spacing_and_report(api_server, tiny_settings, tmp_
     assert response["pixel_spacing_source"] == "user" and response["uncertainty"]["views"] >= 2
     assert [b for b in at.get("download_button") if b.proto.label == _t("cl_report_pdf")]
     assert any(m.label == _t("cl_agreement") for m in at.metric)
+
+
+def test_video_upload_plays_as_a_cine_in_pixels(app):
+    from test_cine import RADII, disk_video
+
+    app.radio(key="task").set_value("segmentation").run()
+    app.radio(key="source").set_value("upload").run()
+    app.file_uploader(key="upload").upload("loop.mp4", disk_video("mp4"), "video/mp4").run()
+    _ok(app)
+    assert _t("cl_cine_info", n=len(RADII), fps="10.0") in _captions(app)
+    app.button(key="cine_all").click().run()
+    _ok(app)
+    summary = app.session_state["cine_result"]["summary"]
+    assert summary["frames"] == list(range(len(RADII))) and summary["area_mm2"] is None  # no spacing in a video
+    assert _t("cl_spacing_none") in _captions(app)

@@ -132,6 +132,8 @@ def test_line_of_known_length_calibrates(page):
     pixels, spacing = re.findall(r"[\d.]+", caption.inner_text().replace("30 mm", ""))[:2]
     assert float(spacing) == pytest.approx(30 / float(pixels), rel=1e-3)
     page.get_by_text(_t("cl_source_line")).first.wait_for()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "clinical_line_zh.png"))
 
 
 # ------------------------------------------------------------------------------------------------ report
