@@ -354,6 +354,7 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 # decoding the ones before it: at most Settings.max_frames of them and Settings.max_decoded_mb of RGB in all.
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv")
+_MAX_COUNTED_PACKETS = 100_000
 _STILL_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis")  # ISO-BMFF images, not cine loops
 
 
@@ -419,11 +420,16 @@ def _video_fps(stream: Any) -> float | None:
     return round(fps, 3) if fps and math.isfinite(fps) and 0 < fps <= 1000 else None
 
 
-def _video_frame_count(container: Any, stream: Any) -> int:
-    """The header's frame count, else the video packets counted by demuxing (nothing decoded)."""
+def _video_frame_count(container: Any, stream: Any, name: str) -> int:
+    """The header's frame count, else the video packets counted by demuxing (nothing decoded; at most
+    ``_MAX_COUNTED_PACKETS``: a file of countless tiny packets is refused, not counted for minutes)."""
     if int(stream.frames or 0) > 0:
         return int(stream.frames)
-    count = sum(1 for packet in container.demux(stream) if packet.size)
+    count = 0
+    for packet in container.demux(stream):
+        count += 1 if packet.size else 0
+        if count > _MAX_COUNTED_PACKETS:
+            raise ImageError(f"{name}: the video has more than {_MAX_COUNTED_PACKETS:,} frames")
     container.seek(0)
     return count
 
@@ -431,7 +437,7 @@ def _video_frame_count(container: Any, stream: Any) -> int:
 def _probe_video(data: bytes, name: str, settings: Settings | None) -> FrameInfo:
     container, stream, fmt = _open_video(data, name, settings)
     with container:
-        count = _video_frame_count(container, stream)
+        count = _video_frame_count(container, stream, name)
         if count < 1:
             raise ImageError(f"{name}: the video has no frames")
         return FrameInfo(count, _video_fps(stream), int(stream.codec_context.width),
@@ -444,7 +450,7 @@ def _video_frames(data: bytes, name: str, settings: Settings | None,
     in frame order."""
     container, stream, fmt = _open_video(data, name, settings)
     with container:
-        count = _video_frame_count(container, stream)
+        count = _video_frame_count(container, stream, name)
         wanted = [int(i or 0) for i in indices]
         last = max(wanted)
         if last >= count:
