@@ -527,6 +527,19 @@ def _agreement_view(picture: Image.Image, agreement: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))
 
 
+def _probability_spread(response: dict, spread: dict) -> None:
+    """Per class: the mean probability over the TTA views, its range and SD."""
+    mean = response.get("probability") or []
+    columns = [("probability_min", "min"), ("probability_max", "max"), ("probability_sd", "sd")]
+    if not mean or any(len(spread.get(key) or []) != len(mean) for key, _ in columns):
+        return
+    rows = [{tr("class"): i18n.class_name(response["task"], response["dataset_name"], index, lang()),
+             tr("cl_stat_mean"): f"{float(p):.1%}",
+             **{tr(f"cl_stat_{name}"): f"{float(spread[key][index]):.1%}" for key, name in columns}}
+            for index, p in enumerate(mean)]
+    st.table(pd.DataFrame(rows))
+
+
 def show_uncertainty(result: dict) -> None:
     """TTA spread: classification range per class; segmentation agreement map and the measurement spread."""
     response = result["response"]
@@ -536,6 +549,7 @@ def show_uncertainty(result: dict) -> None:
     st.subheader(tr("cl_uncertainty", n=spread.get("views", "?")))
     if response.get("task") == "classification":
         st.caption(tr("cl_tta_bars"))
+        _probability_spread(response, spread)
         return
     cols = st.columns([1, 2])
     if spread.get("agreement_mean") is not None:

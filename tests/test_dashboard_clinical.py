@@ -174,6 +174,9 @@ def test_tta_error_bars_on_the_classification_chart(app):
         pytest.skip("this core reports no TTA uncertainty yet")
     chart = [c for c in app.get("plotly_chart") if "error_y" in c.proto.spec]
     assert chart, "no error bars on the probability chart"
+    table = app.table[-1].value  # mean, min, max, SD per class
+    assert list(table.columns) == [_t("class"), _t("cl_stat_mean"), _t("cl_stat_min"), _t("cl_stat_max"),
+                                   _t("cl_stat_sd")] and len(table) == 2
 
 
 def test_reference_of_an_edited_sample_is_measured_by_the_dashboard(app):
@@ -297,3 +300,14 @@ def test_video_upload_plays_as_a_cine_in_pixels(app):
     summary = app.session_state["cine_result"]["summary"]
     assert summary["frames"] == list(range(len(RADII))) and summary["area_mm2"] is None  # no spacing in a video
     assert _t("cl_spacing_none") in _captions(app)
+
+
+def test_classification_cine_gives_a_probability_curve(app):
+    app.radio(key="task").set_value("classification").run()
+    app.radio(key="source").set_value("upload").run()
+    app.file_uploader(key="upload").upload("loop.dcm", cine_dicom(frames=4), "application/dicom").run()
+    app.button(key="cine_all").click().run()
+    _ok(app)
+    summary = app.session_state["cine_result"]["summary"]
+    assert len(summary["probability"]) == 4 and all(len(row) == 2 for row in summary["probability"])
+    assert any(c.proto.id and "cine_probability" in c.proto.id for c in app.get("plotly_chart"))
