@@ -8,8 +8,9 @@ Three parts, each with and without TTA (the same engine, the request's ``tta`` f
 * ``hc`` — rotation sensitivity: the first N Fetal_HC images of ``weights/demo_val_split.json`` at 0°, 90° and
   90°+20° (rotated with :mod:`core.editing`, the dashboard's edits; the map spacing is unchanged, so HC in mm must
   not change); per image the range (max - min) and SD of HC over the three rotations, and |HC - reference HC|.
-* ``val`` — the validation split (every ``--val-stride``-th entry) through ``Engine.predict_batch`` and scored with
-  :func:`core.evaluate.evaluate`: Dice / NSD per segmentation dataset, AUC / accuracy per classification dataset.
+* ``val`` — the validation split (every ``--val-stride``-th entry of each task x dataset) through
+  ``Engine.predict_batch``, scored with :func:`core.evaluate.evaluate`: Dice / NSD per segmentation dataset, AUC /
+  accuracy per classification dataset.
 * ``cost`` — per-image wall time of ``Engine.predict`` (one image per call, as the API / dashboard run it, with
   measurements), TTA and no-TTA interleaved per image, after a warm-up; the ratio decides ``tta=auto`` (< 2x: on).
 
@@ -105,7 +106,10 @@ def summarise_hc(hc: dict, reference: dict, seconds: float) -> dict:
 
 def val_part(engine: Engine, entries: list[dict], args, tmp: Path) -> dict:
     """Validation metrics with and without TTA (the same entries)."""
-    chosen = entries[:: args.val_stride]
+    groups: dict[tuple, list[dict]] = {}
+    for entry in entries:  # every k-th entry of each (task, dataset): the split alternates tasks, a plain stride not
+        groups.setdefault((entry["task"], entry["dataset_name"]), []).append(entry)
+    chosen = [e for group in groups.values() for e in group[:: args.val_stride]]
     out: dict = {"n_entries": len(chosen), "stride": args.val_stride}
     for tta in (False, True):
         pred_dir = tmp / ("val_tta" if tta else "val_plain")
@@ -176,7 +180,8 @@ def summary_text(report: dict) -> str:
         lines.append(f"  TTA shrinks the range on {s['images_where_tta_shrinks_range']} of {s['plain']['n']} images")
     if "val" in report:
         v = report["val"]
-        lines.append(f"Validation ({v['n_entries']} entries of weights/demo_val_split.json, stride {v['stride']}):")
+        lines.append(f"Validation ({v['n_entries']} entries of weights/demo_val_split.json, every {v['stride']}. of "
+                     "each task x dataset):")
         for mode in ("plain", "tta"):
             r = v[mode]["report"]
             per = ", ".join(f"{k} Dice {d['dice']:.4f}" for k, d in r["segmentation"].items() if d["dice"] is not None)

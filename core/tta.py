@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-# auto: on where TTA costs < 2x on the CPU, else off; the measured ratio is in docs/PERFORMANCE.md
-# ("Test-time augmentation", bench/bench_tta.py)
+# auto: on where TTA costs < 2x on the CPU, else off. Measured (bench/bench_tta.py, docs/PERFORMANCE.md "Test-time
+# augmentation"): the default 4 views cost 3.1x per image with the default CPU backend (OpenVINO fp32), so off.
 TTA_AUTO = False
 DEFAULT_VIEWS = "identity,hflip,rot-10,rot+10"
 MAX_VIEWS = 16
