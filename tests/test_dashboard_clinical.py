@@ -195,6 +195,14 @@ def test_unedited_sample_names_its_ground_truth_in_the_request(app):
     _ok(app)
     request = app.session_state["result"]["request"]
     assert request["mask_path_relative"].startswith("segmentation/DDTI/masks/")
+    reference = app.session_state["result"]["response"].get("reference")
+    if reference is None:
+        pytest.skip("this core gives no reference yet")
+    assert _t("cl_reference_title") in [s.value for s in app.subheader]
+    table = app.table[-1].value
+    area = table[table[_t("measure_name")].str.startswith(i18n.measure_label("area", ZH))]
+    assert float(area[_t("cl_reference")].iloc[0].replace(",", "")) == pytest.approx(
+        reference["measurements"]["area_px"], abs=0.01)
 
 
 # ------------------------------------------------------------------------------------------------ report
