@@ -299,17 +299,20 @@ class CaseReport:
 
         run_id = int(self.run["id"])
         try:
-            rgb = self.backend.run_image(run_id)
-        except UUSICError:
+            rgb = np.asarray(self.backend.run_image(run_id))
+        except (UUSICError, OSError, ValueError):
             return []
-        pictures = [(self.label("analysed_image"), _small(Image.fromarray(rgb)))]
+        image = _small(Image.fromarray(rgb))
+        pictures = [(self.label("analysed_image"), image)]
         if self.run.get("task") != "segmentation":
             return pictures
         try:
-            mask = self.backend.run_mask(run_id)
-            pictures.append((self.label("overlay"), _small(overlay(rgb, mask, mode="fill"))))
-        except (UUSICError, ValueError):
-            pass  # a purged mask, or one of another frame's size: the image alone
+            mask = np.asarray(self.backend.run_mask(run_id), dtype=bool)
+        except (UUSICError, OSError, ValueError):
+            mask = None  # purged: the image alone
+        if mask is not None and mask.shape == rgb.shape[:2]:  # overlay at the printed size, not the full one
+            small_mask = Image.fromarray(mask.astype(np.uint8) * 255).resize(image.size, Image.Resampling.NEAREST)
+            pictures.append((self.label("overlay"), overlay(image.convert("RGB"), small_mask, mode="fill")))
         agreement = self._agreement_picture()
         if agreement is not None:
             pictures.append((self.label("agreement"), agreement))

@@ -214,6 +214,18 @@ def test_failed_run_bad_language_and_unknown_run_are_clear_errors(service: Analy
         service.report_pdf(999_999)
 
 
+def test_large_image_is_printed_downscaled_with_its_overlay(service: AnalysisService):
+    from conftest import write_image
+
+    write_image(Path(service.settings.data_root) / "segmentation/DDTI/imgs/big.png", 1500, 1100, seed=5)
+    response = service.analyze({"img_path_relative": "segmentation/DDTI/imgs/big.png", "task": "segmentation",
+                                "dataset_name": "DDTI", "organ": "Thyroid"})
+    data = service.report_pdf(response.run_id)
+    sizes = [image.image.size for page in PdfReader(io.BytesIO(data)).pages for image in page.images]
+    assert sizes == [(1024, 751), (1024, 751)]  # the image and its overlay, at most report.MAX_IMAGE_SIDE
+    assert len(data) < 3_000_000
+
+
 def test_report_without_the_image_file_still_prints(service: AnalysisService):
     sample = service.save_upload(Path(service.settings.data_root, "classification/BUSI/imgs/cls_0.png").read_bytes(),
                                  "gone.png")
