@@ -407,3 +407,34 @@ def test_cli_predict_frames(tiny_settings: Settings, tmp_path: Path):
     assert all((out / r["mask_path_relative"]).is_file() for r in clip["results"])
     assert still["error_type"] == "RequestError" and "0" in still["error"]
     assert "failed loops/still.png" in done.stderr
+
+
+def test_cine_routes_answer_typed_errors(tiny_settings: Settings):
+    from fastapi.testclient import TestClient
+
+    from core.api import create_app
+
+    with TestClient(create_app(tiny_settings.with_(default_model="tiny"))) as client:
+        data = disk_video()
+        skeleton = client.post("/v1/upload", files={"file": ("echo loop.mp4", data, "video/mp4")}).json()
+        assert skeleton["frame_count"] == 8 and skeleton["original_name"] == "echo loop.mp4"
+        info = client.get("/v1/frames/info", params={"path": skeleton["img_path_relative"]}).json()
+        assert info == {"frame_count": 8, "fps": 10.0, "width": 128, "height": 96, "format": "mp4"}
+        png = client.get("/v1/frames", params={"path": skeleton["img_path_relative"], "index": 7})
+        assert png.headers["content-type"] == "image/png"
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB")),
+                              load_image(data, frame_index=7).rgb)
+        late = client.get("/v1/frames", params={"path": skeleton["img_path_relative"], "index": 9})
+        assert late.status_code == 422 and late.json()["field"] == "frame_index"
+        outside = client.get("/v1/frames", params={"path": "../secret.dcm", "index": 0})
+        assert outside.status_code == 403 and "/" + str(tiny_settings.workspace) not in outside.text
+        bare = client.post("/v1/predict/frames", json={"frames": [0]})
+        assert bare.status_code == 422 and bare.json()["field"] == "request"
+        wrong = client.post("/v1/predict/frames", json={"request": _request(skeleton), "frames": "first"})
+        assert wrong.status_code == 422 and wrong.json()["field"] == "frames"
+        bad_edit = client.post("/v1/predict/frames", json={"request": _request(skeleton), "frames": [1],
+                                                           "edits": [{"op": "melt"}]})
+        assert bad_edit.status_code == 422 and bad_edit.json()["field"] == "edits"
+        done = client.post("/v1/predict/frames", json={"request": _request(skeleton), "frames": [6, 1]}).json()
+        assert [r["frame_index"] for r in done["results"]] == [6, 1] and done["summary"]["frames"] == [6, 1]
+        assert all(r["run_id"] for r in done["results"])
