@@ -63,15 +63,9 @@ def _upload_record(image: dict) -> dict | None:
 def _cine(image: dict) -> dict | None:
     """The kept container of a multi-frame upload (``frame_count`` > 1), when the service can read its frames."""
     record = _upload_record(image)
-    if not record or int(record["skeleton"].get("frame_count") or 1) < 2:
+    if not record or int((record.get("skeleton") or {}).get("frame_count") or 1) < 2:
         return None
     return record if _has("load_frame") else None
-
-
-def _fmt(value: float | None, unit: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    return f"{value:,.1f} {unit}" if abs(value) >= 10 else f"{value:,.3g} {unit}"
 
 
 def spacing_text(spacing: float | None, source: str | None) -> str:
@@ -94,12 +88,25 @@ def remember_upload(data: bytes, name: str, token: str) -> None:
         return
     try:
         if probe_frames(data, name=name).frame_count < 2:
+            _remember_spacing_source(data, name, token)
             return
         skeleton = service().save_upload(data, name)
     except Exception as error:  # noqa: BLE001 - the first frame may still open; say why the loop does not
         st.warning(tr("cl_container_error", message=_problem(error)))
         return
     st.session_state["clinical_upload"] = {"token": token, "skeleton": skeleton}
+
+
+def _remember_spacing_source(data: bytes, name: str, token: str) -> None:
+    """A still DICOM: which header gave its spacing (``dicom`` / ``dicom_region``), shown with every mm value."""
+    try:
+        from core.imaging import load_image
+
+        source = getattr(load_image(data, name=name), "pixel_spacing_source", None)
+    except Exception:  # noqa: BLE001 - the page reports an unreadable file itself
+        return
+    if source:
+        st.session_state["clinical_upload"] = {"token": token, "spacing_source": source}
 
 
 # ---------------------------------------------------------------------------------------------- cine
@@ -188,7 +195,9 @@ def auto_spacing(image: dict) -> tuple[float | None, str | None]:
     sample = image.get("sample") or {}
     if sample.get("pixel_spacing_mm"):
         return float(spacing), "ground_truth"
-    return float(spacing), image.get("spacing_source") or "dicom"
+    record = _upload_record(image) or {}
+    return float(spacing), (record.get("skeleton") or {}).get("pixel_spacing_source") or record.get(
+        "spacing_source") or "dicom"
 
 
 def chosen_spacing(image: dict) -> tuple[float | None, str | None]:

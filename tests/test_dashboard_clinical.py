@@ -28,7 +28,8 @@ def _t(key: str, **values) -> str:
     return i18n.t(key, ZH, **values)
 
 
-def cine_dicom(frames: int = 6, size: int = 64, spacing_mm: float | None = 0.2) -> bytes:
+def cine_dicom(frames: int = 6, size: int = 64, spacing_mm: float | None = 0.2,
+               region_cm: float | None = None) -> bytes:
     """A multi-frame 8-bit DICOM of a bright disc whose radius grows and shrinks (a beating "ventricle")."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -49,6 +50,13 @@ def cine_dicom(frames: int = 6, size: int = 64, spacing_mm: float | None = 0.2) 
     ds.FrameTime = 40.0  # ms: 25 frames/s
     if spacing_mm:
         ds.PixelSpacing = [spacing_mm, spacing_mm]
+    if region_cm:  # the ultrasound region's physical deltas (cm per pixel, units code 3)
+        from pydicom.dataset import Dataset
+
+        region = Dataset()
+        region.PhysicalUnitsXDirection = region.PhysicalUnitsYDirection = 3
+        region.PhysicalDeltaX = region.PhysicalDeltaY = region_cm
+        ds.SequenceOfUltrasoundRegions = [region]
     yy, xx = np.mgrid[0:size, 0:size]
     stack = []
     for index in range(frames):
@@ -319,3 +327,18 @@ def test_classification_cine_gives_a_probability_curve(app):
     summary = app.session_state["cine_result"]["summary"]
     assert len(summary["probability"]) == 4 and all(len(row) == 2 for row in summary["probability"])
     assert any(c.proto.id and "cine_probability" in c.proto.id for c in app.get("plotly_chart"))
+
+
+def test_still_dicom_names_the_ultrasound_region_as_its_spacing_source(app):
+    app.radio(key="task").set_value("segmentation").run()
+    app.radio(key="source").set_value("upload").run()
+    dicom = cine_dicom(frames=1, spacing_mm=None, region_cm=0.03)
+    app.file_uploader(key="upload").upload("region.dcm", dicom, "application/dicom").run()
+    _ok(app)
+    shown = _t("cl_spacing_value", spacing="0.3", source=_t("cl_source_dicom_region"))
+    assert _t("cl_spacing_used", text=shown) in _captions(app)
+    app.button(key="run").click().run()
+    _ok(app)
+    response = app.session_state["result"]["response"]
+    assert response["pixel_spacing_source"] == "dicom_region"
+    assert response["pixel_spacing_mm"] == pytest.approx(0.3)
