@@ -196,6 +196,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "h_run_facts": ("任务：{task} · 数据集：{dataset} · 模型：{model} · 来源：{source}",
                     "Task: {task} · Dataset: {dataset} · Model: {model} · Source: {source}"),
     "h_raw_json": ("原始记录 JSON", "Raw record JSON"),
+    "h_original": ("原图", "Image"),
     "h_file_missing": ("该记录的文件已不存在（可能已被清理或移走）：{message}",
                        "The files of this run are no longer available (cleaned up or moved): {message}"),
     "h_spacing": ("像素间距：{spacing} mm/像素（来源：{source}）", "Pixel spacing: {spacing} mm/px (source: {source})"),
@@ -353,8 +354,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "no_model_mark": ("· 无模型", "· no model"),
     "image_error_named": ("无法读取 {name}：{message}", "{name} cannot be read: {message}"),
     "stale_result": (
-        "⚠️ 以下结果已过期：{changes} 在运行后已更改。请再次点击“运行分析”。",
-        "⚠️ This result is out of date: the {changes} changed after it was computed. Click “Run analysis” again.",
+        "以下结果已过期：{changes} 在运行后已更改。请再次点击“运行分析”。",
+        "This result is out of date: the {changes} changed after it was computed. Click “Run analysis” again.",
     ),
     "changed_edits": ("编辑", "edits"),
     "changed_model": ("模型", "model"),

@@ -181,7 +181,7 @@ def show_segmentation(row: dict, picture: np.ndarray) -> None:
         st.image(picture, width="stretch")
         return
     left, right = st.columns(2)
-    left.image(picture, caption=tr("original"), width="stretch")
+    left.image(picture, caption=tr("h_original"), width="stretch")
     if mask.shape == picture.shape[:2]:
         right.image(_overlay_of(picture, mask), caption=tr("overlay"), width="stretch")
     else:
