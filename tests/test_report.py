@@ -276,6 +276,16 @@ def test_dicom_upload_keeps_its_source_for_the_seg_and_the_report_names_the_spac
                                   service.run_mask(response.run_id))
     text = pdf_text(service.report_pdf(response.run_id))
     assert "0.2000 mm/px" in text and "spacing source: dicom" in text and "scan one.dcm" in text
+    Path(service.settings.api_in, Path(skeleton["source_path_relative"]).name).unlink()
+    with pytest.raises(NotFoundError, match=r"source DICOM of run \d+ is no longer available"):
+        service.dicom_seg(response.run_id)
+
+
+def test_english_report_prints_a_chinese_file_name(service: AnalysisService):
+    skeleton = service.save_upload(dicom_bytes(ultrasound_dicom()), "甲状腺扫描.dcm")
+    response = service.analyze({**skeleton, "task": "segmentation", "dataset_name": "DDTI", "organ": "Thyroid"})
+    text = pdf_text(service.report_pdf(response.run_id, "en"))
+    assert "甲状腺扫描.dcm" in text and "Ultrasound case report" in text and "No CJK font" not in text
 
 
 def test_dicom_seg_refuses_non_dicom_classification_edited_and_failed_runs(service: AnalysisService):
