@@ -298,6 +298,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "cl_fac": ("面积变化分数 (FAC)", "Fractional area change (FAC)"),
     "cl_calibration": ("像素间距（校准）", "Pixel spacing (calibration)"),
     "cl_auto_spacing": ("图像自带：{text}", "From the image: {text}"),
+    "cl_auto_none": ("图像未自带像素间距。", "The image brings no pixel spacing."),
     "cl_spacing_mode": ("间距来源", "Spacing from"),
     "cl_mode_auto": ("自动（DICOM / 标注）", "automatic (DICOM / ground truth)"),
     "cl_mode_user": ("输入 mm/像素", "enter mm/px"),

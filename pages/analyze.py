@@ -69,7 +69,8 @@ def _apply_url_state() -> None:
 
 
 def _marked(text: str, is_served: bool) -> str:
-    return text if is_served else f"{text} {tr('no_model_mark')}"
+    # option labels use this run's language L (format functions may be called after the run)
+    return text if is_served else f"{text} {i18n.t('no_model_mark', L)}"
 
 
 def select_dataset() -> catalog.Dataset:
@@ -243,10 +244,10 @@ def pick_models(dataset: catalog.Dataset) -> tuple[str | None, str | None]:
     cols = st.columns(2)
     key = f"{dataset.task}_{dataset.name}"
     picked = cols[0].selectbox(tr("model_pick"), ["", *names], key=f"model_{key}",
-                               format_func=lambda n: n or tr("model_auto"))
+                               format_func=lambda n: n or i18n.t("model_auto", L))
     others = [n for n in names if n != (picked or names[0])]
     other = cols[1].selectbox(tr("compare_with"), ["", *others], key=f"compare_{key}",
-                              format_func=lambda n: n or tr("compare_none"))
+                              format_func=lambda n: n or i18n.t("compare_none", L))
     return picked or None, other or None
 
 
@@ -389,7 +390,7 @@ def show_segmentation(result: dict, image: dict) -> None:
     cols = st.columns([2, 1])
     alpha = cols[0].slider(tr("opacity"), 0.0, 1.0, 0.45, 0.05, key="opacity")
     mode = choice("radio", tr("display_mode"), ["fill", "contour"], key="overlay_mode", horizontal=True,
-                  format_func=lambda m: tr(f"mode_{m}"), container=cols[1])
+                  format_func=lambda m: i18n.t(f"mode_{m}", L), container=cols[1])
     blended = _full_overlay(result, mask, alpha, mode)
     shown, shown_mask = _display_pair(result, mask)
     left, right = st.columns(2)
@@ -546,9 +547,11 @@ def changed_inputs(made_for: dict, now: dict) -> list[str]:
 def options_snapshot(dataset: catalog.Dataset, image: dict, edits: list[dict]) -> dict:
     """The request fields the analysis options add (spacing, TTA, ...): a change marks the result out of date."""
     try:
-        return clinical.extend_request({}, dataset, image, edits)
+        fields = clinical.extend_request({}, dataset, image, edits)
     except Exception:  # noqa: BLE001 - options that cannot be read are not compared
         return {}
+    follow_the_image = ("mask_path_relative", "head_circumference_mm", "frame_index")  # compared as image/edits
+    return {k: v for k, v in fields.items() if k not in follow_the_image}
 
 
 def describe_edits(edits: list[dict]) -> str:
@@ -604,8 +607,8 @@ if not served:
     st.info(tr("no_model", dataset=md_literal(dataset.name)))
 forget_result_of_other_dataset(dataset)
 
-source = choice("radio", tr("source"), ["sample", "upload"], format_func=lambda s: tr(f"source_{s}"), key="source",
-                horizontal=True)
+source = choice("radio", tr("source"), ["sample", "upload"], format_func=lambda s: i18n.t(f"source_{s}", L),
+                key="source", horizontal=True)
 if source == "upload":
     load_upload()
 else:
@@ -639,7 +642,8 @@ if result and result.get("image_token") != image["token"]:
 if result:
     changes = changed_inputs(result.get("inputs") or {}, inputs)
     if changes:
-        st.warning(tr("stale_result", changes=", ".join(tr(f"changed_{c}") for c in changes)))
+        separator = "、" if L == "zh" else ", "
+        st.warning(tr("stale_result", changes=separator.join(tr(f"changed_{c}") for c in changes)), icon="⚠️")
 if result and result.get("error"):
     if result["no_model"]:
         st.info(tr("no_model", dataset=md_literal(result["dataset"])))

@@ -909,3 +909,152 @@ def test_two_models_can_be_picked_and_compared_on_one_image(dashboard_env):
     shown = next(t.value for t in at.table if i18n.t("model_pick", "zh") in t.value.columns)
     assert list(shown.iloc[:, 0]) == ["second", "first"]
     assert any(m.value == "1.000" for m in at.metric)  # the same network twice: the masks agree exactly
+
+
+# ------------------------------------------------------------------------------------------------ issue 12 (Analyze)
+def _result_shown(at: AppTest, lang: str = "zh") -> bool:
+    return i18n.t("result", lang) in [h.value for h in at.header]
+
+
+def _stale(at: AppTest, lang: str = "zh") -> list[str]:
+    marker = i18n.t("stale_result", lang, changes="").split("：")[0].split(":")[0]
+    return [w.value for w in at.warning if w.value.startswith(marker)]
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_first_screen_gives_a_result_in_two_clicks(dashboard_env, lang):
+    at = AppTest.from_file(HOME, default_timeout=120)
+    at.session_state["lang"] = lang  # the sidebar switch (the link's ?lang= is tested with a reload below)
+    at.run()
+    _ok(at)
+    key = "task" if lang == "zh" else "task@en"
+    assert at.radio(key=key).value == "classification"
+    assert at.session_state["_choice_dataset_classification_breast"] == "BUSI"  # the served one, not the demo pick
+    assert not at.info, [i.value for i in at.info]  # no "no model" on the first screen
+    at.button(key="random_sample").click().run()
+    at.button(key="run").click().run()
+    _ok(at)
+    assert _result_shown(at, lang)
+    provenance = next(c.value for c in at.caption if c.value.startswith(i18n.t("provenance", lang, task="", organ="",
+                      dataset="", model="", image="", edits="").split("：")[0].split(":")[0]))
+    assert "BUSI" in provenance and "tiny" in provenance and i18n.t("edits_none", lang) in provenance
+    assert [m.label for m in at.metric].count(i18n.t("click_to_result", lang)) == 1
+    assert dict(at.query_params) == {"lang": [lang], "task": ["classification"], "organ": ["breast"],
+                                     "dataset": ["BUSI"]} or at.query_params["dataset"] in ("BUSI", ["BUSI"])
+
+
+def test_a_result_is_marked_stale_after_a_rotation_and_cleared_after_an_organ_change(app):
+    _choose(app, "segmentation", "thyroid", "DDTI")
+    app.button(key="random_sample").click().run()
+    app.button(key="run").click().run()
+    _ok(app)
+    assert _result_shown(app) and not _stale(app)
+    app.select_slider(key="rot90").set_value(90).run()
+    stale = _stale(app)
+    assert len(stale) == 1 and i18n.t("changed_edits", "zh") in stale[0]
+    app.select_slider(key="rot90").set_value(0).run()  # back to what was analysed: current again
+    assert _result_shown(app) and not _stale(app)
+    app.radio(key="source").set_value("upload").run()
+    app.file_uploader(key="upload").upload("scan.png", _png((60, 40)), "image/png").run()
+    app.button(key="run").click().run()
+    assert _result_shown(app)
+    app.selectbox(key="organ_segmentation").set_value("kidney").run()  # no model: the old result must go
+    _ok(app)
+    assert not _result_shown(app) and "result" not in app.session_state
+    assert any("KidneyUS" in i.value for i in app.info)
+
+
+def test_reload_keeps_the_selection_through_the_url(dashboard_env):
+    at = AppTest.from_file(HOME, default_timeout=120)
+    at.run()
+    _choose(at, "segmentation", "thyroid", "DDTI")
+    params = {k: at.query_params[k] for k in ("task", "organ", "dataset")}
+    assert {k: (v[0] if isinstance(v, list) else v) for k, v in params.items()} == \
+        {"task": "segmentation", "organ": "thyroid", "dataset": "DDTI"}
+    reloaded = AppTest.from_file(HOME, default_timeout=120)  # a new browser session on the same link
+    for name, value in [*params.items(), ("lang", "en")]:
+        reloaded.query_params[name] = value[0] if isinstance(value, list) else value
+    reloaded.run()
+    _ok(reloaded)
+    assert reloaded.session_state["lang"] == "en" and i18n.t("nav_analyze", "en") in reloaded.title[0].value
+    assert reloaded.radio(key="task@en").value == "segmentation"
+    assert reloaded.selectbox(key="organ_segmentation@en").value == "thyroid"
+    assert reloaded.selectbox(key="dataset_segmentation_thyroid@en").value == "DDTI"
+
+
+def test_a_link_with_unknown_values_falls_back_to_served_defaults(dashboard_env):
+    at = AppTest.from_file(HOME, default_timeout=120)
+    for name, value in (("task", "segmentation"), ("organ", "../../etc"), ("dataset", "nope"), ("lang", "xx")):
+        at.query_params[name] = value
+    at.run()
+    _ok(at)
+    assert at.radio(key="task").value == "segmentation" and at.selectbox(key="organ_segmentation").value == "thyroid"
+    assert at.selectbox(key="dataset_segmentation_thyroid").value == "DDTI"
+
+
+def test_no_server_path_on_analyze_error_states(app):
+    root, workspace = str(app.settings.data_root), str(app.settings.workspace)
+    _choose(app, "segmentation", "kidney", "KidneyUS")  # no model, no images
+    app.button(key="random_sample").click().run()
+    app.radio(key="source").set_value("upload").run()
+    app.file_uploader(key="upload").upload("broken scan.png", b"not an image", "image/png").run()
+    assert not app.exception
+    shown = [e.value for e in [*app.info, *app.error, *app.warning, *app.caption, *app.markdown]]
+    assert any("broken scan.png" in text for text in shown)
+    assert not any(root in text or workspace in text or "<upload>" in text for text in shown), shown
+
+
+def test_a_large_image_is_edited_on_a_proxy_and_analysed_at_full_resolution(app):
+    from pages.common import PROXY_MAX_SIDE
+
+    _choose(app, "segmentation", "thyroid", "DDTI")
+    app.radio(key="source").set_value("upload").run()
+    picture = Image.fromarray((np.random.default_rng(3).random((1500, 2200, 3)) * 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    app.file_uploader(key="upload").upload("big scan.png", buffer.getvalue(), "image/png").run()
+    _ok(app)
+    proxy = app.session_state["image"]["proxy"]
+    assert max(proxy.size) == PROXY_MAX_SIDE and proxy.size == (1024, 698)
+    app.select_slider(key="rot90").set_value(90).run()
+    app.checkbox(key="crop_on").check().run()
+    app.button(key="run").click().run()
+    _ok(app)
+    edits = app.session_state["result"]["edits"]
+    box = next(e["box"] for e in edits if e["op"] == "crop")
+    saved = Image.open(_saved_inputs(app)[-1])
+    assert saved.size == (box[2] - box[0], box[3] - box[1])
+    assert saved.size[0] > PROXY_MAX_SIDE * 0.5 and saved.size[1] > PROXY_MAX_SIDE * 0.5  # full-resolution pixels
+    expected = picture.transpose(Image.Transpose.ROTATE_90).crop(box)
+    assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(expected))
+    caption = next(c.value for c in app.caption if c.value.startswith(i18n.t("edited_size", "zh", w=0, h=0)[:4]))
+    assert caption == i18n.t("edited_size", "zh", w=saved.size[0], h=saved.size[1])
+
+
+@pytest.mark.parametrize("angle", [0.0, 12.5, -33.0])
+@pytest.mark.parametrize("full_size", [(4000, 2700), (1031, 17)])
+def test_a_crop_drawn_on_the_proxy_maps_exactly_onto_the_full_resolution_image(full_size, angle):
+    from core import editing
+    from pages.common import edited_size, full_resolution_edits, proxy_of, scale_box, turned_size
+
+    full = Image.new("L", full_size)
+    proxy = proxy_of(full)
+    assert max(proxy.size) <= 1024
+    turns = editing.build_edits(quarter_turns=1, angle=angle, flip_horizontal=True)
+    proxy_turned = editing.apply_edits(proxy, turns)
+    full_turned = editing.apply_edits(full, turns)
+    assert turned_size(full_size, turns) == full_turned.size
+    rng = np.random.default_rng(int(angle * 10) + full_size[0])
+    for _ in range(6):
+        x0, x1 = sorted(rng.integers(0, proxy_turned.width + 1, 2))
+        y0, y1 = sorted(rng.integers(0, proxy_turned.height + 1, 2))
+        box = [int(x0), int(y0), int(max(x1, x0 + 1)), int(max(y1, y0 + 1))]
+        edits = full_resolution_edits(full_size, turns, box, proxy_turned.size)
+        full_box = edits[-1]["box"]
+        sx, sy = full_turned.width / proxy_turned.width, full_turned.height / proxy_turned.height
+        for got, want in zip(full_box, (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy), strict=True):
+            assert abs(got - want) <= 0.5 + 1e-9 or got in (0, full_turned.width, full_turned.height)
+        assert edited_size(full_size, edits) == editing.crop(full_turned, full_box).size
+    whole = full_resolution_edits(full_size, turns, [0, 0, *proxy_turned.size], proxy_turned.size)
+    assert whole[-1]["box"] == [0, 0, *full_turned.size]  # the whole preview is the whole image
+    assert scale_box([0, 0, 10, 10], (10, 10), (10, 10)) == [0, 0, 10, 10]
