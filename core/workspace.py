@@ -102,25 +102,43 @@ def _is_regular(mode: int) -> bool:
 
 # ------------------------------------------------------------------------------------------ rows → files
 def row_files(settings: Settings, row: dict, roots: dict[str, Path] | None = None) -> list[Key]:
-    """The workspace files a run needs: its input when it lies in ``api_in/`` and its mask when it lies in
+    """The workspace files a run needs: its input and the kept original (``source_path_relative``: a DICOM upload's
+    original, a cine's container) when they lie in ``api_in/``, its mask and TTA agreement map when they lie in
     ``api_out/`` (files elsewhere, e.g. the data root or a CLI output folder, are not the workspace's)."""
     roots = roots or _roots(settings)
-    keys: list[Key] = []
-    rel = row.get("img_path_relative")
-    if isinstance(rel, str) and rel:
-        parts = PurePosixPath(rel.replace("\\", "/")).parts
-        if len(parts) > 1 and parts[0] == "api_in" and ".." not in parts:
-            keys.append(("api_in", PurePosixPath(*parts[1:]).as_posix()))
-        elif PurePosixPath(rel).is_absolute():
-            key = _key_of(Path(rel), roots, only="api_in")
-            if key:
-                keys.append(key)
-    mask = row.get("mask_path")
-    if isinstance(mask, str) and mask:
-        key = _key_of(Path(mask), roots, only="api_out")
-        if key:
-            keys.append(key)
-    return keys
+    request, response = _json_object(row.get("request")), _json_object(row.get("response"))
+    uncertainty = response.get("uncertainty") if isinstance(response.get("uncertainty"), dict) else {}
+    inputs = (row.get("img_path_relative"), request.get("source_path_relative"))
+    outputs = (row.get("mask_path"), uncertainty.get("agreement_path"))
+    keys = [key for rel in inputs if (key := _input_key(rel, roots))]
+    keys += [key for path in outputs
+             if isinstance(path, str) and path and (key := _key_of(Path(path), roots, only="api_out"))]
+    return list(dict.fromkeys(keys))
+
+
+def _input_key(rel: Any, roots: dict[str, Path]) -> Key | None:
+    """The ``api_in/`` key of a request path (``api_in/x.png`` or an absolute path inside it), else None."""
+    if not isinstance(rel, str) or not rel:
+        return None
+    parts = PurePosixPath(rel.replace("\\", "/")).parts
+    if len(parts) > 1 and parts[0] == "api_in" and ".." not in parts:
+        return "api_in", PurePosixPath(*parts[1:]).as_posix()
+    if PurePosixPath(rel).is_absolute():
+        return _key_of(Path(rel), roots, only="api_in")
+    return None
+
+
+def _json_object(value: Any) -> dict:
+    """A history JSON column (text or already decoded) as a dict; anything else as {}."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.startswith("{"):
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            return {}
+        return decoded if isinstance(decoded, dict) else {}
+    return {}
 
 
 def _key_of(path: Path, roots: dict[str, Path], only: str) -> Key | None:
@@ -180,7 +198,8 @@ def read_references(settings: Settings, store: HistoryStore) -> References:
     """Every run's workspace files, read in chunks (a few columns only)."""
     refs = References()
     roots = _roots(settings)
-    for row in store.iter_rows(["timestamp", "img_path_relative", "mask_path", "batch_id", "purged_at", "error"]):
+    for row in store.iter_rows(["timestamp", "img_path_relative", "mask_path", "batch_id", "purged_at", "error",
+                                  "request", "response"]):
         refs.rows += 1
         when = _epoch(row.get("timestamp")) or 0.0
         keys = row_files(settings, row, roots)
