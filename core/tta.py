@@ -10,7 +10,9 @@ image go through one forward pass (the engine stacks them into its batch).
 * Segmentation: each view's foreground probability (letterbox models) or foreground vote (label models), mapped to
   the original frame, is averaged where the view saw the pixel (a rotation leaves the square's corners unseen);
   the mask is ``mean > 0.5``. ``agreement`` = fraction of the views voting foreground per pixel (0..1), written as
-  an 8-bit PNG; ``measurement_spread`` = mean / min / max / sd over the views of each view's own measurements.
+  an 8-bit PNG; ``agreement_mean`` = mean of ``max(agreement, 1 - agreement)`` over the pixels any view calls
+  foreground (1.0: every view drew the same mask); ``measurement_spread`` = mean / min / max / sd (population) over
+  the views of each view's own measurements (area, diameters, HC / BPD, in mm too when the spacing is known).
 
 Views are named in the setting ``tta_views`` (``UUSIC_TTA_VIEWS``): ``identity``, ``hflip``, ``vflip``,
 ``rot<degrees>`` (e.g. ``rot-10``, ``rot+10``, ``rot90``) and combinations joined by ``+`` (``hflip+rot10``).

@@ -40,6 +40,14 @@ def test_view_names_and_refusals():
         Settings(tta="sometimes")
 
 
+def test_tta_settings_from_the_environment():
+    settings = Settings.from_env({"UUSIC_TTA": "on", "UUSIC_TTA_VIEWS": "identity,rot90"})
+    assert settings.tta == "on" and [v.name for v in tta.parse_views(settings.tta_views)] == ["identity", "rot90"]
+    assert Settings.from_env({}).tta == "auto" and Settings.from_env({}).tta_views == tta.DEFAULT_VIEWS
+    with pytest.raises(ConfigError, match="UUSIC_TTA_VIEWS"):
+        Settings.from_env({"UUSIC_TTA_VIEWS": "spin"})
+
+
 def test_tta_switch_request_wins_over_the_setting():
     assert tta.tta_enabled(True, "off") and not tta.tta_enabled(False, "on")
     assert tta.tta_enabled(None, "on") and not tta.tta_enabled(None, "off")
