@@ -228,7 +228,8 @@ def calibration_panel(image: dict) -> None:
     auto_value, auto_source = auto_spacing(image)
     key = _short(base_token(image))
     with st.expander(tr("cl_calibration"), expanded=False):
-        st.caption(tr("cl_auto_spacing", text=spacing_text(auto_value, auto_source)))
+        st.caption(tr("cl_auto_spacing", text=spacing_text(auto_value, auto_source)) if auto_value
+                   else tr("cl_auto_none"))
         mode = choice("radio", tr("cl_spacing_mode"), MODES, key=f"calib_mode_{key}", horizontal=True,
                       format_func=lambda m: tr(f"cl_mode_{m}"))
         if mode == "auto":

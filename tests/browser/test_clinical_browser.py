@@ -133,6 +133,7 @@ def test_line_of_known_length_calibrates(page):
     assert float(spacing) == pytest.approx(30 / float(pixels), rel=1e-3)
     page.get_by_text(_t("cl_source_line")).first.wait_for()
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    caption.scroll_into_view_if_needed()
     page.screenshot(path=str(SCREENSHOTS / "clinical_line_zh.png"))
 
 
