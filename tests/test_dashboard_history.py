@@ -356,3 +356,47 @@ def test_the_demo_models_description_is_translated():
     manifest = json.loads((PROJECT_ROOT / "weights" / "models.json").read_text())
     english = next(m["description"] for m in manifest if m["name"] == "uusic-demo-unet")
     assert i18n.t("model_desc_uusic-demo-unet", "en") == english and "仅供演示" in zh
+
+
+def _ultrasound_dicom(rows: int = 48, columns: int = 64) -> bytes:
+    """A small synthetic ultrasound DICOM (UIDs, PixelSpacing, a bright disc)."""
+    import numpy as np
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = UltrasoundImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("us.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientName, ds.PatientID = "US", "Test^Phantom", "PHANTOM-1"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, columns, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelSpacing = [0.2, 0.2]
+    yy, xx = np.mgrid[0:rows, 0:columns]
+    disc = ((yy - rows / 2) ** 2 + (xx - columns / 2) ** 2) < (min(rows, columns) / 4) ** 2
+    ds.PixelData = (disc * 200 + 20).astype(np.uint8).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_dicom_seg_download_for_a_segmentation_of_a_dicom_input(analysis, dashboard_env):
+    pydicom = pytest.importorskip("pydicom")
+    relative = "segmentation/DDTI/imgs/us_scan.dcm"
+    (dashboard_env.data_root / relative).write_bytes(_ultrasound_dicom())
+    response = analysis.analyze({"img_path_relative": relative, "task": "segmentation", "dataset_name": "DDTI"},
+                                source="dashboard")
+    at = _open("en")
+    _reopen(at, response.run_id)
+    assert i18n.t("h_seg_not_dicom", "en") not in [c.value for c in at.caption]
+    at.button(key="h_make_seg").click().run()
+    assert not at.exception
+    made = at.session_state[f"_h_seg_{response.run_id}_en"]
+    if isinstance(made, str):  # the DICOM SEG library is missing here: its message, no server path
+        assert any(w.value.startswith(i18n.t("cl_seg_unavailable", "en", message="")) for w in at.warning)
+        _no_server_paths(at, dashboard_env)
+        return
+    assert pydicom.dcmread(io.BytesIO(made)).Modality == "SEG"
+    assert [b.label for b in at.get("download_button") if b.key == "h_seg"] == [i18n.t("cl_dicom_seg", "en")]
