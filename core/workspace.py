@@ -107,7 +107,8 @@ def row_files(settings: Settings, row: dict, roots: dict[str, Path] | None = Non
     ``api_out/`` (files elsewhere, e.g. the data root or a CLI output folder, are not the workspace's)."""
     roots = roots or _roots(settings)
     request, response = _json_object(row.get("request")), _json_object(row.get("response"))
-    uncertainty = response.get("uncertainty") if isinstance(response.get("uncertainty"), dict) else {}
+    block = response.get("uncertainty")
+    uncertainty: dict = block if isinstance(block, dict) else {}
     inputs = (row.get("img_path_relative"), request.get("source_path_relative"))
     outputs = (row.get("mask_path"), uncertainty.get("agreement_path"))
     keys = [key for rel in inputs if (key := _input_key(rel, roots))]
