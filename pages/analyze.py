@@ -509,11 +509,14 @@ def system_strip() -> None:
     cols = st.columns(4)
     cols[0].metric(tr("cpu_percent"), f"{float(snap.get('cpu_percent') or 0.0):.0f} %")
     used, total = snap.get("ram_used_mb"), snap.get("ram_total_mb")
-    cols[1].metric(tr("ram"), f"{used / 1024:.1f} / {total / 1024:.1f} GB" if used and total else "—")
+    # short values (the total goes in the label) so nothing is cut in a narrow column
+    cols[1].metric(f"{tr('ram')} / {total / 1024:.0f} GB" if total else tr("ram"),
+                   f"{used / 1024:.1f} GB" if used else "—")
     gpu = snap.get("gpu")
     if gpu:
         cols[2].metric(tr("gpu_util"), f"{gpu.get('util_percent', 0):.0f} %")
-        cols[3].metric(tr("gpu_mem"), f"{gpu.get('mem_used_mb', 0):,.0f} / {gpu.get('mem_total_mb', 0):,.0f} MB")
+        cols[3].metric(f"{tr('gpu_mem')} / {gpu.get('mem_total_mb', 0) / 1024:.0f} GB",
+                       f"{gpu.get('mem_used_mb', 0) / 1024:.1f} GB")
     else:
         cols[2].metric(tr("gpu_util"), "CPU")
         cols[3].metric(tr("gpu_mem"), "CPU")
