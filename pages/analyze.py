@@ -590,13 +590,12 @@ def scroll_to_result(result: dict) -> None:
     if number is None or st.session_state.get("_scrolled_to") == number:
         return
     st.session_state["_scrolled_to"] = number
-    import streamlit.components.v1 as components
-
-    components.html(
+    # our own fixed script (no user text): a same-origin iframe that scrolls the page to the result's heading
+    st.iframe(
         "<script>(function go(tries){const target = window.parent.document.getElementById('uusic-result');"
         "if (target) {target.scrollIntoView({block: 'start'});} else if (tries < 50) "
         f"{{setTimeout(function(){{go(tries + 1);}}, 100);}}}})(0);</script><!-- run {int(number)} -->",
-        height=0)
+        height=1)
 
 
 # ---------------------------------------------------------------- page

@@ -117,7 +117,7 @@ def choose(page, task: str, group: str, dataset: str | None = None, lang: str = 
     organ = page.locator('[data-testid="stSelectbox"]').filter(has_text=i18n.t("organ", lang))
     if i18n.group_name(group, lang) not in organ.inner_text():
         organ.click()  # options of organs without a model carry "· no model": match the name's start
-        page.get_by_role("option", name=re.compile("^" + re.escape(i18n.group_name(group, lang)))).click()
+        page.get_by_role("option", name=re.compile("^" + re.escape(i18n.group_name(group, lang)) + "( ·|$)")).click()
         wait_idle(page)
     if dataset:
         box = page.locator('[data-testid="stSelectbox"]').filter(has_text=i18n.t("dataset", lang))
