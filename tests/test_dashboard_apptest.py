@@ -153,7 +153,7 @@ def test_random_sample_segmentation_run_records_history(app):
     dice = [m for m in app.metric if m.label == i18n.t("dice_label", "zh")]
     assert dice and 0.0 <= float(dice[0].value) <= 1.0
     assert [m.value for m in app.metric if m.label == i18n.t("gpu_used", "zh")] == ["CPU"]
-    assert len(app.get("download_button")) == 2
+    assert {"dl_mask", "dl_overlay"} <= {b.key for b in app.get("download_button")}
     # opacity and contour controls re-render without a new run
     app.slider(key="opacity").set_value(0.8).run()
     app.radio(key="overlay_mode").set_value("contour").run()
@@ -255,7 +255,8 @@ def test_models_page_shows_manifest_and_paths(app):
     _ok(app)
     assert "tiny" in set(app.dataframe[0].value["name"])
     tables = [t.value for t in app.table]
-    assert any(str(app.settings.workspace) in str(table.values) for table in tables)
+    shown = " ".join(str(table.values) for table in tables)  # issue 12: the folders' names, no server path
+    assert f"…/{app.settings.workspace.name}" in shown and str(app.settings.workspace) not in shown
 
 
 @pytest.fixture()
@@ -842,8 +843,8 @@ def test_models_page_errors_name_no_server_folder(dashboard_env, tmp_path, monke
     assert any(m.startswith(i18n.t("weights_error", "zh", message="")) for m in messages), messages
     for message in messages:
         assert str(tmp_path) not in message and "broken_weights" not in message and "deep folder" not in message
-    tables = [str(t.value.values) for t in at.table]  # the deliberate admin view keeps the paths
-    assert any(str(weights) in table for table in tables)
+    tables = [str(t.value.values) for t in at.table]  # issue 12: folder names only, never the server's paths
+    assert any(f"…/{weights.name}" in table for table in tables) and not any(str(weights) in t for t in tables)
 
 
 @pytest.mark.parametrize("kind", list(BROKEN_MANIFESTS))
