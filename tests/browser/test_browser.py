@@ -306,6 +306,10 @@ LABELS_CUT = """() => {
   return cut;
 }"""
 
+IMAGES_PAINTED = """() => { const images = [...document.querySelectorAll('[data-testid="stImage"] img')];
+  return images.length >= 4 && images.every(i => i.complete && i.naturalWidth > 0)
+    && document.querySelectorAll('[data-testid="stDownloadButton"]').length >= 2; }"""
+
 
 def _selected(box) -> str:
     """The shown choice of a select box (as text, or as the value of its search input)."""
@@ -431,6 +435,8 @@ def test_layout_has_no_cut_labels_and_screenshots(browser, app_url, lang, size):
         wait_idle(tab)
         click_run(tab, lang)
         tab.locator('[data-testid="stMetric"]').first.wait_for()
+        tab.locator('[data-testid="stTable"]').first.wait_for()
+        tab.wait_for_function(IMAGES_PAINTED, timeout=WAIT)  # every element painted before measuring
         assert tab.evaluate(LABELS_CUT) == []
         sidebar = tab.locator('[data-testid="stSidebar"]')
         if size == "800":  # narrow window: the sidebar is slim (or collapsed), the page keeps its width
