@@ -285,7 +285,6 @@ STRINGS: dict[str, tuple[str, str]] = {
     "cl_frame_error": ("无法显示：{message}", "Cannot be shown: {message}"),
     "cl_analyze_all": ("分析全部 {n} 帧", "Analyse all {n} frames"),
     "cl_frames_progress": ("正在分析第 {done} / {n} 帧…", "Analysing frames: {done} of {n}…"),
-    "cl_frames_missing": ("逐帧分析", "frame-by-frame analysis"),
     "cl_frames_stale": ("编辑已更改：下方曲线来自之前的编辑，请重新分析全部帧。",
                         "The edits changed: the curve below is from the earlier edits; analyse all frames again."),
     "cl_frames_result": ("全部帧结果（{n} 帧）", "All frames ({n})"),
@@ -323,7 +322,6 @@ STRINGS: dict[str, tuple[str, str]] = {
     "cl_line_reset": ("清除点", "Clear points"),
     "cl_line_points": ("已选 {n} / 2 个点。", "{n} of 2 points chosen."),
     "cl_line_result": ("线长 {px} 像素 = {mm} mm → {spacing} mm/像素", "Line {px} px = {mm} mm → {spacing} mm/px"),
-    "cl_unavailable": ("此功能暂不可用：{message}", "Not available here: {message}"),
     "cl_tta": ("测试时增强 (TTA)：报告不确定性", "Test-time augmentation (TTA): report the uncertainty"),
     "cl_tta_help": ("对翻转、小角度旋转后的多个视图取平均，并给出概率范围、掩膜一致性和测量离散度（更慢）。",
                     "Averages flipped and slightly rotated views and reports the probability range, mask agreement "
@@ -348,7 +346,6 @@ STRINGS: dict[str, tuple[str, str]] = {
                                         "Reference: ground-truth mask after the same edits"),
     "cl_ref_None": ("参考：标注", "Reference: ground truth"),
     "cl_report_pdf": ("报告 (PDF)", "Report (PDF)"),
-    "cl_report_missing": ("PDF 报告", "PDF report"),
     "cl_dicom_seg": ("DICOM SEG（掩膜）", "DICOM SEG (mask)"),
     "cl_seg_unavailable": ("无法生成 DICOM SEG：{message}", "No DICOM SEG for this run: {message}"),
     # analyze (issue 12): served marks, provenance, stale results, legend, timing

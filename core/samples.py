@@ -238,6 +238,8 @@ def save_upload(settings: Settings, data: bytes, filename: str) -> dict:
         skeleton["source_path_relative"] = f"api_in/{name if keep else _store(folder, stem, data, 'dcm')}"
     if loaded.pixel_spacing_mm:
         skeleton["pixel_spacing_mm"] = loaded.pixel_spacing_mm
+        if loaded.pixel_spacing_source:  # which DICOM element, as the (bounded) loader read it
+            skeleton["pixel_spacing_source"] = loaded.pixel_spacing_source
     return skeleton
 
 

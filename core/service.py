@@ -192,7 +192,7 @@ class AnalysisService:
         cine (multi-frame DICOM, video) kept as uploaded, any DICOM's original kept (``source_path_relative``)."""
         from core.samples import save_upload
 
-        return with_spacing_source(save_upload(self.settings, data, filename), data)
+        return save_upload(self.settings, data, filename)
 
     def random_sample(self, task: str, dataset_name: str) -> dict:
         """The request skeleton of a random image of ``dataset_name`` under the data root."""
@@ -583,24 +583,11 @@ class AnalysisService:
         return target
 
 
-def with_spacing_source(skeleton: dict, data: bytes | None = None) -> dict:
-    """A request skeleton whose ``pixel_spacing_mm`` says where it came from: ``ground_truth`` for a data-root
-    sample, the DICOM element for an upload (``data``: its bytes)."""
+def with_spacing_source(skeleton: dict) -> dict:
+    """A data-root sample's skeleton whose ``pixel_spacing_mm`` (from ``ground_truth.json``) says where it came
+    from (uploads get theirs from the DICOM loader in :func:`core.samples.save_upload`)."""
     if skeleton.get("pixel_spacing_mm") and not skeleton.get("pixel_spacing_source"):
-        if data is None:
-            skeleton["pixel_spacing_source"] = "ground_truth"
-        else:
-            import io
-
-            import pydicom
-
-            from core.calibration import dicom_spacing_source
-
-            try:  # only DICOM carries a spacing; its header alone says which element
-                header = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, force=True)
-                skeleton["pixel_spacing_source"] = dicom_spacing_source(header)
-            except Exception:  # noqa: BLE001 - the loader read it already; no source is "unknown"
-                pass
+        skeleton["pixel_spacing_source"] = "ground_truth"
     return skeleton
 
 

@@ -18,8 +18,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image, ImageDraw
+from streamlit_image_coordinates import streamlit_image_coordinates
 
 from core import catalog, editing, i18n, overlay
+from core.calibration import check_spacing, spacing_from_line
+from core.imaging import probe_frames
 from pages.common import choice, error_message, lang, md_literal, scrub_literal, service, tr
 
 VIDEO_TYPES = ["mp4", "avi", "mov", "webm", "mkv"]
@@ -32,14 +35,6 @@ PLOT_CONFIG = {"displaylogo": False}
 
 
 # ---------------------------------------------------------------------------------------------- shared
-def _has(method: str) -> bool:
-    """Whether the analysis service offers ``method`` (the colleagues' parts land one by one)."""
-    try:
-        return callable(getattr(service(), method, None))
-    except Exception:  # noqa: BLE001 - no service: the page says so elsewhere
-        return False
-
-
 def _problem(error: BaseException) -> str:
     return scrub_literal(error_message(error))
 
@@ -61,11 +56,11 @@ def _upload_record(image: dict) -> dict | None:
 
 
 def _cine(image: dict) -> dict | None:
-    """The kept container of a multi-frame upload (``frame_count`` > 1), when the service can read its frames."""
+    """The kept container of a multi-frame upload (``frame_count`` > 1)."""
     record = _upload_record(image)
     if not record or int((record.get("skeleton") or {}).get("frame_count") or 1) < 2:
         return None
-    return record if _has("load_frame") else None
+    return record
 
 
 def spacing_text(spacing: float | None, source: str | None) -> str:
@@ -81,10 +76,6 @@ def remember_upload(data: bytes, name: str, token: str) -> None:
     st.session_state.pop("clinical_upload", None)
     suffix = Path(name).suffix.lower().lstrip(".")
     if not (data[128:132] == b"DICM" or suffix in ("dcm", "dicom", *VIDEO_TYPES)):
-        return
-    try:
-        from core.imaging import probe_frames
-    except ImportError:  # no cine support in this core yet
         return
     try:
         if probe_frames(data, name=name).frame_count < 2:
@@ -213,10 +204,6 @@ def _set_spacing(image: dict, spacing: float | None, source: str | None) -> None
 def spacing_problem(spacing: float) -> str | None:
     """The core's refusal of an implausible spacing (its message, with the band), or None."""
     try:
-        from core.calibration import check_spacing
-    except ImportError:
-        return None
-    try:
         check_spacing(spacing)
     except Exception as error:  # noqa: BLE001 - RequestError: shown as the core words it
         return error_message(error)
@@ -276,13 +263,6 @@ def _add_point(click_key: str, points_key: str, size: tuple[int, int]) -> None:
 
 def _line_tool(image: dict, key: str) -> None:
     """Click two points of known distance (e.g. on the depth ruler), type the distance: spacing_from_line."""
-    try:
-        from streamlit_image_coordinates import streamlit_image_coordinates
-
-        from core.calibration import spacing_from_line
-    except ImportError as error:
-        st.info(tr("cl_unavailable", message=md_literal(error)))
-        return
     picture: Image.Image = image["picture"]
     points_key, click_key = f"calib_points_{key}", f"calib_click_{key}"
     points = list(st.session_state.get(points_key) or [])
@@ -401,9 +381,6 @@ def cine_analysis(dataset: catalog.Dataset, image: dict, edits: list[dict], serv
     if cine is None:
         return
     count = int(cine["skeleton"]["frame_count"])
-    if not _has("analyze_frames"):
-        st.info(tr("cl_unavailable", message=tr("cl_frames_missing")))
-        return
     if st.button(tr("cl_analyze_all", n=count), key="cine_all", disabled=not served):
         _run_all_frames(dataset, image, edits, cine)
     stored = st.session_state.get("cine_result")
@@ -564,13 +541,11 @@ def show_uncertainty(result: dict) -> None:
     cols = st.columns([1, 2])
     if spread.get("agreement_mean") is not None:
         cols[0].metric(tr("cl_agreement"), f"{float(spread['agreement_mean']):.3f}")
-    if _has("agreement_map"):
-        try:
-            agreement = np.asarray(service().agreement_map(response), dtype=np.float32)
-            cols[1].image(_agreement_view(result["edited"], agreement), caption=tr("cl_agreement_map"),
-                          width="stretch")
-        except Exception as error:  # noqa: BLE001 - the map is extra; its failure is shown
-            cols[1].warning(tr("cl_frame_error", message=_problem(error)))
+    try:
+        agreement = np.asarray(service().agreement_map(response), dtype=np.float32)
+        cols[1].image(_agreement_view(result["edited"], agreement), caption=tr("cl_agreement_map"), width="stretch")
+    except Exception as error:  # noqa: BLE001 - the map is extra; its failure is shown
+        cols[1].warning(tr("cl_frame_error", message=_problem(error)))
     table_rows = spread.get("measurement_spread") or {}
     columns = {tr(f"cl_stat_{name}"): {k: v.get(name) for k, v in table_rows.items()}
                for name in ("mean", "min", "max", "sd")}
@@ -658,14 +633,11 @@ def report_downloads(result: dict) -> None:
         return
     stem = Path(str((result.get("request") or {}).get("img_name") or "case")).stem
     cols = st.columns(2)
-    if _has("report_pdf"):
-        analysis, language = service(), lang()
-        cols[0].download_button(tr("cl_report_pdf"), lambda: analysis.report_pdf(int(run_id), language),
-                                f"{stem}_run{run_id}_report.pdf", "application/pdf", key="dl_report",
-                                on_click="ignore", icon=":material/picture_as_pdf:")
-    else:
-        cols[0].caption(tr("cl_unavailable", message=tr("cl_report_missing")))
-    if result["response"].get("task") != "segmentation" or not _dicom_input(result) or not _has("dicom_seg"):
+    analysis, language = service(), lang()
+    cols[0].download_button(tr("cl_report_pdf"), lambda: analysis.report_pdf(int(run_id), language),
+                            f"{stem}_run{run_id}_report.pdf", "application/pdf", key="dl_report",
+                            on_click="ignore", icon=":material/picture_as_pdf:")
+    if result["response"].get("task") != "segmentation" or not _dicom_input(result):
         return
     seg = _seg_bytes(result)
     if isinstance(seg, bytes):
