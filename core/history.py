@@ -545,11 +545,11 @@ def display_name(row: dict) -> str:
 
 
 def display_zone(zone: str | None = None) -> Any:
-    """The time zone History shows times in: ``zone`` (an IANA name), else ``UUSIC_TIMEZONE``, else ``TZ``, else the
+    """The time zone History shows times in: ``zone`` (an IANA name; the ``timezone`` setting), else ``TZ``, else the
     server's local zone (never the browser's, so every viewer sees the same time). An unknown name falls back."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    for name in (zone, os.environ.get("UUSIC_TIMEZONE"), os.environ.get("TZ")):
+    for name in (zone, os.environ.get("TZ")):
         if name and name.strip():
             try:
                 return ZoneInfo(name.strip().lstrip(":"))

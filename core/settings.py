@@ -30,6 +30,7 @@ UUSIC_MAX_JSON_BYTES       max_json_bytes         request body limit for JSON ro
 UUSIC_MAX_FRAMES           max_frames             cine: most frames decoded / analysed per call (videos: read up to)
 UUSIC_MAX_DECODED_MB       max_decoded_mb         cine: most decoded RGB megabytes per call
 UUSIC_LANGUAGE             language               dashboard language (zh | en)
+UUSIC_TIMEZONE             timezone               IANA zone History shows times in (default: TZ, else the server's)
 UUSIC_HISTORY_URL          history_url            SQLAlchemy URL of the history database (default: SQLite file)
 UUSIC_MICRO_BATCH          micro_batch            auto | on | off: group concurrent API requests (auto = CUDA only)
 UUSIC_MAX_BATCH_SIZE       max_batch_size         most requests in one grouped forward pass
@@ -197,7 +198,8 @@ def _describe(exc: ValidationError, from_env: bool) -> str:
     for error in exc.errors():
         field_name = str(error["loc"][0]) if error["loc"] else "settings"
         label = (env_name(field_name) or field_name) if from_env else field_name
-        parts.append(f"{label}: {error['msg']}, got {_shown(field_name, error.get('input'))}")
+        message = str(error["msg"]).removeprefix("Value error, ")  # a validator's own words, without pydantic's tag
+        parts.append(f"{label}: {message}, got {_shown(field_name, error.get('input'))}")
     return "; ".join(parts)
 
 
@@ -238,6 +240,7 @@ class Settings(BaseSettings):
     max_frames: int = Field(default=300, ge=0)
     max_decoded_mb: int = Field(default=1024, ge=0)
     language: str = "zh"
+    timezone: str | None = None  # IANA name, e.g. Asia/Shanghai; None: TZ, else the server's local zone
     history_url: str | None = None  # SQLAlchemy URL; None = the SQLite file <workspace>/history.sqlite3
     micro_batch: Literal["auto", "on", "off"] = "auto"  # group concurrent API requests; auto = on CUDA only
     max_batch_size: int = Field(default=8, ge=1)
@@ -284,6 +287,19 @@ class Settings(BaseSettings):
             if "/" in host or " " in host:
                 raise ValueError(f"{host!r} is not a host name (no scheme, path or spaces; the port is not needed)")
         return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str | None) -> str | None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if value is None or not value.strip():
+            return None
+        try:
+            ZoneInfo(value.strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("expected an IANA time zone name such as Asia/Shanghai") from None
+        return value.strip()
 
     @field_validator("tta_views")
     @classmethod

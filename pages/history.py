@@ -3,7 +3,7 @@
 Stored names, paths and errors are user-controlled: they are shown inert (dataframe, ``st.text``, ``st.json``,
 select box labels, or :func:`pages.common.md_literal` inside Markdown elements), never as Markdown. Images and
 masks are read only through the service (``run_image`` / ``run_mask``: data root and workspace only); a failed
-run's file is never re-opened. Times are the server's local time (or ``UUSIC_TIMEZONE``), with the zone shown;
+run's file is never re-opened. Times: ``UUSIC_TIMEZONE``, else TZ, else the server's zone, with the zone shown;
 file names are the ones the user gave (``original_name``), the stored unique names stay underneath.
 """
 
@@ -34,6 +34,13 @@ from pages.common import (
 )
 
 current = settings()
+
+
+def _when(timestamp) -> str:
+    """A stored UTC timestamp in the deployment's time zone (``timezone`` setting), zone shown."""
+    return local_time(timestamp, current.timezone)
+
+
 page_header("nav_history")
 L = lang()
 PLOT_CONFIG = {"scrollZoom": True, "displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
@@ -109,7 +116,7 @@ def table(rows: list[dict]) -> pd.DataFrame:
     the user's file name, task / organ / source names, "—" for nothing."""
     frame = []
     for r in rows:
-        shown = {"id_shown": r.get("id"), "timestamp_shown": local_time(r.get("timestamp")),
+        shown = {"id_shown": r.get("id"), "timestamp_shown": _when(r.get("timestamp")),
                  "source_shown": source_name(r.get("source")), "img_name_shown": display_name(r) or "—",
                  "task_shown": task_label(r.get("task")), "organ_shown": organ_name(r["organ"]) if r.get("organ")
                  else "—", "label_name_shown": class_label(r, r["prediction"]) if _number(r.get("prediction"))
@@ -129,7 +136,7 @@ def show_table(rows: list[dict]) -> None:
     config = {f"{c}_shown": st.column_config.Column(tr(f"hcol_{c}")) for c in TABLE_COLUMNS}
     st.dataframe(table(rows), width="stretch", hide_index=True, key="history_table", column_order=order,
                  column_config=config)
-    st.caption(tr("h_time_zone", zone=md_literal(str(display_zone()))))
+    st.caption(tr("h_time_zone", zone=md_literal(str(display_zone(current.timezone)))))
 
 
 # ---------------------------------------------------------------------------------------------- re-open
@@ -335,7 +342,7 @@ def downloads(row: dict) -> None:
 
 def run_heading(row: dict) -> None:
     title = tr("h_run_title", n=row.get("id"), name=md_literal(display_name(row) or "—"),
-               time=local_time(row.get("timestamp")))
+               time=_when(row.get("timestamp")))
     st.markdown(f"**{title}**")
     st.caption(tr("h_run_facts", task=task_label(row.get("task")), dataset=md_literal(row.get("dataset_name") or "—"),
                   model=md_literal(row.get("model_name") or "—"), source=source_name(row.get("source"))))
@@ -446,7 +453,7 @@ def compare(row: dict, rows: list[dict]) -> None:
     if not others:
         st.caption(tr("h_compare_none"))
         return
-    labels = {r["id"]: f"#{r['id']} · {local_time(r.get('timestamp'))} · {r.get('model_name') or '—'}" for r in others}
+    labels = {r["id"]: f"#{r['id']} · {_when(r.get('timestamp'))} · {r.get('model_name') or '—'}" for r in others}
     chosen = st.selectbox(tr("h_compare_with"), ["", *labels], key="h_compare",
                           format_func=lambda i: labels.get(i, "—") if i else "—")
     if not chosen:
@@ -484,7 +491,7 @@ if shown:
     st.subheader(tr("reopen"))
     ids = [_value(r, "id", "run_id") for r in shown]
     labels = {
-        i: f"#{i} · {local_time(_value(r, 'timestamp', 'created_at', default=''))} · {source_name(r.get('source'))}"
+        i: f"#{i} · {_when(_value(r, 'timestamp', 'created_at', default=''))} · {source_name(r.get('source'))}"
            f" · {display_name(r)}"
         for i, r in zip(ids, shown, strict=True)
     }

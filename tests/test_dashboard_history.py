@@ -17,7 +17,7 @@ from PIL import Image
 
 from core import i18n
 from core.history import HistoryStore, display_name, local_time, record_run
-from core.settings import PROJECT_ROOT
+from core.settings import PROJECT_ROOT, Settings
 
 pytest.importorskip("streamlit.testing.v1")
 from streamlit.testing.v1 import AppTest
@@ -67,11 +67,11 @@ def test_local_time_shows_the_zone_and_display_name_prefers_the_users_name(monke
     stamp = "2026-01-31T23:30:00.000+00:00"
     assert local_time(stamp, "Asia/Shanghai") == "2026-02-01 07:30:00 CST"
     assert local_time(stamp, "UTC") == "2026-01-31 23:30:00 UTC"
-    monkeypatch.setenv("UUSIC_TIMEZONE", "Europe/Berlin")
-    assert local_time(stamp) == "2026-02-01 00:30:00 CET"
-    monkeypatch.setenv("UUSIC_TIMEZONE", "Nowhere/Else")  # unknown: falls back to TZ / the server's zone
-    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    zone = Settings.from_env({"UUSIC_TIMEZONE": "Europe/Berlin"}).timezone  # the setting the History page passes
+    assert local_time(stamp, zone) == "2026-02-01 00:30:00 CET"
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # no setting, or an unknown name: TZ, else the server's zone
     assert local_time(stamp) == "2026-02-01 05:00:00 IST"
+    assert local_time(stamp, "Nowhere/Else") == "2026-02-01 05:00:00 IST"
     assert local_time("not a time") == "not a time" and local_time(None) == ""
     row = {"img_name": "a-1f2e3d.png", "request": json.dumps({"original_name": "Patient scan.png"})}
     assert display_name(row) == "Patient scan.png"

@@ -16,7 +16,8 @@ ALL_VARS = [
     "UUSIC_MAX_UPLOAD_MB", "UUSIC_MAX_JSON_BYTES", "UUSIC_LANGUAGE", "UUSIC_HISTORY_URL", "UUSIC_MICRO_BATCH",
     "UUSIC_MAX_BATCH_SIZE", "UUSIC_BATCH_WAIT_MS", "UUSIC_RECORD_CLI", "UUSIC_RETENTION_DAYS", "UUSIC_RETENTION_GB",
     "UUSIC_ALLOWED_HOSTS", "UUSIC_MAX_CONNECTIONS", "UUSIC_BODY_TIMEOUT_S",
-    "UUSIC_BACKEND", "UUSIC_PRECISION", "UUSIC_CACHE_DIR",
+    "UUSIC_BACKEND", "UUSIC_PRECISION", "UUSIC_CACHE_DIR", "UUSIC_MAX_FRAMES", "UUSIC_MAX_DECODED_MB", "UUSIC_TTA",
+    "UUSIC_TTA_VIEWS", "UUSIC_TIMEZONE",
 ]
 
 
@@ -129,6 +130,8 @@ def test_micro_batch_words():
     ("UUSIC_RECORD_CLI", "2", "UUSIC_RECORD_CLI: expected one of"),
     ("UUSIC_MICRO_BATCH", "sometimes", "UUSIC_MICRO_BATCH: expected one of auto, on, off, got 'sometimes'"),
     ("UUSIC_HISTORY_URL", "history.db", "UUSIC_HISTORY_URL: expected a SQLAlchemy URL"),
+    ("UUSIC_TIMEZONE", "Mars/Olympus",
+     "UUSIC_TIMEZONE: expected an IANA time zone name such as Asia/Shanghai, got 'Mars/Olympus'"),
 ])
 def test_bad_values_name_the_variable(name, value, message):
     with pytest.raises(ConfigError) as info:
@@ -248,3 +251,8 @@ def test_from_env_is_thread_safe(tmp_path):
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_timezone_setting_is_read_and_checked():
+    assert Settings.from_env({"UUSIC_TIMEZONE": " Asia/Shanghai "}).timezone == "Asia/Shanghai"
+    assert Settings.from_env({}).timezone is None
