@@ -23,7 +23,7 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 from core import catalog, editing, i18n, overlay
 from core.calibration import check_spacing, spacing_from_line
 from core.imaging import probe_frames
-from pages.common import choice, error_message, lang, md_literal, scrub_literal, service, tr
+from pages.common import choice, error_message, lang, md_literal, measure_rows, scrub_literal, service, tr
 
 VIDEO_TYPES = ["mp4", "avi", "mov", "webm", "mkv"]
 FRAME_MARK = "#frame="
@@ -485,22 +485,6 @@ def spacing_caption(response: dict) -> None:
                if spacing else tr("cl_spacing_none"))
 
 
-def _measure_rows(keys, columns: dict[str, dict]) -> pd.DataFrame:
-    """One row per measurement key (``area_mm2``, ``head_circumference_mm`` …), one column per source dict."""
-    rows = []
-    for key in keys:
-        base, _, unit = key.rpartition("_")
-        unit_text = {"px": "px²" if base == "area" else "px", "mm2": "mm²", "mm": "mm"}.get(unit)
-        if unit_text is None or base not in i18n.MEASURE_LABELS:
-            continue
-        row = {tr("measure_name"): f"{i18n.measure_label(base, lang())} ({unit_text})"}
-        for title, values in columns.items():
-            value = values.get(key)
-            row[title] = "—" if not isinstance(value, (int, float)) else f"{float(value):,.2f}"
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def _agreement_view(picture: Image.Image, agreement: np.ndarray) -> Image.Image:
     """Where the TTA views disagree (agreement near 0.5) in orange over the image; full agreement stays clear."""
     base = overlay.as_rgb_array(picture).astype(np.float32)
@@ -549,7 +533,7 @@ def show_uncertainty(result: dict) -> None:
     table_rows = spread.get("measurement_spread") or {}
     columns = {tr(f"cl_stat_{name}"): {k: v.get(name) for k, v in table_rows.items()}
                for name in ("mean", "min", "max", "sd")}
-    table = _measure_rows(list(table_rows), columns)
+    table = measure_rows(list(table_rows), columns)
     if not table.empty:
         st.table(table)
         if any(k.endswith(("_mm", "_mm2")) for k in table_rows):
@@ -593,7 +577,7 @@ def show_reference(result: dict, image: dict) -> None:
         return
     difference = reference.get("difference") or {}
     keys = [k for k in difference if k.endswith(("_mm", "_mm2"))] or list(difference)
-    table = _measure_rows(keys, {tr("cl_predicted"): response.get("measurements") or {},
+    table = measure_rows(keys, {tr("cl_predicted"): response.get("measurements") or {},
                                  tr("cl_reference"): reference.get("measurements") or {},
                                  tr("cl_difference"): difference})
     if table.empty:

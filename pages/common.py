@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import threading
 
+import pandas as pd
 import streamlit as st
 
 from core import i18n
@@ -437,3 +439,22 @@ def edited_size(full_size: tuple[int, int], edits: list[dict]) -> tuple[int, int
 
     left, top, right, bottom = editing.clamp_box(crop["box"], (width, height))
     return right - left, bottom - top
+
+
+def measure_rows(keys: list[str], columns: dict[str, dict]) -> pd.DataFrame:
+    """Measurement keys (``area_mm2``, ``head_circumference_mm`` …) as rows of a table, labelled in the page's
+    language with their unit, one column per source dict (predicted, reference, another run …); "—" for nothing."""
+    rows = []
+    for key in keys:
+        base, _, unit = key.rpartition("_")
+        unit_text = {"px": "px²" if base == "area" else "px", "mm2": "mm²", "mm": "mm"}.get(unit)
+        if unit_text is None or base not in i18n.MEASURE_LABELS:
+            continue
+        row = {tr("measure_name"): f"{i18n.measure_label(base, lang())} ({unit_text})"}
+        for title, values in columns.items():
+            value = values.get(key)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            row[title] = f"{float(value):,.2f}" if number else "—"
+        rows.append(row)
+    return pd.DataFrame(rows)
+

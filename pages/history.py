@@ -25,6 +25,7 @@ from pages.common import (
     error_message,
     lang,
     md_literal,
+    measure_rows,
     page_header,
     scrub_literal,
     scrub_paths,
@@ -245,22 +246,6 @@ def show_classification(row: dict, picture: np.ndarray) -> None:
                            config={"displaylogo": False}, key=f"h_prob_{row['id']}", width="stretch")
 
 
-def _measure_rows(keys: list[str], columns: dict[str, dict]) -> pd.DataFrame:
-    """Measurement keys (``area_mm2``, ``head_circumference_mm`` …) as rows, one column per source dict."""
-    rows = []
-    for key in keys:
-        base, _, unit = key.rpartition("_")
-        unit_text = {"px": "px²" if base == "area" else "px", "mm2": "mm²", "mm": "mm"}.get(unit)
-        if unit_text is None or base not in i18n.MEASURE_LABELS:
-            continue
-        row = {tr("measure_name"): f"{i18n.measure_label(base, L)} ({unit_text})"}
-        for title, values in columns.items():
-            value = values.get(key)
-            row[title] = f"{float(value):,.2f}" if _number(value) else "—"
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
 def show_reference(response: dict) -> None:
     """Contract B: the reference (ground truth) measurements next to the predicted ones, with the difference."""
     reference = response.get("reference")
@@ -268,7 +253,7 @@ def show_reference(response: dict) -> None:
         return
     difference = reference.get("difference") or {}
     keys = [k for k in difference if k.endswith(("_mm", "_mm2"))] or list(difference)
-    rows = _measure_rows(keys, {tr("cl_predicted"): response.get("measurements") or {},
+    rows = measure_rows(keys, {tr("cl_predicted"): response.get("measurements") or {},
                                 tr("cl_reference"): reference.get("measurements") or {},
                                 tr("cl_difference"): difference})
     if not rows.empty:
@@ -292,7 +277,7 @@ def show_uncertainty(response: dict) -> None:
     stats = spread.get("measurement_spread") or {}
     columns = {tr(f"cl_stat_{name}"): {k: (v or {}).get(name) for k, v in stats.items()}
                for name in ("mean", "min", "max", "sd")}
-    rows = _measure_rows(list(stats), columns)
+    rows = measure_rows(list(stats), columns)
     if not rows.empty:
         st.table(rows)
 
@@ -441,7 +426,7 @@ def compare_numbers(a: dict, b: dict) -> pd.DataFrame:
     mb = b.get("measurements") if isinstance(b.get("measurements"), dict) else {}
     keys = [k for k in dict.fromkeys([*ma, *mb]) if _number(ma.get(k)) or _number(mb.get(k))]
     difference = {k: float(mb[k]) - float(ma[k]) for k in keys if _number(ma.get(k)) and _number(mb.get(k))}
-    table_rows = _measure_rows(keys, {first: ma, second: mb, tr("h_difference"): difference})
+    table_rows = measure_rows(keys, {first: ma, second: mb, tr("h_difference"): difference})
     return pd.concat([pd.DataFrame(rows), table_rows], ignore_index=True)
 
 
