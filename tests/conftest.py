@@ -7,6 +7,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -261,3 +262,48 @@ def wait_for_server(process, base: str, log_path: Path, *, timeout: float) -> No
             process.kill()
             raise AssertionError("server did not start: " + log_path.read_text())
         time.sleep(0.2)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a real server started by a test)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ultrasound_dicom(frames: int = 1, rows: int = 48, columns: int = 64) -> Any:
+    """A synthetic ultrasound DICOM (single- or multi-frame) with UIDs, PixelSpacing and a bright disc."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = "1.2.840.10008.5.1.4.1.1.3.1" if frames > 1 else "1.2.840.10008.5.1.4.1.1.6.1"  # US multi-frame / US
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("us.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientName, ds.PatientID = "US", "Test^Phantom", "PHANTOM-1"
+    ds.StudyDate, ds.StudyTime = "20260101", "120000"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, columns, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelSpacing = [0.2, 0.2]
+    yy, xx = np.mgrid[0:rows, 0:columns]
+    disc = ((yy - rows / 2) ** 2 + (xx - columns / 2) ** 2) < (min(rows, columns) / 4) ** 2
+    pixels = np.stack([(np.random.default_rng(f).integers(0, 60, (rows, columns)) + disc * 160).astype(np.uint8)
+                       for f in range(frames)])
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def dicom_bytes(ds: Any) -> bytes:
+    """The DICOM file bytes of a data set (e.g. :func:`ultrasound_dicom`)."""
+    import io
+
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from conftest import wait_for_server
+from conftest import free_port, wait_for_server
 from PIL import Image
 
 from core.history import HistoryStore
@@ -21,15 +20,9 @@ from core.settings import PROJECT_ROOT, Settings
 KEY = "test-key-123"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture()
 def server(tiny_settings: Settings, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "UUSIC_WORKSPACE": str(tiny_settings.workspace),
            "UUSIC_DATA_ROOT": str(tiny_settings.data_root), "UUSIC_WEIGHTS_DIR": str(tiny_settings.weights_dir),
            "UUSIC_DEVICE": "cpu", "UUSIC_API_KEY": KEY, "UUSIC_MODEL": "tiny", "OMP_NUM_THREADS": "1"}

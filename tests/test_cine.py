@@ -7,14 +7,13 @@ import io
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import wait_for_server
+from conftest import free_port, wait_for_server
 from PIL import Image
 
 from core import catalog
@@ -334,17 +333,11 @@ def test_cardiac_loop_with_the_demo_model_gives_ed_es_and_fac(tmp_path: Path):
 
 
 # ------------------------------------------------------------------------------------------------ doors
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_cine_over_a_real_api_server(tiny_settings: Settings, tmp_path: Path):
     from core.client import ApiClient
     from core.history import HistoryStore
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "UUSIC_WORKSPACE": str(tiny_settings.workspace),
            "UUSIC_DATA_ROOT": str(tiny_settings.data_root), "UUSIC_WEIGHTS_DIR": str(tiny_settings.weights_dir),
            "UUSIC_DEVICE": "cpu", "UUSIC_MODEL": "tiny", "OMP_NUM_THREADS": "1", "UUSIC_MAX_FRAMES": "6"}

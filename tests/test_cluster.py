@@ -17,7 +17,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 from PIL import Image
 
 from core.settings import PROJECT_ROOT, Settings
@@ -66,12 +66,6 @@ def ray_cluster():
 def workspace(tmp_path_factory) -> Path:
     """One workspace for the module, so a converted model (the CPU backend's cache) is made once."""
     return tmp_path_factory.mktemp("cluster_ws")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _env(workspace: Path, **extra: str) -> dict[str, str]:
@@ -124,7 +118,7 @@ def test_serve_on_ray_answers_like_the_plain_server(ray_cluster, workspace: Path
         for r in expected if r.json()["task"] == "segmentation"}
 
     # the same API on Ray Serve: 2 replicas of 1 CPU and 1 torch thread, PostgreSQL history, joining the cluster
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     with log.open("w") as out:

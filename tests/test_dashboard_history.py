@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import dicom_bytes, ultrasound_dicom
 from PIL import Image
 
 from core import i18n
@@ -358,34 +359,10 @@ def test_the_demo_models_description_is_translated():
     assert i18n.t("model_desc_uusic-demo-unet", "en") == english and "仅供演示" in zh
 
 
-def _ultrasound_dicom(rows: int = 48, columns: int = 64) -> bytes:
-    """A small synthetic ultrasound DICOM (UIDs, PixelSpacing, a bright disc)."""
-    import numpy as np
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = UltrasoundImageStorage, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("us.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = UltrasoundImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientName, ds.PatientID = "US", "Test^Phantom", "PHANTOM-1"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, columns, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelSpacing = [0.2, 0.2]
-    yy, xx = np.mgrid[0:rows, 0:columns]
-    disc = ((yy - rows / 2) ** 2 + (xx - columns / 2) ** 2) < (min(rows, columns) / 4) ** 2
-    ds.PixelData = (disc * 200 + 20).astype(np.uint8).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 def test_dicom_seg_download_for_a_segmentation_of_a_dicom_input(analysis, dashboard_env):
     pydicom = pytest.importorskip("pydicom")
     relative = "segmentation/DDTI/imgs/us_scan.dcm"
-    (dashboard_env.data_root / relative).write_bytes(_ultrasound_dicom())
+    (dashboard_env.data_root / relative).write_bytes(dicom_bytes(ultrasound_dicom()))
     response = analysis.analyze({"img_path_relative": relative, "task": "segmentation", "dataset_name": "DDTI"},
                                 source="dashboard")
     at = _open("en")

@@ -10,7 +10,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import httpx
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from conftest import free_port
 from PIL import Image
 
 from core import backup, workspace
@@ -50,17 +50,11 @@ def _png(seed: int, side: int) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------ a real server
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """``python -m core serve`` on a free port over ``settings``' workspace (SQLite history there)."""
 
     def __init__(self, settings: Settings, log_path: Path):
-        self.port = _free_port()
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "UUSIC_WORKSPACE": str(settings.workspace), "UUSIC_DATA_ROOT": str(settings.data_root),
                "UUSIC_WEIGHTS_DIR": str(settings.weights_dir), "UUSIC_DEVICE": "cpu", "UUSIC_API_KEY": "",

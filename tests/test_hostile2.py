@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import wait_for_server
+from conftest import free_port, wait_for_server
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -592,12 +592,6 @@ def test_streamed_body_limit_testclient(small_limits, case):
     assert small_limits.get("/healthz").status_code == 200
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """A real ``python -m core serve`` (uvicorn, h11) with small limits: 100 kB JSON, 1 MB uploads, bodies that
@@ -606,7 +600,7 @@ def live(tmp_path_factory):
     data = parent / "data" / "classification" / "BUSI" / "imgs"
     data.mkdir(parents=True)
     (data / "c.png").write_bytes(_png(48, 40))
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "UUSIC_WORKSPACE": str(parent / "ws"), "UUSIC_DATA_ROOT": str(parent / "data"),
            "UUSIC_DEVICE": "cpu", "UUSIC_MAX_JSON_BYTES": "100000", "UUSIC_MAX_UPLOAD_MB": "1",
            "UUSIC_BODY_TIMEOUT_S": "1.5", "UUSIC_MAX_CONNECTIONS": "8", "OMP_NUM_THREADS": "1",
@@ -948,7 +942,7 @@ def test_cli_read_only_output_dir(tmp_path: Path, cli_input, monkeypatch, capsys
 def test_serve_with_workspace_a_file(tmp_path: Path):
     workspace = tmp_path / "ws"
     workspace.write_text("not a folder")
-    run = _cli(["serve", "--port", str(_free_port())], {"UUSIC_WORKSPACE": str(workspace)})
+    run = _cli(["serve", "--port", str(free_port())], {"UUSIC_WORKSPACE": str(workspace)})
     _one_error_line(run, "cannot be used")
 
 

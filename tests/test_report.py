@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +14,9 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from conftest import wait_for_server
-from pydicom.dataset import FileDataset, FileMetaDataset
+from conftest import dicom_bytes, free_port, ultrasound_dicom, wait_for_server
 from pydicom.uid import (
-    ExplicitVRLittleEndian,
     SegmentationStorage,
-    UltrasoundImageStorage,
-    UltrasoundMultiFrameImageStorage,
-    generate_uid,
 )
 from pypdf import PdfReader
 
@@ -43,36 +37,6 @@ def pdf_text(data: bytes) -> str:
 
 def pdf_image_count(data: bytes) -> int:
     return sum(len(page.images) for page in PdfReader(io.BytesIO(data)).pages)
-
-
-def ultrasound_dicom(frames: int = 1, rows: int = 48, columns: int = 64) -> FileDataset:
-    """A synthetic ultrasound DICOM (single- or multi-frame) with UIDs, PixelSpacing and a bright disc."""
-    sop_class = UltrasoundMultiFrameImageStorage if frames > 1 else UltrasoundImageStorage
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("us.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Modality, ds.PatientName, ds.PatientID = "US", "Test^Phantom", "PHANTOM-1"
-    ds.StudyDate, ds.StudyTime = "20260101", "120000"
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, columns, 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelSpacing = [0.2, 0.2]
-    yy, xx = np.mgrid[0:rows, 0:columns]
-    disc = ((yy - rows / 2) ** 2 + (xx - columns / 2) ** 2) < (min(rows, columns) / 4) ** 2
-    pixels = np.stack([(np.random.default_rng(f).integers(0, 60, (rows, columns)) + disc * 160).astype(np.uint8)
-                       for f in range(frames)])
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.PixelData = pixels.tobytes()
-    return ds
-
-
-def dicom_bytes(ds: FileDataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 @pytest.fixture()
@@ -347,18 +311,12 @@ def test_dicom_seg_of_an_empty_mask_and_a_sparse_header():
 
 
 # ------------------------------------------------------------------------------------------ over HTTP
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture()
 def api(hc_settings: Settings, tmp_path):
     """A real ``python -m core serve`` on the tiny model, and an :class:`ApiClient` talking to it."""
     from core.client import ApiClient
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "UUSIC_WORKSPACE": str(hc_settings.workspace), "UUSIC_DATA_ROOT": str(hc_settings.data_root),
            "UUSIC_WEIGHTS_DIR": str(hc_settings.weights_dir), "UUSIC_DEVICE": "cpu", "UUSIC_API_KEY": KEY,
            "UUSIC_MODEL": "tiny", "UUSIC_BACKEND": "torch", "OMP_NUM_THREADS": "1"}

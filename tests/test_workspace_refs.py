@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_report import dicom_bytes, ultrasound_dicom
+from conftest import dicom_bytes, ultrasound_dicom
 
 from core import workspace
 from core.service import AnalysisService
