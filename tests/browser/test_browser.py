@@ -32,7 +32,7 @@ if not Path(CHROMIUM).exists():
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "uusic-data"
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
-WAIT = 30_000  # ms, the bound of every single wait
+WAIT = 60_000  # ms, the bound of every single wait (a loaded 2-core CI machine needs the room)
 ZH = "zh"
 
 
@@ -111,16 +111,25 @@ def page(browser, app_url):
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def selectbox(page, label: str):
+    """The one select box labelled exactly ``label`` (waits while a rerun still shows a stale copy of it)."""
+    exact = re.compile("^" + re.escape(label) + "$")
+    box = page.locator('[data-testid="stSelectbox"]').filter(
+        has=page.locator('[data-testid="stWidgetLabel"]').filter(has_text=exact))
+    playwright_api.expect(box).to_have_count(1, timeout=WAIT)
+    return box
+
+
 def choose(page, task: str, group: str, dataset: str | None = None, lang: str = ZH) -> None:
     page.get_by_text(i18n.task_name(task, lang), exact=True).first.click()
     wait_idle(page)
-    organ = page.locator('[data-testid="stSelectbox"]').filter(has_text=i18n.t("organ", lang))
+    organ = selectbox(page, i18n.t("organ", lang))
     if i18n.group_name(group, lang) not in organ.inner_text():
         organ.click()  # options of organs without a model carry "· no model": match the name's start
         page.get_by_role("option", name=re.compile("^" + re.escape(i18n.group_name(group, lang)) + "( ·|$)")).click()
         wait_idle(page)
     if dataset:
-        box = page.locator('[data-testid="stSelectbox"]').filter(has_text=i18n.t("dataset", lang))
+        box = selectbox(page, i18n.t("dataset", lang))
         if dataset not in box.inner_text():
             box.click()
             page.get_by_role("option", name=re.compile("^" + re.escape(dataset) + "( ·|$)")).click()

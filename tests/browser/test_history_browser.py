@@ -29,7 +29,7 @@ if not Path(CHROMIUM).exists():
 from test_browser import _data_root, app_url, browser, workspace  # noqa: E402,F401 - the app and its fixtures
 
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
-WAIT = 30_000
+WAIT = 60_000
 
 
 @pytest.fixture(scope="module")
