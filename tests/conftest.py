@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,30 @@ def wait_for_server(process, base: str, log_path: Path, *, timeout: float) -> No
             process.kill()
             raise AssertionError("server did not start: " + log_path.read_text())
         time.sleep(0.2)
+
+
+@contextmanager
+def serve_api(env: dict[str, str], log_path: Path, *, args: tuple[str, ...] = (), timeout: float = 90):
+    """A real ``python -m core serve`` on a free port with ``env``, its output in ``log_path``: yields its base URL
+    once ``/healthz`` answers, and stops it (terminate, then kill) afterwards."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "core", "serve", "--host", "127.0.0.1", "--port", str(port),
+                                    *args], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_for_server(process, base, log_path, timeout=timeout)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def free_port() -> int:

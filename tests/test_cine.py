@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port, wait_for_server
+from conftest import serve_api
 from PIL import Image
 
 from core import catalog
@@ -337,42 +337,31 @@ def test_cine_over_a_real_api_server(tiny_settings: Settings, tmp_path: Path):
     from core.client import ApiClient
     from core.history import HistoryStore
 
-    port = free_port()
     env = {**os.environ, "UUSIC_WORKSPACE": str(tiny_settings.workspace),
            "UUSIC_DATA_ROOT": str(tiny_settings.data_root), "UUSIC_WEIGHTS_DIR": str(tiny_settings.weights_dir),
            "UUSIC_DEVICE": "cpu", "UUSIC_MODEL": "tiny", "OMP_NUM_THREADS": "1", "UUSIC_MAX_FRAMES": "6"}
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "core", "serve", "--host", "127.0.0.1", "--port",
-                                    str(port), "--threads", "1"], cwd=PROJECT_ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            wait_for_server(process, base, log_path, timeout=90)
-            client = ApiClient(tiny_settings.with_(api_url=base))
-            data = dicom_bytes([disk(r, (40, 48)) for r in (4, 7, 10, 13, 16, 13, 10, 7)])
-            skeleton = client.save_upload(data, "server loop.dcm")
-            assert skeleton["frame_count"] == 8 and skeleton["original_name"] == "server loop.dcm"
-            assert client.probe(skeleton["img_path_relative"])["frame_count"] == 8
-            frame = client.load_frame(skeleton["img_path_relative"], 4)
-            assert frame.shape == (40, 48, 3) and np.array_equal(frame, load_image(data, frame_index=4).rgb)
-            with pytest.raises(RequestError) as error:
-                client.load_frame(skeleton["img_path_relative"], 8)
-            assert error.value.field == "frame_index"
-            with pytest.raises(RequestError, match="UUSIC_MAX_FRAMES"):
-                client.analyze_frames(_request(skeleton))
-            result = client.analyze_frames(_request(skeleton), frames=[0, 2, 4, 6])
-            assert [item.frame_index for item in result.items] == [0, 2, 4, 6] and not result.failures
-            assert result.summary["area_px"] == [item.mask_area_px for item in result.items]
-            assert len({item.mask_url for item in result.items}) == 4
-            assert client.mask_png(result.items[2]).startswith(b"\x89PNG")
-            single = client.analyze(_request(skeleton, frame_index=6))
-            assert (single.frame_index, single.frame_count) == (6, 8)
-            assert single.mask_area_px == result.items[3].mask_area_px
-            client.close()
-        finally:
-            process.terminate()
-            process.wait(timeout=20)
+    with serve_api(env, tmp_path / "server.log", args=("--threads", "1")) as base:
+        client = ApiClient(tiny_settings.with_(api_url=base))
+        data = dicom_bytes([disk(r, (40, 48)) for r in (4, 7, 10, 13, 16, 13, 10, 7)])
+        skeleton = client.save_upload(data, "server loop.dcm")
+        assert skeleton["frame_count"] == 8 and skeleton["original_name"] == "server loop.dcm"
+        assert client.probe(skeleton["img_path_relative"])["frame_count"] == 8
+        frame = client.load_frame(skeleton["img_path_relative"], 4)
+        assert frame.shape == (40, 48, 3) and np.array_equal(frame, load_image(data, frame_index=4).rgb)
+        with pytest.raises(RequestError) as error:
+            client.load_frame(skeleton["img_path_relative"], 8)
+        assert error.value.field == "frame_index"
+        with pytest.raises(RequestError, match="UUSIC_MAX_FRAMES"):
+            client.analyze_frames(_request(skeleton))
+        result = client.analyze_frames(_request(skeleton), frames=[0, 2, 4, 6])
+        assert [item.frame_index for item in result.items] == [0, 2, 4, 6] and not result.failures
+        assert result.summary["area_px"] == [item.mask_area_px for item in result.items]
+        assert len({item.mask_url for item in result.items}) == 4
+        assert client.mask_png(result.items[2]).startswith(b"\x89PNG")
+        single = client.analyze(_request(skeleton, frame_index=6))
+        assert (single.frame_index, single.frame_count) == (6, 8)
+        assert single.mask_area_px == result.items[3].mask_area_px
+        client.close()
     rows = HistoryStore.from_settings(tiny_settings).list(None)
     batch = [row for row in rows if row.get("batch_id") == result.batch_id]
     assert len(batch) == 4

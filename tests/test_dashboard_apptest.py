@@ -263,39 +263,15 @@ def test_models_page_shows_manifest_and_paths(app):
 def api_server(tiny_settings, tmp_path):
     """``python -m core serve`` on a free loopback port with an API key (its own workspace)."""
     import os
-    import subprocess
-    import sys
-    import time
 
-    import httpx
+    from conftest import serve_api
 
-    sys.path.insert(0, str(PROJECT_ROOT / "tests" / "browser"))
-    from app_server import free_port
-
-    port, key = free_port(), "dashboard-key"
+    key = "dashboard-key"
     env = {**os.environ, "UUSIC_WORKSPACE": str(tiny_settings.workspace),
            "UUSIC_DATA_ROOT": str(tiny_settings.data_root), "UUSIC_WEIGHTS_DIR": str(tiny_settings.weights_dir),
            "UUSIC_DEVICE": "cpu", "UUSIC_API_KEY": key}
-    log = tmp_path / "api.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "core", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                   cwd=PROJECT_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, log.read_text()
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "API did not start: " + log.read_text()
-                time.sleep(0.2)
-            yield url, key
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
+    with serve_api(env, tmp_path / "api.log", timeout=60) as url:
+        yield url, key
 
 
 def _remote_app(api_server, tiny_settings, dashboard_workspace: Path, monkeypatch) -> AppTest:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import highdicom as hd
@@ -14,7 +12,7 @@ import httpx
 import numpy as np
 import pydicom
 import pytest
-from conftest import dicom_bytes, free_port, ultrasound_dicom, wait_for_server
+from conftest import dicom_bytes, serve_api, ultrasound_dicom
 from pydicom.uid import (
     SegmentationStorage,
 )
@@ -24,7 +22,7 @@ from core import report
 from core.dicom_seg import build_seg
 from core.errors import ImageError, NotFoundError, PathError, RequestError
 from core.service import AnalysisService
-from core.settings import PROJECT_ROOT, Settings
+from core.settings import Settings
 
 KEY = "report-key-1"
 DICOM_REL = "segmentation/DDTI/imgs/us_case.dcm"
@@ -316,29 +314,14 @@ def api(hc_settings: Settings, tmp_path):
     """A real ``python -m core serve`` on the tiny model, and an :class:`ApiClient` talking to it."""
     from core.client import ApiClient
 
-    port = free_port()
     env = {**os.environ, "UUSIC_WORKSPACE": str(hc_settings.workspace), "UUSIC_DATA_ROOT": str(hc_settings.data_root),
            "UUSIC_WEIGHTS_DIR": str(hc_settings.weights_dir), "UUSIC_DEVICE": "cpu", "UUSIC_API_KEY": KEY,
            "UUSIC_MODEL": "tiny", "UUSIC_BACKEND": "torch", "OMP_NUM_THREADS": "1"}
     env.pop("UUSIC_API_URL", None)
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "core", "serve", "--host", "127.0.0.1", "--port",
-                                    str(port), "--threads", "1"], cwd=PROJECT_ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_server(process, base, log_path, timeout=60)
+    with serve_api(env, tmp_path / "server.log", args=("--threads", "1"), timeout=60) as base:
         client = ApiClient(Settings(api_url=base, api_key=KEY, workspace=hc_settings.workspace))
         yield client
         client.close()
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.mark.server
