@@ -58,11 +58,11 @@ def _dicom(rows: int = 24, cols: int = 32, *, syntax: str | None = None, pixels:
     """A small ultrasound DICOM; ``edit(ds)`` changes the data set, ``patch`` replaces placeholder bytes in the
     written file (how a malformed text value that pydicom refuses to write gets in)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = "2.25.1"  # fixed: a random UID may hold a ``patch`` placeholder's digits
     meta.TransferSyntaxUID = syntax or ExplicitVRLittleEndian
     ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
     ds.Modality = "US"

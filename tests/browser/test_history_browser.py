@@ -34,8 +34,9 @@ WAIT = 60_000
 
 @pytest.fixture(scope="module")
 def runs(workspace, app_url):
-    """Through the real service on the app's workspace: a classification run, a segmentation run whose files
-    are then removed, and two segmentation runs of one image (the newest with a user-given spacing)."""
+    """Through the real service on the app's workspace: a classification run, two segmentation runs of one image
+    (the newest with a user-given spacing) and a segmentation run of another image whose mask is then removed
+    (masks are named after the image, so the removed one must not be the kept runs' image)."""
     if not (PROJECT_ROOT / "weights" / "models.json").is_file():
         pytest.skip("the runs are made with the shipped demo weights")
     from core.service import AnalysisService
@@ -44,15 +45,17 @@ def runs(workspace, app_url):
     made = {"classification": service.analyze(
         {**service.random_sample("classification", "BUSI"), "task": "classification", "dataset_name": "BUSI"},
         source="api")}
-    gone = service.analyze({**service.random_sample("segmentation", "DDTI"), "task": "segmentation",
-                            "dataset_name": "DDTI", "original_name": "gone scan.png"}, source="api")
-    Path(gone.mask_path).unlink()
-    made["gone"] = gone
     sample = {**service.random_sample("segmentation", "DDTI"), "task": "segmentation", "dataset_name": "DDTI",
               "original_name": "neck scan.png"}
     made["earlier"] = service.analyze(sample, source="api")
     made["segmentation"] = service.analyze({**sample, "pixel_spacing_mm": 0.1, "pixel_spacing_source": "user"},
                                            source="dashboard")
+    other = next(s for s in (service.random_sample("segmentation", "DDTI") for _ in range(200))
+                 if s["img_path_relative"] != sample["img_path_relative"])  # its mask file is not shared with these
+    gone = service.analyze({**other, "task": "segmentation", "dataset_name": "DDTI",
+                            "original_name": "gone scan.png"}, source="api")
+    Path(gone.mask_path).unlink()
+    made["gone"] = gone
     return made
 
 
