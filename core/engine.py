@@ -15,6 +15,7 @@ engine's lock; only the forward pass (and its GPU memory measurement) is seriali
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -31,12 +32,12 @@ from PIL import Image
 from core import calibration, catalog, tta
 from core.batching import report_progress, run_batch
 from core.errors import NoModelError, error_body
-from core.files import atomic_save_image
+from core.files import atomic_save_image, atomic_write_bytes
 from core.geometry import CenterCrop, Letterbox, make_transform
 from core.imaging import LoadedImage, frame_mask_path, load_image
 from core.models import backends, registry
 from core.models.base import ModelSpec
-from core.paths import mask_relative_path, output_path, resolve_input
+from core.paths import is_shared_output, mask_relative_path, output_path, resolve_input, write_new_output
 from core.resources import GpuMemory, device_label, measure_gpu, process_rss_mb
 from core.schema import PredictRequest
 from core.settings import Settings, get_settings
@@ -308,15 +309,24 @@ class Engine:
             response.setdefault(key, value)
         return response
 
+    def _write_mask(self, mask: np.ndarray, output_dir: Path, relative: str) -> Path:
+        """Write the 0/255 PNG mask. In the workspace's shared ``api_out/`` a later run of the same image never
+        overwrites an earlier run's mask (the history keeps each run's own file: ``runs/<random>/``); a job's own
+        folder (CLI, batch) keeps the challenge layout and is rewritten on a rerun."""
+        buffer = io.BytesIO()
+        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG", compress_level=1)
+        if is_shared_output(output_dir, Path(self.settings.api_out)):
+            return write_new_output(output_dir, relative, buffer.getvalue())
+        target = output_path(output_dir, relative)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write_bytes(target, buffer.getvalue())
+
     def _finish_segmentation(self, prepared: Prepared, raw: RawOutput, output_dir: Path) -> dict:
         req, transform = prepared.request, prepared.transform
         fused = self._fuse_segmentation(prepared, raw) if raw.views else None
         mask = fused.mask if fused is not None else self._mask(prepared, raw)
         relative = frame_mask_path(mask_relative_path(req.img_path_relative), prepared.image)  # cine: one per frame
-        target = output_path(output_dir, relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save_image(Image.fromarray(mask.astype(np.uint8) * 255, mode="L"), target, format="PNG",
-                          compress_level=1)
+        target = self._write_mask(mask, output_dir, relative)
         spacing, source, notes = calibration.resolve_spacing(
             req.pixel_spacing_mm, req.pixel_spacing_source, prepared.image.pixel_spacing_mm,
             prepared.image.pixel_spacing_source)

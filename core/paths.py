@@ -9,6 +9,7 @@ symlinks that lead out are refused with :class:`~core.errors.PathError`; so are 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from pathlib import Path, PurePosixPath
 
 from core.errors import PathError
@@ -101,3 +102,30 @@ def output_path(output_dir: Path, relative: str) -> Path:
     if not _inside(target, root):
         raise PathError(f"output path {relative!r} leads outside {root}")
     return target
+
+
+RUNS_FOLDER = "runs"
+
+
+def is_shared_output(output_dir: Path, api_out: Path) -> bool:
+    """True for the workspace's shared mask folders (``api_out/`` and ``api_out/models/<name>/``), where single
+    analyses of every door accumulate; False for a job's own folder (a CLI ``--output-dir``, ``api_out/batch_<id>``)."""
+    folder, shared = Path(output_dir).expanduser().resolve(), Path(api_out).expanduser().resolve()
+    return folder == shared or folder.parent == shared / "models"
+
+
+
+def write_new_output(output_dir: Path, relative: str, data: bytes) -> Path:
+    """Write ``data`` to ``output_dir/relative`` unless a file is there, else to ``output_dir/runs/<random>/relative``;
+    never replaces a file (a history row's mask stays the run's own), crash-safe (:func:`core.files.atomic_open`:
+    a kill leaves at most a temporary file), and two concurrent runs of one image never share a file."""
+    from core.files import atomic_write_bytes
+
+    for candidate in (relative, *(f"{RUNS_FOLDER}/{secrets.token_hex(6)}/{relative}" for _ in range(3))):
+        target = output_path(output_dir, candidate)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return atomic_write_bytes(target, data, exclusive=True)
+        except FileExistsError:
+            continue
+    raise PathError(f"no free output path for {relative!r} under {output_dir}")

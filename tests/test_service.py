@@ -103,6 +103,31 @@ def test_an_edited_upload_is_hashed_as_saved(service: AnalysisService, settings:
     assert service.mask_png(response)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_later_run_of_the_same_image_never_overwrites_an_earlier_runs_mask(
+        service: AnalysisService, settings: Settings, tmp_path: Path):
+    from core.files import leftover_temporaries
+
+    first = service.analyze(SEG)
+    kept = Path(first.mask_path)
+    before, inode = kept.read_bytes(), kept.stat().st_ino
+    assert kept == (settings.api_out / first.mask_path_relative).resolve()  # the first run: the challenge layout
+    with ThreadPoolExecutor(4) as pool:
+        later = list(pool.map(lambda _: service.analyze(SEG), range(4)))
+    assert len({Path(r.mask_path) for r in [first, *later]}) == 5
+    assert kept.read_bytes() == before and kept.stat().st_ino == inode
+    for response in later:
+        inside = Path(response.mask_path).relative_to(settings.api_out.resolve())
+        assert inside.parts[0] == "runs" and inside.as_posix().endswith(first.mask_path_relative)
+        assert response.mask_path_relative == first.mask_path_relative
+        assert response.mask_url == f"/v1/masks/{inside.as_posix()}"
+        assert service.run(response.run_id)["mask_path"] == response.mask_path
+        assert service.run_mask(response.run_id).shape == service.run_mask(first.run_id).shape
+    assert leftover_temporaries(settings.api_out) == []
+    for _ in range(2):  # a job's own folder keeps the challenge layout: a rerun rewrites its mask
+        service.analyze(SEG, output_dir=tmp_path / "job")
+    assert sorted((tmp_path / "job").rglob("*.png")) == [tmp_path / "job" / "segmentation/DDTI/masks/seg_2.png"]
+
+
 def test_a_batch_keeps_order_records_every_item_and_writes_one_classification_json(
         service: AnalysisService, settings: Settings, tmp_path: Path):
     entries = [CLS, UNSERVED, {"task": "classification"}, SEG, {**SEG, "img_path_relative": "nope/x.png"}]
