@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.errors import ArchiveError, UUSICError
 from core.files import atomic_open, atomic_write_bytes
+from core.history import json_dict
 from core.workspace import Key, row_files
 
 if TYPE_CHECKING:
@@ -183,24 +184,57 @@ def _manifest(tar: tarfile.TarFile) -> dict[str, Any]:
     return manifest
 
 
+class _PathMap:
+    """Maps an archived run's workspace paths to this workspace (and to files renamed on import, ``moved``)."""
+
+    def __init__(self, manifest: dict, settings: Settings, moved: dict[Key, Key]):
+        source = manifest.get("source") or {}
+        self.settings, self.moved = settings, moved
+        self.old = {"api_in": Path(str(source.get("api_in") or settings.api_in)),
+                    "api_out": Path(str(source.get("api_out") or settings.api_out))}
+        self.new = {"api_in": Path(os.path.abspath(settings.api_in)),
+                    "api_out": Path(os.path.abspath(settings.api_out))}
+
+    def input(self, rel: Any) -> str | None:
+        """``api_in/...`` here for an archived ``api_in/...`` request path; None for other paths."""
+        if not isinstance(rel, str) or not rel:
+            return None
+        keys = row_files(self.settings, {"img_path_relative": rel}, self.old)
+        return "api_in/" + self.moved.get(keys[0], keys[0])[1] if keys else None
+
+    def output(self, path: Any) -> str | None:
+        """The ``api_out/`` path relative to this workspace's ``api_out/`` for an archived output; else None."""
+        if not isinstance(path, str) or not path:
+            return None
+        keys = (row_files(self.settings, {"mask_path": path}, self.old)
+                or row_files(self.settings, {"mask_path": path}, self.new))
+        return self.moved.get(keys[0], keys[0])[1] if keys else None
+
+
 def _rewrite(row: dict, manifest: dict, settings: Settings, moved: dict[Key, Key]) -> dict:
-    """``row`` with its workspace paths pointing into this workspace (and at renamed files, ``moved``)."""
+    """``row`` with its workspace paths (row, request and response: input, kept original, mask, agreement map and
+    their URLs) pointing into this workspace (and at renamed files, ``moved``)."""
+    paths = _PathMap(manifest, settings, moved)
     row = dict(row)
-    source = manifest.get("source") or {}
-    old_roots = {"api_in": Path(str(source.get("api_in") or settings.api_in)),
-                 "api_out": Path(str(source.get("api_out") or settings.api_out))}
-    new_roots = {"api_in": Path(os.path.abspath(settings.api_in)), "api_out": Path(os.path.abspath(settings.api_out))}
-    rel = row.get("img_path_relative")
-    if isinstance(rel, str) and rel:
-        keys = row_files(settings, {"img_path_relative": rel}, old_roots)
-        if keys:
-            row["img_path_relative"] = "api_in/" + moved.get(keys[0], keys[0])[1]
-    mask = row.get("mask_path")
-    if isinstance(mask, str) and mask:
-        keys = row_files(settings, {"mask_path": mask}, old_roots) or row_files(settings, {"mask_path": mask},
-                                                                                new_roots)
-        if keys:
-            row["mask_path"] = str(new_roots["api_out"] / moved.get(keys[0], keys[0])[1])
+    api_out = paths.new["api_out"]
+    if (rel := paths.input(row.get("img_path_relative"))) is not None:
+        row["img_path_relative"] = rel
+    if (out := paths.output(row.get("mask_path"))) is not None:
+        row["mask_path"] = str(api_out / out)
+    request, response = dict(json_dict(row.get("request"))), dict(json_dict(row.get("response")))
+    for key in ("img_path_relative", "source_path_relative"):
+        if (rel := paths.input(request.get(key))) is not None:
+            request[key] = rel
+    if (out := paths.output(response.get("mask_path"))) is not None:
+        response["mask_path"], response["mask_url"] = str(api_out / out), f"/v1/masks/{out}"
+    block = response.get("uncertainty")
+    if isinstance(block, dict) and (out := paths.output(block.get("agreement_path"))) is not None:
+        response["uncertainty"] = {**block, "agreement_path": str(api_out / out),
+                                   "agreement_url": f"/v1/masks/{out}"}
+    if request:
+        row["request"] = request
+    if response:
+        row["response"] = response
     return row
 
 

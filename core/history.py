@@ -495,7 +495,7 @@ MEASUREMENT_ORDER = ("area_px", "area_mm2", "longest_diameter_px", "longest_diam
 RUN_FIELDS = ("pixel_spacing_mm", "pixel_spacing_source", "frame_index", "frame_count", "original_name")
 
 
-def _json_dict(value: Any) -> dict:
+def json_dict(value: Any) -> dict:
     """A JSON column as a dict (text is parsed); anything else is ``{}``."""
     if isinstance(value, str):
         try:
@@ -513,8 +513,8 @@ def flat_fields(row: dict) -> dict:
     """The run's measurements as flat columns named with their unit (``area_px``, ``area_mm2``,
     ``head_circumference_mm`` ...), plus ``pixel_spacing_mm``, ``pixel_spacing_source``, ``frame_index``,
     ``frame_count`` and ``original_name`` from the stored response / request (left out where the run has none)."""
-    measurements = _json_dict(row.get("measurements"))
-    response, request = _json_dict(row.get("response")), _json_dict(row.get("request"))
+    measurements = json_dict(row.get("measurements"))
+    response, request = json_dict(row.get("response")), json_dict(row.get("request"))
     flat: dict[str, Any] = {key: value for key, value in measurements.items()
                             if _is_number(value) and (key.endswith(MEASUREMENT_UNITS) or key == "components")}
     for name in RUN_FIELDS:
@@ -536,8 +536,8 @@ def _flat_order(names: set[str]) -> list[str]:
 
 def display_name(row: dict) -> str:
     """The image name as the user gave it (the request's ``original_name``), else the stored ``img_name``."""
-    request = _json_dict(row.get("request"))
-    for value in (row.get("original_name"), request.get("original_name"), _json_dict(row.get("response"))
+    request = json_dict(row.get("request"))
+    for value in (row.get("original_name"), request.get("original_name"), json_dict(row.get("response"))
                   .get("original_name"), row.get("img_name")):
         if isinstance(value, str) and value.strip():
             return value

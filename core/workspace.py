@@ -35,6 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from core.files import TEMP_SUFFIX
+from core.history import json_dict
 
 if TYPE_CHECKING:
     from core.history import HistoryStore
@@ -106,7 +107,7 @@ def row_files(settings: Settings, row: dict, roots: dict[str, Path] | None = Non
     original, a cine's container) when they lie in ``api_in/``, its mask and TTA agreement map when they lie in
     ``api_out/`` (files elsewhere, e.g. the data root or a CLI output folder, are not the workspace's)."""
     roots = roots or _roots(settings)
-    request, response = _json_object(row.get("request")), _json_object(row.get("response"))
+    request, response = json_dict(row.get("request")), json_dict(row.get("response"))
     block = response.get("uncertainty")
     uncertainty: dict = block if isinstance(block, dict) else {}
     inputs = (row.get("img_path_relative"), request.get("source_path_relative"))
@@ -127,19 +128,6 @@ def _input_key(rel: Any, roots: dict[str, Path]) -> Key | None:
     if PurePosixPath(rel).is_absolute():
         return _key_of(Path(rel), roots, only="api_in")
     return None
-
-
-def _json_object(value: Any) -> dict:
-    """A history JSON column (text or already decoded) as a dict; anything else as {}."""
-    if isinstance(value, dict):
-        return value
-    if isinstance(value, str) and value.startswith("{"):
-        try:
-            decoded = json.loads(value)
-        except ValueError:
-            return {}
-        return decoded if isinstance(decoded, dict) else {}
-    return {}
 
 
 def _key_of(path: Path, roots: dict[str, Path], only: str) -> Key | None:

@@ -492,7 +492,12 @@ def test_export_import_round_trip(tiny_settings, history_target, second_target, 
         for row in rows:
             new = imported[row["id"]]
             original = decode_row(row)
-            assert {k: new[k] for k in COMPARED} == {k: original[k] for k in COMPARED}
+            assert {k: new[k] for k in COMPARED if k != "response"} == \
+                {k: original[k] for k in COMPARED if k != "response"}
+            moved = ("mask_path", "mask_url")  # the response's own copy of the mask path follows the row's
+            assert {k: v for k, v in (new["response"] or {}).items() if k not in moved} == \
+                {k: v for k, v in (original["response"] or {}).items() if k not in moved}
+            assert (new["response"] or {}).get("mask_path") == new["mask_path"]
             assert new["img_path_relative"] == row["img_path_relative"]
             if row["mask_path"]:
                 assert Path(new["mask_path"]).is_relative_to(dest.api_out.resolve())  # rewritten to this workspace
@@ -564,6 +569,44 @@ def test_import_never_overwrites_a_different_file(tiny_settings, tmp_path):
         row = next(decode_row(r) for r in store.list(limit=None) if (r["mask_path"] or "").endswith("seg_1.png"))
         assert "/imported_" in row["mask_path"] and Path(row["mask_path"]).is_file()
     service.store.close()
+
+
+def test_import_rewrites_every_path_of_a_run_to_its_renamed_files(tiny_settings, tmp_path):
+    """A DICOM upload analysed with TTA: the kept original, the mask and the agreement map, in the row and inside
+    its request / response JSON, all point at the imported files, also when a clash renamed them."""
+    from conftest import dicom_bytes, ultrasound_dicom
+
+    service = AnalysisService(tiny_settings, model="tiny")
+    skeleton = service.save_upload(dicom_bytes(ultrasound_dicom()), "scan.dcm")
+    made = service.analyze({**skeleton, "task": "segmentation", "dataset_name": "DDTI", "tta": True})
+    source_row = decode_row(service.store.get(made.run_id))
+    kept = source_row["request"]["source_path_relative"]
+    agreement = Path(made.uncertainty["agreement_path"])
+    archive = tmp_path / "a.tar.gz"
+    backup.export_archive(tiny_settings, service.store, archive, with_files=True)
+    service.store.close()
+    dest = tiny_settings.with_(workspace=tmp_path / "other")
+    dest.ensure_workspace()
+    api_out = tiny_settings.api_out.resolve()
+    clashes = [dest.workspace / kept, dest.api_out / Path(made.mask_path).relative_to(api_out),
+               dest.api_out / agreement.relative_to(api_out)]
+    for clash in clashes:  # this workspace's own, different files at the same places
+        _file(clash, size=10)
+    with HistoryStore(dest.history_db) as store:
+        report = backup.import_archive(dest, store, archive, with_files=True)
+        assert report["files_renamed"] == 3
+        row = decode_row(store.get(report["ids"][made.run_id]))
+    request, response = row["request"], row["response"]
+    assert Path(row["mask_path"]).read_bytes() == Path(made.mask_path).read_bytes()
+    assert response["mask_path"] == row["mask_path"] and "/imported_" in row["mask_path"]
+    assert response["mask_url"] == "/v1/masks/" + Path(row["mask_path"]).relative_to(dest.api_out.resolve()).as_posix()
+    imported_map = Path(response["uncertainty"]["agreement_path"])
+    assert imported_map.read_bytes() == agreement.read_bytes() and imported_map.is_relative_to(dest.api_out.resolve())
+    assert response["uncertainty"]["agreement_url"].endswith(imported_map.name)
+    assert (dest.workspace / request["source_path_relative"]).read_bytes() == \
+        (tiny_settings.workspace / kept).read_bytes()
+    assert (dest.workspace / row["img_path_relative"]).is_file()
+    assert all(clash.stat().st_size == 10 for clash in clashes)  # nothing of this workspace overwritten
 
 
 def test_history_cli_export_import_and_backup(tiny_settings, tmp_path, monkeypatch, capsys):
