@@ -167,6 +167,13 @@ def frame_out_of_range(frame_index: int, frame_count: int, name: str) -> Request
                         field="frame_index")
 
 
+def frames_missing(decoded: int, promised: int, name: str) -> ImageError:
+    """The error of every frame a video's header promises but the file ends (or breaks off) before."""
+    last = f"frame {decoded}" if decoded == promised - 1 else f"frames {decoded}..{promised - 1}"
+    return ImageError(f"{name}: the video ends after {decoded} of the {promised} frames its header promises "
+                      f"({last} cannot be decoded)", field="frame_index")
+
+
 def _frame_note(kind: str, frame_count: int, frame_index: int | None) -> list[str]:
     """``notes`` for a multi-frame file: how many frames it has, and which one this is."""
     if frame_count <= 1:
@@ -458,7 +465,7 @@ def _video_frames(data: bytes, name: str, settings: Settings | None,
         width, height = int(stream.codec_context.width), int(stream.codec_context.height)
         _check_video_budget(name, last, width * height * 3, settings)
         fps, todo, decoded = _video_fps(stream), dict.fromkeys(wanted), 0
-        for position, frame in enumerate(container.decode(stream)):
+        for position, frame in enumerate(_decoded_until_broken(container, stream)):
             if position > last:
                 break
             decoded = position + 1
@@ -471,7 +478,25 @@ def _video_frames(data: bytes, name: str, settings: Settings | None,
                                   frame_index=position, frame_count=count, fps=fps)
             del todo[position]
         if todo:  # the header promised more frames than could be decoded
-            raise frame_out_of_range(min(todo), decoded, name)
+            raise frames_missing(decoded, count, name)
+
+
+def _decoded_until_broken(container: Any, stream: Any) -> Iterator[Any]:
+    """The stream's frames; a file that breaks off after its first frame (truncated, corrupt tail) ends there, so the
+    frames before the break stay usable (the first frame's failure is the file's: raised)."""
+    frames = container.decode(stream)
+    decoded = 0
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except Exception:  # noqa: BLE001 - FFmpeg's errors on untrusted bytes
+            if decoded == 0:
+                raise
+            return
+        decoded += 1
+        yield frame
 
 
 def _check_video_budget(name: str, last: int, frame_bytes: int, settings: Settings | None) -> None:
@@ -975,7 +1000,8 @@ def dicom_pixel_spacing_mm(ds: Any) -> float | None:
 # while the batch runs: load_image(path, frame_index=i) then takes frame i from memory (the file must be unchanged).
 # The caller bounds what is held (frames x width x height x 3 <= Settings.max_decoded_mb).
 
-_HELD: dict[tuple[str, int], tuple[tuple[int, int], LoadedImage, int]] = {}  # (path, index) → (stat, image, holders)
+# (path, index) → (stat, the frame or the error of a frame the file ends before, holders)
+_HELD: dict[tuple[str, int], tuple[tuple[int, int], LoadedImage | ImageError, int]] = {}
 _HELD_LOCK = threading.Lock()
 
 
@@ -1023,18 +1049,31 @@ def _stat_key(path: Path) -> tuple[int, int]:
 @contextmanager
 def held_frames(path: Path, indices: Sequence[int], *, settings: Settings | None = None) -> Iterator[list[int]]:
     """Decode ``indices`` of the file at ``path`` once and serve them to ``load_image(path, frame_index=i)`` until
-    the block ends; yields the indices held."""
+    the block ends; yields the indices decoded. A video that ends before frames its header promises: those frames'
+    error is held instead (each fails alone, the others are served)."""
     resolved = Path(path).resolve()
     stat = _stat_key(resolved)
     keys: list[tuple[str, int]] = []
+
+    def hold(index: int, image: LoadedImage | ImageError) -> None:
+        key = (str(resolved), index)
+        with _HELD_LOCK:
+            held = _HELD.get(key)
+            _HELD[key] = (stat, image, (held[2] if held else 0) + 1)
+        keys.append(key)
+
     try:
-        for image in decode_frames(resolved, indices, settings=settings):
-            key = (str(resolved), image.frame_index)
-            with _HELD_LOCK:
-                held = _HELD.get(key)
-                _HELD[key] = (stat, image, (held[2] if held else 0) + 1)
-            keys.append(key)
-        yield [index for _, index in keys]
+        decoded: list[int] = []
+        try:
+            for image in decode_frames(resolved, indices, settings=settings):
+                hold(image.frame_index, image)
+                decoded.append(image.frame_index)
+        except ImageError as exc:  # a video that ends before frames its header promises: those frames fail alone
+            if exc.field != "frame_index" or not decoded:
+                raise
+            for index in sorted({int(i) for i in indices} - set(decoded)):
+                hold(index, exc)
+        yield decoded
     finally:
         with _HELD_LOCK:
             for key in keys:
@@ -1044,16 +1083,21 @@ def held_frames(path: Path, indices: Sequence[int], *, settings: Settings | None
 
 
 def _cached_frame(source: Path | str | bytes, frame_index: int | None) -> LoadedImage | None:
-    """A frame :func:`held_frames` holds for ``source``, when the file is still the one decoded."""
+    """A frame :func:`held_frames` holds for ``source``, when the file is still the one decoded (a frame the file
+    ends before: its error is raised)."""
     if frame_index is None or not _HELD or isinstance(source, (bytes, bytearray, memoryview)):
         return None
     try:
         resolved = Path(source).resolve()
         with _HELD_LOCK:
             held = _HELD.get((str(resolved), int(frame_index)))
-        return held[1] if held is not None and held[0] == _stat_key(resolved) else None
+        if held is None or held[0] != _stat_key(resolved):
+            return None
     except (OSError, ValueError):
         return None
+    if isinstance(held[1], ImageError):
+        raise ImageError(held[1].message, field=held[1].field)
+    return held[1]
 
 
 def frame_mask_path(relative: str, image: LoadedImage) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 
 from core import catalog
 from core.errors import (
+    ImageError,
     NoModelError,
     NotFoundError,
     PathError,
@@ -479,25 +480,29 @@ class AnalysisService:
         chosen = parse_frames(frames, info.frame_count)
         check_budget(len(chosen), info.width, info.height, self.settings.max_frames, self.settings.max_decoded_mb)
         if edits:
-            entries = self._edited_frames(raw, path, chosen, edits)
+            entries, missing = self._edited_frames(raw, path, chosen, edits)
             result = self.analyze_batch(entries, source=source, progress=progress, model=model, record=False,
                                         output_dir=output_dir, input_dir=input_dir)
+            entries, items = _with_missing_frames(raw, chosen, entries, result.items, missing)
         else:
             entries = [{**raw, "frame_index": index} for index in chosen]
-            with held_frames(path, chosen, settings=self.settings):
+            with held_frames(path, chosen, settings=self.settings):  # frames a video ends before fail alone
                 result = self.analyze_batch(entries, source=source, progress=progress, model=model, record=False,
                                             output_dir=output_dir, input_dir=input_dir)
-        for index, item in zip(chosen, result.items, strict=True):
+            items = result.items
+        for index, item in zip(chosen, items, strict=True):
             item.frame_index, item.frame_count = index, info.frame_count  # type: ignore[union-attr]
         if record:
-            self._record_frames(entries, result.items, source=source, edits=edits, batch_id=result.batch_id,
+            self._record_frames(entries, items, source=source, edits=edits, batch_id=result.batch_id,
                                 input_dir=input_dir)
-        summary = summarize(result.items, chosen, frame_count=info.frame_count, fps=info.fps, dataset=parsed.dataset)
-        return CineResult(result.items, summary, batch_id=result.batch_id, seconds=time.perf_counter() - start)
+        summary = summarize(items, chosen, frame_count=info.frame_count, fps=info.fps, dataset=parsed.dataset)
+        return CineResult(items, summary, batch_id=result.batch_id, seconds=time.perf_counter() - start)
 
-    def _edited_frames(self, raw: dict, path: Path, chosen: list[int], edits: list) -> list[dict]:
+    def _edited_frames(self, raw: dict, path: Path, chosen: list[int],
+                       edits: list) -> tuple[list[dict], ImageError | None]:
         """Each frame decoded, edited (core.editing, as the dashboard does) and stored in ``api_in/``; the requests
-        name the stored frames and say where they came from (``source_path_relative``, ``source_frame_index``)."""
+        name the stored frames and say where they came from (``source_path_relative``, ``source_frame_index``).
+        A video that ends before frames its header promises: the frames before the end, and the end's error."""
         from PIL import Image
 
         from core.editing import apply_edits
@@ -508,23 +513,30 @@ class AnalysisService:
         stem = safe_stem(str(raw.get("img_name") or path.name))
         base = {k: v for k, v in raw.items() if k not in ("frame_index", "img_name", "img_dimensions",
                                                            "img_size_bytes", "img_format")}
-        for frame in decode_frames(path, chosen, settings=self.settings):
-            try:
-                edited = apply_edits(Image.fromarray(frame.rgb), edits).convert("RGB")
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
-                raise RequestError(f"edits cannot be applied: {exc}", field="edits") from None
-            buffer = io.BytesIO()
-            edited.save(buffer, format="PNG")
-            skeleton = save_upload(self.settings, buffer.getvalue(), f"{stem}_f{frame.frame_index:04d}.png")
-            entry = {**base, **{k: skeleton[k] for k in ("img_name", "img_path_relative", "img_size_bytes",
-                                                         "img_dimensions", "img_format")},
-                     "source_path_relative": raw.get("img_path_relative"), "source_frame_index": frame.frame_index}
-            if not entry.get("pixel_spacing_mm") and frame.pixel_spacing_mm:  # edits keep the pixel size
-                entry["pixel_spacing_mm"] = frame.pixel_spacing_mm
-                entry["pixel_spacing_source"] = getattr(frame, "pixel_spacing_source", None)
-            entries.append(entry)
+        missing: ImageError | None = None
+        try:
+            for frame in decode_frames(path, chosen, settings=self.settings):
+                try:
+                    edited = apply_edits(Image.fromarray(frame.rgb), edits).convert("RGB")
+                except (ValueError, KeyError, TypeError, IndexError) as exc:
+                    raise RequestError(f"edits cannot be applied: {exc}", field="edits") from None
+                buffer = io.BytesIO()
+                edited.save(buffer, format="PNG")
+                skeleton = save_upload(self.settings, buffer.getvalue(), f"{stem}_f{frame.frame_index:04d}.png")
+                entry = {**base, **{k: skeleton[k] for k in ("img_name", "img_path_relative", "img_size_bytes",
+                                                             "img_dimensions", "img_format")},
+                         "source_path_relative": raw.get("img_path_relative"),
+                         "source_frame_index": frame.frame_index}
+                if not entry.get("pixel_spacing_mm") and frame.pixel_spacing_mm:  # edits keep the pixel size
+                    entry["pixel_spacing_mm"] = frame.pixel_spacing_mm
+                    entry["pixel_spacing_source"] = getattr(frame, "pixel_spacing_source", None)
+                entries.append(entry)
+        except ImageError as exc:
+            if exc.field != "frame_index" or not entries:
+                raise
+            missing = exc
         order = {index: position for position, index in enumerate(chosen)}
-        return sorted(entries, key=lambda entry: order[entry["source_frame_index"]])
+        return sorted(entries, key=lambda entry: order[entry["source_frame_index"]]), missing
 
     def _record_frames(self, entries: list, items: list[BatchItem], *, source: str, edits: list | None,
                        batch_id: str, input_dir: Path | None) -> None:
@@ -600,6 +612,18 @@ def _history_failure(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return f"the workspace cannot be written ({exc.strerror or type(exc).__name__})"
     return f"the history store failed ({type(exc).__name__}); the server log has details"
+
+
+def _with_missing_frames(raw: dict, chosen: list[int], entries: list[dict], items: list[BatchItem],
+                         missing: ImageError | None) -> tuple[list[dict], list[BatchItem]]:
+    """Entries and items in ``chosen`` order, a failure (``missing``) for each frame a video ended before."""
+    if missing is None:
+        return entries, items
+    done = {entry["source_frame_index"]: (entry, item) for entry, item in zip(entries, items, strict=True)}
+    pairs = [done.get(index) or ({**raw, "frame_index": index},
+                                 AnalysisFailure.from_exception({**raw, "frame_index": index}, missing))
+             for index in chosen]
+    return [entry for entry, _ in pairs], [item for _, item in pairs]
 
 
 def write_classification_json(output_dir: Path, items: list[BatchItem]) -> Path:

@@ -95,6 +95,14 @@ def disk_video(fmt: str = "mp4") -> bytes:
     return video_bytes([disk(r) for r in RADII], fmt=fmt)
 
 
+def truncated_avi(keep: int) -> bytes:
+    """The 8-frame disk video as AVI, cut after its ``keep``-th frame: the header still promises 8."""
+    data = video_bytes([disk(r) for r in RADII], fmt="avi")
+    movi = data.index(b"movi")
+    chunks = [i for i in range(movi, len(data) - 4) if data[i:i + 4] == b"00dc"]
+    return data[:chunks[keep]]
+
+
 def _request(skeleton: dict, dataset: str = "DDTI", **extra) -> dict:
     return {**skeleton, "task": "segmentation", "dataset_name": dataset, **extra}
 
@@ -264,6 +272,25 @@ def test_analyze_frames_subset_edits_and_classification(tiny_settings: Settings)
     probabilities = cls.summary["probability"]
     assert len(probabilities) == 2 and all(len(p) == 2 and sum(p) == pytest.approx(1.0) for p in probabilities)
     assert cls.summary["area_px"] is None and cls.summary["largest_frame"] is None
+
+
+def test_a_video_that_ends_before_its_promised_frames_fails_only_those_frames(tiny_settings: Settings):
+    service = AnalysisService(tiny_settings, model="tiny")
+    skeleton = service.save_upload(truncated_avi(keep=5), "cut.avi")
+    assert service.probe(skeleton["img_path_relative"])["frame_count"] == 8  # the header's promise
+    stored = Path(skeleton["img_path_relative"]).name
+    message = f"{stored}: the video ends after 5 of the 8 frames its header promises (frames 5..7 cannot be decoded)"
+    for edits in (None, [{"op": "rotate90", "k": 1}]):
+        result = service.analyze_frames(_request(skeleton), edits=edits)
+        assert [item.frame_index for item in result.items] == list(range(8))
+        assert [isinstance(item, AnalysisResponse) for item in result.items] == [True] * 5 + [False] * 3
+        assert {failure.error for failure in result.failures} == {message}
+        assert result.summary["failed"] == 3 and len(result.summary["area_px"]) == 8
+    rows = service.runs()
+    assert len(rows) == 16 and sum(1 for row in rows if row["error"] == message) == 6
+    with pytest.raises(ImageError, match="ends after 5 of the 8"):
+        service.load_frame(skeleton["img_path_relative"], 6)
+    assert service.load_frame(skeleton["img_path_relative"], 4).shape == (96, 128, 3)
 
 
 def test_analyze_frames_refuses_bad_frames_and_limits(tiny_settings: Settings):
