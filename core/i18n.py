@@ -47,7 +47,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "source_upload": ("上传图像", "Upload an image"),
     "source_sample": ("随机样本", "Random sample"),
     "upload_label": (
-        "选择超声图像（PNG、JPEG、BMP、TIFF、DICOM）", "Choose an ultrasound image (PNG, JPEG, BMP, TIFF, DICOM)",
+        "选择超声图像或动态影像（PNG、JPEG、BMP、TIFF、DICOM，含多帧；MP4、AVI、MOV、WebM、MKV 视频）",
+        "Choose an ultrasound image or cine loop (PNG, JPEG, BMP, TIFF, DICOM incl. multi-frame; MP4, AVI, MOV, WebM, "
+        "MKV video)",
     ),
     "random_button": ("随机抽取样本", "Draw a random sample"),
     "no_samples": (

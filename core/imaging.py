@@ -361,6 +361,7 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 # decoding the ones before it: at most Settings.max_frames of them and Settings.max_decoded_mb of RGB in all.
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv")
+STILL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")  # what the uploaders offer
 _MAX_COUNTED_PACKETS = 100_000
 _STILL_BRANDS = (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis")  # ISO-BMFF images, not cine loops
 

@@ -14,7 +14,7 @@ import streamlit as st
 from PIL import Image
 
 from core import catalog, editing, i18n, overlay
-from core.imaging import load_image
+from core.imaging import STILL_SUFFIXES, VIDEO_SUFFIXES, load_image
 from pages import clinical  # clinical hook
 from pages.common import (
     choice,
@@ -40,8 +40,7 @@ from pages.common import (
     url_param,
 )
 
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm"]
-UPLOAD_TYPES = [*UPLOAD_TYPES, *clinical.VIDEO_TYPES]  # clinical hook
+UPLOAD_TYPES = [suffix.lstrip(".") for suffix in (*STILL_SUFFIXES, *VIDEO_SUFFIXES)]  # stills, DICOM, cine loops
 PLOT_CONFIG = {"scrollZoom": True, "displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
 
 PAGE_STARTED = time.perf_counter()  # this script run began just after the click that started it

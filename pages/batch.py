@@ -19,6 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from core import catalog, i18n
+from core.imaging import STILL_SUFFIXES
 from core.response import AnalysisResponse
 from pages.common import (
     choice,
@@ -37,7 +38,7 @@ from pages.common import (
     tr,
 )
 
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm"]
+UPLOAD_TYPES = [suffix.lstrip(".") for suffix in STILL_SUFFIXES]  # a batch is of still images
 JSON_MAX_DEPTH = 3  # data_root/x.json, data_root/a/x.json, data_root/a/b/x.json
 JSON_MAX_FILES = 500
 JSON_MAX_MB = 64

@@ -22,10 +22,10 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 
 from core import catalog, editing, i18n, overlay
 from core.calibration import check_spacing, spacing_from_line
-from core.imaging import probe_frames
+from core.imaging import VIDEO_SUFFIXES, probe_frames
 from pages.common import choice, error_message, lang, md_literal, measure_rows, scrub_literal, service, tr
 
-VIDEO_TYPES = ["mp4", "avi", "mov", "webm", "mkv"]
+VIDEO_TYPES = [suffix.lstrip(".") for suffix in VIDEO_SUFFIXES]
 FRAME_MARK = "#frame="
 PLAY_SECONDS = 0.4  # one player step; the frame step follows the loop's fps
 THUMB_SIDE = 480  # the player's frames (display copies only)
