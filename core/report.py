@@ -207,16 +207,25 @@ class CaseReport:
         self.pdf.set_text_color(0, 0, 0)
 
     def table(self, header: list[str], rows: list[list[str]], widths: list[float]) -> None:
+        """A bordered table; its header is repeated on each page it runs onto (and never left alone at a foot)."""
+        if self.pdf.will_page_break(12):
+            self.pdf.add_page()
+        self._table_header(header, widths)
+        for cells in rows:
+            if self.pdf.will_page_break(6):
+                self.pdf.add_page()
+                self._table_header(header, widths)
+            for text, width in zip(cells, widths, strict=True):
+                self.pdf.cell(width, 6, self.text(text), border=1)
+            self.pdf.ln()
+
+    def _table_header(self, header: list[str], widths: list[float]) -> None:
         self.font(9, bold=True)
         self.pdf.set_fill_color(230, 236, 245)
         for text, width in zip(header, widths, strict=True):
             self.pdf.cell(width, 6, self.text(text), border=1, fill=True)
         self.pdf.ln()
         self.font(9)
-        for cells in rows:
-            for text, width in zip(cells, widths, strict=True):
-                self.pdf.cell(width, 6, self.text(text), border=1)
-            self.pdf.ln()
 
     # ------------------------------------------------------------------------------------------ the document
     def build(self) -> bytes:

@@ -350,3 +350,13 @@ def test_report_and_seg_round_trip_over_a_real_server(api, hc_settings: Settings
     with pytest.raises(RequestError, match="did not analyse a DICOM file") as info:
         api.dicom_seg(png_run.run_id)
     assert info.value.status_code == 422
+
+
+def test_a_table_that_runs_onto_the_next_page_repeats_its_header():
+    case = report.CaseReport(None, {"id": 7, "task": "segmentation"}, "en")
+    case.pdf.add_page()
+    case.table(["Measure", "px", "mm"], [[f"row {i}", str(i), "-"] for i in range(60)], [80, 50, 50])
+    pages = [page.extract_text() or "" for page in PdfReader(io.BytesIO(bytes(case.pdf.output()))).pages]
+    assert len(pages) >= 2
+    assert all(page.count("Measure") == 1 for page in pages)  # the header on every page the table covers
+    assert all(f"row {i}" in "".join(pages) for i in range(60))
