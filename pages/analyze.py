@@ -28,6 +28,7 @@ from pages.common import (
     label,
     lang,
     md_literal,
+    measure_rows,
     page_header,
     proxy_of,
     scrub_literal,
@@ -297,12 +298,16 @@ def show_comparison(result: dict) -> None:
     rows = []
     for response in (first, second):
         answer = (label(response["task"], response["dataset_name"], int(response["prediction"]))
-                  if response["task"] == "classification" else f"{int(response.get('mask_area_px') or 0):,} px²")
+                  if response["task"] == "classification" else _area_text(response))
         rows.append({tr("model_pick"): response.get("model_name"), tr("result"): answer,
                      tr("inference_time"): f"{float(response.get('inference_time_sec', 0.0)) * 1000:.0f} ms"})
     st.subheader(tr("comparison"))
     st.table(pd.DataFrame(rows))
     if first["task"] == "segmentation":
+        measured = [r.get("measurements") or {} for r in (first, second)]
+        keys = list(dict.fromkeys([*measured[0], *measured[1]]))
+        titles = [f"{tag} · {r.get('model_name') or '—'}" for tag, r in zip("AB", (first, second), strict=True)]
+        st.table(measure_rows(keys, dict(zip(titles, measured, strict=True))))  # mm too when calibrated
         try:
             masks = [overlay.as_bool_mask(load_image(service(current).mask_png(r), settings=current).rgb)
                      for r in (first, second)]
@@ -310,6 +315,13 @@ def show_comparison(result: dict) -> None:
             st.error(tr("engine_error", message=scrub_literal(error_message(error), current)))
             return
         st.metric(tr("compare_agreement"), f"{_dice(masks[0], masks[1]):.3f}")
+
+
+def _area_text(response: dict) -> str:
+    """The mask's area in px², and in mm² when the run is calibrated."""
+    text = f"{int(response.get('mask_area_px') or 0):,} px²"
+    area_mm2 = (response.get("measurements") or {}).get("area_mm2")
+    return f"{text} · {float(area_mm2):,.1f} mm²" if isinstance(area_mm2, (int, float)) else text
 
 
 # ---------------------------------------------------------------- results

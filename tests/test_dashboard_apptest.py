@@ -886,6 +886,10 @@ def test_two_models_can_be_picked_and_compared_on_one_image(dashboard_env):
     shown = next(t.value for t in at.table if i18n.t("model_pick", "zh") in t.value.columns)
     assert list(shown.iloc[:, 0]) == ["second", "first"]
     assert any(m.value == "1.000" for m in at.metric)  # the same network twice: the masks agree exactly
+    measured = next(t.value for t in at.table if "A · second" in t.value.columns)  # the measurements side by side
+    assert list(measured.columns[1:]) == ["A · second", "B · first"]
+    area = next(row for _, row in measured.iterrows() if row.iloc[0].startswith(i18n.measure_label("area", "zh")))
+    assert area["A · second"] == area["B · first"] != "—"
 
 
 # ------------------------------------------------------------------------------------------------ issue 12 (Analyze)
