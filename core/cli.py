@@ -15,6 +15,10 @@ import importlib
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.service import AnalysisService
 
 USAGE = """usage: python -m core <command> [options]
 
@@ -70,7 +74,7 @@ def _predict_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _build_service(args: argparse.Namespace):
+def _build_service(args: argparse.Namespace) -> AnalysisService:
     """The analysis service over the engine the options describe (manifest model or ad-hoc weights)."""
     from core.engine import Engine
     from core.models import registry
@@ -120,56 +124,29 @@ def _report(result, output_dir: Path) -> int:
     return 1 if failed else 0
 
 
+class _Refused(Exception):
+    """A CLI input that cannot be used: printed as ``error: <message>``, exit code 2 (never a traceback)."""
+
+
 def predict_main(argv: list[str]) -> int:
     args = _predict_parser().parse_args(argv)
-    if (args.arch is None) != (args.weights is None):
-        print("error: --arch and --weights go together", file=sys.stderr)
-        return 2
-
     import torch
     from tqdm import tqdm
 
-    from core.errors import UUSICError
     from core.service import write_classification_json
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
-        from core.schema import loads_json, parse_request_list
-
-        # loads_json refuses nesting deeper than MAX_JSON_DEPTH before parsing (no RecursionError)
-        entries = parse_request_list(loads_json(args.input_json.read_bytes(), what="the file"))
-    except FileNotFoundError:
-        print(f"error: input JSON {args.input_json} not found", file=sys.stderr)
-        return 2
-    except (ValueError, RecursionError, UUSICError) as exc:
-        print(f"error: input JSON {args.input_json} is not a list of requests: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # a folder, no permission
-        print(f"error: cannot read input JSON {args.input_json}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    if not args.input_dir.is_dir():
-        print(f"error: input dir {args.input_dir} not found", file=sys.stderr)
-        return 2
-    try:  # before the model loads: an output dir that is a file or read-only is a one-line error, not a traceback
-        import tempfile
-
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=args.output_dir):
-            pass
-    except OSError as exc:
-        reason = ("it is a file, not a folder" if args.output_dir.exists() and not args.output_dir.is_dir()
-                  else exc.strerror or str(exc))
-        print(f"error: --output-dir {args.output_dir} cannot be written: {reason}", file=sys.stderr)
-        return 2
-    try:
-        service = _build_service(args)
-    except UUSICError as exc:
+        if (args.arch is None) != (args.weights is None):
+            raise _Refused("--arch and --weights go together")
+        entries = _read_entries(args.input_json)
+        if not args.input_dir.is_dir():
+            raise _Refused(f"input dir {args.input_dir} not found")
+        _check_output_dir(args.output_dir)  # before the model loads
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        service = _open_predict_service(args)
+    except _Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # the workspace (UUSIC_WORKSPACE) is a file, read-only, ...
-        print(f"error: the workspace cannot be used ({exc.filename or 'UUSIC_WORKSPACE'}): {exc.strerror or exc}",
-              file=sys.stderr)
         return 2
     info = service.model_info()
     print(f"model {info['name']} ({info['arch']}, sha256 {info['sha256'][:12]}…) on {info['device_name']}",
@@ -188,6 +165,47 @@ def predict_main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     return _report(result, args.output_dir)
+
+
+def _read_entries(path: Path) -> list:
+    """The input JSON's requests (nesting deeper than MAX_JSON_DEPTH is refused before parsing)."""
+    from core.errors import UUSICError
+    from core.schema import loads_json, parse_request_list
+
+    try:
+        return parse_request_list(loads_json(path.read_bytes(), what="the file"))
+    except FileNotFoundError:
+        raise _Refused(f"input JSON {path} not found") from None
+    except (ValueError, RecursionError, UUSICError) as exc:
+        raise _Refused(f"input JSON {path} is not a list of requests: {exc}") from None
+    except OSError as exc:  # a folder, no permission
+        raise _Refused(f"cannot read input JSON {path}: {exc.strerror or exc}") from None
+
+
+def _check_output_dir(folder: Path) -> None:
+    """An output dir that is a file or read-only is a one-line error, found before the model loads."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = ("it is a file, not a folder" if folder.exists() and not folder.is_dir()
+                  else exc.strerror or str(exc))
+        raise _Refused(f"--output-dir {folder} cannot be written: {reason}") from None
+
+
+def _open_predict_service(args: argparse.Namespace) -> AnalysisService:
+    from core.errors import UUSICError
+
+    try:
+        return _build_service(args)
+    except UUSICError as exc:
+        raise _Refused(str(exc)) from None
+    except OSError as exc:  # the workspace (UUSIC_WORKSPACE) is a file, read-only, ...
+        raise _Refused(f"the workspace cannot be used ({exc.filename or 'UUSIC_WORKSPACE'}): "
+                       f"{exc.strerror or exc}") from None
 
 
 def _predict_frames(service, entries: list, args: argparse.Namespace, record: bool) -> int:

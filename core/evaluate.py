@@ -99,78 +99,102 @@ def _mean(values) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+class _Scores:
+    """Per-image scores of one prediction folder against the ground truth, gathered entry by entry."""
+
+    def __init__(self, data_root: Path, pred_dir: Path, nsd_tolerance: float):
+        self.data_root, self.pred_dir, self.nsd_tolerance = data_root, pred_dir, nsd_tolerance
+        cls_file = pred_dir / "classification.json"
+        self.cls_pred = json.loads(cls_file.read_text(encoding="utf-8")) if cls_file.is_file() else {}
+        self.seg_rows: dict[str, list[dict]] = defaultdict(list)
+        self.cls_rows: dict[str, list[dict]] = defaultdict(list)
+        self.missing: dict[str, list[str]] = defaultdict(list)
+        self.problems: list[str] = []
+
+    def add(self, entry: dict) -> None:
+        task, name, rel = entry.get("task"), entry.get("dataset_name"), entry.get("img_path_relative")
+        scored = ((task == "segmentation" and entry.get("mask_path_relative"))
+                  or (task == "classification" and entry.get("class_label_index") is not None))
+        if not scored:
+            return
+        if not isinstance(name, str) or not isinstance(rel, str):
+            self.problems.append(_malformed(entry))
+        elif task == "segmentation":
+            self._add_segmentation(entry, name, rel)
+        else:
+            self._add_classification(entry, name, rel)
+
+    def _add_segmentation(self, entry: dict, name: str, rel: str) -> None:
+        gt_path = self.data_root / entry["mask_path_relative"]
+        pred_path = _prediction_mask_path(self.pred_dir, rel)
+        if pred_path is None:
+            self.missing[f"segmentation/{name}"].append(rel)
+            return
+        if not gt_path.is_file():
+            self.problems.append(f"ground-truth mask missing: {entry['mask_path_relative']}")
+            return
+        gt, pred = _read_mask(gt_path), _read_mask(pred_path)
+        if gt.shape != pred.shape:
+            self.problems.append(f"{rel}: prediction {pred.shape[::-1]} vs ground truth {gt.shape[::-1]} (w, h)")
+            return
+        row = {"img_path_relative": rel, "dice": dice(gt, pred), "nsd": nsd(gt, pred, self.nsd_tolerance)}
+        if entry.get("head_circumference_mm") and entry.get("pixel_spacing_mm"):
+            row["hc_abs_error_mm"] = _hc_error(pred, entry)
+        self.seg_rows[name].append(row)
+
+    def _add_classification(self, entry: dict, name: str, rel: str) -> None:
+        scores = self.cls_pred.get(rel)
+        if scores is None:
+            self.missing[f"classification/{name}"].append(rel)
+            return
+        self.cls_rows[name].append({"img_path_relative": rel, "label": int(entry["class_label_index"]),
+                                    "probability": [float(v) for v in scores["probability"]],
+                                    "prediction": int(scores["prediction"])})
+
+    def names(self, task: str, rows: dict[str, list[dict]]) -> list[str]:
+        return sorted(set(rows) | {k.split("/", 1)[1] for k in self.missing if k.startswith(f"{task}/")})
+
+    def segmentation(self) -> dict[str, dict]:
+        summary = {}
+        for name in self.names("segmentation", self.seg_rows):
+            rows = self.seg_rows.get(name, [])
+            result = {"n": len(rows), "missing": len(self.missing.get(f"segmentation/{name}", [])),
+                      "dice": _mean(r["dice"] for r in rows), "nsd": _mean(r["nsd"] for r in rows)}
+            hc = [r["hc_abs_error_mm"] for r in rows if r.get("hc_abs_error_mm") is not None]
+            if hc:
+                result["hc_mae_mm"] = float(np.mean(hc))
+                result["hc_n"] = len(hc)
+            summary[name] = result
+        return summary
+
+    def classification(self) -> dict[str, dict]:
+        summary = {}
+        for name in self.names("classification", self.cls_rows):
+            rows = self.cls_rows.get(name, [])
+            labels = [r["label"] for r in rows]
+            summary[name] = {
+                "n": len(rows),
+                "missing": len(self.missing.get(f"classification/{name}", [])),
+                "auc": auc(labels, [r["probability"] for r in rows]) if rows else None,
+                "accuracy": _mean(float(r["prediction"] == r["label"]) for r in rows),
+            }
+        return summary
+
+
 def evaluate(ground_truth: list[dict] | Path | str, data_root: Path | str, pred_dir: Path | str, *,
              nsd_tolerance: float = DEFAULT_NSD_TOLERANCE_PX, progress: bool = False) -> dict:
     """Metrics report (a JSON-ready dict); see the module docstring for definitions."""
     if not isinstance(ground_truth, list):
         ground_truth = parse_request_list(json.loads(Path(ground_truth).read_text(encoding="utf-8")))
-    data_root, pred_dir = Path(data_root), Path(pred_dir)
-    cls_file = pred_dir / "classification.json"
-    cls_pred = json.loads(cls_file.read_text(encoding="utf-8")) if cls_file.is_file() else {}
-
-    seg_rows: dict[str, list[dict]] = defaultdict(list)
-    cls_rows: dict[str, list[dict]] = defaultdict(list)
-    missing: dict[str, list[str]] = defaultdict(list)
-    problems: list[str] = []
+    scores = _Scores(Path(data_root), Path(pred_dir), nsd_tolerance)
     entries = ground_truth
     if progress:
         from tqdm import tqdm
 
         entries = tqdm(ground_truth, desc="Scoring", unit="img")
     for entry in entries:
-        task, name, rel = entry.get("task"), entry.get("dataset_name"), entry.get("img_path_relative")
-        if task == "segmentation" and entry.get("mask_path_relative"):
-            if not isinstance(name, str) or not isinstance(rel, str):
-                problems.append(_malformed(entry))
-                continue
-            gt_path = data_root / entry["mask_path_relative"]
-            pred_path = _prediction_mask_path(pred_dir, rel)
-            if pred_path is None:
-                missing[f"segmentation/{name}"].append(rel)
-                continue
-            if not gt_path.is_file():
-                problems.append(f"ground-truth mask missing: {entry['mask_path_relative']}")
-                continue
-            gt, pred = _read_mask(gt_path), _read_mask(pred_path)
-            if gt.shape != pred.shape:
-                problems.append(f"{rel}: prediction {pred.shape[::-1]} vs ground truth {gt.shape[::-1]} (w, h)")
-                continue
-            row = {"img_path_relative": rel, "dice": dice(gt, pred), "nsd": nsd(gt, pred, nsd_tolerance)}
-            if entry.get("head_circumference_mm") and entry.get("pixel_spacing_mm"):
-                row["hc_abs_error_mm"] = _hc_error(pred, entry)
-            seg_rows[name].append(row)
-        elif task == "classification" and entry.get("class_label_index") is not None:
-            if not isinstance(name, str) or not isinstance(rel, str):
-                problems.append(_malformed(entry))
-                continue
-            scores = cls_pred.get(rel)
-            if scores is None:
-                missing[f"classification/{name}"].append(rel)
-                continue
-            cls_rows[name].append({"img_path_relative": rel, "label": int(entry["class_label_index"]),
-                                   "probability": [float(v) for v in scores["probability"]],
-                                   "prediction": int(scores["prediction"])})
-
-    segmentation = {}
-    for name in sorted(set(seg_rows) | {k.split("/", 1)[1] for k in missing if k.startswith("segmentation/")}):
-        rows = seg_rows.get(name, [])
-        result = {"n": len(rows), "missing": len(missing.get(f"segmentation/{name}", [])),
-                  "dice": _mean(r["dice"] for r in rows), "nsd": _mean(r["nsd"] for r in rows)}
-        hc = [r["hc_abs_error_mm"] for r in rows if r.get("hc_abs_error_mm") is not None]
-        if hc:
-            result["hc_mae_mm"] = float(np.mean(hc))
-            result["hc_n"] = len(hc)
-        segmentation[name] = result
-    classification = {}
-    for name in sorted(set(cls_rows) | {k.split("/", 1)[1] for k in missing if k.startswith("classification/")}):
-        rows = cls_rows.get(name, [])
-        labels = [r["label"] for r in rows]
-        classification[name] = {
-            "n": len(rows),
-            "missing": len(missing.get(f"classification/{name}", [])),
-            "auc": auc(labels, [r["probability"] for r in rows]) if rows else None,
-            "accuracy": _mean(float(r["prediction"] == r["label"]) for r in rows),
-        }
+        scores.add(entry)
+    segmentation, classification = scores.segmentation(), scores.classification()
     return {
         "nsd_tolerance_px": nsd_tolerance,
         "segmentation": segmentation,
@@ -181,11 +205,10 @@ def evaluate(ground_truth: list[dict] | Path | str, data_root: Path | str, pred_
             "auc": _mean(v["auc"] for v in classification.values()),
             "accuracy": _mean(v["accuracy"] for v in classification.values()),
         },
-        "missing_total": sum(len(v) for v in missing.values()),
-        "missing": {k: v[:20] for k, v in missing.items()},
-        "problems": problems,
-        "per_image": {"segmentation": {k: v for k, v in seg_rows.items()},
-                      "classification": {k: v for k, v in cls_rows.items()}},
+        "missing_total": sum(len(v) for v in scores.missing.values()),
+        "missing": {k: v[:20] for k, v in scores.missing.items()},
+        "problems": scores.problems,
+        "per_image": {"segmentation": dict(scores.seg_rows), "classification": dict(scores.cls_rows)},
     }
 
 

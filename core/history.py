@@ -594,6 +594,11 @@ def _conditions(filters: dict) -> list[sa.ColumnElement[bool]]:
     return conditions
 
 
+RESPONSE_COLUMNS = ("model_name", "model_sha256", "prediction", "label_name", "mask_path", "mask_path_relative",
+                    "mask_area_px", "measurements", "inference_time_sec", "memory_usage_mb", "gpu_memory_usage_mb",
+                    "gpu_memory_reserved_mb", "device")  # copied from the response as they are
+
+
 def record_run(store: HistoryStore, request: Any, response: dict | None, *, source: str, edits: list | None = None,
                input_sha256: str | None = None, error: str | None = None, error_type: str | None = None,
                batch_id: str | None = None) -> int:
@@ -603,14 +608,35 @@ def record_run(store: HistoryStore, request: Any, response: dict | None, *, sour
     A row has a bounded size: fields outside the schema (echoed in the response) are stored once, in ``request``,
     and only up to ``MAX_EXTRAS_BYTES`` of JSON; a schema field longer than ``MAX_TEXT`` is cut (a refused request
     is recorded as sent, within these bounds)."""
-    from core.schema import MAX_EXTRAS_BYTES, MAX_TEXT, PredictRequest, extras_size
-
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if request is not None and hasattr(request, "to_dict"):
         request = request.to_dict()
-    request = request if isinstance(request, dict) else {}
+    request, extras = _bounded_request(request if isinstance(request, dict) else {})
     response = response or {}
+    rel = response.get("img_path_relative") or request.get("img_path_relative")
+    name = request.get("img_name") or response.get("img_name")
+    if not name and isinstance(rel, str):
+        name = PurePosixPath(rel.replace("\\", "/")).name
+    stored_response = {k: v for k, v in response.items()
+                       if not (isinstance(v, dict) and "probability" in v and k == rel)
+                       and not (k in extras and v == extras[k])}  # echoed extras: stored once, in request
+    return store.add({
+        "source": source, "img_name": name, "img_path_relative": rel, "input_sha256": input_sha256,
+        "edits": edits if edits else None,
+        **{key: response.get(key) or request.get(key) for key in ("task", "dataset_name", "organ")},
+        **{key: response.get(key) for key in RESPONSE_COLUMNS},
+        "probabilities": response.get("probability"),
+        "error": error, "error_type": error_type, "batch_id": batch_id,
+        "request": request or None, "response": stored_response or None,
+    })
+
+
+def _bounded_request(request: dict) -> tuple[dict, dict]:
+    """(the request as stored, its fields outside the schema): schema fields cut to ``MAX_TEXT``, the extras kept
+    only up to ``MAX_EXTRAS_BYTES`` of JSON (else a note says what was left out)."""
+    from core.schema import MAX_EXTRAS_BYTES, MAX_TEXT, PredictRequest, extras_size
+
     extras = {k: v for k, v in request.items() if k not in PredictRequest.model_fields}
 
     def bounded(value: Any) -> Any:
@@ -620,48 +646,11 @@ def record_run(store: HistoryStore, request: Any, response: dict | None, *, sour
             return f"<{extras_size({'v': value}):,} bytes of JSON, not stored>"
         return value
 
-    stored_request = {k: bounded(v) for k, v in request.items() if k not in extras}
+    stored = {k: bounded(v) for k, v in request.items() if k not in extras}
     size = extras_size(extras)
     if size > MAX_EXTRAS_BYTES:
-        stored_request["extras_omitted"] = (f"{len(extras)} field(s) outside the schema, {size:,} bytes of JSON: "
-                                            f"over the {MAX_EXTRAS_BYTES:,} stored")
+        stored["extras_omitted"] = (f"{len(extras)} field(s) outside the schema, {size:,} bytes of JSON: "
+                                    f"over the {MAX_EXTRAS_BYTES:,} stored")
     else:
-        stored_request.update(extras)
-    request = stored_request
-    rel = response.get("img_path_relative") or request.get("img_path_relative")
-    name = request.get("img_name") or response.get("img_name")
-    if not name and isinstance(rel, str):
-        name = PurePosixPath(rel.replace("\\", "/")).name
-    probability = response.get("probability")
-    stored_response = {k: v for k, v in response.items()
-                       if not (isinstance(v, dict) and "probability" in v and k == rel)
-                       and not (k in extras and v == extras[k])}  # echoed extras: stored once, in request
-    return store.add({
-        "source": source,
-        "img_name": name,
-        "img_path_relative": rel,
-        "input_sha256": input_sha256,
-        "edits": edits if edits else None,
-        "task": response.get("task") or request.get("task"),
-        "dataset_name": response.get("dataset_name") or request.get("dataset_name"),
-        "organ": response.get("organ") or request.get("organ"),
-        "model_name": response.get("model_name"),
-        "model_sha256": response.get("model_sha256"),
-        "prediction": response.get("prediction"),
-        "label_name": response.get("label_name"),
-        "probabilities": probability,
-        "mask_path": response.get("mask_path"),
-        "mask_path_relative": response.get("mask_path_relative"),
-        "mask_area_px": response.get("mask_area_px"),
-        "measurements": response.get("measurements"),
-        "inference_time_sec": response.get("inference_time_sec"),
-        "memory_usage_mb": response.get("memory_usage_mb"),
-        "gpu_memory_usage_mb": response.get("gpu_memory_usage_mb"),
-        "gpu_memory_reserved_mb": response.get("gpu_memory_reserved_mb"),
-        "device": response.get("device"),
-        "error": error,
-        "error_type": error_type,
-        "batch_id": batch_id,
-        "request": request or None,
-        "response": stored_response or None,
-    })
+        stored.update(extras)
+    return stored, extras
