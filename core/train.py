@@ -264,18 +264,10 @@ def train(pack: Pack, out: Path, *, epochs: int = 30, batch_size: int = 16, lr: 
     model = DemoUNet(config).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    train_idx = np.flatnonzero(~pack.val)
-    val_idx = np.flatnonzero(pack.val)
+    train_idx, val_idx = np.flatnonzero(~pack.val), np.flatnonzero(pack.val)
     if len(train_idx) == 0:
         raise ValueError("no training entries (all went to validation); use a larger data root")
-    # tensors on the training device (uint8 images: ~130 MB for the full UUSIC sample data)
-    images = torch.from_numpy(pack.images).to(dev)
-    masks = torch.from_numpy(pack.masks).to(dev)
-    labels = torch.from_numpy(pack.labels).to(dev)
-    is_seg = torch.from_numpy(pack.is_seg).to(dev)
-    prompts = torch.from_numpy(pack.prompts).to(dev)
-    hflip_ok = torch.from_numpy(np.array([str(d).split("/", 1)[1] not in NO_HFLIP for d in pack.datasets])).to(dev)
-
+    data = _device_tensors(pack, dev)
     steps_per_epoch = max(1, math.ceil(len(train_idx) / batch_size))
     total_steps = max_steps or epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -283,44 +275,24 @@ def train(pack: Pack, out: Path, *, epochs: int = 30, batch_size: int = 16, lr: 
     budget = max_minutes * 60 if max_minutes else None
     gen = torch.Generator(device=dev).manual_seed(seed)
     rng = np.random.default_rng(seed)
-    t0 = time.perf_counter()
-    last_ckpt = t0
-    history = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total_steps, desc="Training", unit="step", file=sys.stderr, mininterval=2.0)
-    step, running = 0, None
-    order = rng.permutation(train_idx)
-    pos = 0
+    t0 = last_ckpt = time.perf_counter()
+    history: list[tuple[int, float]] = []
+    bar = _progress_bar(total_steps) if progress else None
+    step, running, order, pos = 0, None, rng.permutation(train_idx), 0
     model.train()
     while step < total_steps:
-        elapsed = time.perf_counter() - t0
-        frac = max(step / total_steps, elapsed / budget if budget else 0.0)
+        frac = max(step / total_steps, (time.perf_counter() - t0) / budget if budget else 0.0)
         if frac >= 1.0:
             break
-        scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
         for group in optimizer.param_groups:
-            group["lr"] = lr * max(scale, 0.01)
+            group["lr"] = lr * max(_lr_scale(step, warmup, frac), 0.01)
         if pos + batch_size > len(order):
             order, pos = rng.permutation(train_idx), 0
         sel = torch.from_numpy(order[pos:pos + batch_size]).to(dev)
         pos += batch_size
-        x = images[sel].float().div(255)[:, None]
-        m = masks[sel].float()[:, None]
-        x, m = augment(x, m, hflip_ok[sel], gen)
-        p = prompts[sel]
-        x = x.permute(0, 2, 3, 1).expand(-1, -1, -1, 3)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp and dev.type == "cuda"):
-            seg, c2, _ = model(x, p[:, :8], p[:, 8:10], p[:, 10:13], p[:, 13:15])
-        loss, _parts = multitask_loss(seg, c2, m, labels[sel], is_seg[sel])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
+        loss = _train_step(model, optimizer, data, sel, gen, amp=amp and dev.type == "cuda", device_type=dev.type)
         step += 1
-        value = float(loss.detach()) if (step % 10 == 0 or step < 20) else None
+        value = float(loss) if (step % 10 == 0 or step < 20) else None  # a GPU sync only when logged
         if value is not None:
             running = value if running is None else 0.9 * running + 0.1 * value
             history.append((step, value))
@@ -347,6 +319,43 @@ def train(pack: Pack, out: Path, *, epochs: int = 30, batch_size: int = 16, lr: 
     _checkpoint(model, out, extra_checkpoint_dir, {**(meta or {}), **summary, "partial": False})
     log.info("done: %s", json.dumps(summary))
     return summary
+
+
+def _device_tensors(pack: Pack, dev: torch.device) -> dict[str, torch.Tensor]:
+    """The pack's arrays on the training device (uint8 images: ~130 MB for the full UUSIC sample data)."""
+    hflip_ok = np.array([str(d).split("/", 1)[1] not in NO_HFLIP for d in pack.datasets])
+    arrays = {"images": pack.images, "masks": pack.masks, "labels": pack.labels, "is_seg": pack.is_seg,
+              "prompts": pack.prompts, "hflip_ok": hflip_ok}
+    return {name: torch.from_numpy(array).to(dev) for name, array in arrays.items()}
+
+
+def _progress_bar(total_steps: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total_steps, desc="Training", unit="step", file=sys.stderr, mininterval=2.0)
+
+
+def _lr_scale(step: int, warmup: int, frac: float) -> float:
+    """Linear warm-up, then cosine decay over the run's fraction done (steps or time budget)."""
+    return (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def _train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: dict[str, torch.Tensor],
+                sel: torch.Tensor, gen: torch.Generator, *, amp: bool, device_type: str) -> torch.Tensor:
+    """One optimisation step on the entries ``sel`` (augmented with ``gen``); returns the (detached) loss."""
+    x = data["images"][sel].float().div(255)[:, None]
+    m = data["masks"][sel].float()[:, None]
+    x, m = augment(x, m, data["hflip_ok"][sel], gen)
+    p = data["prompts"][sel]
+    x = x.permute(0, 2, 3, 1).expand(-1, -1, -1, 3)
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        seg, c2, _ = model(x, p[:, :8], p[:, 8:10], p[:, 10:13], p[:, 13:15])
+    loss, _parts = multitask_loss(seg, c2, m, data["labels"][sel], data["is_seg"][sel])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    optimizer.step()
+    return loss.detach()
 
 
 def _checkpoint(model, out: Path, extra_dir: Path | None, meta: dict) -> None:
