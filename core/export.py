@@ -243,9 +243,6 @@ def export_network(net: nn.Module, out: Path | str, *, input_size: int = 224, se
     Raises :class:`ExportError` when the network does not follow the contract or the exported program does not
     reproduce it (``max |Δ| > tolerance * max(1, max |eager|)`` at batch 1 or 3).
     """
-    from core.models import registry
-    from core.models.exported import threshold_offset
-
     say = log or (lambda message: None)
     out = Path(out)
     device = torch.device(device)
@@ -253,6 +250,29 @@ def export_network(net: nn.Module, out: Path | str, *, input_size: int = 224, se
         raise SetupError(f"seg activation must be one of {', '.join(SEG_ACTIVATIONS)}, got {seg_activation!r}")
     mode = prompt_mode(net) if prompts == "auto" else prompts
     wrapper = ContractWrapper(net.eval().to(device), layout=layout, prompts=mode).eval()
+    seg_output = _checked_seg_output(wrapper, input_size, layout, mode, device, seg_output, threshold,
+                                     seg_activation)
+    say(f"network: {type(net).__name__}, input {layout} {input_size}x{input_size}, prompts {mode}, "
+        f"segmentation: {'one channel' if seg_output == 'one' else 'two channels'}")
+    start = time.perf_counter()
+    built = _ProgramBuilder(wrapper, input_size, device, tolerance, say).build(static_batch)
+    entry: dict[str, Any] = {
+        "name": name or out.stem, "arch": "torch_export", "file": manifest_file or str(out), "sha256": "",
+        "input_size": input_size, "preprocessing": preprocessing, "datasets": None, "seg_output": seg_output,
+        "threshold": threshold, "seg_activation": seg_activation, "max_batch": built.max_batch,
+    }
+    if description:
+        entry["description"] = description
+    _save_checked(built.program, out, entry, device)
+    return ExportResult(entry, out, built.max_batch, built.export_sec, built.checks, built.reason,
+                        time.perf_counter() - start)
+
+
+def _checked_seg_output(wrapper: nn.Module, input_size: int, layout: str, mode: str, device: torch.device,
+                        seg_output: str | None, threshold: float, seg_activation: str) -> str:
+    """Run the wrapped network once on the contract's inputs; its segmentation output kind ("one" / "two")."""
+    from core.models.exported import threshold_offset
+
     with torch.inference_mode():
         try:
             probe = wrapper(*example_inputs(1, input_size, device=device))
@@ -269,69 +289,79 @@ def export_network(net: nn.Module, out: Path | str, *, input_size: int = 224, se
             threshold_offset(threshold, seg_activation)
         except UUSICError as exc:
             raise SetupError(str(exc)) from None
-    say(f"network: {type(net).__name__}, input {layout} {input_size}x{input_size}, prompts {mode}, "
-        f"segmentation: {'one channel' if seg_output == 'one' else 'two channels'}")
+    return seg_output
 
-    start = time.perf_counter()
-    export_sec = 0.0
-    reason = None
-    program, max_batch = None, None
-    if not static_batch:
-        try:
-            program = _export(wrapper, input_size, device, dynamic=True)
-        except Exception as exc:  # noqa: BLE001 - any export failure: try a fixed batch of 1
-            reason = _first_line(exc)
-        export_sec += time.perf_counter() - start
-    else:
-        reason = "--static-batch"
-    checks: dict[str, float] = {}
-    check_inputs = {b: example_inputs(b, input_size, seed=10 + b, device=device) for b in (1, 3)}
 
-    def verify(candidate, limit) -> str | None:
-        module = candidate.module()
-        for b, inputs in check_inputs.items():
+class _ProgramBuilder:
+    """torch.export of the wrapped network: a dynamic batch when it exports and reproduces the network at batch 1
+    and 3, else a fixed batch of 1 (``max_batch`` 1); ``checks`` holds max |Δ| per checked batch."""
+
+    def __init__(self, wrapper: nn.Module, input_size: int, device: torch.device, tolerance: float, say: Any):
+        self.wrapper, self.input_size, self.device, self.tolerance, self.say = (wrapper, input_size, device,
+                                                                                tolerance, say)
+        self.check_inputs = {b: example_inputs(b, input_size, seed=10 + b, device=device) for b in (1, 3)}
+        self.checks: dict[str, float] = {}
+        self.export_sec = 0.0
+        self.reason: str | None = None
+        self.max_batch: int | None = None
+        self.program: Any = None
+
+    def build(self, static_batch: bool) -> _ProgramBuilder:
+        if static_batch:
+            self.reason = "--static-batch"
+        else:
+            start = time.perf_counter()
             try:
-                diff, scale = _compare(wrapper, module, inputs, limit)
+                self.program = _export(self.wrapper, self.input_size, self.device, dynamic=True)
+            except Exception as exc:  # noqa: BLE001 - any export failure: try a fixed batch of 1
+                self.reason = _first_line(exc)
+            self.export_sec += time.perf_counter() - start
+        if self.program is not None and (problem := self.verify(self.program, None)) is not None:
+            self.reason, self.program = f"the dynamic-batch program disagrees: {problem}", None
+        if self.program is None:
+            self._build_fixed(static_batch)
+        return self
+
+    def _build_fixed(self, static_batch: bool) -> None:
+        if static_batch:
+            self.say("exporting with a fixed batch of 1 (--static-batch)")
+        else:
+            self.say(f"dynamic batch not possible ({self.reason}; typically the batch size turned into a Python "
+                     "number, e.g. int(windows.shape[0] / ...) in window_reverse); exporting with a fixed batch of 1")
+        started = time.perf_counter()
+        try:
+            self.program = _export(self.wrapper, self.input_size, self.device, dynamic=False)
+        except Exception as exc:  # noqa: BLE001
+            raise ExportError(f"torch.export fails even with a fixed batch of 1: {_first_line(exc)}") from None
+        self.export_sec += time.perf_counter() - started
+        self.max_batch = 1
+        problem = self.verify(self.program, 1)
+        if problem is not None:
+            raise ExportError(f"refused: the exported program does not reproduce the network ({problem})")
+
+    def verify(self, candidate: Any, limit: int | None) -> str | None:
+        """None when ``candidate`` reproduces the network at batch 1 and 3 (up to ``limit``), else the problem."""
+        module = candidate.module()
+        for b, inputs in self.check_inputs.items():
+            try:
+                diff, scale = _compare(self.wrapper, module, inputs, limit)
             except Exception as exc:  # noqa: BLE001 - the program rejects the batch
                 return f"batch {b}: {_first_line(exc)}"
-            checks[f"batch{b}"] = diff
-            if not diff <= tolerance * max(1.0, scale):
+            self.checks[f"batch{b}"] = diff
+            if not diff <= self.tolerance * max(1.0, scale):
                 return f"batch {b}: max |Δ| {diff:.3g} between eager and exported (scale {scale:.3g})"
         return None
 
-    if program is not None:
-        problem = verify(program, None)
-        if problem is not None:
-            reason, program = f"the dynamic-batch program disagrees: {problem}", None
-    if program is None:
-        if static_batch:
-            say("exporting with a fixed batch of 1 (--static-batch)")
-        else:
-            say(f"dynamic batch not possible ({reason}; typically the batch size turned into a Python number, "
-                f"e.g. int(windows.shape[0] / ...) in window_reverse); exporting with a fixed batch of 1")
-        started = time.perf_counter()
-        try:
-            program = _export(wrapper, input_size, device, dynamic=False)
-        except Exception as exc:  # noqa: BLE001
-            raise ExportError(f"torch.export fails even with a fixed batch of 1: {_first_line(exc)}") from None
-        export_sec += time.perf_counter() - started
-        max_batch = 1
-        problem = verify(program, 1)
-        if problem is not None:
-            raise ExportError(f"refused: the exported program does not reproduce the network ({problem})")
+
+def _save_checked(program: Any, out: Path, entry: dict[str, Any], device: torch.device) -> None:
+    """Save the program beside ``out``, fill in ``entry["sha256"]``, load the file back exactly as the service
+    will (contract shapes, batch-of-3 check) and only then let it take ``out``."""
+    from core.models import registry
 
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.stem}.partial.pt2")  # torch.export.save wants a .pt2 name
     torch.export.save(program, str(partial))
-    sha = file_sha256(partial)
-    entry: dict[str, Any] = {
-        "name": name or out.stem, "arch": "torch_export", "file": manifest_file or str(out), "sha256": sha,
-        "input_size": input_size, "preprocessing": preprocessing, "datasets": None, "seg_output": seg_output,
-        "threshold": threshold, "seg_activation": seg_activation, "max_batch": max_batch,
-    }
-    if description:
-        entry["description"] = description
-    # load the file back exactly as the service will (contract shapes, batch-of-3 check) before it takes `out`
+    entry["sha256"] = file_sha256(partial)
     spec = replace(registry.spec_from_dict(entry, "export"), file=str(partial.resolve()))
     try:
         registry.load_model(spec, device, weights_dir=out.parent)
@@ -339,7 +369,6 @@ def export_network(net: nn.Module, out: Path | str, *, input_size: int = 224, se
         partial.unlink(missing_ok=True)
         raise ExportError(f"refused: the saved file does not load as a served model: {exc}") from None
     os.replace(partial, out)
-    return ExportResult(entry, out, max_batch, export_sec, checks, reason, time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------------------------------------ command line
