@@ -493,20 +493,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     elif args.command == "status":
-        print(f"workspace {report['workspace']}")
-        for folder, usage in report["folders"].items():
-            print(f"  {folder + '/':<9}{usage['files']:>8} files  {_size(usage['bytes']):>10}")
-        history, left = report["history"], report["leftovers"]
-        print(f"history: {history['rows']} runs ({history['purged']} purged)")
-        print(f"leftovers: {left['temporaries']} temporary files, {left['orphan_files']} orphan files (no run), "
-              f"{left['rows_missing_files']} runs whose files are missing")
-        policy = report["policy"]
-        print(f"retention: days={policy['days'] or 'forever'}, max_gb={policy['max_gb'] or 'unlimited'}")
+        _print_status(report)
     else:
-        verb = "would remove" if report["dry_run"] else "removed"
-        reasons = ", ".join(f"{n} {r}" for r, n in report["by_reason"].items() if n)
-        print(f"{verb} {report['files_removed']} files ({_size(report['bytes_freed'])}"
-              f"{'; ' + reasons if reasons else ''}); {report['runs_marked_purged']} runs "
-              f"{'would be' if report['dry_run'] else ''} marked purged; kept {report['files_kept']} files "
-              f"({_size(report['bytes_kept'])})".replace("  ", " "))
+        _print_gc(report)
     return 0
+
+
+def _print_status(report: dict) -> None:
+    print(f"workspace {report['workspace']}")
+    for folder, usage in report["folders"].items():
+        print(f"  {folder + '/':<9}{usage['files']:>8} files  {_size(usage['bytes']):>10}")
+    history, left = report["history"], report["leftovers"]
+    print(f"history: {history['rows']} runs ({history['purged']} purged)")
+    print(f"leftovers: {left['temporaries']} temporary files, {left['orphan_files']} orphan files (no run), "
+          f"{left['rows_missing_files']} runs whose files are missing")
+    policy = report["policy"]
+    print(f"retention: days={policy['days'] or 'forever'}, max_gb={policy['max_gb'] or 'unlimited'}")
+
+
+def _print_gc(report: dict) -> None:
+    verb = "would remove" if report["dry_run"] else "removed"
+    reasons = ", ".join(f"{n} {r}" for r, n in report["by_reason"].items() if n)
+    print(f"{verb} {report['files_removed']} files ({_size(report['bytes_freed'])}"
+          f"{'; ' + reasons if reasons else ''}); {report['runs_marked_purged']} runs "
+          f"{'would be' if report['dry_run'] else ''} marked purged; kept {report['files_kept']} files "
+          f"({_size(report['bytes_kept'])})".replace("  ", " "))
