@@ -4,45 +4,30 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port, wait_for_server
+from conftest import serve_api
 from PIL import Image
 
 from core.history import HistoryStore
-from core.settings import PROJECT_ROOT, Settings
+from core.settings import Settings
 
 KEY = "test-key-123"
 
 
 @pytest.fixture()
 def server(tiny_settings: Settings, tmp_path):
-    port = free_port()
     env = {**os.environ, "UUSIC_WORKSPACE": str(tiny_settings.workspace),
            "UUSIC_DATA_ROOT": str(tiny_settings.data_root), "UUSIC_WEIGHTS_DIR": str(tiny_settings.weights_dir),
            "UUSIC_DEVICE": "cpu", "UUSIC_API_KEY": KEY, "UUSIC_MODEL": "tiny", "OMP_NUM_THREADS": "1"}
-    log = open(tmp_path / "server.log", "wb")  # noqa: SIM115 - the server's log; closed at teardown
-    process = subprocess.Popen([sys.executable, "-m", "core", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                "--threads", "1"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    wait_for_server(process, base, tmp_path / "server.log", timeout=60)
-    client = httpx.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=30)
-    client.settings = tiny_settings
-    client.log_path = tmp_path / "server.log"
-    yield client
-    client.close()
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
+    with serve_api(env, tmp_path / "server.log", args=("--threads", "1"), timeout=60) as base, \
+            httpx.Client(base_url=base, headers={"X-API-Key": KEY}, timeout=30) as client:
+        client.settings = tiny_settings
+        client.log_path = tmp_path / "server.log"
+        yield client
 
 
 def test_real_server_routes(server):

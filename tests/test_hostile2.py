@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import free_port, wait_for_server
+from conftest import free_port, serve_api
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -600,27 +600,15 @@ def live(tmp_path_factory):
     data = parent / "data" / "classification" / "BUSI" / "imgs"
     data.mkdir(parents=True)
     (data / "c.png").write_bytes(_png(48, 40))
-    port = free_port()
     env = {**os.environ, "UUSIC_WORKSPACE": str(parent / "ws"), "UUSIC_DATA_ROOT": str(parent / "data"),
            "UUSIC_DEVICE": "cpu", "UUSIC_MAX_JSON_BYTES": "100000", "UUSIC_MAX_UPLOAD_MB": "1",
            "UUSIC_BODY_TIMEOUT_S": "1.5", "UUSIC_MAX_CONNECTIONS": "8", "OMP_NUM_THREADS": "1",
            **SERVER_ENV_EXTRA}
     for name in ("UUSIC_API_KEY", "UUSIC_API_URL", "UUSIC_ALLOWED_HOSTS", "UUSIC_MODEL", "UUSIC_WEIGHTS_DIR"):
         env.pop(name, None)
-    log = open(parent / "server.log", "wb")  # noqa: SIM115 - the server's log; closed at teardown
-    process = subprocess.Popen([sys.executable, "-m", "core", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                "--threads", "1", "--log-level", "warning"], cwd=PROJECT_ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    wait_for_server(process, base, parent / "server.log", timeout=120)
-    yield {"base": base, "port": port, "process": process, "log": parent / "server.log"}
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
+    with serve_api(env, parent / "server.log", args=("--threads", "1", "--log-level", "warning"),
+                   timeout=120) as base:
+        yield {"base": base, "port": int(base.rsplit(":", 1)[1]), "log": parent / "server.log"}
 
 
 LIVE_STREAM_CASES = [
