@@ -111,7 +111,8 @@ class AnalysisFailure(_Open):
         """The failure entry for ``request`` (a dict or a parsed request) that raised ``exc``."""
         body = error_body(exc)
         fields = {name: _request_value(request, name) for name in ("img_path_relative", "task", "dataset_name")}
-        return cls(**{k: v for k, v in fields.items() if isinstance(v, str)}, error=body["detail"],
+        return cls(**{k: v for k, v in fields.items() if isinstance(v, str)},
+                   error=named_for_user(str(body["detail"]), request),
                    error_type=body["error_type"], status_code=body["status_code"],
                    **({"field": body["field"]} if "field" in body else {}))
 
@@ -130,6 +131,20 @@ def _request_value(request: Any, name: str) -> Any:
     if isinstance(request, dict):
         return request.get(name)
     return getattr(request, name, None)
+
+
+def named_for_user(message: str, request: Any) -> str:
+    """``message`` with an upload's stored file names (``x-1a2b3c.png``, its kept original) replaced by the name the
+    user gave it (``original_name``), so an error names the file the user knows."""
+    original = _request_value(request, "original_name")
+    if not isinstance(original, str) or not original:
+        return message
+    for key in ("img_path_relative", "source_path_relative"):
+        rel = _request_value(request, key)
+        stored = rel.replace("\\", "/").rsplit("/", 1)[-1] if isinstance(rel, str) else ""
+        if stored and stored != original:
+            message = message.replace(stored, original)
+    return message
 
 
 def item_from_json(body: dict[str, Any]) -> BatchItem:

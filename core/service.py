@@ -222,6 +222,8 @@ class AnalysisService:
             failure = AnalysisFailure.from_exception(request, exc)
             self._record_failure(request, failure, source=source, edits=edits, batch_id=batch_id,
                                  input_dir=input_dir)
+            if isinstance(exc, UUSICError):
+                exc.message = failure.error  # an upload named as the user named it
             raise
         self._record_success(parsed, response, source=source, edits=edits, batch_id=batch_id)
         return response

@@ -278,8 +278,7 @@ def test_a_video_that_ends_before_its_promised_frames_fails_only_those_frames(ti
     service = AnalysisService(tiny_settings, model="tiny")
     skeleton = service.save_upload(truncated_avi(keep=5), "cut.avi")
     assert service.probe(skeleton["img_path_relative"])["frame_count"] == 8  # the header's promise
-    stored = Path(skeleton["img_path_relative"]).name
-    message = f"{stored}: the video ends after 5 of the 8 frames its header promises (frames 5..7 cannot be decoded)"
+    message = "cut.avi: the video ends after 5 of the 8 frames its header promises (frames 5..7 cannot be decoded)"
     for edits in (None, [{"op": "rotate90", "k": 1}]):
         result = service.analyze_frames(_request(skeleton), edits=edits)
         assert [item.frame_index for item in result.items] == list(range(8))
@@ -287,7 +286,10 @@ def test_a_video_that_ends_before_its_promised_frames_fails_only_those_frames(ti
         assert {failure.error for failure in result.failures} == {message}
         assert result.summary["failed"] == 3 and len(result.summary["area_px"]) == 8
     rows = service.runs()
-    assert len(rows) == 16 and sum(1 for row in rows if row["error"] == message) == 6
+    assert len(rows) == 16 and sum(1 for row in rows if row["error"] == message) == 6  # as the user named it
+    with pytest.raises(ImageError) as raised:  # one frame through analyze: the same error, the user's file name
+        service.analyze(_request(skeleton, frame_index=6))
+    assert raised.value.message == message and service.runs()[0]["error"] == message
     with pytest.raises(ImageError, match="ends after 5 of the 8"):
         service.load_frame(skeleton["img_path_relative"], 6)
     assert service.load_frame(skeleton["img_path_relative"], 4).shape == (96, 128, 3)
