@@ -114,7 +114,6 @@ def is_shared_output(output_dir: Path, api_out: Path) -> bool:
     return folder == shared or folder.parent == shared / "models"
 
 
-
 def write_new_output(output_dir: Path, relative: str, data: bytes) -> Path:
     """Write ``data`` to ``output_dir/relative`` unless a file is there, else to ``output_dir/runs/<random>/relative``;
     never replaces a file (a history row's mask stays the run's own), crash-safe (:func:`core.files.atomic_open`:
