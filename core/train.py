@@ -311,14 +311,20 @@ def train(pack: Pack, out: Path, *, epochs: int = 30, batch_size: int = 16, lr: 
     seconds = time.perf_counter() - t0
     metrics = validate(model, pack, val_idx, dev, amp=amp) if len(val_idx) else {}
     summary = {"steps": step, "epochs": round(step / steps_per_epoch, 2), "seconds": round(seconds, 1),
-               "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-               "train_images": int(len(train_idx)), "val_images": int(len(val_idx)), "batch_size": batch_size,
-               "lr": lr, "first_loss": history[0][1] if history else None,
-               "last_loss": float(np.mean([v for _, v in history[-10:]])) if history else None,
+               **_run_facts(dev, len(train_idx), len(val_idx), batch_size, lr, history),
                "val_metrics_model_resolution": metrics}
     _checkpoint(model, out, extra_checkpoint_dir, {**(meta or {}), **summary, "partial": False})
     log.info("done: %s", json.dumps(summary))
     return summary
+
+
+def _run_facts(dev: torch.device, n_train: int, n_val: int, batch_size: int, lr: float,
+               history: list[tuple[int, float]]) -> dict[str, Any]:
+    """The summary's device, data and loss facts (first loss, mean of the last ten logged)."""
+    return {"device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+            "train_images": int(n_train), "val_images": int(n_val), "batch_size": batch_size, "lr": lr,
+            "first_loss": history[0][1] if history else None,
+            "last_loss": float(np.mean([v for _, v in history[-10:]])) if history else None}
 
 
 def _device_tensors(pack: Pack, dev: torch.device) -> dict[str, torch.Tensor]:
