@@ -121,19 +121,34 @@ def selectbox(page, label: str):
 
 
 def choose(page, task: str, group: str, dataset: str | None = None, lang: str = ZH) -> None:
+    wait_idle(page)  # a rerun still under way (e.g. after typing) would close a list opened now
     page.get_by_text(i18n.task_name(task, lang), exact=True).first.click()
     wait_idle(page)
     organ = selectbox(page, i18n.t("organ", lang))
     if i18n.group_name(group, lang) not in organ.inner_text():
-        organ.click()  # options of organs without a model carry "· no model": match the name's start
-        page.get_by_role("option", name=re.compile("^" + re.escape(i18n.group_name(group, lang)) + "( ·|$)")).click()
-        wait_idle(page)
+        pick_option(page, organ, i18n.group_name(group, lang))
     if dataset:
         box = selectbox(page, i18n.t("dataset", lang))
         if dataset not in box.inner_text():
-            box.click()
-            page.get_by_role("option", name=re.compile("^" + re.escape(dataset) + "( ·|$)")).click()
+            pick_option(page, box, dataset)
+
+
+def pick_option(page, box, name: str | re.Pattern) -> None:
+    """Open ``box`` and choose the option whose text starts with ``name`` (options without a model carry
+    "· no model"; a pattern is used as it is); once more if a rerun closed the list meanwhile."""
+    pattern = name if isinstance(name, re.Pattern) else re.compile("^" + re.escape(name) + "( ·|$)")
+    option = page.get_by_role("option", name=pattern).first
+    for attempt in range(2):
+        box.click()
+        try:
+            option.click(timeout=WAIT / 3)
+            break
+        except playwright_api.Error:  # the list closed under the click
+            if attempt:
+                raise
+            page.keyboard.press("Escape")
             wait_idle(page)
+    wait_idle(page)
 
 
 def random_sample(page) -> None:

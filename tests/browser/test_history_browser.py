@@ -26,7 +26,7 @@ pytest.importorskip("playwright.sync_api")
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
 
-from test_browser import _data_root, app_url, browser, workspace  # noqa: E402,F401 - the app and its fixtures
+from test_browser import _data_root, app_url, browser, pick_option, workspace  # noqa: E402,F401 - the app
 
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 WAIT = 60_000
@@ -75,20 +75,10 @@ def open_page(page, app_url: str, name: str, lang: str) -> None:
 
 
 def pick(page, box_index: int, option: re.Pattern) -> None:
-    """Choose ``option`` in the ``box_index``-th select box (once more if a rerun closed the list meanwhile)."""
+    """Choose ``option`` in the ``box_index``-th select box."""
     wait_idle(page)
     page.wait_for_timeout(500)  # images and charts settle after the run
-    for attempt in range(2):
-        page.locator('[data-testid="stSelectbox"]').nth(box_index).click()
-        try:
-            page.get_by_role("option", name=option).first.click(timeout=WAIT / 3)
-            break
-        except Exception:  # noqa: BLE001 - playwright's TimeoutError: the list closed under the click
-            if attempt:
-                raise
-            page.keyboard.press("Escape")
-            wait_idle(page)
-    wait_idle(page)
+    pick_option(page, page.locator('[data-testid="stSelectbox"]').nth(box_index), option)
 
 
 def server_folders(workspace: Path) -> list[str]:
