@@ -303,7 +303,8 @@ def _summary(result, requests: list[dict]) -> pd.DataFrame:
         rows.append({"image": item.img_path_relative, "task": item.task, "dataset": item.dataset_name,
                      "prediction": _prediction(item), "mask_area_px": _shown(area), "error": error,
                      "run_id": item.run_id,
-                     "image_shown": names.get(str(item.img_path_relative)) or _shown(item.img_path_relative),
+                     "image_shown": names.get(str(item.img_path_relative)) or _shown(
+                         scrub_paths(item.img_path_relative, current) if item.img_path_relative else None),
                      "task_shown": i18n.task_name(str(item.task), L) if item.task else "—",
                      "dataset_shown": _shown(item.dataset_name), "prediction_shown": _shown(_prediction(item)),
                      "error_shown": _shown(error)})

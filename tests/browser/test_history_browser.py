@@ -162,6 +162,8 @@ def test_no_server_path_on_history_batch_and_models_pages(tab, app_url, runs, wo
     wait_idle(tab)
     tab.get_by_role("button", name=i18n.t("batch_run", lang)).last.click()
     tab.get_by_text(i18n.t("batch_failed_all", lang, n=1)).wait_for()
+    tab.locator('[data-testid="stDataFrame"]').first.wait_for()  # the failure table (it names the entry)
+    tab.wait_for_timeout(800)  # its cells paint after the run
     assert_no_server_path(tab, workspace)
     open_page(tab, app_url, "models", lang)
     tab.get_by_text(i18n.t("paths", lang), exact=True).wait_for()
