@@ -189,16 +189,16 @@ def slider_step(page, label: str, presses: int) -> None:
 
 # ------------------------------------------------------------------------------------------------ tests
 def test_segmentation_sample_overlay_and_measurements(page, workspace):
-    assert page.get_by_text(_t("demo_banner")).is_visible()
+    page.get_by_text(_t("demo_banner")).wait_for()  # visible (it may paint after the run)
     choose(page, "segmentation", "thyroid", "DDTI")
     random_sample(page)
     run_analysis(page)
-    assert page.get_by_text(_t("measurements"), exact=True).is_visible()
-    assert page.get_by_text(_t("overlay")).first.is_visible()
+    page.get_by_text(_t("measurements"), exact=True).wait_for()  # visible (it may paint after the run)
+    page.get_by_text(_t("overlay")).locator("visible=true").first.wait_for()  # the caption (images paint late)
     table = page.locator('[data-testid="stTable"]').first.inner_text()
     assert i18n.measure_label("area", ZH) in table and "px" in table
     assert page.locator('[data-testid="stImage"]').count() >= 2
-    assert page.get_by_role("button", name=_t("download_mask")).is_visible()
+    page.get_by_role("button", name=_t("download_mask")).wait_for()  # visible (it may paint after the run)
     page.get_by_text(_t("mode_contour"), exact=True).click()
     wait_idle(page)
     saved = newest_input(workspace)
@@ -215,7 +215,7 @@ def test_classification_bar_chart(page):
     names = i18n.class_names("classification", "BUSI", ZH)
     assert any(name in chart.inner_text() for name in names)
     verdict = page.get_by_text(_t("gt_correct")).or_(page.get_by_text(_t("gt_wrong")))
-    assert verdict.first.is_visible()
+    verdict.first.wait_for()  # visible (it may paint after the run)
 
 
 def test_upload_a_file(page, workspace, tmp_path):
@@ -267,7 +267,7 @@ def test_two_sessions_at_once_share_one_engine(browser, app_url, workspace):
             tab.get_by_role("button", name=_t("run")).click()
         for tab in pages:
             tab.get_by_text(_t("resources"), exact=True).wait_for()
-            assert tab.get_by_text(_t("measurements"), exact=True).is_visible()
+            tab.get_by_text(_t("measurements"), exact=True).wait_for()  # visible (it may paint after the run)
         assert len(list((workspace / "api_in").glob("*"))) == before + 2  # unique names, nothing overwritten
     finally:
         for context in contexts:
@@ -279,7 +279,7 @@ def test_history_csv_export(page, app_url, workspace):
 
     page.goto(f"{app_url}/history")
     wait_idle(page)
-    assert page.get_by_text(_t("demo_banner")).is_visible()
+    page.get_by_text(_t("demo_banner")).wait_for()  # visible (it may paint after the run)
     stored = HistoryStore(workspace / "history.sqlite3").list()
     assert stored, "earlier tests recorded no runs"
     with page.expect_download() as download:
@@ -373,7 +373,7 @@ def test_first_screen_gives_a_result_in_two_clicks(browser, app_url, lang):
         wait_idle(tab)
         click_run(tab, lang)  # click 2
         heading = tab.locator("#uusic-result")
-        assert heading.is_visible()
+        heading.wait_for()  # visible (it may paint after the run)
         model_part = "模型：" if lang == "zh" else "Model: "
         provenance = tab.locator('[data-testid="stCaptionContainer"]').filter(has_text=model_part).first.inner_text()
         assert ("uusic-demo" in provenance or "tiny" in provenance) and i18n.t("edits_none", lang) in provenance

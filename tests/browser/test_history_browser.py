@@ -105,7 +105,7 @@ def test_history_reopens_a_segmentation_run_with_its_measurements(tab, app_url, 
     assert i18n.t("h_spacing", lang, spacing="0.1", source=i18n.t("cl_source_user", lang)) in tab.inner_text("body")
     assert "neck scan.png" in tab.inner_text("body")  # the user's file name
     assert tab.locator('[data-testid="stImage"]').count() >= 2  # image and overlay
-    assert tab.get_by_role("button", name=i18n.t("h_report_make", lang)).is_visible()
+    tab.get_by_role("button", name=i18n.t("h_report_make", lang)).wait_for()  # visible (it may paint after the run)
     if lang == "en":
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         tab.set_viewport_size({"width": 1366, "height": 2200})
