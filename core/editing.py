@@ -9,11 +9,24 @@ Pure functions on PIL images. An edit log is a list of small dicts (stored in th
 
 :func:`apply_edits` replays a log; with ``is_mask=True`` it uses nearest-neighbour resampling so a
 reference mask follows the image exactly.
+
+Every door checks a log with the one validator before any pixel moves: :func:`parse_edits` (types, finite numbers,
+at most :data:`MAX_EDIT_STEPS` steps; 422 naming the field) and :func:`check_edit_budget` (the size of every step,
+worked out by :func:`edited_sizes` with PIL's own arithmetic, against the image budget; 413).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Annotated, Any, Literal
+
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError, field_validator
+
+from core.errors import RequestError
+
+MAX_EDIT_STEPS = 32  # a dashboard log has at most 5 (turn, angle, two flips, crop)
+MAX_EDIT_GROWTH = 4  # pixels an edited image may have, times the original's (one free turn doubles them at most)
 
 _TRANSPOSE_90 = {1: Image.Transpose.ROTATE_90, 2: Image.Transpose.ROTATE_180, 3: Image.Transpose.ROTATE_270}
 
@@ -109,3 +122,122 @@ def build_edits(
 def changes_geometry(edits: list[dict] | None) -> bool:
     """True when the log moves pixels (every edit does; an empty log does not)."""
     return bool(edits)
+
+
+class _Step(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Rotate90Step(_Step):
+    op: Literal["rotate90"]
+    k: StrictInt = Field(default=0, ge=-1_000, le=1_000)
+
+
+class RotateStep(_Step):
+    op: Literal["rotate"]
+    angle: float = Field(default=0.0, ge=-360.0, le=360.0, allow_inf_nan=False, strict=True)
+
+
+class FlipStep(_Step):
+    op: Literal["flip"]
+    axis: Literal["horizontal", "vertical"] = "horizontal"
+
+
+class CropStep(_Step):
+    op: Literal["crop"]
+    box: tuple[float, float, float, float]
+
+    @field_validator("box")
+    @classmethod
+    def _finite_box(cls, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        if not all(math.isfinite(v) and abs(v) < 2**31 for v in box):
+            raise ValueError("expected four finite pixel coordinates [left, top, right, bottom]")
+        return box
+
+
+EditStep = Annotated[Rotate90Step | RotateStep | FlipStep | CropStep, Field(discriminator="op")]
+_EDIT_LOG = TypeAdapter(list[EditStep])
+
+
+def parse_edits(raw: Any) -> list[dict]:
+    """A checked edit log (canonical dicts, as stored in the history) from untrusted JSON; :class:`RequestError`
+    (422) naming the step and field (``edits[2].angle``) for anything else. ``None`` is no edit."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise RequestError(f"edits must be a list of edit steps, got {type(raw).__name__}", field="edits")
+    if len(raw) > MAX_EDIT_STEPS:
+        raise RequestError(f"edits has {len(raw):,} steps; at most {MAX_EDIT_STEPS} are accepted", field="edits")
+    try:
+        steps = _EDIT_LOG.validate_python(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = [part for part in error.get("loc", ()) if part not in ("rotate90", "rotate", "flip", "crop")]
+        field = "edits" + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        raise RequestError(f"{field}: {message} (each step is rotate90 {{k}}, rotate {{angle}}, flip {{axis}} or "
+                           "crop {box})", field=field) from None
+    return [_as_log(step) for step in steps]
+
+
+def _as_log(step: _Step) -> dict:
+    data = step.model_dump()
+    if isinstance(step, CropStep):
+        data["box"] = [int(round(v)) for v in step.box]
+    return data
+
+
+def rotated_size(size: tuple[int, int], angle: float) -> tuple[int, int]:
+    """The size :func:`rotate` gives an image of ``size`` (PIL's expand arithmetic, no pixels touched)."""
+    width, height = size
+    angle = float(angle)
+    if angle % 90 == 0:
+        return (height, width) if int(angle // 90) % 2 else (width, height)
+    radians = -math.radians(angle % 360.0)
+    cos, sin = round(math.cos(radians), 15), round(math.sin(radians), 15)
+    cx, cy = width / 2, height / 2
+    tx, ty = cos * -cx + sin * -cy + cx, -sin * -cx + cos * -cy + cy  # PIL turns about the centre
+    corners = ((0, 0), (width, 0), (width, height), (0, height))
+    xs = [cos * x + sin * y + tx for x, y in corners]
+    ys = [-sin * x + cos * y + ty for x, y in corners]
+    return math.ceil(max(xs)) - math.floor(min(xs)), math.ceil(max(ys)) - math.floor(min(ys))
+
+
+def step_size(size: tuple[int, int], edit: dict) -> tuple[int, int]:
+    """The size after one checked step."""
+    op = edit.get("op")
+    if op == "rotate90":
+        return (size[1], size[0]) if int(edit.get("k", 0)) % 2 else size
+    if op == "rotate":
+        return rotated_size(size, edit.get("angle", 0.0))
+    if op == "crop":
+        left, top, right, bottom = clamp_box(edit["box"], size)
+        return right - left, bottom - top
+    return size
+
+
+def edited_sizes(size: tuple[int, int], edits: list[dict]) -> list[tuple[int, int]]:
+    """The size after each step of a checked log (arithmetic only)."""
+    sizes = []
+    for edit in edits:
+        size = step_size(size, edit)
+        sizes.append(size)
+    return sizes
+
+
+def edited_size(size: tuple[int, int], edits: list[dict]) -> tuple[int, int]:
+    """The size of an image of ``size`` after a checked log."""
+    sizes = edited_sizes(size, edits)
+    return sizes[-1] if sizes else size
+
+
+def check_edit_budget(size: tuple[int, int], edits: list[dict], *, max_pixels: int, max_side: int) -> None:
+    """:class:`RequestError` (413) when any step of ``edits`` would make an image larger than the budget before any
+    pixel is allocated: the image limits (``0`` = none) and :data:`MAX_EDIT_GROWTH` times the original's pixels."""
+    grown = MAX_EDIT_GROWTH * size[0] * size[1]
+    limit = min(max_pixels, grown) if max_pixels else grown
+    for index, (width, height) in enumerate(edited_sizes(size, edits)):
+        if width * height > limit or (max_side and max(width, height) > max_side):
+            raise RequestError(f"edits[{index}] would make the {size[0]}×{size[1]} image {width}×{height} pixels; "
+                               f"edits may give at most {limit:,} pixels (the image limit, or {MAX_EDIT_GROWTH}× the "
+                               f"original) and {max_side:,} per side", status_code=413, field=f"edits[{index}]")

@@ -127,6 +127,11 @@ class AnalysisFailure(_Open):
 BatchItem = AnalysisResponse | AnalysisFailure
 
 
+# Every key an analysis answers with (a response, a failure, a batch / cine envelope): a request cannot set these.
+RESULT_KEYS = (frozenset(AnalysisResponse.model_fields) | frozenset(AnalysisFailure.model_fields)
+               | frozenset(RESOURCE_FIELDS) | frozenset({"batch_id", "summary", "items", "failures", "detail"}))
+
+
 def _request_value(request: Any, name: str) -> Any:
     if isinstance(request, dict):
         return request.get(name)

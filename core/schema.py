@@ -3,7 +3,9 @@
 Fields follow the challenge's JSON (DEVELOPERS.md). ``task`` and ``dataset_name`` are checked against
 :mod:`core.catalog`; ``organ`` is filled from the catalog when absent and must agree with it when given.
 Extra keys are kept (``model_extra``) and echoed in the response, up to :data:`MAX_EXTRAS_BYTES` of JSON (more is
-refused with 413). Text fields are at most :data:`MAX_TEXT` characters; ``pixel_spacing_mm`` must be plausible
+refused with 413); an extra named like a result field (:data:`RESERVED_EXTRAS`: ``probability``, ``measurements``,
+``run_id``, the image's own path …) is refused with 422, so a request can never stand in for a result.
+Text fields are at most :data:`MAX_TEXT` characters; ``pixel_spacing_mm`` must be plausible
 (inside :mod:`core.calibration`'s band, 0.01-2 mm per pixel) and ``pixel_spacing_source`` one of
 :data:`core.calibration.SPACING_SOURCES`; ``tta`` asks for test-time augmentation (None: the setting ``tta``).
 JSON text is read by :func:`loads_json`, which refuses nesting deeper than
@@ -23,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from core import calibration, catalog
 from core.errors import RequestError
+from core.response import RESULT_KEYS
 
 TASKS = catalog.TASKS
 MAX_PIXEL_SPACING_MM = calibration.MAX_PIXEL_SPACING_MM  # mm per pixel; the band is core.calibration's
@@ -198,6 +201,7 @@ class PredictRequest(BaseModel):
             raise RequestError(_describe(exc), field=_first_field(exc)) from None
         except RecursionError:
             raise RequestError("request nests arrays / objects too deeply") from None
+        refuse_result_fields(parsed)
         size = extras_size(parsed.extras)
         if size > MAX_EXTRAS_BYTES:
             largest = max(parsed.extras, key=lambda key: extras_size({key: parsed.extras[key]}))
@@ -205,6 +209,22 @@ class PredictRequest(BaseModel):
                                f"{MAX_EXTRAS_BYTES:,} bytes (16 KiB) — the largest is {str(largest)[:60]!r}",
                                status_code=413, field=str(largest)[:60])
         return parsed
+
+
+# Result fields a request may carry beside the schema because our own doors put them there: the upload skeleton's
+# frame count (the engine always answers its own).
+_OWN_EXTRAS = frozenset({"frame_count"})
+RESERVED_EXTRAS = RESULT_KEYS - frozenset(PredictRequest.model_fields) - _OWN_EXTRAS
+
+
+def refuse_result_fields(request: PredictRequest) -> None:
+    """:class:`RequestError` (422) when a field outside the schema is named like a result field (or like the image's
+    path, the key of the classification result): the answer is the engine's, never the request's."""
+    clashes = sorted(key for key in request.extras if key in RESERVED_EXTRAS or key == request.img_path_relative)
+    if clashes:
+        shown = ", ".join(repr(key[:60]) for key in clashes[:5])
+        raise RequestError(f"{shown}: a result field, set by the analysis; a request cannot set it (rename the field "
+                           "to keep it with the run)", field=clashes[0][:60])
 
 
 def _first_field(exc: ValidationError) -> str | None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from core import catalog
+from core.editing import parse_edits
 from core.errors import (
     ImageError,
     NoModelError,
@@ -215,7 +216,9 @@ class AnalysisService:
                 model: str | None = None) -> AnalysisResponse:
         """Analyse one image with the model that serves it (or ``model``) and record the run; raises the typed
         error (after recording it) for a bad case."""
+        raw_edits, edits = edits, None
         try:
+            edits = parse_edits(raw_edits) or None
             parsed = PredictRequest.parse(request)
             response = self._analyze_parsed(parsed, output_dir=output_dir, input_dir=input_dir, model=model)
         except Exception as exc:
@@ -475,6 +478,7 @@ class AnalysisService:
         from core.paths import resolve_input
 
         start = time.perf_counter()
+        edits = parse_edits(edits) or None
         parsed = PredictRequest.parse(request)
         raw = dict(request) if isinstance(request, dict) else parsed.to_dict()
         path = resolve_input(self.settings, parsed.img_path_relative, input_dir=input_dir)
@@ -507,7 +511,7 @@ class AnalysisService:
         A video that ends before frames its header promises: the frames before the end, and the end's error."""
         from PIL import Image
 
-        from core.editing import apply_edits
+        from core.editing import apply_edits, check_edit_budget
         from core.imaging import decode_frames
         from core.samples import safe_stem, save_upload
 
@@ -518,10 +522,10 @@ class AnalysisService:
         missing: ImageError | None = None
         try:
             for frame in decode_frames(path, chosen, settings=self.settings):
-                try:
-                    edited = apply_edits(Image.fromarray(frame.rgb), edits).convert("RGB")
-                except (ValueError, KeyError, TypeError, IndexError) as exc:
-                    raise RequestError(f"edits cannot be applied: {exc}", field="edits") from None
+                height, width = frame.rgb.shape[:2]  # the decoded frame's own size, whatever the header said
+                check_edit_budget((width, height), edits, max_pixels=self.settings.max_image_pixels,
+                                  max_side=self.settings.max_image_side)
+                edited = apply_edits(Image.fromarray(frame.rgb), edits).convert("RGB")
                 buffer = io.BytesIO()
                 edited.save(buffer, format="PNG")
                 skeleton = save_upload(self.settings, buffer.getvalue(), f"{stem}_f{frame.frame_index:04d}.png")

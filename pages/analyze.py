@@ -20,7 +20,6 @@ from pages.common import (
     choice,
     default_dataset_name,
     default_task,
-    edited_size,
     error_message,
     full_resolution_edits,
     group_served,
@@ -176,7 +175,7 @@ def edit_image(image: dict) -> tuple[Image.Image, list[dict]]:
             box = editing.box_from_cropper(rect)
         preview = editing.apply_edits(turned, editing.build_edits(crop_box=box))
         edits = full_resolution_edits(picture.size, turned_edits, box, turned.size)
-        width, height = edited_size(picture.size, edits)
+        width, height = editing.edited_size(picture.size, edits)
         st.caption(tr("edited_size", w=width, h=height))
         if proxy is not picture:
             st.caption(tr("preview_scaled", w=proxy.width, h=proxy.height))
@@ -253,7 +252,10 @@ def pick_models(dataset: catalog.Dataset) -> tuple[str | None, str | None]:
 
 def _input_bytes(image: dict, edits: list[dict]) -> tuple[bytes, Image.Image]:
     """What is stored and analysed: an unedited upload as uploaded (its format, e.g. DICOM, kept), anything else
-    the full-resolution image with ``edits`` applied, as PNG."""
+    the full-resolution image with ``edits`` applied, as PNG (its size checked against the budget first)."""
+    edits = editing.parse_edits(edits)
+    editing.check_edit_budget(image["picture"].size, edits, max_pixels=current.max_image_pixels,
+                              max_side=current.max_image_side)
     edited = editing.apply_edits(image["picture"], edits)
     if not edits and image.get("data") is not None:
         return image["data"], edited
@@ -640,7 +642,7 @@ if not image:
 image = clinical.cine_frame(image)  # clinical hook
 st.caption(tr("current_image", name=md_literal(image["name"]), w=image["picture"].width, h=image["picture"].height))
 edited, edits = edit_image(image)
-zoomable(edited, key="zoom_view", size=edited_size(image["picture"].size, edits))
+zoomable(edited, key="zoom_view", size=editing.edited_size(image["picture"].size, edits))
 
 clinical.options_panel(dataset, image, edits, served)  # clinical hook
 chosen_model, compare_model = pick_models(dataset) if served else (None, None)

@@ -390,22 +390,6 @@ def proxy_of(picture, max_side: int = PROXY_MAX_SIDE):
     return picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
-def turned_size(size: tuple[int, int], edits: list[dict]) -> tuple[int, int]:
-    """The size ``edits`` (rotations and flips, no crop) give an image of ``size``, without touching its pixels
-    (a free rotation is replayed on a blank 1-bit image, so the size is PIL's own)."""
-    from PIL import Image
-
-    from core import editing
-
-    width, height = size
-    for edit in edits:
-        if edit.get("op") == "rotate90" and int(edit.get("k", 0)) % 2:
-            width, height = height, width
-        elif edit.get("op") == "rotate":
-            width, height = editing.rotate(Image.new("1", (width, height)), edit.get("angle", 0.0), is_mask=True).size
-    return width, height
-
-
 def scale_box(box: list[int], from_size: tuple[int, int], to_size: tuple[int, int]) -> list[int]:
     """A crop box ``[left, top, right, bottom]`` drawn on an image of ``from_size`` in the coordinates of the same
     image at ``to_size`` (each edge at the same fraction of the side, rounded to the nearest pixel, clamped)."""
@@ -423,22 +407,11 @@ def full_resolution_edits(full_size: tuple[int, int], turn_edits: list[dict], cr
     crop box (drawn on the turned preview of ``proxy_turned_size``) scaled to the turned full-resolution image."""
     edits = [dict(edit) for edit in turn_edits]
     if crop_box is not None:
-        full_turned = turned_size(full_size, turn_edits)
+        from core import editing
+
+        full_turned = editing.edited_size(full_size, turn_edits)
         edits.append({"op": "crop", "box": scale_box(crop_box, proxy_turned_size, full_turned)})
     return edits
-
-
-def edited_size(full_size: tuple[int, int], edits: list[dict]) -> tuple[int, int]:
-    """The size of the full-resolution image after ``edits`` (computed, not rendered)."""
-    turns = [e for e in edits if e.get("op") != "crop"]
-    width, height = turned_size(full_size, turns)
-    crop = next((e for e in edits if e.get("op") == "crop"), None)
-    if crop is None:
-        return width, height
-    from core import editing
-
-    left, top, right, bottom = editing.clamp_box(crop["box"], (width, height))
-    return right - left, bottom - top
 
 
 def measure_rows(keys: list[str], columns: dict[str, dict]) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from core.response import AnalysisFailure, AnalysisResponse
 from core.samples import save_upload
 from core.service import AnalysisService
 from core.settings import BUNDLED_SAMPLES, PROJECT_ROOT, Settings
+from tests import tolerances
 
 av = pytest.importorskip("av")
 DEMO_PRESENT = (Settings().weights_dir / "models.json").is_file()
@@ -250,7 +251,8 @@ def test_analyze_frames_records_each_frame_under_one_batch(tiny_settings: Settin
     assert np.array_equal(service.run_image(one["id"]), service.load_frame(skeleton["img_path_relative"], 4))
     # a single frame through analyze gives the same mask as that frame of the batch
     single = service.analyze(_request(skeleton, frame_index=4))
-    assert single.frame_index == 4 and single.mask_area_px == result.items[4].mask_area_px
+    assert single.frame_index == 4
+    assert tolerances.number_close(single.mask_area_px, result.items[4].mask_area_px, atol=tolerances.MASK_FLIPS)
     assert json.loads(json.dumps(result.to_json()))["summary"] == summary
 
 
@@ -389,7 +391,7 @@ def test_cine_over_a_real_api_server(tiny_settings: Settings, tmp_path: Path):
         assert client.mask_png(result.items[2]).startswith(b"\x89PNG")
         single = client.analyze(_request(skeleton, frame_index=6))
         assert (single.frame_index, single.frame_count) == (6, 8)
-        assert single.mask_area_px == result.items[3].mask_area_px
+        assert tolerances.number_close(single.mask_area_px, result.items[3].mask_area_px, atol=tolerances.MASK_FLIPS)
         client.close()
     rows = HistoryStore.from_settings(tiny_settings).list(None)
     batch = [row for row in rows if row.get("batch_id") == result.batch_id]

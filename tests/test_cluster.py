@@ -28,6 +28,7 @@ from conftest import free_port
 from PIL import Image
 
 from core.settings import PROJECT_ROOT, Settings
+from tests import tolerances
 
 if importlib.util.find_spec("ray") is None and not os.environ.get("CI"):
     pytest.skip("Ray is not installed (pip install -r requirements-cluster.txt)", allow_module_level=True)
@@ -140,13 +141,13 @@ def test_serve_on_ray_answers_like_the_plain_server(ray_cluster, workspace: Path
             assert set(got_body) == set(want_body)
             assert {k: got_body.get(k) for k in STABLE} == {k: want_body.get(k) for k in STABLE}
             if want_body["task"] == "classification":
-                assert np.allclose(got_body["probability"], want_body["probability"], atol=1e-5)
+                tolerances.assert_probabilities_close(got_body["probability"], want_body["probability"])
             else:
                 assert got_body["mask_url"] != want_body["mask_url"]  # the plain server's mask is kept as it was
                 png = httpx.get(f"{url}{got_body['mask_url']}", headers=headers, timeout=30)
                 assert png.status_code == 200
                 mask = np.asarray(Image.open(io.BytesIO(png.content)))
-                assert np.array_equal(mask, np.asarray(plain_masks[want_body["mask_path_relative"]]))
+                tolerances.assert_masks_agree(mask, plain_masks[want_body["mask_path_relative"]])
         assert wrong.status_code == expected_bad.status_code == 422
         assert wrong.json() == expected_bad.json()
 

@@ -26,6 +26,7 @@ from core.errors import (
 from core.response import AnalysisFailure, AnalysisResponse
 from core.service import AnalysisService, write_classification_json
 from core.settings import Settings
+from tests import tolerances
 
 CLS = {"img_path_relative": "classification/BUSI/imgs/cls_1.png", "task": "classification", "dataset_name": "BUSI"}
 SEG = {"img_path_relative": "segmentation/DDTI/imgs/seg_2.png", "task": "segmentation", "dataset_name": "DDTI"}
@@ -161,9 +162,10 @@ def test_micro_batched_answers_equal_direct_ones(settings: Settings):
     for answer in answers:
         reference = expected[answer["task"]]
         if answer["task"] == "classification":
-            assert np.allclose(answer["probability"], reference["probability"], atol=1e-6)
-        else:
-            assert answer["mask_area_px"] == reference["mask_area_px"]
+            tolerances.assert_probabilities_close(answer["probability"], reference["probability"])
+        else:  # a shared forward pass of another batch size: a tolerance, not the same bits
+            assert tolerances.number_close(answer["mask_area_px"], reference["mask_area_px"],
+                                           atol=tolerances.MASK_FLIPS)
     assert batched.batcher.items == 12 and batched.store.count() == 14
 
 

@@ -85,3 +85,15 @@ def wait_idle(page, timeout: float = 30_000, start_within: float = 800) -> None:
     with contextlib.suppress(Exception):
         page.wait_for_selector('[data-testid="stApp"][data-test-script-state="running"]', timeout=start_within)
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=timeout)
+
+
+# Every image loaded and every data grid drawn (its canvas), so a screenshot or a look at the page sees what a person
+# would: a state to wait for instead of a fixed pause (issue 20).
+PAINTED = """() => [...document.images].every(i => i.complete)
+  && [...document.querySelectorAll('[data-testid="stDataFrame"]')].every(d => d.querySelector('canvas'))"""
+
+
+def wait_settled(page, timeout: float = 60_000) -> None:
+    """Wait until the script run is over and its images and data grids have painted."""
+    wait_idle(page, timeout=timeout)
+    page.wait_for_function(PAINTED, timeout=timeout)

@@ -23,7 +23,7 @@ from core import i18n
 from core.settings import PROJECT_ROOT
 
 sys.path.insert(0, str(Path(__file__).parent))
-from app_server import CHROMIUM, dashboard, launch_browser, wait_idle
+from app_server import CHROMIUM, dashboard, launch_browser, wait_idle, wait_settled
 
 pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.timeout(240)]
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -241,7 +241,10 @@ def test_rotate_and_crop_change_what_is_analysed(page, workspace):
     assert Image.open(newest_input(workspace)).size == (height, width)
     page.get_by_text(_t("crop"), exact=True).click()
     page.locator("iframe").first.wait_for()
-    page.wait_for_timeout(1000)  # the cropper reports its first box once loaded
+    # the cropper reports its first box once loaded: the edited size shrinks from the whole turned image
+    page.wait_for_function("([prefix, whole]) => [...document.querySelectorAll('p, span, div')].some(e => "
+                           "e.children.length === 0 && e.innerText.startsWith(prefix) && !e.innerText.endsWith(whole))",
+                           arg=[_t("edited_size", w=0, h=0).split("：")[0], f"：{height}×{width}"])
     wait_idle(page)
     run_analysis(page)
     cropped = shown_size(page)
@@ -309,8 +312,7 @@ def test_screenshots_of_main_screens(page, app_url):
         # in-app navigation keeps the session (and its language); a reload would start a new one
         page.locator('[data-testid="stSidebarNav"] a').filter(has_text=i18n.t(key, "en")).click()
         page.get_by_text(i18n.t("demo_banner", "en")).wait_for()
-        wait_idle(page)
-        page.wait_for_timeout(1500)  # data grids paint after the run
+        wait_settled(page)  # data grids paint after the run
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 

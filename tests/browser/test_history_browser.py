@@ -9,6 +9,7 @@ the test machine's chromium has no CJK font) go to ``docs/screenshots/history_*.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from pathlib import Path
@@ -19,10 +20,12 @@ from core import i18n
 from core.settings import PROJECT_ROOT, Settings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from app_server import CHROMIUM, wait_idle
+from app_server import CHROMIUM, wait_idle, wait_settled
 
 pytestmark = [pytest.mark.browser, pytest.mark.server, pytest.mark.timeout(300)]
 pytest.importorskip("playwright.sync_api")
+from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
+
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
 
@@ -30,6 +33,7 @@ from test_browser import _data_root, app_url, browser, pick_option, workspace  #
 
 SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 WAIT = 60_000
+LAST_PLOT = "[...document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .js-plotly-plot')].pop()"
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +80,7 @@ def open_page(page, app_url: str, name: str, lang: str) -> None:
 
 def pick(page, box_index: int, option: re.Pattern) -> None:
     """Choose ``option`` in the ``box_index``-th select box."""
-    wait_idle(page)
-    page.wait_for_timeout(500)  # images and charts settle after the run
+    wait_settled(page)  # images and charts settle after the run
     pick_option(page, page.locator('[data-testid="stSelectbox"]').nth(box_index), option)
 
 
@@ -109,7 +112,7 @@ def test_history_reopens_a_segmentation_run_with_its_measurements(tab, app_url, 
     if lang == "en":
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         tab.set_viewport_size({"width": 1366, "height": 2200})
-        tab.wait_for_timeout(1000)  # data grids paint after the run
+        wait_settled(tab)  # data grids paint after the run
         tab.screenshot(path=str(SCREENSHOTS / "history_reopen.png"))
 
 
@@ -121,7 +124,7 @@ def test_history_compares_two_runs_with_linked_zoom(tab, app_url, runs):
     pick(tab, 4, re.compile(rf"^#{earlier.run_id} "))  # filters (3), re-open, then "compare with"
     chart = tab.locator('[data-testid="stPlotlyChart"]').last
     chart.locator(".js-plotly-plot").wait_for()
-    tab.wait_for_timeout(500)
+    tab.wait_for_function(f"() => {{ const d = {LAST_PLOT}; return d && d._fullLayout && d._fullLayout.xaxis2; }}")
     ranges = "d => [d._fullLayout.xaxis.range.slice(), d._fullLayout.xaxis2.range.slice()]"
     before = chart.locator(".js-plotly-plot").evaluate(ranges)
     chart.scroll_into_view_if_needed()
@@ -132,14 +135,20 @@ def test_history_compares_two_runs_with_linked_zoom(tab, app_url, runs):
     for step in range(1, 6):  # drag (pan) the first image
         tab.mouse.move(x - 15 * step, y - 10 * step)
     tab.mouse.up()
-    tab.wait_for_timeout(800)
+    moved = (f"first => {{ const x = {LAST_PLOT}._fullLayout.xaxis.range; "
+             "return x[0] !== first[0] || x[1] !== first[1]; }")
+    linked = (f"() => {{ const l = {LAST_PLOT}._fullLayout; "
+              "return l.xaxis.range[0] === l.xaxis2.range[0] && l.xaxis.range[1] === l.xaxis2.range[1]; }")
+    with contextlib.suppress(PlaywrightTimeout):  # the asserts below say which of the two did not happen
+        tab.wait_for_function(moved, arg=before[0], timeout=WAIT / 2)
+        tab.wait_for_function(linked, timeout=WAIT / 2)
     after = chart.locator(".js-plotly-plot").evaluate(ranges)
     assert after[0] != before[0], "the drag did not move the first image"
     assert after[0] == after[1], "the second image did not follow the first (zoom / pan not linked)"
     numbers = tab.locator('[data-testid="stTable"]').last.inner_text()
     assert f"#{earlier.run_id}" in numbers and f"#{runs['segmentation'].run_id}" in numbers
     tab.set_viewport_size({"width": 1366, "height": 2600})
-    tab.wait_for_timeout(800)
+    wait_settled(tab)
     tab.screenshot(path=str(SCREENSHOTS / "history_compare.png"))
 
 
@@ -163,7 +172,7 @@ def test_no_server_path_on_history_batch_and_models_pages(tab, app_url, runs, wo
     tab.get_by_role("button", name=i18n.t("batch_run", lang)).last.click()
     tab.get_by_text(i18n.t("batch_failed_all", lang, n=1)).wait_for()
     tab.locator('[data-testid="stDataFrame"]').first.wait_for()  # the failure table (it names the entry)
-    tab.wait_for_timeout(800)  # its cells paint after the run
+    wait_settled(tab)  # its cells paint after the run
     assert_no_server_path(tab, workspace)
     open_page(tab, app_url, "models", lang)
     tab.get_by_text(i18n.t("paths", lang), exact=True).wait_for()
@@ -191,5 +200,5 @@ def test_history_at_800_px_cuts_no_label(tab, app_url, runs, lang):
     assert shown >= 8, "the labels to check were not found"
     assert not cut, f"cut labels at 800 px: {cut}"
     if lang == "en":
-        tab.wait_for_timeout(800)
+        wait_settled(tab)
         tab.screenshot(path=str(SCREENSHOTS / "history_800px.png"), full_page=True)

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from core.api.deps import ServiceDep, in_worker, read_json
+from core.editing import parse_edits
 from core.errors import RequestError
 from core.history import SOURCES
 from core.response import AnalysisResponse
@@ -29,9 +30,7 @@ def unwrap(body: Any) -> tuple[Any, str, list | None, str | None]:
         source = body.get("source") or "api"
         if source not in SOURCES:
             raise RequestError(f"source must be one of {', '.join(SOURCES)}, got {source!r}", field="source")
-        edits = body.get("edits")
-        if edits is not None and not isinstance(edits, list):
-            raise RequestError("edits must be a list of edit steps", field="edits")
+        edits = parse_edits(body.get("edits")) or None
         model = body.get("model")
         if model is not None and not isinstance(model, str):
             raise RequestError("model must be the name of a model (see /v1/models)", field="model")
