@@ -447,7 +447,7 @@ def test_cine_routes_answer_typed_errors(tiny_settings: Settings):
         assert wrong.status_code == 422 and wrong.json()["field"] == "frames"
         bad_edit = client.post("/v1/predict/frames", json={"request": _request(skeleton), "frames": [1],
                                                            "edits": [{"op": "melt"}]})
-        assert bad_edit.status_code == 422 and bad_edit.json()["field"] == "edits"
+        assert bad_edit.status_code == 422 and bad_edit.json()["field"] == "edits[0]"
         done = client.post("/v1/predict/frames", json={"request": _request(skeleton), "frames": [6, 1]}).json()
         assert [r["frame_index"] for r in done["results"]] == [6, 1] and done["summary"]["frames"] == [6, 1]
         assert all(r["run_id"] for r in done["results"])

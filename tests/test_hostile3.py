@@ -1,0 +1,190 @@
+"""Hardening III (issue 22), classes 1 and 3, held at their one shared mechanism:
+
+1. an edit log is checked (``core.editing.parse_edits``) and budgeted by arithmetic (``check_edit_budget``) before any
+   pixel moves, at every door that takes one (``/v1/predict`` and its envelope, ``/v1/predict/frames``, the service);
+3. a request field outside the schema named like a result field (``core.schema.RESERVED_EXTRAS``) is refused with
+   422 naming it, on ``/v1/predict``, the earlier server's ``/segment/`` and ``/v1/predict/batch``, never a 500.
+"""
+
+from __future__ import annotations
+
+import random
+import tracemalloc
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from core import editing
+from core.api import create_app
+from core.errors import RequestError
+from core.schema import RESERVED_EXTRAS, PredictRequest
+from core.service import AnalysisService
+from core.settings import Settings
+from tests.test_cine import _request, disk_video
+
+SEG = {"img_path_relative": "segmentation/DDTI/imgs/seg_1.png", "task": "segmentation", "dataset_name": "DDTI"}
+CLS = {"img_path_relative": "classification/BUSI/imgs/cls_0.png", "task": "classification", "dataset_name": "BUSI"}
+
+# ------------------------------------------------------------------------------------------------ class 1: edits
+HOSTILE_EDITS = {
+    "null step": ([None], "edits[0]"),
+    "text step": (["x"], "edits[0]"),
+    "nested list": ([[1, 2]], "edits[0]"),
+    "number step": ([7], "edits[0]"),
+    "no op": ([{}], "edits[0]"),
+    "unknown op": ([{"op": "melt"}], "edits[0]"),
+    "zoom op": ([{"op": "zoom", "factor": 40}], "edits[0]"),
+    "op not text": ([{"op": 1}], "edits[0]"),
+    "angle inf (1e400)": ([{"op": "rotate", "angle": float("inf")}], "edits[0].angle"),
+    "angle nan": ([{"op": "rotate", "angle": float("nan")}], "edits[0].angle"),
+    "angle text": ([{"op": "rotate", "angle": "12"}], "edits[0].angle"),
+    "angle null": ([{"op": "rotate", "angle": None}], "edits[0].angle"),
+    "angle list": ([{"op": "rotate", "angle": [45]}], "edits[0].angle"),
+    "angle huge": ([{"op": "rotate", "angle": 1e12}], "edits[0].angle"),
+    "k text": ([{"op": "rotate90", "k": "1"}], "edits[0].k"),
+    "k float": ([{"op": "rotate90", "k": 1.5}], "edits[0].k"),
+    "k huge": ([{"op": "rotate90", "k": 10**30}], "edits[0].k"),
+    "k bool": ([{"op": "rotate90", "k": True}], "edits[0].k"),
+    "axis unknown": ([{"op": "flip", "axis": "diagonal"}], "edits[0].axis"),
+    "box short": ([{"op": "crop", "box": [1, 2]}], "edits[0].box"),
+    "box text": ([{"op": "crop", "box": "0,0,5,5"}], "edits[0].box"),
+    "box nan": ([{"op": "crop", "box": [0, 0, float("nan"), 5]}], "edits[0].box"),
+    "box huge": ([{"op": "crop", "box": [0, 0, 1e300, 5]}], "edits[0].box"),
+    "box missing": ([{"op": "crop"}], "edits[0].box"),
+    "extra key": ([{"op": "flip", "axis": "vertical", "then": "rm -rf"}], "edits[0].then"),
+    "second step bad": ([{"op": "flip"}, {"op": "rotate", "angle": "x"}], "edits[1].angle"),
+    "not a list": ({"op": "flip"}, "edits"),
+    "text log": ("rotate", "edits"),
+    "huge count": ([{"op": "flip"}] * 10_000, "edits"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_EDITS))
+def test_hostile_edit_logs_are_422_naming_the_field(case: str):
+    raw, field = HOSTILE_EDITS[case]
+    with pytest.raises(RequestError) as caught:
+        editing.parse_edits(raw)
+    assert caught.value.status_code == 422 and caught.value.field.startswith(field), caught.value.to_dict()
+
+
+def test_a_good_log_comes_back_canonical():
+    raw = [{"op": "rotate90", "k": 5}, {"op": "rotate", "angle": 12}, {"op": "flip", "axis": "vertical"},
+           {"op": "crop", "box": [1.4, 2.6, 30, 40]}]
+    assert editing.parse_edits(raw) == [{"op": "rotate90", "k": 5}, {"op": "rotate", "angle": 12.0},
+                                        {"op": "flip", "axis": "vertical"}, {"op": "crop", "box": [1, 3, 30, 40]}]
+    assert editing.parse_edits(None) == [] and editing.parse_edits([]) == []
+
+
+def test_sizes_are_pils_own_without_touching_pixels():
+    rng = random.Random(22)
+    for _ in range(300):
+        size = (rng.randint(1, 400), rng.randint(1, 400))
+        angle = rng.choice([rng.uniform(-360, 360), 45.0, -45.0, 90.0, 180.0, -270.0, round(rng.uniform(-45, 45)) / 2])
+        log = editing.parse_edits([{"op": "rotate", "angle": angle}, {"op": "rotate90", "k": rng.randint(0, 3)},
+                                   {"op": "crop", "box": [rng.randint(-5, 50), rng.randint(-5, 50), 300, 300]}])
+        assert editing.apply_edits(Image.new("1", size), log, is_mask=True).size == editing.edited_size(size, log)
+
+
+def test_ten_45_degree_turns_are_refused_before_any_pixel_moves():
+    log = editing.parse_edits([{"op": "rotate", "angle": 45}] * 10)
+    assert editing.edited_size((256, 256), log) == (8300, 8300)  # what replaying it would have allocated
+    tracemalloc.start()
+    try:
+        with pytest.raises(RequestError) as caught:
+            editing.check_edit_budget((256, 256), log, max_pixels=64_000_000, max_side=16_384)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert caught.value.status_code == 413 and caught.value.field == "edits[1]"  # the step that passes 4x
+    assert peak < 1_000_000
+    with pytest.raises(RequestError, match="per side"):
+        editing.check_edit_budget((100, 16_000), editing.parse_edits([{"op": "rotate", "angle": 30}]),
+                                  max_pixels=0, max_side=16_384)
+    editing.check_edit_budget((256, 256), log[:1], max_pixels=64_000_000, max_side=16_384)  # one turn is fine
+
+
+@pytest.fixture()
+def api(tiny_settings: Settings):
+    with TestClient(create_app(tiny_settings.with_(default_model="tiny"))) as client:
+        client.settings = tiny_settings
+        yield client
+
+
+@pytest.mark.parametrize("case", ["null step", "text step", "nested list", "k text", "not a list",
+                                  "huge count", "box huge"])
+def test_predict_envelope_refuses_hostile_edits_with_4xx(api, case: str):
+    raw, field = HOSTILE_EDITS[case]
+    answer = api.post("/v1/predict", json={"request": SEG, "edits": raw})
+    assert answer.status_code == 422 and answer.json()["field"].startswith(field), answer.text
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"NaN", b"Infinity"])
+def test_predict_envelope_refuses_non_finite_angles_sent_as_json_text(api, number: bytes):
+    body = b'{"request": %s, "edits": [{"op": "rotate", "angle": %s}]}' % (
+        b'{"img_path_relative": "segmentation/DDTI/imgs/seg_1.png", "task": "segmentation", "dataset_name": "DDTI"}',
+        number)
+    answer = api.post("/v1/predict", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 422 and answer.json()["field"] == "edits[0].angle", answer.text
+
+
+def test_frames_refuse_a_growing_log_before_decoding_edits(api):
+    skeleton = api.post("/v1/upload", files={"file": ("loop.mp4", disk_video(), "video/mp4")}).json()
+    grow = [{"op": "rotate", "angle": 45}] * 10
+    answer = api.post("/v1/predict/frames", json={"request": _request(skeleton), "frames": [0, 1], "edits": grow})
+    assert answer.status_code == 413 and answer.json()["field"] == "edits[1]", answer.text
+    junk = api.post("/v1/predict/frames", json={"request": _request(skeleton), "frames": [0], "edits": [None]})
+    assert junk.status_code == 422 and junk.json()["field"] == "edits[0]"
+    fine = api.post("/v1/predict/frames", json={"request": _request(skeleton), "frames": [0],
+                                                "edits": [{"op": "rotate", "angle": 45}]})
+    assert fine.status_code == 200 and fine.json()["results"][0]["image_width"] == 160  # 128×96 turned 45°
+    assert api.get("/healthz").status_code == 200
+
+
+def test_the_service_records_a_refused_log_without_storing_it(tiny_settings: Settings):
+    service = AnalysisService(tiny_settings, model="tiny")
+    with pytest.raises(RequestError):
+        service.analyze(SEG, edits=[{"op": "rotate", "angle": "nan"}])
+    row = service.runs({})[0]
+    assert row["error_type"] == "RequestError" and not row["edits"]
+    done = service.analyze(SEG, edits=[{"op": "rotate90", "k": 1}])
+    assert service.run(done.run_id)["edits"] == [{"op": "rotate90", "k": 1}]
+
+
+# ------------------------------------------------------------------------------------------------ class 3: extras
+RESULT_NAMES = ["probability", "prediction", "notes", "uncertainty", "reference", "measurements", "mask_path",
+                "mask_url", "mask_area_px", "run_id", "label_name", "class_names", "inference_time_sec",
+                "memory_usage_mb", "gpu_memory_usage_mb", "gpu_memory_reserved_mb", "timings", "device",
+                "model_name", "model_sha256", "input_sha256", "coverage_fraction", "error", "error_type",
+                "status_code", "batch_id", "image_width"]
+HOSTILE_VALUES = ["x", None, [1, "a"], {"k": 1}, 1e308, -1]
+
+
+def test_every_result_name_is_reserved():
+    assert set(RESULT_NAMES) <= RESERVED_EXTRAS
+    assert not RESERVED_EXTRAS & set(PredictRequest.model_fields)
+    assert "frame_count" not in RESERVED_EXTRAS  # our own upload skeleton carries it
+
+
+@pytest.mark.parametrize("name", RESULT_NAMES)
+def test_a_request_naming_a_result_field_is_422_on_every_door(api, name: str):
+    value = HOSTILE_VALUES[RESULT_NAMES.index(name) % len(HOSTILE_VALUES)]
+    for request in (SEG, CLS):
+        answer = api.post("/v1/predict", json={**request, name: value})
+        assert answer.status_code == 422 and answer.json()["field"] == name, answer.text
+    old = api.post("/segment/", json={**SEG, name: value})
+    assert old.status_code == 422, old.text
+    batch = api.post("/v1/predict/batch", json={"requests": [{**CLS, name: value}, CLS]}).json()
+    assert batch["results"][0]["status_code"] == 422 and batch["results"][0]["field"] == name
+    assert "probability" in batch["results"][1]  # the good request beside it is answered
+
+
+def test_the_image_path_as_a_field_name_cannot_replace_the_challenge_entry(api):
+    answer = api.post("/v1/predict", json={**CLS, CLS["img_path_relative"]: {"probability": [1, 0], "prediction": 0}})
+    assert answer.status_code == 422 and answer.json()["field"] == CLS["img_path_relative"]
+
+
+def test_other_extras_are_still_echoed(api):
+    answer = api.post("/v1/predict", json={**SEG, "my_tag": "kept", "frame_count": 1, "probability_note": "ok"})
+    assert answer.status_code == 200
+    assert answer.json()["my_tag"] == "kept" and answer.json()["probability_note"] == "ok"
