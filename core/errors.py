@@ -10,18 +10,46 @@ from __future__ import annotations
 
 from typing import Any
 
+MAX_MESSAGE_CHARS = 4096  # characters of an error message, wherever it goes (answer, history, log)
+MAX_FIELD_CHARS = 200  # characters of the field an error names
+
+
+def capped(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    tail = f" … (cut from {len(text):,} characters)"
+    return text[:max(limit - len(tail), 0)] + tail
+
 
 class UUSICError(Exception):
-    """Base class: ``message`` (shown to the user as is) and ``status_code`` (for the HTTP API)."""
+    """Base class: ``message`` (shown to the user as is, at most :data:`MAX_MESSAGE_CHARS`) and ``status_code``
+    (for the HTTP API)."""
 
     status_code: int = 400
 
     def __init__(self, message: str, *, status_code: int | None = None, field: str | None = None):
-        super().__init__(message)
+        super().__init__(capped(str(message)))
         self.message = message
         self.field = field
         if status_code is not None:
             self.status_code = status_code
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self._message = capped(str(value))
+
+    @property
+    def field(self) -> str | None:
+        return self._field
+
+    @field.setter
+    def field(self, value: str | None) -> None:
+        self._field = None if value is None else capped(str(value), MAX_FIELD_CHARS)
 
     def __str__(self) -> str:
         return self.message

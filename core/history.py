@@ -42,7 +42,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from core.errors import HistoryError
+from core.errors import HistoryError, capped
 
 SOURCES = ("dashboard", "batch", "api", "cli")  # "batch": the dashboard's Batch page
 JSON_COLUMNS = ("edits", "probabilities", "measurements", "request", "response")
@@ -627,7 +627,7 @@ def record_run(store: HistoryStore, request: Any, response: dict | None, *, sour
         **{key: response.get(key) or request.get(key) for key in ("task", "dataset_name", "organ")},
         **{key: response.get(key) for key in RESPONSE_COLUMNS},
         "probabilities": response.get("probability"),
-        "error": error, "error_type": error_type, "batch_id": batch_id,
+        "error": capped(error) if error else error, "error_type": error_type, "batch_id": batch_id,
         "request": request or None, "response": stored_response or None,
     })
 

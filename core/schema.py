@@ -31,6 +31,7 @@ TASKS = catalog.TASKS
 MAX_PIXEL_SPACING_MM = calibration.MAX_PIXEL_SPACING_MM  # mm per pixel; the band is core.calibration's
 MAX_EXTRAS_BYTES = 16 * 1024  # JSON bytes of the fields outside the schema (echoed and stored in the history)
 MAX_TEXT = 4096  # characters of any text field of the schema
+MAX_PROBLEMS = 10  # problems an invalid request's message lists (then "and N more")
 MAX_JSON_DEPTH = 64  # nesting of arrays / objects in a request JSON (real requests use 3-5)
 _JSON_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _DEPTH_STEP = np.zeros(256, dtype=np.int8)
@@ -241,7 +242,8 @@ def _first_field(exc: ValidationError) -> str | None:
 def _describe(exc: ValidationError) -> str:
     """One line per problem: ``field: what is wrong``."""
     lines = []
-    for error in exc.errors():
+    errors = exc.errors()
+    for error in errors[:MAX_PROBLEMS]:
         loc = ".".join(str(p) for p in error.get("loc", ()))
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         kind = error.get("type", "")
@@ -250,6 +252,8 @@ def _describe(exc: ValidationError) -> str:
         elif "input" in error and kind not in ("value_error",) and not kind.startswith("too_"):
             message = f"{message} (got {error['input']!r:.80})"
         lines.append(f"{loc}: {message}" if loc else message)
+    if len(errors) > MAX_PROBLEMS:
+        lines.append(f"and {len(errors) - MAX_PROBLEMS:,} more problems")
     return "invalid request: " + "; ".join(lines)
 
 

@@ -472,13 +472,30 @@ class AnalysisService:
                        output_dir: Path | None = None, input_dir: Path | None = None,
                        record: bool = True) -> CineResult:
         """Analyse frames of a cine (None = all) as one batch: each frame decoded once, ``edits`` applied to each,
-        one history row per frame (``frame_index``) under one ``batch_id``; the result has the loop's summary."""
+        one history row per frame (``frame_index``) under one ``batch_id``; the result has the loop's summary.
+        A refused call (bad request, edits, frames, budget) is recorded as one failed run, as :meth:`analyze` does."""
+        checked: list[dict] | None = None
+        try:
+            checked = parse_edits(edits) or None
+            return self._analyze_frames(request, frames=frames, edits=checked, source=source, progress=progress,
+                                        model=model, output_dir=output_dir, input_dir=input_dir, record=record)
+        except Exception as exc:
+            failure = AnalysisFailure.from_exception(request, exc)
+            if record:
+                self._record_failure(request, failure, source=source, edits=checked, batch_id=None,
+                                     input_dir=input_dir)
+            if isinstance(exc, UUSICError):
+                exc.message = failure.error  # an upload named as the user named it
+            raise
+
+    def _analyze_frames(self, request: Any, *, frames: list[int] | str | None, edits: list[dict] | None,
+                        source: str, progress: Any, model: str | None, output_dir: Path | None,
+                        input_dir: Path | None, record: bool) -> CineResult:
         from core.cine import CineResult, check_budget, parse_frames, summarize
         from core.imaging import held_frames, probe_frames
         from core.paths import resolve_input
 
         start = time.perf_counter()
-        edits = parse_edits(edits) or None
         parsed = PredictRequest.parse(request)
         raw = dict(request) if isinstance(request, dict) else parsed.to_dict()
         path = resolve_input(self.settings, parsed.img_path_relative, input_dir=input_dir)

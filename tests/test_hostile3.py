@@ -188,3 +188,42 @@ def test_other_extras_are_still_echoed(api):
     answer = api.post("/v1/predict", json={**SEG, "my_tag": "kept", "frame_count": 1, "probability_note": "ok"})
     assert answer.status_code == 200
     assert answer.json()["my_tag"] == "kept" and answer.json()["probability_note"] == "ok"
+
+
+# ------------------------------------------------------------------------------------------------ class 5: refusals
+def test_frames_refusals_are_recorded_like_any_other_door(api):
+    skeleton = api.post("/v1/upload", files={"file": ("loop.mp4", disk_video(), "video/mp4")}).json()
+    service = api.app.state.service
+    before = service.store.count()
+    cases = [({"request": _request(skeleton), "frames": "first"}, "frames"),
+             ({"request": _request(skeleton), "frames": [0], "edits": [None]}, "edits[0]"),
+             ({"request": _request(skeleton), "frames": [0], "edits": [{"op": "rotate", "angle": 45}] * 3}, "edits[1]"),
+             ({"request": {**_request(skeleton), "probability": 1}, "frames": [0]}, "probability"),
+             ({"request": {**_request(skeleton), "img_path_relative": "api_in/none.mp4"}, "frames": [0]},
+              "img_path_relative")]
+    for body, field in cases:
+        answer = api.post("/v1/predict/frames", json=body)
+        assert 400 <= answer.status_code < 500 and answer.json().get("field") == field, answer.text
+    rows = service.runs({})[: len(cases)]
+    assert service.store.count() == before + len(cases)
+    assert all(row["error_type"] and row["error"] and row["source"] == "api" for row in rows)
+
+
+def test_error_text_is_capped_in_the_answer_and_the_history(api):
+    long = "q" * 4000
+    request = {**SEG, "task": long, "dataset_name": long, "organ": long, "img_name": 5, "mask_name": 6,
+               "img_dimensions": "wide", "class_label_index": "x", "pixel_spacing_mm": "far"}
+    answer = api.post("/v1/predict", json=request)
+    assert answer.status_code == 422 and len(answer.text) < 4096 + 500
+    detail = answer.json()["detail"]
+    assert len(detail) <= 4096 and detail.startswith("invalid request")
+    row = api.app.state.service.runs({})[0]
+    assert row["error_type"] == "RequestError" and len(row["error"]) <= 4096
+
+
+def test_every_typed_error_caps_its_message_and_field():
+    error = RequestError("x" * 200_000, field="f" * 5_000)
+    assert len(error.message) == 4096 and len(str(error)) == 4096 and len(error.field) == 200
+    assert error.message.endswith("(cut from 200,000 characters)")
+    error.message = "y" * 10_000  # a later rewording is capped too
+    assert len(error.to_dict()["detail"]) == 4096

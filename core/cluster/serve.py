@@ -28,7 +28,8 @@ import anyio
 from ray import serve
 
 from core.cluster import ClusterError, alive_nodes, check_shared_history, connect, import_ray, runtime_env
-from core.errors import UUSICError
+from core.editing import parse_edits
+from core.errors import RequestError, UUSICError
 from core.response import AnalysisFailure, AnalysisResponse, BatchItem
 from core.schema import PredictRequest
 from core.service import AnalysisService
@@ -36,7 +37,7 @@ from core.settings import Settings
 
 log = logging.getLogger("uusic.cluster")
 APP_NAME = "uusic"
-Call = tuple[Any, str, "list | None", "str | None"]  # (request JSON, source, edits, model) of one /v1/predict
+Call = tuple[Any, str, Any, "str | None"]  # (request JSON, source, edits as sent, model) of one /v1/predict
 
 
 class ReplicaService(AnalysisService):
@@ -52,8 +53,14 @@ class ReplicaService(AnalysisService):
         """Several ``/v1/predict`` calls at once: one :meth:`analyze_batch` (shared forward passes) per source and
         model, each call recorded as :meth:`analyze` records it (its source, its edits, no batch id)."""
         items: list[BatchItem | None] = [None] * len(calls)
+        checked: list[list[dict] | None] = [None] * len(calls)
         groups: dict[tuple[str, str | None], list[int]] = {}
-        for index, (request, source, _, model) in enumerate(calls):
+        for index, (request, source, edits, model) in enumerate(calls):
+            try:
+                checked[index] = parse_edits(edits) or None  # the one check of an edit log (core.editing)
+            except RequestError as exc:
+                items[index] = AnalysisFailure.from_exception(request, exc)
+                continue
             groups.setdefault((source, self._model_for(request, model)), []).append(index)
         for (source, model), indices in groups.items():
             try:
@@ -67,7 +74,7 @@ class ReplicaService(AnalysisService):
             for index, item in zip(indices, done, strict=True):
                 items[index] = item
         final = [item for item in items if item is not None]
-        for (request, source, edits, _), item in zip(calls, final, strict=True):
+        for (request, source, _, _), edits, item in zip(calls, checked, final, strict=True):
             if isinstance(item, AnalysisResponse):
                 self._record_success(PredictRequest.parse(request), item, source=source, edits=edits,
                                      batch_id=None)

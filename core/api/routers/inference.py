@@ -8,7 +8,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from core.api.deps import ServiceDep, in_worker, read_json
-from core.editing import parse_edits
 from core.errors import RequestError
 from core.history import SOURCES
 from core.response import AnalysisResponse
@@ -24,13 +23,13 @@ ENVELOPE_DOC = ("The body is the request JSON itself, or an envelope {\"request\
 MAX_BATCH_ITEMS = 256
 
 
-def unwrap(body: Any) -> tuple[Any, str, list | None, str | None]:
+def unwrap(body: Any) -> tuple[Any, str, Any, str | None]:
     """(request, source, edits, model) of a predict body: a bare request JSON, or the envelope with ``request``."""
     if isinstance(body, dict) and isinstance(body.get("request"), dict) and "img_path_relative" not in body:
         source = body.get("source") or "api"
         if source not in SOURCES:
             raise RequestError(f"source must be one of {', '.join(SOURCES)}, got {source!r}", field="source")
-        edits = parse_edits(body.get("edits")) or None
+        edits = body.get("edits")  # checked (and a refusal recorded) by the service: core.editing.parse_edits
         model = body.get("model")
         if model is not None and not isinstance(model, str):
             raise RequestError("model must be the name of a model (see /v1/models)", field="model")
