@@ -55,7 +55,10 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def source_dicom(settings: Settings, run: dict) -> Path:
-    """The DICOM file a run analysed: its request's ``source_path_relative``, else its image when that is DICOM."""
+    """The DICOM file a run analysed: its request's ``source_path_relative``, else its image when that is DICOM.
+
+    A run owns its sources: a ``source_path_relative`` other than the analysed file itself is used only when it
+    decodes to exactly the pixels the run analysed (its own upload's original), never another upload's file."""
     from core.paths import resolve_input
 
     request, response = _section(run, "request"), _section(run, "response")
@@ -67,6 +70,9 @@ def source_dicom(settings: Settings, run: dict) -> Path:
             raise NotFoundError(f"the source DICOM of run {run.get('id')} is no longer available",
                                 field="run_id") from None
         if is_dicom_file(path):
+            if not _is_own_source(settings, path, run):
+                raise RequestError(f"run {run.get('id')} names a source DICOM that is not the image it analysed; "
+                                   "no DICOM SEG is made from another file", field="run_id")
             return path
     image = run.get("img_path_relative")
     if isinstance(image, str) and image:
@@ -78,6 +84,27 @@ def source_dicom(settings: Settings, run: dict) -> Path:
             return image_path
     raise RequestError(f"run {run.get('id')} did not analyse a DICOM file; a DICOM SEG can only be made for a DICOM "
                        "input (upload the .dcm file itself)", field="run_id")
+
+
+def _is_own_source(settings: Settings, source: Path, run: dict) -> bool:
+    """Whether ``source`` is the run's analysed file, or decodes (at the run's frame) to exactly its pixels."""
+    from core.imaging import load_image
+    from core.paths import resolve_input
+
+    image = run.get("img_path_relative")
+    if not isinstance(image, str) or not image:
+        return False
+    try:
+        analysed = resolve_input(settings, image)
+        if analysed.resolve() == source.resolve():
+            return True
+        request = _section(run, "request")
+        frame = request.get("source_frame_index", request.get("frame_index")) or 0
+        own = load_image(source, settings=settings, frame_index=int(frame)).rgb
+        seen = load_image(analysed, settings=settings).rgb
+    except (UUSICError, OSError, TypeError, ValueError):
+        return False
+    return own.shape == seen.shape and bool(np.array_equal(own, seen))
 
 
 def _section(run: dict, key: str) -> dict:

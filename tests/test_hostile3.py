@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 import tracemalloc
 
@@ -227,3 +228,38 @@ def test_every_typed_error_caps_its_message_and_field():
     assert error.message.endswith("(cut from 200,000 characters)")
     error.message = "y" * 10_000  # a later rewording is capped too
     assert len(error.to_dict()["detail"]) == 4096
+
+
+# ------------------------------------------------------------------------------------------------ class 4: sources
+def test_a_run_cannot_borrow_another_uploads_dicom_for_its_seg(tiny_settings: Settings):
+    import pydicom
+    from conftest import dicom_bytes, ultrasound_dicom
+
+    service = AnalysisService(tiny_settings.model_copy(update={"backend": "torch"}), model="tiny")
+    other = ultrasound_dicom(rows=48, columns=64)  # another patient's scan: other pixels
+    other.PatientName = "Other^Patient"
+    theirs = service.save_upload(dicom_bytes(other), "their scan.dcm")
+    mine = service.save_upload(dicom_bytes(ultrasound_dicom(rows=56, columns=72)), "my scan.dcm")
+    target = {"task": "segmentation", "dataset_name": "DDTI"}
+    png = service.save_upload(_png_of(service, mine), "mine.png")
+    borrowed = {"source_path_relative": theirs["source_path_relative"]}
+    cases = {  # the request names another upload's original: a SEG must never carry that patient
+        "png names another upload's dicom": {**png, **target, **borrowed},
+        "dicom names another upload's dicom": {**mine, **target, **borrowed},
+        "dicom names the data root's image": {**mine, **target,
+                                              "source_path_relative": "segmentation/DDTI/imgs/seg_0.png"},
+    }
+    for name, request in cases.items():
+        run = service.analyze(request)
+        with pytest.raises(RequestError) as caught:
+            service.dicom_seg(run.run_id)
+        assert caught.value.status_code == 422, name
+    own = service.analyze({**mine, **target})
+    seg = pydicom.dcmread(io.BytesIO(service.dicom_seg(own.run_id)))
+    assert str(seg.PatientName) != "Other^Patient"
+
+
+def _png_of(service: AnalysisService, skeleton: dict) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(service.load_frame(skeleton["img_path_relative"], 0)).save(buffer, format="PNG")
+    return buffer.getvalue()
