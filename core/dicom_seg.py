@@ -107,6 +107,17 @@ def _is_own_source(settings: Settings, source: Path, run: dict) -> bool:
     return own.shape == seen.shape and bool(np.array_equal(own, seen))
 
 
+def _stored_frame_index(run_id: int, request: dict, response: dict) -> int:
+    """The analysed frame a stored run names (request first, else response; none: 0); a malformed value: 422."""
+    value = request.get("frame_index") if request.get("frame_index") is not None else response.get("frame_index")
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RequestError(f"run {run_id} stores a malformed frame_index ({str(value)[:40]!r}); no DICOM SEG is made",
+                           field="run_id")
+    return value
+
+
 def _section(run: dict, key: str) -> dict:
     value = run.get(key)
     return value if isinstance(value, dict) else {}
@@ -233,12 +244,12 @@ def run_dicom_seg(backend: Any, run_id: int) -> bytes:
     except (InvalidDicomError, OSError, ValueError) as exc:
         raise ImageError(f"the source DICOM of run {run_id} cannot be read ({type(exc).__name__})") from None
     response, request = _section(run, "response"), _section(run, "request")
-    frame_index = request.get("frame_index") if request.get("frame_index") is not None else response.get("frame_index")
+    frame_index = _stored_frame_index(run_id, request, response)
     try:
         dataset = catalog.find_dataset("segmentation", str(run.get("dataset_name") or ""))
         group, label = dataset.group, dataset.seg_target or "segmentation"
     except UUSICError:
         group, label = None, "segmentation"
-    return build_seg(source, backend.run_mask(int(run_id)), frame_index=int(frame_index or 0), group=group,
+    return build_seg(source, backend.run_mask(int(run_id)), frame_index=frame_index, group=group,
                      label=label, model_name=str(run.get("model_name") or ""),
                      model_sha256=str(run.get("model_sha256") or ""), description=_spacing_note(response))

@@ -23,6 +23,8 @@ from PIL import Image
 from core import catalog
 from core.errors import RequestError, UUSICError
 
+log = logging.getLogger("uusic.report")
+
 LANGS = ("zh", "en")
 CJK_FONT_CANDIDATES: tuple[Path, ...] = (
     Path("/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"),
@@ -63,7 +65,12 @@ LABELS: dict[str, tuple[str, str]] = {
     "device": ("设备", "Device"), "notes": ("备注", "Notes"), "disclaimer": ("声明", "Disclaimer"),
     "mean": ("均值", "mean"), "range": ("范围", "range"), "sd": ("标准差", "sd"),
     "components": ("连通区域数", "Connected regions"), "coverage": ("模型所见图像", "Image seen by model"),
+    "unreadable": ("此部分记录无法显示：其存储的值格式不正确（可能来自导入或迁移的记录）。",
+                   "This part of the record cannot be shown: its stored values are malformed (an imported or "
+                   "migrated record?)."),
 }
+# What a malformed stored value raises while a block is written (text for a number, a list for a dict, ...).
+MALFORMED = (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError)
 MEASURES: tuple[tuple[str, str, str], ...] = (  # key stem, zh, en
     ("area", "面积", "Area"),
     ("longest_diameter", "最长径", "Longest diameter"),
@@ -157,7 +164,7 @@ class CaseReport:
             try:
                 self.pdf.add_font("body", "", str(chosen), collection_font_number=0)  # 0: a .ttc's first face
             except Exception:  # noqa: BLE001 - a broken font file must not sink the report
-                logging.getLogger("uusic.report").warning("cannot use font %s; falling back", chosen.name)
+                log.warning("cannot use font %s; falling back", chosen.name)
                 continue
             self.family, self.bold = "body", ""  # one face only: headings are set larger, not bold
             return chosen == cjk
@@ -229,18 +236,18 @@ class CaseReport:
 
     # ------------------------------------------------------------------------------------------ the document
     def build(self) -> bytes:
+        """The PDF: every block that its stored values allow; a block they do not is replaced by a notice."""
         self.pdf.add_page()
-        self.title_block()
-        self.case_block()
-        self.image_block()
-        if self.run.get("task") == "classification":
-            self.probability_block()
-        else:
-            self.measurement_block()
-        self.uncertainty_block()
-        self.reference_block()
-        self.provenance_block()
-        self.disclaimer_block()
+        result = self.probability_block if self.run.get("task") == "classification" else self.measurement_block
+        for block in (self.title_block, self.case_block, self.image_block, result, self.uncertainty_block,
+                      self.reference_block, self.provenance_block, self.disclaimer_block):
+            try:
+                block()
+            except MALFORMED as exc:  # a stored row from an import, a migration or an older release
+                log.warning("report of run %s: %s left out (%s)", self.run.get("id"), block.__name__,
+                            type(exc).__name__)
+                self.pdf.set_x(self.pdf.l_margin)
+                self.paragraph(self.label("unreadable"), color=(170, 90, 0))
         return bytes(self.pdf.output())
 
     def title_block(self) -> None:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import io
+import json
 import random
 import tracemalloc
 
@@ -263,3 +264,59 @@ def _png_of(service: AnalysisService, skeleton: dict) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(service.load_frame(skeleton["img_path_relative"], 0)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ class 8: rows
+MALFORMED_ROWS = {  # column → stored JSON text / value of an imported, migrated or hand-edited row
+    "probability text": ("cls", "response", {"probability": "x"}),
+    "probability mixed": ("cls", "response", {"probability": [1, "a", None]}),
+    "prediction text": ("cls", "response", {"prediction": "abc"}),
+    "prediction huge": ("cls", "response", {"prediction": 10**30}),
+    "class names a number": ("cls", "response", {"class_names": 5, "probability": [0.1, 0.2, 0.7]}),
+    "uncertainty ranges text": ("cls", "response", {"uncertainty": {"probability_min": "x", "probability_max": 3}}),
+    "measurements a list": ("seg", "response", {"measurements": [1, 2]}),
+    "measurement text": ("seg", "response", {"measurements": {"area_px": "big", "components": "some"}}),
+    "spacing text": ("seg", "response", {"pixel_spacing_mm": "far"}),
+    "coverage text": ("seg", "response", {"coverage_fraction": "most"}),
+    "frame count text": ("seg", "response", {"frame_count": "many", "frame_index": "last"}),
+    "reference a number": ("seg", "response", {"reference": 5}),
+    "reference measurements text": ("seg", "response", {"reference": {"measurements": "x", "source": 3}}),
+    "notes a number": ("seg", "response", {"notes": 7}),
+    "image size a dict": ("seg", "response", {"image_width": {"a": 1}, "image_height": [2]}),
+    "uncertainty a list": ("seg", "response", {"uncertainty": [1, 2]}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED_ROWS))
+def test_a_report_of_a_malformed_stored_row_omits_what_it_cannot_show(api, case: str):
+    import sqlalchemy as sa
+
+    kind, column, patch = MALFORMED_ROWS[case]
+    service = api.app.state.service
+    run = service.analyze(CLS if kind == "cls" else SEG)
+    stored = {**service.run(run.run_id)[column], **patch}
+    with service.store._transaction(write=True) as connection:
+        connection.execute(sa.text(f"UPDATE runs SET {column} = :value WHERE id = :id"),
+                           {"value": json.dumps(stored), "id": run.run_id})
+    for lang in ("en", "zh"):
+        answer = api.get(f"/v1/history/{run.run_id}/report.pdf", params={"lang": lang})
+        assert answer.status_code == 200 or 400 <= answer.status_code < 500, (lang, answer.text[:300])
+        if answer.status_code == 200:
+            assert answer.content.startswith(b"%PDF")
+
+
+def test_a_seg_of_a_row_with_a_malformed_frame_index_is_422(api):
+    import sqlalchemy as sa
+    from conftest import dicom_bytes, ultrasound_dicom
+
+    service = api.app.state.service
+    skeleton = service.save_upload(dicom_bytes(ultrasound_dicom()), "scan.dcm")
+    run = service.analyze({**skeleton, "task": "segmentation", "dataset_name": "DDTI"})
+    assert api.get(f"/v1/history/{run.run_id}/seg.dcm").status_code == 200
+    for bad in ("last", -1, 2.5, [0]):
+        request = {**service.run(run.run_id)["request"], "frame_index": bad}
+        with service.store._transaction(write=True) as connection:
+            connection.execute(sa.text("UPDATE runs SET request = :value WHERE id = :id"),
+                               {"value": json.dumps(request), "id": run.run_id})
+        answer = api.get(f"/v1/history/{run.run_id}/seg.dcm")
+        assert answer.status_code == 422 and answer.json()["field"] == "run_id", answer.text
