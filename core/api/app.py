@@ -221,9 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"serving on http://{args.host}:{args.port} (docs at /docs); workspace {settings.workspace}",
           file=sys.stderr, flush=True)
-    # h11 (not httptools) so that the header size limit applies; limit_concurrency answers 503 past
-    # UUSIC_MAX_CONNECTIONS connections + requests; stalled bodies are cut by core.api.limits.BodyLimit
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, http="h11",
+    # h11 (not httptools) so that the header size limit applies, with a deadline for each request head
+    # (core.api.head_deadline); limit_concurrency answers 503 past UUSIC_MAX_CONNECTIONS connections + requests;
+    # stalled bodies are cut by core.api.limits.BodyLimit
+    from core.api.head_deadline import HeadDeadlineH11Protocol
+
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                http=HeadDeadlineH11Protocol,
                 timeout_keep_alive=KEEP_ALIVE_S, h11_max_incomplete_event_size=H11_MAX_HEADER_BYTES,
                 limit_concurrency=settings.max_connections)
     return 0

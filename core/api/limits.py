@@ -1,11 +1,12 @@
 """Request limits that hold whatever the client does: pure ASGI middleware, below every route.
 
-* :class:`BodyLimit` counts the body bytes as they stream in (``Content-Length`` or chunked) and answers 413 once
-  the route's limit is passed (uploads: ``max_upload_mb`` + 64 KiB of multipart framing; everything else:
-  ``max_json_bytes``). A client that stops sending in the middle of a body for ``body_timeout_s`` gets 408 and the
-  connection is closed. After a 413 the rest of the body is read and dropped for a little while (at most
-  :data:`DRAIN_BYTES` / :data:`DRAIN_SECONDS`, like a proxy's lingering close) so that an honest client sees the
-  answer instead of a reset connection; a body that goes on beyond that is cut off.
+* :class:`BodyLimit` answers 413 before reading a byte when ``Content-Length`` says the body is over the route's
+  limit (uploads: ``max_upload_mb`` + 64 KiB of multipart framing; everything else: ``max_json_bytes``), and counts
+  the bytes of a chunked body as they stream in, answering 413 as soon as the limit is passed: the body is never
+  read to its end. A client that stops sending in the middle of a body for ``body_timeout_s`` gets 408 and the
+  connection is closed. Before a 413 at most :data:`DRAIN_BYTES` more (for at most :data:`DRAIN_SECONDS`) are read
+  and dropped, so that a small overshoot still lets the client read the answer instead of a reset connection; the
+  connection is then closed and the rest of the body never read.
 * :class:`TrustedHosts` is Starlette's ``TrustedHostMiddleware`` (``Settings.allowed_hosts``) answering a wrong
   ``Host`` with the project's error body (400) — the DNS-rebinding guard.
 * :func:`content_type_refusal`: ``POST /v1/*`` takes ``application/json`` (predict, predict/batch) or
@@ -32,8 +33,8 @@ from core.settings import Settings
 UPLOAD_PATHS = frozenset({"/v1/upload", "/upload"})
 MULTIPART_OVERHEAD = 64 * 1024  # bytes of multipart framing allowed on top of max_upload_mb
 JSON_ROUTES = frozenset({"/v1/predict", "/v1/predict/batch", "/segment/", "/segment"})
-DRAIN_BYTES = 8 * 1024 * 1024  # after a 413: body bytes read and dropped before answering (lingering close)
-DRAIN_SECONDS = 5.0
+DRAIN_BYTES = 256 * 1024  # after a 413: body bytes read and dropped before answering (a short lingering close)
+DRAIN_SECONDS = 1.0
 ErrorResponder = Callable[[BaseException, str], Response]
 
 
@@ -83,6 +84,12 @@ class BodyLimit:
         limit = body_limit(self.settings, path)
         timeout = float(self.settings.body_timeout_s)
         state: dict[str, Any] = {"received": 0, "done": False, "refusal": None, "started": False}
+        declared = _declared_length(scope)
+        if declared is not None and declared > limit:  # refused by arithmetic, before reading the body
+            state["refusal"] = RequestError(f"request body is {declared:,} bytes (Content-Length), over the "
+                                            f"{limit:,} bytes limit for {path[:80]}", status_code=413)
+            await self._answer(scope, receive, send, state, path)
+            return
 
         async def guarded_receive() -> Message:
             if state["refusal"] is not None:
@@ -121,9 +128,12 @@ class BodyLimit:
         except Exception:
             if state["refusal"] is None:
                 raise
+        if state["refusal"] is not None and not state["started"]:
+            await self._answer(scope, receive, send, state, path)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any], path: str) -> None:
+        """Send the refusal: a 413 after a bounded drain (closing unless the body ended), anything else closing."""
         refusal = state["refusal"]
-        if refusal is None or state["started"]:
-            return
         close = True
         if refusal.status_code == 413 and not state["done"]:
             close = not await self._drain(receive, state)
@@ -152,6 +162,15 @@ class BodyLimit:
                 continue
             return False
         return False
+
+
+def _declared_length(scope: Scope) -> int | None:
+    """The request's ``Content-Length`` (None when absent or not a number: the body is counted as it comes)."""
+    for name, value in scope.get("headers") or []:
+        if name == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isdigit() and len(text) < 20 else None
+    return None
 
 
 async def _disconnected() -> Message:
