@@ -7,6 +7,9 @@
 * The plausibility band :data:`MIN_PIXEL_SPACING_MM` … :data:`MAX_PIXEL_SPACING_MM`: clinical ultrasound images
   sit between about 0.03 and 1 mm per pixel (HC18: 0.05-0.99); outside the band a value is a typo or a wrong unit
   (cm, µm), refused with a :class:`~core.errors.RequestError` naming ``pixel_spacing_mm`` and the band.
+* :func:`header_spacing` — a spacing a file states (DICOM ``PixelSpacing`` / ultrasound regions, an upload's
+  skeleton, ``ground_truth.json``) outside the band is dropped with a note, never refused: the image stays
+  analysable without calibration. A spacing the user gives is refused (:func:`check_spacing`, the request schema).
 * :func:`resolve_spacing` — the one rule for which spacing a segmentation uses: the request's (with its source,
   ``user`` when it names none), else the image's own (DICOM), else none.
 """
@@ -43,6 +46,18 @@ def spacing_problem(spacing: float) -> str | None:
     shown = f"{spacing:g}" if isinstance(spacing, (int, float)) else repr(spacing)
     return (f"{shown} mm per pixel is not a plausible ultrasound pixel spacing; "
             f"expected between {MIN_PIXEL_SPACING_MM:g} and {MAX_PIXEL_SPACING_MM:g} mm per pixel")
+
+
+def header_spacing(spacing: Any, what: str) -> tuple[float | None, str | None]:
+    """A spacing a file states (a DICOM header, ``ground_truth.json``) through the band: ``(spacing, None)`` when
+    plausible, else ``(None, note)`` — the value is dropped with a note saying why, so the image stays analysable
+    (without mm); only a spacing the user gives is refused (:func:`check_spacing`)."""
+    if is_plausible(spacing):
+        return float(spacing), None
+    number = isinstance(spacing, (int, float)) and not isinstance(spacing, bool)
+    shown = f"{spacing:g}" if number else repr(spacing)[:40]
+    return None, (f"{what} gives {shown} mm per pixel, implausible for ultrasound (expected {band_text()}); "
+                  "ignored, no measurements in mm")
 
 
 def check_spacing(spacing: float, *, field: str = "pixel_spacing_mm") -> float:

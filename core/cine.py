@@ -20,10 +20,16 @@ from core.response import AnalysisFailure, AnalysisResponse, BatchItem, item_fro
 CARDIAC_GROUP = "heart"  # catalog group whose loops get ED / ES candidates and a fractional area change
 
 
-def parse_frames(spec: Any, frame_count: int) -> list[int]:
+def parse_frames(spec: Any, frame_count: int, *, max_frames: int | None = None) -> list[int]:
     """The frame indices a caller asked for: None / ``"all"`` = every frame, a list of ints, or text ``"0,3,5"``;
-    each must exist (:class:`RequestError`, field ``frames``); duplicates dropped, order kept."""
+    each must exist (:class:`RequestError`, field ``frames``); duplicates dropped, order kept.
+
+    ``max_frames`` (``Settings.max_frames``): more frames than that is refused (413) by arithmetic before any list is
+    built — a header claiming 4,294,967,295 frames never becomes a list of that length."""
+    if frame_count < 1:
+        raise RequestError(f"the file has {frame_count} frames; there is nothing to analyse", field="frames")
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+        _check_count(frame_count, max_frames, every=True)
         return list(range(frame_count))
     if isinstance(spec, str):
         try:
@@ -39,7 +45,17 @@ def parse_frames(spec: Any, frame_count: int) -> list[int]:
     if wrong:
         raise RequestError(f"frames {wrong[:5]} out of range: the file has {frame_count} frame(s) "
                            f"(0..{frame_count - 1})", field="frames")
-    return list(dict.fromkeys(spec))
+    chosen = list(dict.fromkeys(spec))
+    _check_count(len(chosen), max_frames)
+    return chosen
+
+
+def _check_count(count: int, max_frames: int | None, *, every: bool = False) -> None:
+    if max_frames is None or count <= max_frames:
+        return
+    what = f"the file has {count:,} frames (all asked for)" if every else f"{count:,} frames asked for"
+    raise RequestError(f"{what}; at most {max_frames:,} are analysed in one call (UUSIC_MAX_FRAMES): choose fewer "
+                       "frames", field="frames", status_code=413)
 
 
 def check_budget(count: int, width: int, height: int, max_frames: int, max_decoded_mb: int) -> None:

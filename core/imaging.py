@@ -3,7 +3,8 @@
 Accepted: PNG, JPEG, BMP, TIFF, GIF, ultrasound DICOM (pydicom; pixel spacing from ``PixelSpacing`` or
 ``SequenceOfUltrasoundRegions``) and cine videos (MP4 / AVI / MOV / WebM / MKV through PyAV). A multi-frame file gives
 one frame: ``frame_index`` (default the first, and ``notes`` say the file has more); a multi-frame DICOM decodes only
-that frame, a video decodes up to it (``Settings.max_frames`` / ``max_decoded_mb`` bound the work).
+that frame, a video decodes up to it (``Settings.max_frames`` / ``max_decoded_mb`` bound the work, every frame counted
+at its real decoded size). A DICOM pixel spacing outside :mod:`core.calibration`'s band is dropped with a note.
 EXIF orientation is applied. 16-bit / float images are rescaled to 8 bits, palette / CMYK / grayscale
 become RGB, alpha is composited on black (the ultrasound background). Images larger than
 ``Settings.max_image_pixels`` or ``max_image_side`` are refused before their pixels are decoded.
@@ -52,6 +53,7 @@ class LoadedImage:
     frame_count: int = 1  # frames in the file (1 for a still image)
     fps: float | None = None  # frames per second of a cine (None: unknown or a still image)
     pixel_spacing_source: str | None = None  # "dicom" | "dicom_region" (core.calibration) when spacing is known
+    pixel_spacing_note: str | None = None  # why a spacing the file states was dropped (outside the band, malformed)
 
     @property
     def width(self) -> int:
@@ -132,7 +134,7 @@ def load_image(source: Path | str | bytes, *, settings: Settings | None = None, 
         raise ImageError(f"{name}: the file is empty")
     try:
         if _is_video(data, name):
-            image = next(_video_frames(data, name, settings, [frame_index]))
+            image = next(_video_frames(data, name, settings, [frame_index], field="frame_index"))
         elif _is_dicom(data, name):
             image = _load_dicom(data, name, settings, frame_index)
         else:
@@ -198,10 +200,35 @@ def _max_frames(settings: Settings | None) -> int:
     return int((settings or _DEFAULTS).max_frames)
 
 
+class DecodeBudget:
+    """The RGB bytes of the frames one call decodes, each counted at its real decoded size (never the header's) by
+    :meth:`spend` before its pixels are converted: past ``Settings.max_decoded_mb`` → :class:`RequestError` (413,
+    naming ``field``). A header that claims small frames cannot make a call hold more than the budget."""
+
+    def __init__(self, settings: Settings | None, name: str, field: str = "frames",
+                 declared: tuple[int, int] | None = None):
+        self.limit, self.name, self.field, self.declared = _max_decoded_bytes(settings), name, field, declared
+        self.spent = 0
+
+    def spend(self, width: int, height: int, position: int) -> None:
+        """Count one decoded frame (``position``: its index in the file) of ``width`` x ``height`` px."""
+        self.spent += int(width) * int(height) * 3
+        if self.spent <= self.limit:
+            return
+        lie = ""
+        if self.declared is not None and self.declared != (width, height):
+            lie = f" (its header says {self.declared[0]}x{self.declared[1]} px)"
+        raise RequestError(f"{self.name}: the frame at index {position} decodes to {width}x{height} px{lie}; the "
+                           f"frames decoded up to it take {self.spent:,} bytes of RGB, more than the "
+                           f"{self.limit // 1048576:,} MB ({self.limit:,} bytes) allowed in one call "
+                           "(UUSIC_MAX_DECODED_MB): choose fewer or earlier frames", field=self.field, status_code=413)
+
+
 # --------------------------------------------------------------------------------------------- PIL formats
 
 
-def _load_pil(data: bytes, name: str, settings: Settings | None, frame_index: int | None = None) -> LoadedImage:
+def _load_pil(data: bytes, name: str, settings: Settings | None, frame_index: int | None = None,
+              budget: DecodeBudget | None = None) -> LoadedImage:
     notes: list[str] = []
     with warnings.catch_warnings():
         # our own size check replaces PIL's global MAX_IMAGE_PIXELS warning
@@ -227,14 +254,7 @@ def _load_pil(data: bytes, name: str, settings: Settings | None, frame_index: in
             raise RequestError(f"frame_index {index}: only the first {_max_frames(settings)} frames of {name} are "
                                "read (UUSIC_MAX_FRAMES)", field="frame_index")
         notes += _frame_note(fmt, frames, frame_index)
-        try:
-            image.seek(index)
-            image.load()
-        except Image.DecompressionBombError:
-            raise ImageError(f"{name}: refused, image too large (decompression bomb): more than the "
-                             f"{_limits(settings)[0]:,} pixels allowed") from None
-        except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-            raise ImageError(f"{name}: the {fmt.upper()} data is truncated or corrupt ({exc})") from None
+        _seek_and_load(image, index, name, fmt, settings, budget)
     try:
         orientation = image.getexif().get(0x0112)
         if orientation not in (None, 1):
@@ -245,6 +265,26 @@ def _load_pil(data: bytes, name: str, settings: Settings | None, frame_index: in
     rgb = _pil_to_rgb8(image, name)
     return LoadedImage(rgb=rgb, format=fmt, pixel_spacing_mm=None, notes=tuple(notes), frame_index=index,
                        frame_count=frames)
+
+
+def _seek_and_load(image: Image.Image, index: int, name: str, fmt: str, settings: Settings | None,
+                   budget: DecodeBudget | None) -> None:
+    """Go to frame ``index`` and decode it, after its own size (a TIFF page may be larger than the first) passed the
+    pixel limits and, for several frames in one call, the decode budget."""
+    try:
+        image.seek(index)
+        if index:
+            check_size(image.width, image.height, settings, what=f"{name} frame {index + 1}")
+        if budget is not None:
+            budget.spend(image.width, image.height, index)
+        image.load()
+    except Image.DecompressionBombError:
+        raise ImageError(f"{name}: refused, image too large (decompression bomb): more than the "
+                         f"{_limits(settings)[0]:,} pixels allowed") from None
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        if isinstance(exc, UUSICError):
+            raise
+        raise ImageError(f"{name}: the {fmt.upper()} data is truncated or corrupt ({exc})") from None
 
 
 def _pil_to_rgb8(image: Image.Image, name: str) -> np.ndarray:
@@ -358,7 +398,9 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- videos
 # Cine loops as video files, through PyAV (FFmpeg). Only the demuxers below are accepted; the stream's declared size
 # passes check_size before any frame is decoded, every decoded frame is checked again, and a frame is reached by
-# decoding the ones before it: at most Settings.max_frames of them and Settings.max_decoded_mb of RGB in all.
+# decoding the ones before it: at most Settings.max_frames of them and Settings.max_decoded_mb of RGB in all — counted
+# at each frame's real decoded size (DecodeBudget), never the header's. A header's frame count is only a claim: a
+# video that ends sooner fails the missing frames (frames_missing), and a count of 4,294,967,295 builds nothing.
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv")
 STILL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")  # what the uploaders offer
@@ -438,6 +480,8 @@ def _video_frame_count(container: Any, stream: Any, name: str) -> int:
         count += 1 if packet.size else 0
         if count > _MAX_COUNTED_PACKETS:
             raise ImageError(f"{name}: the video has more than {_MAX_COUNTED_PACKETS:,} frames")
+    if count < 1:  # nothing to decode (and nothing to seek back to)
+        raise ImageError(f"{name}: the video has no frames")
     container.seek(0)
     return count
 
@@ -452,25 +496,28 @@ def _probe_video(data: bytes, name: str, settings: Settings | None) -> FrameInfo
                          int(stream.codec_context.height), fmt)
 
 
-def _video_frames(data: bytes, name: str, settings: Settings | None,
-                  indices: Sequence[int | None]) -> Iterator[LoadedImage]:
+def _video_frames(data: bytes, name: str, settings: Settings | None, indices: Sequence[int | None], *,
+                  field: str = "frames") -> Iterator[LoadedImage]:
     """The frames ``indices`` (None = the first) of a video, decoded in one pass up to the highest one and yielded
-    in frame order."""
+    in frame order. Every frame decoded on the way is checked and counted at its real size (:class:`DecodeBudget`,
+    errors naming ``field``), whatever the header declared."""
     container, stream, fmt = _open_video(data, name, settings)
     with container:
-        count = _video_frame_count(container, stream, name)
+        count = _video_frame_count(container, stream, name)  # at least 1: a video of no frames is refused there
         wanted = [int(i or 0) for i in indices]
         last = max(wanted)
         if last >= count:
             raise frame_out_of_range(last, count, name)
         width, height = int(stream.codec_context.width), int(stream.codec_context.height)
-        _check_video_budget(name, last, width * height * 3, settings)
+        _check_video_budget(name, last, width * height * 3, settings, field)
+        budget = DecodeBudget(settings, name, field, declared=(width, height))
         fps, todo, decoded = _video_fps(stream), dict.fromkeys(wanted), 0
         for position, frame in enumerate(_decoded_until_broken(container, stream)):
             if position > last:
                 break
             decoded = position + 1
             check_size(frame.width, frame.height, settings, what=f"{name} frame {position + 1}")
+            budget.spend(frame.width, frame.height, position)  # the real size, before it is converted to RGB
             if position not in todo:
                 continue
             rgb = np.ascontiguousarray(frame.to_ndarray(format="rgb24"), dtype=np.uint8)
@@ -500,15 +547,17 @@ def _decoded_until_broken(container: Any, stream: Any) -> Iterator[Any]:
         yield frame
 
 
-def _check_video_budget(name: str, last: int, frame_bytes: int, settings: Settings | None) -> None:
-    """Reaching frame ``last`` decodes every frame before it: bounded by max_frames and max_decoded_mb."""
+def _check_video_budget(name: str, last: int, frame_bytes: int, settings: Settings | None,
+                        field: str = "frame_index") -> None:
+    """Reaching frame ``last`` decodes every frame before it: bounded by max_frames and max_decoded_mb (by the
+    header's frame size here, by arithmetic; each decoded frame is counted again at its real size)."""
     if last >= _max_frames(settings):
-        raise RequestError(f"frame_index {last}: only the first {_max_frames(settings)} frames of {name} are "
-                           "decoded (UUSIC_MAX_FRAMES)", field="frame_index")
+        raise RequestError(f"{field} {last}: only the first {_max_frames(settings)} frames of {name} are "
+                           "decoded (UUSIC_MAX_FRAMES)", field=field)
     if (last + 1) * frame_bytes > _max_decoded_bytes(settings):
-        raise RequestError(f"frame_index {last}: reaching it decodes {(last + 1) * frame_bytes / 1048576:,.0f} MB "
+        raise RequestError(f"{field} {last}: reaching it decodes {(last + 1) * frame_bytes / 1048576:,.0f} MB "
                            f"of frames, more than the {_max_decoded_bytes(settings) // 1048576:,} MB allowed "
-                           "(UUSIC_MAX_DECODED_MB)", field="frame_index")
+                           "(UUSIC_MAX_DECODED_MB)", field=field)
 
 
 # --------------------------------------------------------------------------------------------------- DICOM
@@ -537,6 +586,11 @@ class _Geometry:
     @property
     def frame_bytes(self) -> int:
         return (self.rows * self.cols * self.samples * self.bits + 7) // 8
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of all the frames the header declares (1-bit frames are packed end to end): arithmetic only."""
+        return (self.frames * self.rows * self.cols * self.samples * self.bits + 7) // 8
 
 
 _UNREADABLE = object()
@@ -721,10 +775,33 @@ def _read_deflated(data: bytes, offset: int, meta: Any, name: str, settings: Set
 
 
 def _check_native_length(length: int, geometry: _Geometry, name: str) -> None:
-    """Uncompressed pixel data holding a whole frame more than the header declares is refused (a bomb's shape)."""
+    """Uncompressed pixel data must hold the frames the header declares, by arithmetic before any is decoded: a whole
+    frame more is refused (a bomb's shape), and so is less (a NumberOfFrames that lies, e.g. 4,294,967,295)."""
     if length >= (geometry.frames + 1) * geometry.frame_bytes:
         raise ImageError(f"{name}: the DICOM pixel data is {length:,} bytes, more than the {geometry.frames} "
                          f"frame(s) of {geometry.cols}x{geometry.rows} px its header declares")
+    if length < geometry.total_bytes:
+        raise ImageError(f"{name}: cannot decode the DICOM pixel data: its {length:,} bytes hold "
+                         f"{length // max(1, geometry.frame_bytes):,} whole frame(s) of {geometry.cols}x"
+                         f"{geometry.rows} px, fewer than the {geometry.frames:,} its header declares (NumberOfFrames)")
+
+
+def _check_fragments(ds: Any, geometry: _Geometry, name: str) -> None:
+    """Encapsulated pixel data needs at least one fragment per frame the header declares (counted by walking the
+    item headers: no frame is decoded); a NumberOfFrames beyond that lies and is refused."""
+    from pydicom.encaps import parse_basic_offsets, parse_fragments
+
+    if geometry.frames == 1:
+        return
+    try:
+        buffer = io.BytesIO(ds.PixelData)
+        parse_basic_offsets(buffer)
+        fragments = parse_fragments(buffer)[0]
+    except Exception as exc:  # noqa: BLE001
+        raise ImageError(f"{name}: the compressed DICOM pixel data is malformed ({_reason(exc)})") from None
+    if fragments < geometry.frames:
+        raise ImageError(f"{name}: the compressed DICOM pixel data holds at most {fragments:,} frame(s), fewer than "
+                         f"the {geometry.frames:,} its header declares (NumberOfFrames)")
 
 
 def _read_dicom(data: bytes, name: str, settings: Settings | None,
@@ -807,6 +884,8 @@ def _open_dicom(data: bytes, name: str, settings: Settings | None, frame_index: 
         raise ImageError(f"{name}: the DICOM transfer syntax {str(syntax)[:64]!r} is unknown") from None
     if "PixelData" in ds and not compressed:
         _check_native_length(len(ds.PixelData or b""), geometry, name)
+    elif "PixelData" in ds:
+        _check_fragments(ds, geometry, name)
     return _DicomFile(ds, geometry, name, deflated_frames or geometry.frames, deflated_frames is not None, syntax,
                       compressed)
 
@@ -847,6 +926,7 @@ def _dicom_frame(file: _DicomFile, frame_index: int | None) -> LoadedImage:
     spacing, spacing_notes = _dicom_spacing(ds)
     return LoadedImage(rgb=np.ascontiguousarray(rgb, dtype=np.uint8), format="dicom", pixel_spacing_mm=spacing,
                        pixel_spacing_source=_spacing_source(ds) if spacing is not None else None,
+                       pixel_spacing_note=" ".join(spacing_notes) if spacing is None and spacing_notes else None,
                        notes=tuple(notes + spacing_notes), frame_index=index, frame_count=file.frame_count,
                        fps=_dicom_fps(ds) if file.frame_count > 1 else None)
 
@@ -945,13 +1025,13 @@ def _dicom_gray(pixels: np.ndarray, ds: Any, photometric: str, notes: list[str] 
 
 
 def _plausible(spacing: float, what: str, notes: list[str]) -> float | None:
-    from core.schema import MAX_PIXEL_SPACING_MM
+    """``spacing`` when inside core.calibration's band (the one band of every door), else None and a note."""
+    from core.calibration import header_spacing
 
-    if not math.isfinite(spacing) or spacing <= 0 or spacing > MAX_PIXEL_SPACING_MM:
-        notes.append(f"DICOM {what} gives {spacing:g} mm per pixel, implausible for ultrasound (expected more than "
-                     f"0 and at most {MAX_PIXEL_SPACING_MM:g}); ignored, no measurements in mm")
-        return None
-    return spacing
+    checked, note = header_spacing(spacing, f"DICOM {what}")
+    if note is not None:
+        notes.append(note)
+    return checked
 
 
 def _dicom_spacing(ds: Any) -> tuple[float | None, list[str]]:
@@ -999,7 +1079,9 @@ def dicom_pixel_spacing_mm(ds: Any) -> float | None:
 # ------------------------------------------------------------------------------------------ several frames at once
 # A cine analysed frame by frame (core.service.analyze_frames) decodes its frames once, in one pass, and holds them
 # while the batch runs: load_image(path, frame_index=i) then takes frame i from memory (the file must be unchanged).
-# The caller bounds what is held (frames x width x height x 3 <= Settings.max_decoded_mb).
+# The caller bounds what is held by the header's size first (frames x width x height x 3 <= Settings.max_decoded_mb,
+# core.cine.check_budget); decode_frames then counts every frame it decodes at its real size (DecodeBudget), so a
+# header that claims small frames cannot make one call hold more.
 
 # (path, index) → (stat, the frame or the error of a frame the file ends before, holders)
 _HELD: dict[tuple[str, int], tuple[tuple[int, int], LoadedImage | ImageError, int]] = {}
@@ -1009,7 +1091,8 @@ _HELD_LOCK = threading.Lock()
 def decode_frames(source: Path | str | bytes, indices: Sequence[int], *, settings: Settings | None = None,
                   name: str | None = None) -> Iterator[LoadedImage]:
     """The frames ``indices`` of one file with one read and one parse (a video: one decoding pass), in frame
-    order; the same checks and errors as :func:`load_image`."""
+    order; the same checks and errors as :func:`load_image`, and every frame decoded counted at its real size
+    against ``Settings.max_decoded_mb`` (:class:`DecodeBudget`: a :class:`RequestError` 413 naming ``frames``)."""
     data, read_name = _read_bytes(source)
     name = name or read_name
     wanted = sorted({int(i) for i in indices})
@@ -1022,9 +1105,10 @@ def decode_frames(source: Path | str | bytes, indices: Sequence[int], *, setting
         if _is_video(data, name):
             frames: Iterator[LoadedImage] = _video_frames(data, name, settings, wanted)
         elif _is_dicom(data, name):
-            frames = _dicom_frames(data, name, settings, wanted)
+            frames = _dicom_frames(data, name, settings, wanted, DecodeBudget(settings, name))
         else:
-            frames = (_load_pil(data, name, settings, index) for index in wanted)
+            budget = DecodeBudget(settings, name)
+            frames = (_load_pil(data, name, settings, index, budget) for index in wanted)
         for image in frames:
             yield replace(image, sha256=digest)
     except UUSICError:
@@ -1033,12 +1117,15 @@ def decode_frames(source: Path | str | bytes, indices: Sequence[int], *, setting
         raise ImageError(f"{name}: the image cannot be decoded ({_reason(exc)})") from None
 
 
-def _dicom_frames(data: bytes, name: str, settings: Settings | None, indices: list[int]) -> Iterator[LoadedImage]:
-    """Frames of one DICOM parsed once (a deflated file is inflated again per frame: it holds only one)."""
+def _dicom_frames(data: bytes, name: str, settings: Settings | None, indices: list[int],
+                  budget: DecodeBudget) -> Iterator[LoadedImage]:
+    """Frames of one DICOM parsed once (a deflated file is inflated again per frame: it holds only one), each
+    counted against ``budget`` at the header's (checked) size before it is decoded."""
     opened = _open_dicom(data, name, settings, indices[0])
     for index in indices:
         if opened.deflated and index != indices[0]:
             opened = _open_dicom(data, name, settings, index)
+        budget.spend(opened.geometry.cols, opened.geometry.rows, index)
         yield _dicom_frame(opened, index)
 
 

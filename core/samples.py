@@ -10,6 +10,7 @@ containers (a multi-frame DICOM, a video) are kept as uploaded, and every DICOM 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
@@ -24,10 +25,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image
 
-from core import catalog
+from core import calibration, catalog
 from core.errors import ImageError, UploadError
 from core.files import atomic_write_bytes
-from core.imaging import load_image
+from core.imaging import LoadedImage, load_image
 from core.settings import Settings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".gif", ".mp4", ".avi", ".mov",
@@ -148,10 +149,30 @@ def _skeleton(root: Path, entry: dict, task: str, dataset_name: str) -> dict:
         except Exception:  # DICOM or unreadable: the engine reports it when analysed
             sample["img_dimensions"] = None
     sample.setdefault("img_format", path.suffix.lower().lstrip("."))
+    _ground_truth_spacing(sample)
     for name in ("data_partition_group", "mask_name", "mask_path_relative", "seg_target_info", "class_label_index",
                  "class_label_name"):
         sample.setdefault(name, None)
     return sample
+
+
+def _ground_truth_spacing(sample: dict) -> None:
+    """A ``ground_truth.json`` spacing outside core.calibration's band (or not a number) is dropped from the
+    skeleton with ``pixel_spacing_note``: predict would refuse it, and the image is still analysable without it."""
+    value = sample.get("pixel_spacing_mm")
+    if value is None or value == "":  # none stated (the schema would refuse the empty text)
+        sample.pop("pixel_spacing_mm", None)
+        return
+    number = value
+    if isinstance(value, str):  # numeric text: the request schema reads it as a number too
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if calibration.is_plausible(number):
+        return
+    _, note = calibration.header_spacing(number, "ground_truth.json's pixel_spacing_mm")
+    sample.pop("pixel_spacing_mm")
+    sample.pop("pixel_spacing_source", None)
+    sample["pixel_spacing_note"] = note
 
 
 def random_sample(data_root: Path | str, task: str, dataset_name: str, rng=None) -> dict | None:
@@ -236,11 +257,22 @@ def save_upload(settings: Settings, data: bytes, filename: str) -> dict:
     }
     if loaded.format == "dicom":
         skeleton["source_path_relative"] = f"api_in/{name if keep else _store(folder, stem, data, 'dcm')}"
-    if loaded.pixel_spacing_mm:
-        skeleton["pixel_spacing_mm"] = loaded.pixel_spacing_mm
-        if loaded.pixel_spacing_source:  # which DICOM element, as the (bounded) loader read it
-            skeleton["pixel_spacing_source"] = loaded.pixel_spacing_source
+    skeleton.update(_upload_spacing(loaded))
     return skeleton
+
+
+def _upload_spacing(loaded: LoadedImage) -> dict:
+    """The skeleton's spacing fields: the file's own spacing only inside core.calibration's band (the one predict
+    accepts), else none and ``pixel_spacing_note`` saying why — an upload the app accepts stays analysable."""
+    if loaded.pixel_spacing_mm is None:
+        return {"pixel_spacing_note": loaded.pixel_spacing_note} if loaded.pixel_spacing_note else {}
+    spacing, note = calibration.header_spacing(loaded.pixel_spacing_mm, "the file's pixel spacing")
+    if spacing is None:
+        return {"pixel_spacing_note": note}
+    fields: dict = {"pixel_spacing_mm": spacing}
+    if loaded.pixel_spacing_source:  # which DICOM element, as the (bounded) loader read it
+        fields["pixel_spacing_source"] = loaded.pixel_spacing_source
+    return fields
 
 
 def _store(folder: Path, stem: str, data: bytes, ext: str) -> str:

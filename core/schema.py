@@ -5,9 +5,9 @@ Fields follow the challenge's JSON (DEVELOPERS.md). ``task`` and ``dataset_name`
 Extra keys are kept (``model_extra``) and echoed in the response, up to :data:`MAX_EXTRAS_BYTES` of JSON (more is
 refused with 413); an extra named like a result field (:data:`RESERVED_EXTRAS`: ``probability``, ``measurements``,
 ``run_id``, the image's own path …) is refused with 422, so a request can never stand in for a result.
-Text fields are at most :data:`MAX_TEXT` characters; ``pixel_spacing_mm`` must be plausible
-(inside :mod:`core.calibration`'s band, 0.01-2 mm per pixel) and ``pixel_spacing_source`` one of
-:data:`core.calibration.SPACING_SOURCES`; ``tta`` asks for test-time augmentation (None: the setting ``tta``).
+Text fields are at most :data:`MAX_TEXT` characters; ``pixel_spacing_mm`` must be plausible (inside
+:mod:`core.calibration`'s band, the one band of every door: else 422 naming it) and ``pixel_spacing_source`` one
+of :data:`core.calibration.SPACING_SOURCES`; ``tta`` asks for test-time augmentation (None: the setting ``tta``).
 JSON text is read by :func:`loads_json`, which refuses nesting deeper than
 :data:`MAX_JSON_DEPTH` before parsing (a deeply nested body must not exhaust the parser's recursion).
 """
@@ -28,7 +28,6 @@ from core.errors import RequestError
 from core.response import RESULT_KEYS
 
 TASKS = catalog.TASKS
-MAX_PIXEL_SPACING_MM = calibration.MAX_PIXEL_SPACING_MM  # mm per pixel; the band is core.calibration's
 MAX_EXTRAS_BYTES = 16 * 1024  # JSON bytes of the fields outside the schema (echoed and stored in the history)
 MAX_TEXT = 4096  # characters of any text field of the schema
 MAX_PROBLEMS = 10  # problems an invalid request's message lists (then "and N more")

@@ -500,7 +500,8 @@ class AnalysisService:
         raw = dict(request) if isinstance(request, dict) else parsed.to_dict()
         path = resolve_input(self.settings, parsed.img_path_relative, input_dir=input_dir)
         info = probe_frames(path, settings=self.settings)
-        chosen = parse_frames(frames, info.frame_count)
+        chosen = parse_frames(frames, info.frame_count, max_frames=self.settings.max_frames)  # before any list
+        # the header's size by arithmetic first; decoding then counts every frame at its real size (DecodeBudget)
         check_budget(len(chosen), info.width, info.height, self.settings.max_frames, self.settings.max_decoded_mb)
         if edits:
             entries, missing = self._edited_frames(raw, path, chosen, edits)
