@@ -133,6 +133,7 @@ def predict_main(argv: list[str]) -> int:
     import torch
     from tqdm import tqdm
 
+    from core.redact import redact_text
     from core.service import write_classification_json
 
     try:
@@ -146,7 +147,7 @@ def predict_main(argv: list[str]) -> int:
             torch.set_num_threads(args.threads)
         service = _open_predict_service(args)
     except _Refused as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact_text(exc)}", file=sys.stderr)  # a history or settings error: no secret of a URL
         return 2
     info = service.model_info()
     print(f"model {info['name']} ({info['arch']}, sha256 {info['sha256'][:12]}…) on {info['device_name']}",

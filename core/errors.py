@@ -219,9 +219,15 @@ def workspace_error(exc: OSError) -> WorkspaceError:
 
 
 def error_body(exc: BaseException) -> dict[str, Any]:
-    """The one JSON form of an error: ``detail`` (message), ``error_type``, ``status_code`` and ``field``."""
+    """The one JSON form of an error: ``detail`` (message), ``error_type``, ``status_code`` and ``field``.
+
+    ``detail`` never holds a database URL: each is cut to its scheme (``postgresql+psycopg://***``), so no user,
+    host, password or file path of it leaves the server (:func:`core.redact.redact_text`)."""
+    from core.redact import redact_text
+
     error = as_uusic_error(exc)
-    body: dict[str, Any] = {"detail": error.message, "error_type": type(error).__name__,
+    body: dict[str, Any] = {"detail": redact_text(error.message, keep_location=False),
+                            "error_type": type(error).__name__,
                             "status_code": error.status_code}
     if error.field:
         body["field"] = error.field

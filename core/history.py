@@ -43,6 +43,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from core.errors import HistoryError, capped
+from core.redact import parse_url, plausible, redact_text, redact_url, url_secrets
 
 SOURCES = ("dashboard", "batch", "api", "cli")  # "batch": the dashboard's Batch page
 JSON_COLUMNS = ("edits", "probabilities", "measurements", "request", "response")
@@ -149,15 +150,11 @@ def _date_bound(value: Any, *, end: bool) -> str:
 
 
 # ------------------------------------------------------------------------------------ URLs and engines
-def _mask_password(text: str) -> str:
-    """``text`` with the password of any ``scheme://user:password@host`` in it replaced by ``***``."""
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
-
-
 def _target_url(target: Path | str) -> URL:
-    """The SQLAlchemy URL of a store target: a URL string (with ``://``) or a filesystem path (a SQLite file)."""
+    """The SQLAlchemy URL of a store target: a URL string (with ``://``; an unencoded ``@`` in its password is read
+    as part of the password) or a filesystem path (a SQLite file)."""
     if isinstance(target, str) and "://" in target:
-        return sa.make_url(target)
+        return parse_url(target)
     return URL.create("sqlite", database=str(Path(target).expanduser().absolute()))
 
 
@@ -253,11 +250,14 @@ class HistoryStore:
         self._pid = os.getpid()
         try:
             self._url = _target_url(target)
-        except (ArgumentError, ValueError) as exc:
-            raise HistoryError(f"history store URL {_mask_password(str(target))!r} is not valid: "
-                               f"{_mask_password(str(exc))}") from exc
+            if not plausible(self._url):  # e.g. u:p@ss/word@host: the password's end cannot be told
+                raise ValueError("ambiguous URL")
+        except (ArgumentError, ValueError) as exc:  # the parser's words may quote the URL: not shown
+            raise HistoryError(f"history store URL {redact_url(str(target))} is not valid: it cannot be read as "
+                               "a SQLAlchemy URL such as postgresql+psycopg://user:password@host:5432/db "
+                               "(percent-encode '@', '/' and ':' in the user name or password)") from exc
         self.url = self._url.render_as_string(hide_password=False)
-        self.display_url = self._url.render_as_string(hide_password=True)
+        self.display_url = redact_url(self._url)  # the one rendering for people (core.redact)
         self.path = _sqlite_file(self._url)
         self.backend = self._url.get_backend_name()
         self._retry(self._open, "open")
@@ -314,12 +314,18 @@ class HistoryStore:
         raise AssertionError("unreachable")
 
     def _error(self, doing: str, exc: BaseException) -> HistoryError:
-        """A :class:`HistoryError` for ``exc``: what failed, on which store, and the driver's first line."""
+        """A :class:`HistoryError` for ``exc``: what failed, on which store (:func:`core.redact.redact_url`), and
+        the driver's first line without the URL's secrets, its host or a file path (an OS error: its reason)."""
         reason = getattr(exc, "orig", None) or exc
-        first_line = (str(reason).strip().splitlines() or [type(reason).__name__])[0]
-        if self._url.password:
-            first_line = first_line.replace(str(self._url.password), "***")
-        return HistoryError(f"history store {self.display_url} could not {doing}: {_mask_password(first_line)}")
+        if isinstance(reason, OSError) and reason.strerror:
+            first_line = reason.strerror
+        else:
+            first_line = (str(reason).strip().splitlines() or [type(reason).__name__])[0]
+        hidden = url_secrets(self._url)
+        if self._url.host and len(self._url.host) >= 3:  # the store's line above names it; answers must not
+            hidden.append(self._url.host)
+        first_line = redact_text(first_line, secrets=hidden) or type(reason).__name__
+        return HistoryError(f"history store {self.display_url} could not {doing}: {first_line}")
 
     def _open(self) -> None:
         """Create the file's folder, switch SQLite to WAL, and migrate the schema to the head revision."""

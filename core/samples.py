@@ -237,6 +237,8 @@ def save_upload(settings: Settings, data: bytes, filename: str) -> dict:
     data = bytes(data)
     loaded = load_image(data, settings=settings, name=shown)  # the first frame: the whole file must be sound
     keep = loaded.format in CINE_FORMATS or (loaded.format == "dicom" and loaded.frame_count > 1)
+    if not settings.keep_identity:  # what reaches the disk carries no identity (core.deidentify)
+        data = _deidentified(data, loaded.format, shown)
     if keep:
         stored, ext = data, ("dcm" if loaded.format == "dicom" else loaded.format)
     else:
@@ -259,6 +261,18 @@ def save_upload(settings: Settings, data: bytes, filename: str) -> dict:
         skeleton["source_path_relative"] = f"api_in/{name if keep else _store(folder, stem, data, 'dcm')}"
     skeleton.update(_upload_spacing(loaded))
     return skeleton
+
+
+def _deidentified(data: bytes, fmt: str, name: str) -> bytes:
+    """A DICOM with the PS3.15 basic profile applied (UIDs kept), a video without its container metadata; other
+    formats are re-encoded (pixels only) anyway."""
+    from core import deidentify
+
+    if fmt == "dicom":
+        return deidentify.deidentify_dicom(data, name=name)
+    if fmt in CINE_FORMATS:
+        return deidentify.strip_video_metadata(data, fmt, name=name)
+    return data
 
 
 def _upload_spacing(loaded: LoadedImage) -> dict:

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -220,7 +221,8 @@ class AnalysisService:
         try:
             edits = parse_edits(raw_edits) or None
             parsed = PredictRequest.parse(request)
-            response = self._analyze_parsed(parsed, output_dir=output_dir, input_dir=input_dir, model=model)
+            with self._held([request]):  # workspace gc spares its files while it runs
+                response = self._analyze_parsed(parsed, output_dir=output_dir, input_dir=input_dir, model=model)
         except Exception as exc:
             failure = AnalysisFailure.from_exception(request, exc)
             self._record_failure(request, failure, source=source, edits=edits, batch_id=batch_id,
@@ -304,12 +306,24 @@ class AnalysisService:
 
             report_progress(progress, done, total)
 
-        for name, runnable in groups.items():
-            self._run_group(self.pool.engine(name), entries, runnable, keep, out_dir, input_dir, batch_size, workers)
+        with self._held(entries):
+            for name, runnable in groups.items():
+                self._run_group(self.pool.engine(name), entries, runnable, keep, out_dir, input_dir, batch_size,
+                                workers)
         final = [item for item in items if item is not None]
         if record:
             self._record_batch(entries, final, source=source, batch_id=batch_id, input_dir=input_dir)
         return BatchResult(final, batch_id=batch_id, output_dir=str(out_dir), seconds=time.perf_counter() - start)
+
+    def _held(self, requests: list) -> AbstractContextManager[Any]:
+        """The workspace files ``requests`` name (input, kept original), held against ``workspace gc`` while they
+        are analysed (:func:`core.workspace.in_use`)."""
+        from core.workspace import in_use
+
+        fields = [r.to_dict() if isinstance(r, PredictRequest) else r for r in requests]
+        paths = [value for r in fields if isinstance(r, dict)
+                 for value in (r.get("img_path_relative"), r.get("source_path_relative")) if isinstance(value, str)]
+        return in_use(self.settings, paths)
 
     def _screen(self, entries: list, items: list, model: str | None) -> dict[str, list[tuple[int, PredictRequest]]]:
         """Parse every entry and route it; failures go straight into ``items``; the rest grouped by model."""
@@ -477,8 +491,10 @@ class AnalysisService:
         checked: list[dict] | None = None
         try:
             checked = parse_edits(edits) or None
-            return self._analyze_frames(request, frames=frames, edits=checked, source=source, progress=progress,
-                                        model=model, output_dir=output_dir, input_dir=input_dir, record=record)
+            with self._held([request]):
+                return self._analyze_frames(request, frames=frames, edits=checked, source=source,
+                                            progress=progress, model=model, output_dir=output_dir,
+                                            input_dir=input_dir, record=record)
         except Exception as exc:
             failure = AnalysisFailure.from_exception(request, exc)
             if record:

@@ -29,6 +29,8 @@ UUSIC_MAX_UPLOAD_MB        max_upload_mb          upload size limit
 UUSIC_MAX_JSON_BYTES       max_json_bytes         request body limit for JSON routes
 UUSIC_MAX_FRAMES           max_frames             cine: most frames decoded / analysed per call (videos: read up to)
 UUSIC_MAX_DECODED_MB       max_decoded_mb         cine: most decoded RGB megabytes per call
+UUSIC_HEAD_TIMEOUT_S       head_timeout_s         ``serve``: seconds a connection may take to send a request head
+UUSIC_KEEP_IDENTITY        keep_identity          keep DICOM / video uploads as uploaded (default: de-identified)
 UUSIC_LANGUAGE             language               dashboard language (zh | en)
 UUSIC_TIMEZONE             timezone               IANA zone History shows times in (default: TZ, else the server's)
 UUSIC_HISTORY_URL          history_url            SQLAlchemy URL of the history database (default: SQLite file)
@@ -38,6 +40,7 @@ UUSIC_BATCH_WAIT_MS        batch_wait_ms          how long the first request wai
 UUSIC_RECORD_CLI           record_cli_runs        CLI ``predict`` also records its runs in the history
 UUSIC_RETENTION_DAYS       retention_days         ``workspace gc`` removes inputs and masks not used for N days
 UUSIC_RETENTION_GB         retention_gb           ``workspace gc`` keeps api_in/ + api_out/ under N GB, oldest out first
+UUSIC_RETENTION_GRACE_S    retention_grace_s      ``workspace gc`` never removes a file used (or written) this recently
 UUSIC_TTA                  tta                    test-time augmentation: auto | on | off (auto: core.tta.TTA_AUTO)
 UUSIC_TTA_VIEWS            tta_views              TTA views, e.g. identity,hflip,rot-10,rot+10 (also vflip, rot90)
 =========================  =====================  ===============================================================
@@ -53,13 +56,13 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from core.errors import ConfigError
+from core.redact import MASK, redact_url
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_SAMPLES = PROJECT_ROOT / "samples"
@@ -144,28 +147,17 @@ def _parse_env_value(field_name: str, annotation: Any, raw: str) -> Any:
 
 def _shown(field_name: str, value: Any) -> str:
     """``value`` as an error message may show it: never the API key, never what may be a password in a URL."""
-    if field_name == "api_key" or (field_name == "history_url" and "@" in str(value)):
+    if field_name == "history_url" and value is not None:
+        shown = redact_url(str(value))
+        if shown != MASK:
+            return repr(shown)
+    if field_name in ("api_key", "history_url"):
         return "a value that is not shown (it may hold a secret)"
     return repr(value)
 
 
 def _split_list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
-
-
-def _mask_url_password(url: str | None) -> str | None:
-    """``url`` with its password replaced by ``***`` (for repr and logs)."""
-    if not url:
-        return url
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)
-        user = (parts.username or "") + ":***"
-        return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
-    except ValueError:
-        return "<unparsable url>"
 
 
 class _UUSICEnvSource(PydanticBaseSettingsSource):
@@ -246,9 +238,13 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(default=8, ge=1)
     batch_wait_ms: float = Field(default=4.0, ge=0, allow_inf_nan=False)
     record_cli_runs: bool = False  # CLI predict records its runs in the history
+    keep_identity: bool = False  # uploads' DICOM headers / video metadata kept as uploaded (core.deidentify)
+    head_timeout_s: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)  # core.api.head_deadline
     # Retention of api_in/ and api_out/ (core.workspace, `python -m core workspace gc`); None = keep forever.
     retention_days: int | None = Field(default=None, ge=1)
     retention_gb: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # Files written or used less than this many seconds ago (an upload not yet analysed, a run in flight) are spared
+    retention_grace_s: float = Field(default=3600.0, ge=0, allow_inf_nan=False)
     # Test-time augmentation (core.tta): a request's "tta" wins; auto = the measured CPU decision (docs/PERFORMANCE.md)
     tta: Literal["auto", "on", "off"] = "auto"
     tta_views: str = "identity,hflip,rot-10,rot+10"
@@ -338,7 +334,7 @@ class Settings(BaseSettings):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, (_mask_url_password(value) if name == "history_url" else value)
+            yield name, (redact_url(value) if name == "history_url" and value else value)
 
     def cache_key(self) -> str:
         """A stable string that differs whenever any setting differs, secrets included (as hashes)."""

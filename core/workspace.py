@@ -17,6 +17,11 @@ Retention (:func:`collect_garbage`, ``python -m core workspace gc``): files olde
 are removed, then the oldest files until ``api_in/`` + ``api_out/`` fit in ``UUSIC_RETENTION_GB``; a file's age
 is the newer of its mtime and the newest run that uses it. The runs keep their rows, marked ``purged_at``. Nothing
 is removed without a policy, and nothing outside ``api_in/`` and ``api_out/`` ever is.
+
+Retention never takes what is in use: a file written or used less than ``UUSIC_RETENTION_GRACE_S`` seconds ago
+(an upload not yet analysed, a mask whose row is being written) is spared by both policies, and so is every file a
+run in flight holds with :func:`in_use` (a lease file under ``<workspace>/.leases/``, seen by every process that
+shares the workspace; a lease older than :data:`LEASE_MAX_S` belongs to a run that died and is ignored).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -46,6 +53,8 @@ FOLDERS = ("api_in", "api_out")
 TEMP_GRACE_S = 15.0  # a temporary file this old belongs to no running write (they take milliseconds)
 STARTUP_SCAN_LIMIT = 200_000  # files the start-up check looks at; a bigger workspace is checked in part
 BATCH_PREFIX = "batch_"  # api_out/batch_<batch_id>/: a Batch run's masks and classification.json
+LEASES = ".leases"  # <workspace>/.leases/<pid>-<random>.json: the files a run in flight uses (gc spares them)
+LEASE_MAX_S = 6 * 3600.0  # an older lease belongs to a run that died (a kill): ignored, and removed by gc
 GB = 1024**3
 Key = tuple[str, str]  # (folder, path relative to it, POSIX): how a file is named here
 
@@ -221,6 +230,70 @@ def missing_rows(settings: Settings, refs: References, present: set[Key] | None 
     return sorted(missing)
 
 
+# ------------------------------------------------------------------------------------------ runs in flight
+def _lease_key(path: Any, roots: dict[str, Path]) -> Key | None:
+    """The workspace key of a path a run names (``api_in/x.png``, ``api_out/...`` or an absolute path), else None."""
+    if isinstance(path, Path):
+        path = str(path)
+    key = _input_key(path, roots)
+    if key is not None or not isinstance(path, str) or not path:
+        return key
+    parts = PurePosixPath(path.replace("\\", "/")).parts
+    if len(parts) > 1 and parts[0] == "api_out" and ".." not in parts:
+        return "api_out", PurePosixPath(*parts[1:]).as_posix()
+    return _key_of(Path(path), roots, only="api_out") if PurePosixPath(path).is_absolute() else None
+
+
+@contextmanager
+def in_use(settings: Settings, paths: Iterable[Any]) -> Iterator[list[Key]]:
+    """Hold the workspace files ``paths`` (request paths such as ``api_in/x.png``, or absolute paths) for a run in
+    flight: ``workspace gc`` in any process spares them until the block ends. Yields the keys held; paths outside
+    ``api_in/`` / ``api_out/`` are ignored. A lease that cannot be written (read-only workspace) holds nothing."""
+    roots = _roots(settings)
+    keys = list(dict.fromkeys(key for path in paths if (key := _lease_key(path, roots))))
+    lease: Path | None = None
+    if keys:
+        folder = Path(settings.workspace) / LEASES
+        target = folder / f"{os.getpid()}-{uuid.uuid4().hex}.json"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_name(f".{target.name}.tmp")
+            temporary.write_text(json.dumps({"pid": os.getpid(), "files": keys}), encoding="utf-8")
+            os.replace(temporary, target)
+            lease = target
+        except OSError as exc:
+            log.warning("could not write a lease for a run in flight: %s", exc.strerror or type(exc).__name__)
+    try:
+        yield keys
+    finally:
+        if lease is not None:
+            with suppress(OSError):
+                lease.unlink()
+
+
+def held_files(settings: Settings, *, now: float | None = None, prune: bool = False) -> set[Key]:
+    """The files that runs in flight hold (:func:`in_use`), from every lease younger than :data:`LEASE_MAX_S`;
+    ``prune``: remove the older ones (their runs died) and unreadable ones."""
+    now = time.time() if now is None else now
+    folder = Path(settings.workspace) / LEASES
+    held: set[Key] = set()
+    try:
+        leases = sorted(folder.glob("*.json"))
+    except OSError:
+        return held
+    for lease in leases:
+        try:
+            stale = now - lease.stat().st_mtime > LEASE_MAX_S
+            files = [] if stale else json.loads(lease.read_text(encoding="utf-8")).get("files", [])
+            held.update((str(folder_), str(rel)) for folder_, rel in files if folder_ in FOLDERS)
+        except (OSError, ValueError, TypeError, AttributeError):
+            stale = True  # a lease being written is a temporary file, never *.json: this one is damaged
+        if stale and prune:
+            with suppress(OSError):
+                lease.unlink()
+    return held
+
+
 # ------------------------------------------------------------------------------------------ removing files
 def _remove(settings: Settings, key: Key) -> bool:
     """Delete one file of ``api_in/`` / ``api_out/``; False when it was not there or is not one to remove.
@@ -361,7 +434,10 @@ class StartupCheck:
 
 # ------------------------------------------------------------------------------------------ status and gc
 def status(settings: Settings, store: HistoryStore) -> dict[str, Any]:
-    """Usage per folder, the history's rows and the leftovers (changes nothing)."""
+    """Usage per folder, the history (its store as :func:`core.redact.redact_url` shows it: never a password) and
+    its rows, the leftovers, the files runs in flight hold, and the policy (changes nothing)."""
+    from core.redact import redact_url
+
     files, _ = scan(settings)
     refs = read_references(settings, store)
     folders = {}
@@ -370,58 +446,75 @@ def status(settings: Settings, store: HistoryStore) -> dict[str, Any]:
         folders[folder] = {"files": len(mine), "bytes": sum(f.size for f in mine)}
     present = {f.key for f in files if not f.temporary}
     return {
-        "workspace": str(settings.workspace), "folders": folders,
+        "workspace": str(settings.workspace), "folders": folders, "history_store": redact_url(store.url),
         "bytes": sum(f.size for f in files), "history": {"rows": refs.rows, "purged": refs.purged},
+        "held_by_runs_in_flight": len(held_files(settings)),
         "leftovers": {"temporaries": sum(1 for f in files if f.temporary),
                       "orphan_files": sum(1 for key in present if not refs.is_referenced(key)),
                       "rows_missing_files": len(missing_rows(settings, refs, present))},
-        "policy": {"days": settings.retention_days, "max_gb": settings.retention_gb},
+        "policy": {"days": settings.retention_days, "max_gb": settings.retention_gb,
+                   "grace_s": settings.retention_grace_s},
     }
 
 
 def plan_garbage(settings: Settings, files: list[FileEntry], refs: References, *, days: float | None,
-                 max_gb: float | None, now: float | None = None) -> list[tuple[FileEntry, str]]:
-    """The files retention removes, each with why (``"age"`` / ``"size"`` / ``"temporary"``), oldest first."""
+                 max_gb: float | None, now: float | None = None, grace: float = 0.0,
+                 held: Iterable[Key] = ()) -> list[tuple[FileEntry, str]]:
+    """The files retention removes, each with why (``"age"`` / ``"size"`` / ``"temporary"``), oldest first.
+
+    Never chosen: a file written or used less than ``grace`` seconds ago, a file in ``held`` (runs in flight), a
+    temporary file younger than :data:`TEMP_GRACE_S` (a write in progress); they still count towards ``max_gb``."""
     now = time.time() if now is None else now
+    held = set(held)
     chosen: list[tuple[FileEntry, str]] = []
-    kept: list[tuple[float, FileEntry]] = []
+    kept: list[tuple[float, FileEntry, bool]] = []  # (last use, file, whether the size policy may take it)
     for entry in files:
         if entry.temporary:
             if now - entry.mtime >= TEMP_GRACE_S:
                 chosen.append((entry, "temporary"))
             else:
-                kept.append((entry.mtime, entry))
+                kept.append((entry.mtime, entry, False))
             continue
         used = refs.last_use(entry)
-        if days is not None and used < now - days * 86400:
+        spared = entry.key in held or now - used < grace
+        if days is not None and used < now - days * 86400 and not spared:
             chosen.append((entry, "age"))
         else:
-            kept.append((used, entry))
+            kept.append((used, entry, not spared))
     if max_gb is not None:
-        budget = max_gb * GB
-        total = sum(entry.size for _, entry in kept)
-        for _, entry in sorted(kept, key=lambda pair: (pair[0], pair[1].key)):
-            if total <= budget:
-                break
-            if entry.temporary:  # a write in progress: not this time
-                continue
+        chosen += _over_budget(kept, max_gb * GB)
+    return chosen
+
+
+def _over_budget(kept: list[tuple[float, FileEntry, bool]], budget: float) -> list[tuple[FileEntry, str]]:
+    """The least recently used removable files of ``kept`` to remove until the rest fits in ``budget`` bytes."""
+    total = sum(entry.size for _, entry, _ in kept)
+    chosen: list[tuple[FileEntry, str]] = []
+    for _, entry, removable in sorted(kept, key=lambda item: (item[0], item[1].key)):
+        if total <= budget:
+            break
+        if removable:
             chosen.append((entry, "size"))
             total -= entry.size
     return chosen
 
 
 def collect_garbage(settings: Settings, store: HistoryStore, *, days: float | None = None,
-                    max_gb: float | None = None, dry_run: bool = False, now: float | None = None) -> dict[str, Any]:
-    """Apply the retention policy (``days`` / ``max_gb``; None: the settings'): remove the expired files of
-    ``api_in/`` and ``api_out/`` and mark the runs that used them purged (the rows stay). ``dry_run``: only say."""
+                    max_gb: float | None = None, dry_run: bool = False, now: float | None = None,
+                    grace: float | None = None) -> dict[str, Any]:
+    """Apply the retention policy (``days`` / ``max_gb`` / ``grace``; None: the settings'): remove the expired
+    files of ``api_in/`` and ``api_out/`` and mark the runs that used them purged (the rows stay); files used in
+    the last ``grace`` seconds and files of runs in flight (:func:`in_use`) stay. ``dry_run``: only say."""
     days = settings.retention_days if days is None else days
     max_gb = settings.retention_gb if max_gb is None else max_gb
+    grace = settings.retention_grace_s if grace is None else grace
     files, _ = scan(settings)
     refs = read_references(settings, store)
-    plan = plan_garbage(settings, files, refs, days=days, max_gb=max_gb, now=now)
+    held = held_files(settings, now=now, prune=not dry_run)  # read last: a run that started during the scan too
+    plan = plan_garbage(settings, files, refs, days=days, max_gb=max_gb, now=now, grace=grace, held=held)
     run_ids = sorted({run_id for entry, _ in plan for run_id in refs.users.get(entry.key, ())})
     report: dict[str, Any] = {
-        "dry_run": dry_run, "policy": {"days": days, "max_gb": max_gb},
+        "dry_run": dry_run, "policy": {"days": days, "max_gb": max_gb, "grace_s": grace},
         "files_removed": len(plan), "bytes_freed": sum(entry.size for entry, _ in plan),
         "by_reason": {reason: sum(1 for _, r in plan if r == reason) for reason in ("age", "size", "temporary")},
         "runs_marked_purged": len(run_ids), "files_kept": len(files) - len(plan),
@@ -449,8 +542,7 @@ def _size(count: float) -> str:
     return f"{count:.1f} TB"  # pragma: no cover
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m core workspace status|gc [--dry-run] [--days N] [--max-gb G] [--json]``."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core workspace",
                                      description="usage of api_in/ and api_out/, and retention (gc)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -462,34 +554,50 @@ def main(argv: list[str] | None = None) -> int:
                                                                     "(default: UUSIC_RETENTION_DAYS)")
     gc_parser.add_argument("--max-gb", type=float, default=None, help="keep at most G GB, oldest removed first "
                                                                       "(default: UUSIC_RETENTION_GB)")
+    gc_parser.add_argument("--grace-s", type=float, default=None,
+                           help="never remove a file written or used in the last S seconds "
+                                "(default: UUSIC_RETENTION_GRACE_S, 3600); files of runs in flight always stay")
     gc_parser.add_argument("--json", action="store_true", help="print JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _gc(settings: Settings, store: HistoryStore, args: argparse.Namespace) -> dict[str, Any] | int:
+    """``workspace gc``: its report, or an exit status (2: a bad option, 0: no policy, nothing to do)."""
+    for name in ("days", "max_gb"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            print(f"error: --{name.replace('_', '-')} must be positive", file=sys.stderr)
+            return 2
+    if args.grace_s is not None and not args.grace_s >= 0:
+        print("error: --grace-s must be zero or more", file=sys.stderr)
+        return 2
+    days = args.days if args.days is not None else settings.retention_days
+    max_gb = args.max_gb if args.max_gb is not None else settings.retention_gb
+    if days is None and max_gb is None:
+        print("nothing to do: no retention policy (set UUSIC_RETENTION_DAYS / UUSIC_RETENTION_GB, "
+              "or pass --days / --max-gb); nothing is removed by default", file=sys.stderr)
+        return 0
+    return collect_garbage(settings, store, days=days, max_gb=max_gb, dry_run=args.dry_run, grace=args.grace_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m core workspace status|gc [--dry-run] [--days N] [--max-gb G] [--grace-s S] [--json]``."""
+    args = _parser().parse_args(argv)
 
     from core.errors import UUSICError
     from core.history import HistoryStore
+    from core.redact import redact_text
     from core.settings import Settings
 
     try:
         settings = Settings.from_env()
         with HistoryStore.from_settings(settings) as store:
-            if args.command == "status":
-                report = status(settings, store)
-            else:
-                for name in ("days", "max_gb"):
-                    value = getattr(args, name)
-                    if value is not None and not value > 0:
-                        print(f"error: --{name.replace('_', '-')} must be positive", file=sys.stderr)
-                        return 2
-                days = args.days if args.days is not None else settings.retention_days
-                max_gb = args.max_gb if args.max_gb is not None else settings.retention_gb
-                if days is None and max_gb is None:
-                    print("nothing to do: no retention policy (set UUSIC_RETENTION_DAYS / UUSIC_RETENTION_GB, "
-                          "or pass --days / --max-gb); nothing is removed by default", file=sys.stderr)
-                    return 0
-                report = collect_garbage(settings, store, days=days, max_gb=max_gb, dry_run=args.dry_run)
+            report = status(settings, store) if args.command == "status" else _gc(settings, store, args)
     except UUSICError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"error: {redact_text(exc.message)}", file=sys.stderr)
         return 2
+    if isinstance(report, int):
+        return report
     if args.json:
         print(json.dumps(report, indent=2))
     elif args.command == "status":
@@ -504,11 +612,13 @@ def _print_status(report: dict) -> None:
     for folder, usage in report["folders"].items():
         print(f"  {folder + '/':<9}{usage['files']:>8} files  {_size(usage['bytes']):>10}")
     history, left = report["history"], report["leftovers"]
-    print(f"history: {history['rows']} runs ({history['purged']} purged)")
+    print(f"history: {report.get('history_store') or '?'}: {history['rows']} runs ({history['purged']} purged)")
     print(f"leftovers: {left['temporaries']} temporary files, {left['orphan_files']} orphan files (no run), "
           f"{left['rows_missing_files']} runs whose files are missing")
     policy = report["policy"]
-    print(f"retention: days={policy['days'] or 'forever'}, max_gb={policy['max_gb'] or 'unlimited'}")
+    print(f"retention: days={policy['days'] or 'forever'}, max_gb={policy['max_gb'] or 'unlimited'}, "
+          f"grace_s={policy.get('grace_s', 0):g} (files used more recently, and "
+          f"{report.get('held_by_runs_in_flight', 0)} files of runs in flight, are never removed)")
 
 
 def _print_gc(report: dict) -> None:

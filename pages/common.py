@@ -13,6 +13,7 @@ import streamlit as st
 
 from core import i18n
 from core.errors import ModelUnavailableError, NoModelError
+from core.redact import redact_text
 from core.settings import Settings
 
 log = logging.getLogger("uusic.dashboard")
@@ -80,8 +81,10 @@ _BARE_ABSOLUTE = re.compile(r"""(?<![\w.~/:-])(?:/[^\s/'"]+)+/([^\s/'"]*)""")
 
 
 def scrub_paths(text: str, current: Settings | None = None) -> str:
-    """``text`` without the server's folders: paths under the workspace, data root or weights folder keep their
-    part inside it, any other absolute path only its last part (URLs are left alone)."""
+    """``text`` without the server's folders and secrets: a database URL keeps only its scheme and a web URL loses
+    its password (:func:`core.redact.redact_text`); paths under the workspace, data root or weights folder keep
+    their part inside it, any other absolute path only its last part."""
+    text = redact_text(text, keep_location=False)
     current = current or settings()
     for root in (current.workspace, current.data_root, current.weights_dir):
         for form in sorted({str(root), str(root.resolve())}, key=len, reverse=True):

@@ -2,7 +2,8 @@
 
 Every label is translated; raw field names stay only inside the folded JSON views. No server folder is shown: the
 paths table names each setting's environment variable and its place relative to the workspace or its own folder
-name, and error messages go through :func:`pages.common.scrub_literal`.
+name (a history database server through :func:`core.redact.redact_url`: never its password), and error messages
+go through :func:`pages.common.scrub_literal`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 import streamlit as st
 
 from core import i18n
+from core.redact import parse_url, redact_url
 from pages.common import error_message, is_remote, lang, page_header, scrub_literal, scrub_paths, service, settings, tr
 
 current = settings()
@@ -79,13 +81,25 @@ def place(path: Path) -> str:
     return _inside(path, current.workspace, "workspace") or f"…/{Path(path).name}"
 
 
+def history_place(url: str | None) -> str:
+    """Where the history lives: a SQLite file as :func:`place` shows it, a database server through
+    :func:`core.redact.redact_url` (no password, no secret of its query; an unreadable URL: its scheme only)."""
+    if not url:
+        return place(current.history_db)
+    if url.strip().lower().startswith("sqlite"):
+        try:
+            database = parse_url(url).database
+        except Exception:  # noqa: BLE001 - an unreadable URL: its scheme only
+            database = None
+        return place(Path(database)) if database and database != ":memory:" else redact_url(url)
+    return redact_url(url)
+
+
 def paths_table() -> pd.DataFrame:
-    history = getattr(current, "history_url", None)
     rows = [("workspace", "UUSIC_WORKSPACE", f"…/{current.workspace.name}"),
             ("api_in", "UUSIC_WORKSPACE", place(current.api_in)),
             ("api_out", "UUSIC_WORKSPACE", place(current.api_out)),
-            ("history", "UUSIC_HISTORY_URL", scrub_paths(str(history), current) if history
-             else place(current.history_db)),
+            ("history", "UUSIC_HISTORY_URL", history_place(getattr(current, "history_url", None))),
             ("data_root", "UUSIC_DATA_ROOT", f"…/{current.data_root.name}"),
             ("weights_dir", "UUSIC_WEIGHTS_DIR", f"…/{current.weights_dir.name}"),
             ("api_url", "UUSIC_API_URL", current.api_url if is_remote(current) else tr("m_remote_none"))]

@@ -184,6 +184,7 @@ def test_a_file_named_like_a_video_that_is_not_one_is_refused_by_name():
 
 # ------------------------------------------------------------------------------------------------ uploads
 def test_save_upload_keeps_cine_containers_and_original_dicoms(tiny_settings: Settings):
+    tiny_settings = tiny_settings.with_(keep_identity=True)  # as uploaded (the default de-identifies: hostile3)
     loop = dicom_bytes([disk(r, (40, 48)) for r in (5, 9, 13)])
     skeleton = save_upload(tiny_settings, loop, "Patient loop 1.dcm")
     assert skeleton["img_path_relative"].startswith("api_in/Patient_loop_1-") and skeleton["img_format"] == "dcm"
@@ -277,7 +278,8 @@ def test_analyze_frames_subset_edits_and_classification(tiny_settings: Settings)
 
 
 def test_a_video_that_ends_before_its_promised_frames_fails_only_those_frames(tiny_settings: Settings):
-    service = AnalysisService(tiny_settings, model="tiny")
+    # kept as uploaded: de-identifying re-muxes the container, which would leave only the frames it holds
+    service = AnalysisService(tiny_settings.with_(keep_identity=True), model="tiny")
     skeleton = service.save_upload(truncated_avi(keep=5), "cut.avi")
     assert service.probe(skeleton["img_path_relative"])["frame_count"] == 8  # the header's promise
     message = "cut.avi: the video ends after 5 of the 8 frames its header promises (frames 5..7 cannot be decoded)"

@@ -439,7 +439,7 @@ def _make_runs(settings: Settings) -> AnalysisService:
     service = AnalysisService(settings, model="tiny")
     skeleton = service.save_upload(_png(7, 80), "patient scan.png")
     service.analyze({**skeleton, "task": "segmentation", "dataset_name": "DDTI"}, source="dashboard",
-                    edits=[{"op": "rotate", "degrees": 90}])
+                    edits=[{"op": "rotate", "angle": 90.0}])
     service.analyze({"img_path_relative": "classification/BUSI/imgs/cls_0.png", "task": "classification",
                      "dataset_name": "BUSI"}, source="api")
     service.analyze({"img_path_relative": "segmentation/DDTI/imgs/seg_1.png", "task": "segmentation",

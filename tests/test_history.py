@@ -77,7 +77,7 @@ def _schema(target: Path | str) -> tuple[list[str], set[str], list[str]]:
 
 def test_rows_round_trip(history_target):
     store = HistoryStore(history_target)
-    edits = [{"op": "rotate", "degrees": 90}]
+    edits = [{"op": "rotate", "angle": 90.0}]
     cls_id = record_run(store, CLS_REQUEST, CLS_RESPONSE, source="dashboard", edits=edits, input_sha256="ff" * 32)
     seg_id = record_run(store, SEG_REQUEST, SEG_RESPONSE, source="api")
     assert seg_id == cls_id + 1

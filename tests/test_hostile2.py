@@ -43,6 +43,7 @@ OK, BAD = "ok", "bad"
 # eager torch where the deployment offers other backends: these tests are about inputs, not inference speed
 TORCH_ONLY = {"backend": "torch"} if "backend" in Settings.model_fields else {}
 SERVER_ENV_EXTRA = {"UUSIC_BACKEND": "torch"}
+HEAD_TIMEOUT_S = 3.0  # the live server's request-head deadline (UUSIC_HEAD_TIMEOUT_S; 10 s by default)
 
 
 # ------------------------------------------------------------------------------------------------ builders
@@ -604,6 +605,7 @@ def live(tmp_path_factory):
     env = {**os.environ, "UUSIC_WORKSPACE": str(parent / "ws"), "UUSIC_DATA_ROOT": str(parent / "data"),
            "UUSIC_DEVICE": "cpu", "UUSIC_MAX_JSON_BYTES": "100000", "UUSIC_MAX_UPLOAD_MB": "1",
            "UUSIC_BODY_TIMEOUT_S": "1.5", "UUSIC_MAX_CONNECTIONS": "8", "OMP_NUM_THREADS": "1",
+           "UUSIC_HEAD_TIMEOUT_S": str(HEAD_TIMEOUT_S),
            **SERVER_ENV_EXTRA}
     for name in ("UUSIC_API_KEY", "UUSIC_API_URL", "UUSIC_ALLOWED_HOSTS", "UUSIC_MODEL", "UUSIC_WEIGHTS_DIR"):
         env.pop(name, None)
@@ -1119,8 +1121,6 @@ def test_trickled_and_idle_request_heads_are_closed_after_the_head_deadline(live
     """Issue 22 class 13 (slowloris): 20 connections that never finish their request head (idle, a partial request
     line, headers a byte at a time, a kept-alive connection's half second request) are all closed by the server
     within the head deadline, and the server keeps answering."""
-    from core.api.head_deadline import HEAD_TIMEOUT_S
-
     partial = [b"", b"GET /healthz HTTP/1.1\r\n", b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: ",
                b"G"]
     socks = []
@@ -1185,7 +1185,8 @@ def test_serve_passes_the_connection_limits_to_uvicorn(tmp_path: Path, monkeypat
     from core.api.head_deadline import HeadDeadlineH11Protocol
 
     assert captured["h11_max_incomplete_event_size"] == H11_MAX_HEADER_BYTES
-    assert captured["http"] is HeadDeadlineH11Protocol  # h11, with a deadline for each request head
+    assert issubclass(captured["http"], HeadDeadlineH11Protocol)  # h11, with a deadline for each request head
+    assert captured["http"].head_timeout_s == Settings().head_timeout_s == 10
     assert Settings().max_connections == 64 and Settings().body_timeout_s == 30
     with pytest.raises(UUSICError, match="UUSIC_BODY_TIMEOUT_S"):
         Settings.from_env({"UUSIC_BODY_TIMEOUT_S": "0"})

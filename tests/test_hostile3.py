@@ -13,6 +13,7 @@ import json
 import random
 import tracemalloc
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -20,6 +21,7 @@ from PIL import Image
 from core import editing
 from core.api import create_app
 from core.errors import RequestError
+from core.samples import save_upload
 from core.schema import RESERVED_EXTRAS, PredictRequest
 from core.service import AnalysisService
 from core.settings import Settings
@@ -320,3 +322,66 @@ def test_a_seg_of_a_row_with_a_malformed_frame_index_is_422(api):
                                {"value": json.dumps(request), "id": run.run_id})
         answer = api.get(f"/v1/history/{run.run_id}/seg.dcm")
         assert answer.status_code == 422 and answer.json()["field"] == "run_id", answer.text
+
+
+# ------------------------------------------------------------------------------------------------ class 11: at rest
+IDENTITY = {"PatientName": "Doe^Jane", "PatientID": "MRN-778899", "PatientBirthDate": "19800101",
+            "InstitutionName": "St Example Hospital", "ReferringPhysicianName": "Who^Doctor",
+            "OperatorsName": "Sono^Grapher", "AccessionNumber": "ACC-5566", "PatientAddress": "1 Example Road",
+            "OtherPatientIDs": "OTHER-4455", "StationName": "US-ROOM-9", "DeviceSerialNumber": "SN-3344"}
+
+
+@pytest.mark.parametrize("frames", [1, 4], ids=["still", "cine"])
+def test_a_dicom_upload_keeps_no_identity_on_disk(tiny_settings: Settings, frames: int):
+    import pydicom
+    from conftest import dicom_bytes, ultrasound_dicom
+
+    dataset = ultrasound_dicom(frames=frames)
+    for keyword, value in IDENTITY.items():
+        setattr(dataset, keyword, value)
+    dataset.add_new(0x00091010, "LO", "private note MRN-778899")
+    original = dicom_bytes(dataset)
+    service = AnalysisService(tiny_settings, model="tiny")
+    skeleton = service.save_upload(original, "scan.dcm")
+    stored = (tiny_settings.workspace / skeleton["source_path_relative"]).read_bytes()
+    for value in [*IDENTITY.values(), "private note"]:
+        assert value.encode() not in stored, value
+    kept = pydicom.dcmread(io.BytesIO(stored))
+    assert kept.PatientIdentityRemoved == "YES" and kept.SOPInstanceUID == dataset.SOPInstanceUID  # UIDs retained
+    assert np.array_equal(service.load_frame(skeleton["img_path_relative"], frames - 1),
+                          service.load_frame(skeleton["source_path_relative"], frames - 1))
+    run = service.analyze({**skeleton, "task": "segmentation", "dataset_name": "DDTI"})
+    assert b"Doe^Jane" not in service.dicom_seg(run.run_id)
+    as_uploaded = save_upload(tiny_settings.with_(keep_identity=True), original, "scan.dcm")
+    assert (tiny_settings.workspace / as_uploaded["source_path_relative"]).read_bytes() == original
+
+
+@pytest.mark.parametrize("fmt", ["mp4", "mov", "avi", "mkv", "webm"])
+def test_a_video_upload_keeps_no_container_metadata(tiny_settings: Settings, fmt: str):
+    import av
+
+    from tests.test_cine import RADII, disk
+
+    frames = [disk(r) for r in RADII]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska" if fmt == "mkv" else fmt) as container:
+        container.metadata.update(title="Doe Jane MRN-778899", comment="St Example Hospital", artist="Sono Grapher")
+        stream = container.add_stream("libvpx" if fmt == "webm" else "mpeg4", rate=10)
+        stream.height, stream.width = frames[0].shape
+        stream.pix_fmt = "yuv420p"
+        for gray in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.stack([gray] * 3, axis=2), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    original = buffer.getvalue()
+    assert b"MRN-778899" in original
+    service = AnalysisService(tiny_settings, model="tiny")
+    skeleton = service.save_upload(original, f"clip.{fmt}")
+    stored = (tiny_settings.workspace / skeleton["img_path_relative"]).read_bytes()
+    assert not any(text in stored for text in (b"MRN-778899", b"Example Hospital", b"Sono Grapher"))
+    assert skeleton["frame_count"] == len(frames)
+    from core.imaging import load_image
+
+    for index in (0, len(frames) - 1):  # the same pixels: re-muxed, not re-encoded
+        assert np.array_equal(load_image(stored, frame_index=index).rgb, load_image(original, frame_index=index).rgb)

@@ -233,9 +233,12 @@ def test_dicom_upload_keeps_its_source_for_the_seg_and_the_report_names_the_spac
     skeleton = service.save_upload(source_bytes, "scan one.dcm")
     assert skeleton["source_path_relative"].endswith(".dcm")
     response = service.analyze({**skeleton, "task": "segmentation", "dataset_name": "DDTI", "organ": "Thyroid"})
-    source = pydicom.dcmread(io.BytesIO(source_bytes))
+    source = pydicom.dcmread(service.settings.workspace / skeleton["source_path_relative"])  # the kept original
+    assert source.PatientIdentityRemoved == "YES" and source.StudyInstanceUID == pydicom.dcmread(
+        io.BytesIO(source_bytes)).StudyInstanceUID  # de-identified on upload, its UIDs retained
     np.testing.assert_array_equal(read_seg(service.dicom_seg(response.run_id), source),
                                   service.run_mask(response.run_id))
+    assert b"PHANTOM-1" not in service.dicom_seg(response.run_id)  # no identity reaches the SEG either
     text = pdf_text(service.report_pdf(response.run_id))
     assert "0.2000 mm/px" in text and "spacing source: dicom" in text and "scan one.dcm" in text
     Path(service.settings.api_in, Path(skeleton["source_path_relative"]).name).unlink()
@@ -294,7 +297,8 @@ def test_cine_dicom_upload_seg_and_report_follow_the_analysed_frame(service: Ana
     data = service.dicom_seg(response.run_id)
     reference = pydicom.dcmread(io.BytesIO(data)).PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0]
     assert reference.SourceImageSequence[0].ReferencedFrameNumber == 3
-    source = pydicom.dcmread(io.BytesIO(source_bytes), stop_before_pixels=True)
+    source = pydicom.dcmread(service.settings.workspace / skeleton["source_path_relative"], stop_before_pixels=True)
+    assert source.SOPInstanceUID == pydicom.dcmread(io.BytesIO(source_bytes)).SOPInstanceUID
     np.testing.assert_array_equal(read_seg(data, source, frame_number=3), service.run_mask(response.run_id))
     assert "3 / 5 (frame_index 2)" in pdf_text(service.report_pdf(response.run_id))
 

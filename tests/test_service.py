@@ -93,7 +93,7 @@ def test_an_undecodable_file_is_recorded_with_its_hash(service: AnalysisService,
 
 def test_an_edited_upload_is_hashed_as_saved(service: AnalysisService, settings: Settings):
     skeleton = service.save_upload(_png(), "my scan.png")
-    edits = [{"op": "rotate", "degrees": 90}]
+    edits = [{"op": "rotate", "angle": 90.0}]
     response = service.analyze({**SEG, **skeleton}, source="dashboard", edits=edits)
     saved = settings.workspace / skeleton["img_path_relative"]
     row = service.run(response.run_id)
@@ -208,7 +208,8 @@ def test_the_http_client_is_the_same_service(settings: Settings):
         remote = ApiClient(settings.with_(api_url="http://testserver"))
         remote._http = http
         for body in (CLS, SEG):
-            mine, theirs = local.analyze(body), remote.analyze(body, source="dashboard", edits=[{"op": "none"}])
+            flip = [{"op": "flip", "axis": "horizontal"}]
+            mine, theirs = local.analyze(body), remote.analyze(body, source="dashboard", edits=flip)
             assert np.allclose(mine.probability or [0], theirs.probability or [0], atol=1e-6)
             if body is SEG:
                 assert remote.mask_png(theirs) == local.mask_png(mine)

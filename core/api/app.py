@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.api.head_deadline import HeadDeadlineH11Protocol
 
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                http=HeadDeadlineH11Protocol,
+                http=HeadDeadlineH11Protocol.with_timeout(settings.head_timeout_s),
                 timeout_keep_alive=KEEP_ALIVE_S, h11_max_incomplete_event_size=H11_MAX_HEADER_BYTES,
                 limit_concurrency=settings.max_connections)
     return 0

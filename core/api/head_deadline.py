@@ -14,7 +14,7 @@ import asyncio
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-HEAD_TIMEOUT_S = 10.0  # seconds a connection may take to send a complete request head
+HEAD_TIMEOUT_S = 10.0  # seconds a connection may take to send a complete request head (UUSIC_HEAD_TIMEOUT_S)
 
 
 class HeadDeadlineH11Protocol(H11Protocol):
@@ -22,6 +22,11 @@ class HeadDeadlineH11Protocol(H11Protocol):
 
     head_timeout_s = HEAD_TIMEOUT_S
     _head_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def with_timeout(cls, seconds: float) -> type[HeadDeadlineH11Protocol]:
+        """This protocol with a head deadline of ``seconds`` (the setting ``head_timeout_s``)."""
+        return type(cls.__name__, (cls,), {"head_timeout_s": float(seconds)})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
