@@ -1016,7 +1016,8 @@ def test_a_large_image_is_edited_on_a_proxy_and_analysed_at_full_resolution(app)
 @pytest.mark.parametrize("full_size", [(4000, 2700), (1031, 17)])
 def test_a_crop_drawn_on_the_proxy_maps_exactly_onto_the_full_resolution_image(full_size, angle):
     from core import editing
-    from pages.common import edited_size, full_resolution_edits, proxy_of, scale_box, turned_size
+    from core.editing import edited_size
+    from pages.common import full_resolution_edits, proxy_of, scale_box
 
     full = Image.new("L", full_size)
     proxy = proxy_of(full)
@@ -1024,7 +1025,7 @@ def test_a_crop_drawn_on_the_proxy_maps_exactly_onto_the_full_resolution_image(f
     turns = editing.build_edits(quarter_turns=1, angle=angle, flip_horizontal=True)
     proxy_turned = editing.apply_edits(proxy, turns)
     full_turned = editing.apply_edits(full, turns)
-    assert turned_size(full_size, turns) == full_turned.size
+    assert edited_size(full_size, turns) == full_turned.size
     rng = np.random.default_rng(int(angle * 10) + full_size[0])
     for _ in range(6):
         x0, x1 = sorted(rng.integers(0, proxy_turned.width + 1, 2))
