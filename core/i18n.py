@@ -43,6 +43,25 @@ STRINGS: dict[str, tuple[str, str]] = {
         "当前模型不支持该数据集（{dataset}）：没有可用模型，不会给出结果。",
         "No model for this dataset ({dataset}): the current model does not serve it, so no result is given.",
     ),
+    "no_model_here": (
+        "暂无可用于 {dataset} 的模型，因此这里不提供上传、编辑和分析。请选择标有模型的数据集；"
+        "若团队有该数据集的检查点，可在“模型与系统”页查看如何接入。",
+        "There is no model for {dataset} yet, so there is nothing to upload, edit or analyse here. Choose a dataset "
+        "that has a model; if your team has a checkpoint for it, see Models & System for how to serve it.",
+    ),
+    "link_invalid": (
+        "链接中的 {what}“{value}”无效（可选：{known}）。请在下方选择。",
+        "The link's {what} “{value}” is not valid (known: {known}). Please choose below.",
+    ),
+    "link_what_task": ("任务", "task"),
+    "link_what_organ": ("器官", "organ"),
+    "link_what_dataset": ("数据集", "dataset"),
+    "image_other_dataset": (
+        "图像“{name}”是在 {old} 下加载的，当前选择是 {new}：为避免结果记录到错误的器官，它已被搁置。",
+        "The image “{name}” was loaded under {old}; the selection is now {new}, so it is set aside (a result must "
+        "not be recorded under the wrong organ).",
+    ),
+    "image_use_here": ("确认将该图像用于 {dataset}", "Use this image for {dataset}"),
     "source": ("图像来源", "Image source"),
     "source_upload": ("上传图像", "Upload an image"),
     "source_sample": ("随机样本", "Random sample"),
@@ -306,6 +325,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "cl_mode_line": ("画已知长度的线", "draw a line of known length"),
     "cl_mode_none": ("不用（仅像素）", "none (pixels only)"),
     "cl_enter_spacing": ("像素间距（mm/像素）", "Pixel spacing (mm/px)"),
+    "cl_enter_placeholder": ("输入数值，例如 0.12", "type a value, e.g. 0.12"),
+    "cl_not_typed": ("尚未输入数值：未校准，测量仅以像素为单位。",
+                     "No value typed yet: not calibrated, measurements in pixels only."),
+    "cl_line_placeholder": ("输入实际距离", "type the real distance"),
     "cl_spacing_error": ("像素间距不合理：{message}", "Implausible pixel spacing: {message}"),
     "cl_spacing_used": ("测量使用的像素间距：{text}", "Spacing used for measurements: {text}"),
     "cl_spacing_value": ("{spacing} mm/像素（来源：{source}）", "{spacing} mm/px (source: {source})"),

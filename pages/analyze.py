@@ -51,20 +51,49 @@ L = lang()
 
 # ---------------------------------------------------------------- selection
 def _apply_url_state() -> None:
-    """Once per browser session: the task / organ / dataset a reloaded or shared link names (invalid ones are
-    ignored) become the selectors' choices."""
+    """Once per browser session: the task / organ / dataset a reloaded or shared link names become the selectors'
+    choices; an invalid one is a visible error (``_link_problem``), never a silent fallback."""
     if st.session_state.get("_url_applied"):
         return
     st.session_state["_url_applied"] = True
     task, group, name = url_param("task"), url_param("organ"), url_param("dataset")
+    if task is None and group is None and name is None:
+        return
     if task not in catalog.TASKS:
+        if task is not None:
+            _link_problem("task", task, list(catalog.TASKS))
         return
     st.session_state["_choice_task"] = task
-    if group not in [g.key for g in catalog.groups_for(task)]:
+    groups = [g.key for g in catalog.groups_for(task)]
+    if group not in groups:
+        if group is not None:
+            _link_problem("organ", group, groups)
         return
     st.session_state[f"_choice_organ_{task}"] = group
-    if name in [d.name for d in catalog.datasets_for(task, group)]:
+    names = [d.name for d in catalog.datasets_for(task, group)]
+    if name in names:
         st.session_state[f"_choice_dataset_{task}_{group}"] = name
+    elif name is not None:
+        _link_problem("dataset", name, names)
+
+
+def _link_problem(what: str, value: str, known: list[str]) -> None:
+    """Remember an invalid link value: shown above the selectors until the user chooses something else."""
+    st.session_state["_link_problem"] = {"what": what, "value": value[:60], "known": known, "shown_for": None}
+
+
+def _show_link_problem(selection: tuple[str, str, str]) -> None:
+    """The invalid link value, in words, while the selection is still the one the page fell back to."""
+    problem = st.session_state.get("_link_problem")
+    if not problem:
+        return
+    if problem["shown_for"] is None:
+        problem["shown_for"] = selection
+    if problem["shown_for"] != selection:  # the user has chosen: the link's mistake no longer applies
+        st.session_state.pop("_link_problem", None)
+        return
+    st.error(tr("link_invalid", what=tr(f"link_what_{problem['what']}"), value=md_literal(problem["value"]),
+                known=", ".join(problem["known"])))
 
 
 def _marked(text: str, is_served: bool) -> str:
@@ -86,6 +115,7 @@ def select_dataset() -> catalog.Dataset:
     name = choice("selectbox", tr("dataset"), names, key=f"dataset_{task}_{group}", container=cols[2],
                   default=default_dataset_name(task, group, served),
                   format_func=lambda n: _marked(n, (task, n) in served))
+    _show_link_problem((task, group, name))
     set_url_params(task=task, organ=group, dataset=name)
     return catalog.find_dataset(task, name)
 
@@ -101,7 +131,7 @@ def _set_image(**image) -> None:
     st.session_state.pop("result", None)
 
 
-def load_upload() -> None:
+def load_upload(dataset: catalog.Dataset) -> None:
     uploaded = st.file_uploader(tr("upload_label"), type=UPLOAD_TYPES, key="upload")
     if uploaded is None:
         return
@@ -119,7 +149,7 @@ def load_upload() -> None:
         st.session_state.pop("result", None)
         return
     _set_image(token=token, name=uploaded.name, picture=picture, spacing=spacing, format=fmt, source="upload",
-               sample=None, task=None, dataset=None, data=data)
+               sample=None, task=dataset.task, dataset=dataset.name, data=data)  # it belongs to this dataset
 
 
 def load_sample(dataset: catalog.Dataset) -> None:
@@ -143,6 +173,27 @@ def load_sample(dataset: catalog.Dataset) -> None:
     _set_image(token=f"sample:{sample['img_path_relative']}", name=sample.get("img_name") or path.name,
                picture=picture, spacing=spacing, format=fmt, source="sample", sample=sample,
                task=dataset.task, dataset=dataset.name)
+
+
+def own_image(image: dict | None, dataset: catalog.Dataset) -> dict | None:
+    """The loaded image when it belongs to the chosen dataset. A sample of another dataset is dropped; an upload made
+    under another organ / dataset is set aside with a notice and a button to use it here (a confirmed choice)."""
+    if not image or (image.get("task"), image.get("dataset")) == (dataset.task, dataset.name):
+        return image
+    if image["source"] == "sample":
+        return None
+    try:
+        old = catalog.find_dataset(str(image.get("task")), str(image.get("dataset")))
+        before = f"{i18n.group_name(old.group, L)} / {old.name}"
+    except catalog.UnknownDataset:
+        before = "—"
+    now = f"{i18n.group_name(dataset.group, L)} / {dataset.name}"
+    st.warning(tr("image_other_dataset", name=md_literal(image["name"]), old=before, new=now))
+    if st.button(tr("image_use_here", dataset=dataset.name), key="image_use_here"):
+        image.update(task=dataset.task, dataset=dataset.name)
+        st.session_state.pop("result", None)
+        return image
+    return None
 
 
 # ---------------------------------------------------------------- editing
@@ -618,22 +669,23 @@ try:
 except Exception as error:
     st.error(tr("weights_error", message=scrub_literal(error_message(error), current)))
     st.stop()
-if not served:
-    st.info(tr("no_model", dataset=md_literal(dataset.name)))
 forget_result_of_other_dataset(dataset)
+if not served:  # decided at selection: one message, what to do, and no upload / edit / calibration flow
+    st.info(tr("no_model_here", dataset=md_literal(dataset.name)))
+    st.page_link("pages/models.py", label=tr("nav_models"))
+    system_strip()
+    st.stop()
 
 source = choice("radio", tr("source"), ["sample", "upload"], format_func=lambda s: i18n.t(f"source_{s}", L),
                 key="source", horizontal=True)
 if source == "upload":
-    load_upload()
+    load_upload(dataset)
 else:
     load_sample(dataset)
     if st.session_state.get("no_samples") == (dataset.task, dataset.name):
         st.info(tr("no_samples", dataset=md_literal(dataset.name)))  # never the server's folder
 
-image = st.session_state.get("image")
-if image and image["source"] == "sample" and (image["task"], image["dataset"]) != (dataset.task, dataset.name):
-    image = None  # a sample belongs to its dataset
+image = own_image(st.session_state.get("image"), dataset)
 if not image:
     st.caption(tr("pick_image"))
     system_strip()

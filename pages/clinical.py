@@ -224,17 +224,34 @@ def calibration_panel(image: dict) -> None:
         elif mode == "none":
             _set_spacing(image, None, None)
         elif mode == "user":
-            value = st.number_input(tr("cl_enter_spacing"), min_value=0.0, value=float(auto_value or 0.1),
-                                    step=0.01, format="%.4f", key=f"calib_user_{key}")
-            _set_spacing(image, float(value), "user")  # sent as entered: the service refuses it the same way
-            problem = spacing_problem(value)
-            if problem:
-                st.error(tr("cl_spacing_error", message=md_literal(problem)))
-                return
+            value = _typed_number(tr("cl_enter_spacing"), f"calib_user_{key}", tr("cl_enter_placeholder"),
+                                  step=0.01, number_format="%.4f")
+            if value is None:  # nothing typed: not calibrated (never a default recorded as typed by the user)
+                st.caption(tr("cl_not_typed"))
+                _set_spacing(image, None, None)
+            else:
+                _set_spacing(image, value, "user")  # sent as entered: the service refuses it the same way
+                problem = spacing_problem(value)
+                if problem:
+                    st.error(tr("cl_spacing_error", message=md_literal(problem)))
+                    return
         else:
             _line_tool(image, key)
     spacing, source = chosen_spacing(image)
     st.caption(tr("cl_spacing_used", text=spacing_text(spacing, source)))
+
+
+def _typed_number(label: str, key: str, placeholder: str, *, step: float, number_format: str) -> float | None:
+    """A number the user typed (None until they do); the value survives mode switches and reruns (kept beside the
+    widget, whose own state Streamlit drops while it is not shown)."""
+    kept = f"{key}_typed"
+
+    def remember() -> None:
+        st.session_state[kept] = st.session_state.get(key)
+
+    value = st.number_input(label, min_value=0.0, value=st.session_state.get(kept), step=step, format=number_format,
+                            key=key, placeholder=placeholder, on_change=remember)
+    return None if value is None else float(value)
 
 
 def _line_view(picture: Image.Image, points: list[tuple[float, float]]) -> Image.Image:
@@ -270,12 +287,14 @@ def _line_tool(image: dict, key: str) -> None:
     streamlit_image_coordinates(_line_view(picture, points), key=click_key, cursor="crosshair",
                                 on_click=lambda: _add_point(click_key, points_key, picture.size))
     cols = st.columns([2, 1])
-    length = cols[0].number_input(tr("cl_line_length"), min_value=0.0, value=10.0, step=1.0, key=f"calib_mm_{key}")
+    with cols[0]:
+        length = _typed_number(tr("cl_line_length"), f"calib_mm_{key}", tr("cl_line_placeholder"), step=1.0,
+                               number_format="%.2f")
     if cols[1].button(tr("cl_line_reset"), key=f"calib_reset_{key}"):
         st.session_state[points_key] = []
         points = []
-    if len(points) < 2:
-        st.caption(tr("cl_line_points", n=len(points)))
+    if len(points) < 2 or length is None:  # a line needs its two points and a typed distance
+        st.caption(tr("cl_line_points", n=len(points)) if len(points) < 2 else tr("cl_not_typed"))
         _set_spacing(image, None, None)
         return
     pixels = math.dist(points[0], points[1])

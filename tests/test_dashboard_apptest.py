@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -130,12 +131,30 @@ def test_dataset_without_model_is_an_info_not_an_error(app):
 
 
 def test_dataset_without_images_says_so(app):
-    _choose(app, "segmentation", "breast", "BUSI")  # the tiny data root has no BUSI segmentation images
+    root = app.settings.data_root
+    entries = json.loads((root / "ground_truth.json").read_text())
+    (root / "ground_truth.json").write_text(json.dumps([e for e in entries if e["dataset_name"] != "DDTI"]))
+    shutil.rmtree(root / "segmentation" / "DDTI")  # a served dataset whose images are not in the data root
+    _choose(app, "segmentation", "thyroid", "DDTI")
     app.button(key="random_sample").click().run()
     _ok(app)
     infos = [i.value for i in app.info]
-    assert any("BUSI" in i for i in infos)
+    assert any("DDTI" in i for i in infos)
     assert not any(str(app.settings.data_root) in i or str(app.settings.workspace) in i for i in infos)
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_a_dataset_without_a_model_is_decided_at_selection(dashboard_env, lang):
+    """Issue 23 item 5: one kind message, a way to Models & System, and no upload / edit / calibration / Run."""
+    at = AppTest.from_file(HOME, default_timeout=120)
+    at.query_params.update(lang=lang, task="segmentation", organ="breast", dataset="BUSI")  # BUSI: cls only
+    at.run()
+    _ok(at)
+    infos = [i.value for i in at.info]
+    assert len(infos) == 1 and "BUSI" in infos[0] and i18n.t("no_model_here", lang, dataset="")[-12:] in infos[0]
+    assert not at.get("file_uploader") and all(r.key != "source" for r in at.radio)
+    assert all(b.key not in ("random_sample", "run") for b in at.button)
+    assert all(not (e.key or "").startswith("calib_") for e in at.get("number_input"))
 
 
 def test_random_sample_segmentation_run_records_history(app):
@@ -945,6 +964,24 @@ def test_a_result_is_marked_stale_after_a_rotation_and_cleared_after_an_organ_ch
     assert any("KidneyUS" in i.value for i in app.info)
 
 
+def test_an_upload_belongs_to_the_organ_it_was_made_under(app):
+    """Issue 23 item 2: after switching organ the page offered the previous organ's upload with Run enabled; now
+    the upload is set aside with a notice until the user confirms it for the new dataset."""
+    _choose(app, "segmentation", "thyroid", "DDTI")
+    app.radio(key="source").set_value("upload").run()
+    app.file_uploader(key="upload").upload("neck.png", _png((60, 40)), "image/png").run()
+    assert app.button(key="run") is not None
+    app.radio(key="task").set_value("classification").run()  # BUSI classification: served, another dataset
+    assert not app.exception and all(b.key != "run" for b in app.button)
+    warnings = [w.value for w in app.warning]
+    assert any("neck.png" in w and "DDTI" in w and "BUSI" in w for w in warnings), warnings
+    app.button(key="image_use_here").click().run()  # the user confirms: now it is a BUSI image
+    assert app.button(key="run") is not None
+    app.button(key="run").click().run()
+    _ok(app)
+    assert _runs(app)[0]["dataset_name"] == "BUSI"
+
+
 def test_reload_keeps_the_selection_through_the_url(dashboard_env):
     at = AppTest.from_file(HOME, default_timeout=120)
     at.run()
@@ -963,25 +1000,37 @@ def test_reload_keeps_the_selection_through_the_url(dashboard_env):
     assert reloaded.selectbox(key="dataset_segmentation_thyroid@en").value == "DDTI"
 
 
-def test_a_link_with_unknown_values_falls_back_to_served_defaults(dashboard_env):
+@pytest.mark.parametrize("params, what, value", [
+    ((("task", "segmentation"), ("organ", "../../etc"), ("dataset", "nope")), "organ", "../../etc"),
+    ((("task", "segmentation"), ("organ", "head")), "organ", "head"),
+    ((("task", "segmentation"), ("organ", "thyroid"), ("dataset", "BUS-BRA")), "dataset", "BUS-BRA"),
+    ((("task", "diagnosis"),), "task", "diagnosis"),
+], ids=["path", "head", "dataset-of-another-organ", "task"])
+def test_an_invalid_link_value_is_a_visible_error_never_a_silent_fallback(dashboard_env, params, what, value):
+    """Issue 23 item 2: ``organ=head`` silently fell back to breast; now the page says so until the user chooses."""
     at = AppTest.from_file(HOME, default_timeout=120)
-    for name, value in (("task", "segmentation"), ("organ", "../../etc"), ("dataset", "nope"), ("lang", "xx")):
-        at.query_params[name] = value
+    for name, given in (*params, ("lang", "en")):
+        at.query_params[name] = given
     at.run()
-    _ok(at)
-    assert at.radio(key="task").value == "segmentation" and at.selectbox(key="organ_segmentation").value == "thyroid"
-    assert at.selectbox(key="dataset_segmentation_thyroid").value == "DDTI"
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and i18n.t(f"link_what_{what}", "en") in errors[0] and value in errors[0], errors
+    other = next(t for t in ("classification", "segmentation") if t != at.radio(key="task@en").value)
+    at.radio(key="task@en").set_value(other).run()  # the user chooses: the link's mistake is gone
+    assert not at.error
 
 
 def test_no_server_path_on_analyze_error_states(app):
     root, workspace = str(app.settings.data_root), str(app.settings.workspace)
-    _choose(app, "segmentation", "kidney", "KidneyUS")  # no model, no images
-    app.button(key="random_sample").click().run()
+    _choose(app, "segmentation", "thyroid", "DDTI")
     app.radio(key="source").set_value("upload").run()
     app.file_uploader(key="upload").upload("broken scan.png", b"not an image", "image/png").run()
     assert not app.exception
     shown = [e.value for e in [*app.info, *app.error, *app.warning, *app.caption, *app.markdown]]
     assert any("broken scan.png" in text for text in shown)
+    _choose(app, "segmentation", "kidney", "KidneyUS")  # no model, no images
+    assert not app.exception
+    shown += [e.value for e in [*app.info, *app.error, *app.warning, *app.caption, *app.markdown]]
     assert not any(root in text or workspace in text or "<upload>" in text for text in shown), shown
 
 

@@ -137,6 +137,30 @@ def test_entered_spacing_gives_mm_with_its_source_beside_them(app):
     assert _last_run(app)["request"]["pixel_spacing_source"] == "user"
 
 
+def test_the_typed_mode_records_nothing_until_a_value_is_typed_and_keeps_it_across_modes(app):
+    """Issue 23 item 1: opening "enter mm/px" showed 0.1 and recorded it as typed by the user; a mode switch lost
+    the typed value. Now: empty until typed (not calibrated), and the typed value survives switches and reruns."""
+    _sample(app, "segmentation", "thyroid", "DDTI")
+    mode = lambda: _by_label(app.radio, _t("cl_spacing_mode"))  # noqa: E731 - the widget is re-read after each run
+    mode().set_value("user").run()
+    field = _by_label(app.number_input, _t("cl_enter_spacing"))
+    assert field.value is None and _t("cl_not_typed") in _captions(app)
+    assert _t("cl_spacing_used", text=_t("cl_spacing_none")) in _captions(app)
+    app.button(key="run").click().run()
+    _ok(app)
+    assert app.session_state["result"]["response"].get("pixel_spacing_mm") is None  # nothing invented
+    assert _last_run(app)["request"].get("pixel_spacing_source") is None  # not "user"
+    _by_label(app.number_input, _t("cl_enter_spacing")).set_value(0.2).run()
+    for other in ("line", "none", "auto", "user"):  # away and back: the typed value is still there
+        mode().set_value(other).run()
+    assert _by_label(app.number_input, _t("cl_enter_spacing")).value == pytest.approx(0.2)
+    shown = _t("cl_spacing_value", spacing="0.2", source=_t("cl_source_user"))
+    assert _t("cl_spacing_used", text=shown) in _captions(app)
+    mode().set_value("line").run()  # a line needs two points and a typed distance: no default 10 mm
+    assert _by_label(app.number_input, _t("cl_line_length")).value is None
+    assert _t("cl_spacing_used", text=_t("cl_spacing_none")) in _captions(app)
+
+
 def test_implausible_spacing_shows_the_cores_error(app):
     _sample(app, "segmentation", "thyroid", "DDTI")
     _by_label(app.radio, _t("cl_spacing_mode")).set_value("user").run()
