@@ -18,10 +18,20 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from core.engine import Engine, Prepared
+Prepared = Any  # a decoded, preprocessed image (core.engine.Prepared); the stages below pass it on untouched
+
+
+class Engine(Protocol):
+    """The three stages an engine runs an image through (:class:`core.engine.Engine`); this module needs no more, so
+    it does not import the engine (which imports it)."""
+
+    def prepare(self, request: Any, *, input_dir: Path | None = None) -> Prepared: ...
+
+    def forward(self, batch: list[Prepared]) -> tuple[list[Any], float, Any]: ...
+
+    def finish(self, prepared: Prepared, raw: Any, *, output_dir: Path, forward_sec: float, gpu: Any) -> dict: ...
 
 Progress = Any  # an object with update(n) (tqdm) or a callable (done, total)
 OnResult = Callable[[int, "dict | None", "BaseException | None"], None]

@@ -8,6 +8,7 @@ server that cannot be reached is a :class:`core.errors.ServiceUnavailableError`.
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +18,8 @@ from PIL import Image
 
 from core import catalog
 from core.errors import ServiceUnavailableError, UUSICError, error_from_body
-from core.response import AnalysisResponse, BatchItem, item_from_json
-from core.service import BatchResult
+from core.response import AnalysisResponse, BatchItem, BatchResult, item_from_json
+from core.service import AnalysisBackend, AnalysisService
 
 if TYPE_CHECKING:
     from core.cine import CineResult
@@ -213,3 +214,20 @@ def _history_params(filters: dict | None) -> dict:
     names = {"task": "task", "dataset_name": "dataset_name", "dataset": "dataset_name", "organ": "organ",
              "text": "q", "name": "q", "since": "since", "until": "until", "source": "source"}
     return {names[k]: str(v) for k, v in (filters or {}).items() if k in names and v not in (None, "")}
+
+
+_SERVICES: dict[tuple, AnalysisService] = {}
+_SERVICES_LOCK = threading.Lock()
+
+
+def open_service(settings: Settings | None = None) -> AnalysisBackend:
+    """The service for ``settings``: an :class:`ApiClient` when ``api_url`` is set, else the
+    process-wide :class:`AnalysisService` (models load once and are shared by every caller)."""
+    settings = settings or Settings.from_env()
+    if settings.api_url:
+        return ApiClient(settings)
+    key = (repr(settings), settings.api_key)
+    with _SERVICES_LOCK:
+        if key not in _SERVICES:
+            _SERVICES[key] = AnalysisService(settings)
+        return _SERVICES[key]

@@ -168,3 +168,29 @@ def classification_json(items: list[BatchItem]) -> dict[str, dict[str, Any]]:
             if entry is not None:
                 out[item.img_path_relative] = entry
     return out
+
+
+class BatchResult:
+    """The items of a batch in input order (responses and failures), where its files went, and how long it took."""
+
+    def __init__(self, items: list[BatchItem], *, batch_id: str, output_dir: str | None, seconds: float):
+        self.items, self.batch_id, self.output_dir, self.seconds = items, batch_id, output_dir, seconds
+
+    @property
+    def responses(self) -> list[AnalysisResponse]:
+        return [i for i in self.items if isinstance(i, AnalysisResponse)]
+
+    @property
+    def failures(self) -> list[AnalysisFailure]:
+        return [i for i in self.items if isinstance(i, AnalysisFailure)]
+
+    def count(self, error_type: str) -> int:
+        """How many items failed with ``error_type`` (e.g. ``NoModelError``: skipped, no model)."""
+        return sum(1 for f in self.failures if f.error_type == error_type)
+
+    def classification_json(self) -> dict[str, dict[str, Any]]:
+        return classification_json(self.items)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"batch_id": self.batch_id, "seconds": self.seconds,
+                "results": [item.to_json() for item in self.items]}

@@ -35,7 +35,7 @@ from core.errors import (
     UUSICError,
     as_uusic_error,
 )
-from core.response import AnalysisFailure, AnalysisResponse, BatchItem, classification_json
+from core.response import AnalysisFailure, AnalysisResponse, BatchItem, BatchResult, classification_json
 from core.routing import ModelPool
 from core.schema import PredictRequest
 from core.settings import Settings
@@ -47,32 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("uusic.service")
 NO_MODEL_MESSAGE = "no model for this dataset"
-
-
-class BatchResult:
-    """The items of a batch in input order (responses and failures), where its files went, and how long it took."""
-
-    def __init__(self, items: list[BatchItem], *, batch_id: str, output_dir: str | None, seconds: float):
-        self.items, self.batch_id, self.output_dir, self.seconds = items, batch_id, output_dir, seconds
-
-    @property
-    def responses(self) -> list[AnalysisResponse]:
-        return [i for i in self.items if isinstance(i, AnalysisResponse)]
-
-    @property
-    def failures(self) -> list[AnalysisFailure]:
-        return [i for i in self.items if isinstance(i, AnalysisFailure)]
-
-    def count(self, error_type: str) -> int:
-        """How many items failed with ``error_type`` (e.g. ``NoModelError``: skipped, no model)."""
-        return sum(1 for f in self.failures if f.error_type == error_type)
-
-    def classification_json(self) -> dict[str, dict[str, Any]]:
-        return classification_json(self.items)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"batch_id": self.batch_id, "seconds": self.seconds,
-                "results": [item.to_json() for item in self.items]}
 
 
 class AnalysisBackend(Protocol):
@@ -675,25 +649,6 @@ def write_classification_json(output_dir: Path, items: list[BatchItem]) -> Path:
 
     return atomic_write_text(Path(output_dir) / "classification.json",
                              json.dumps(classification_json(items), indent=4))
-
-
-_SERVICES: dict[tuple, AnalysisService] = {}
-_SERVICES_LOCK = threading.Lock()
-
-
-def open_service(settings: Settings | None = None) -> AnalysisBackend:
-    """The service for ``settings``: an :class:`core.client.ApiClient` when ``api_url`` is set, else the
-    process-wide :class:`AnalysisService` (models load once and are shared by every caller)."""
-    settings = settings or Settings.from_env()
-    if settings.api_url:
-        from core.client import ApiClient
-
-        return ApiClient(settings)
-    key = (repr(settings), settings.api_key)
-    with _SERVICES_LOCK:
-        if key not in _SERVICES:
-            _SERVICES[key] = AnalysisService(settings)
-        return _SERVICES[key]
 
 
 def failure_message(exc: BaseException) -> str:

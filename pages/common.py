@@ -48,7 +48,7 @@ def settings_key(current: Settings) -> str:
 @st.cache_resource(show_spinner=False)
 def _service(key: str, _current: Settings):
     """One service per process and settings: models load once and are shared by all browser sessions."""
-    from core.service import open_service
+    from core.client import open_service
 
     return open_service(_current)
 

@@ -82,7 +82,7 @@ def test_local_time_shows_the_zone_and_display_name_prefers_the_users_name(monke
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture()
 def analysis(dashboard_env):
-    from core.service import open_service
+    from core.client import open_service
 
     return open_service(dashboard_env)
 

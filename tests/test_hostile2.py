@@ -1173,7 +1173,7 @@ def test_connection_limit(live):
 def test_serve_passes_the_connection_limits_to_uvicorn(tmp_path: Path, monkeypatch):
     import uvicorn
 
-    from core.api.app import H11_MAX_HEADER_BYTES, KEEP_ALIVE_S, main
+    from core.api.command import H11_MAX_HEADER_BYTES, KEEP_ALIVE_S, main
 
     captured: dict = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: captured.update(kwargs))

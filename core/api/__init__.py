@@ -13,6 +13,7 @@ With ``UUSIC_API_KEY`` set every route but ``/healthz`` and the docs needs ``X-A
 ``Authorization: Bearer <key>``. Errors answer one body: ``{"detail", "error_type", "status_code", "field"}``.
 """
 
-from core.api.app import create_app, main
+from core.api.app import create_app
+from core.api.command import main
 
 __all__ = ["create_app", "main"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from core.api.app import main
+from core.api.command import main
 
 sys.exit(main())

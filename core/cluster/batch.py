@@ -33,10 +33,10 @@ from core.engine import Engine, Prepared
 from core.errors import error_body, error_from_body
 from core.models import registry
 from core.models.base import ModelSpec
-from core.response import AnalysisFailure, BatchItem
+from core.response import AnalysisFailure, BatchItem, BatchResult
 from core.routing import max_batch
 from core.schema import PredictRequest
-from core.service import AnalysisService, BatchResult
+from core.service import AnalysisService
 from core.settings import Settings
 
 Keep = Callable[[int, BatchItem], None]

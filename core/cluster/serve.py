@@ -9,7 +9,7 @@ model) and each caller gets its own answer or its own error, recorded in the his
 server does. ``GET /healthz`` also names the replica (``pid``, ``ray: {replica, node}``) so operators and tests
 can find its process. Ray restarts a replica whose process dies.
 
-Importing this module imports Ray; :mod:`core.api.app` imports it only for ``--backend ray``.
+Importing this module imports Ray; :mod:`core.api.command` imports it only for ``--backend ray``.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def shutdown(started: bool) -> None:
 
 
 def serve_main(args: argparse.Namespace, settings: Settings) -> int:
-    """The blocking ``python -m core serve --backend ray`` (options parsed by :func:`core.api.app.main`)."""
+    """The blocking ``python -m core serve --backend ray`` (options parsed by :func:`core.api.command.main`)."""
     try:
         started = connect(args.address, dashboard=True)
     except ClusterError as exc:

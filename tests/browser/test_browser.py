@@ -399,7 +399,7 @@ def test_a_result_is_marked_stale_after_rotation_and_cleared_after_an_organ_chan
         stale.wait_for()
         assert tab.locator("#uusic-result").is_visible()  # still there, under the banner
         choose(tab, "segmentation", "kidney")  # no model for KidneyUS: the old result must go
-        tab.get_by_text(_t("no_model", dataset="").split("（")[0]).first.wait_for()
+        tab.get_by_text(_t("no_model_here", dataset="").split(" ")[0]).first.wait_for()
         assert tab.locator("#uusic-result").count() == 0
         assert tab.get_by_text(_t("measurements"), exact=True).count() == 0
     finally:
@@ -410,10 +410,10 @@ def test_no_server_path_on_analyze_in_any_state(browser, app_url, workspace, tmp
     context, tab = open_analyze(browser, app_url)
     try:
         texts = [tab.locator("body").inner_text()]
-        choose(tab, "segmentation", "kidney", "KidneyUS")  # no model, no images
-        tab.get_by_role("button", name=_t("random_button")).click()
-        tab.get_by_text(_t("no_samples", dataset="").split("数据集")[0]).first.wait_for()
+        choose(tab, "segmentation", "kidney", "KidneyUS")  # no model: decided at selection, nothing to upload
+        tab.get_by_text(_t("no_model_here", dataset="").split(" ")[0]).first.wait_for()
         texts.append(tab.locator("body").inner_text())
+        choose(tab, "segmentation", "thyroid", "DDTI")
         tab.get_by_text(_t("source_upload"), exact=True).click()
         wait_idle(tab)
         broken = tmp_path / "broken scan.png"
