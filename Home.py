@@ -39,10 +39,11 @@ if st.query_params.get("lang") != st.session_state["lang"]:
 require_login()
 
 pages = [
-    st.Page("pages/analyze.py", title=tr("nav_analyze"), icon="🔬", url_path="analyze", default=True),
-    st.Page("pages/history.py", title=tr("nav_history"), icon="🗂️", url_path="history"),
-    st.Page("pages/batch.py", title=tr("nav_batch"), icon="📦", url_path="batch"),
-    st.Page("pages/models.py", title=tr("nav_models"), icon="⚙️", url_path="models"),
+    # material icons (drawn from Streamlit's own font): emoji were empty boxes where no emoji font is installed
+    st.Page("pages/analyze.py", title=tr("nav_analyze"), icon=":material/biotech:", url_path="analyze", default=True),
+    st.Page("pages/history.py", title=tr("nav_history"), icon=":material/history:", url_path="history"),
+    st.Page("pages/batch.py", title=tr("nav_batch"), icon=":material/stacks:", url_path="batch"),
+    st.Page("pages/models.py", title=tr("nav_models"), icon=":material/settings:", url_path="models"),
 ]
 page = navigation(pages)
 

@@ -277,6 +277,14 @@ def test_two_sessions_at_once_share_one_engine(browser, app_url, workspace):
             context.close()
 
 
+def test_sidebar_icons_are_material_symbols_not_emoji(page):
+    """Issue 23 item 9: emoji icons were empty boxes where no emoji font is installed."""
+    nav = page.locator('[data-testid="stSidebarNav"]')
+    nav.wait_for()
+    playwright_api.expect(nav.locator('[data-testid="stIconMaterial"]')).to_have_count(4, timeout=WAIT)
+    assert not any(emoji in nav.inner_text() for emoji in ("🔬", "🗂", "📦", "⚙"))
+
+
 def test_history_csv_export(page, app_url, workspace):
     from core.history import HistoryStore
 
