@@ -112,7 +112,7 @@ _LUMINAL = (
 )
 _SEG = {
     "breast": ("乳腺病灶", "breast lesion"),
-    "heart": ("心脏结构", "left ventricle + myocardium + left atrium"),
+    "heart": ("左心室 + 心肌 + 左心房", "left ventricle + myocardium + left atrium"),
     "thyroid": ("甲状腺结节", "thyroid nodule"),
     "fetal_head": ("胎儿头部", "fetal head"),
     "kidney": ("肾脏", "kidney"),

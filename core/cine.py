@@ -103,6 +103,7 @@ def summarize(items: list[BatchItem], frames: list[int], *, frame_count: int, fp
         "failed": sum(1 for item in items if isinstance(item, AnalysisFailure)),
         "area_px": areas, "area_mm2": areas_mm2, "largest_frame": None, "smallest_frame": None,
         "ed_frame": None, "es_frame": None, "fractional_area_change": None,
+        "target": dataset.seg_target if segmentation and dataset is not None else None,  # what the areas are of
         "probability": None if segmentation else [
             list(item.probability) if isinstance(item, AnalysisResponse) and item.probability is not None else None
             for item in items],

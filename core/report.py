@@ -65,6 +65,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "device": ("设备", "Device"), "notes": ("备注", "Notes"), "disclaimer": ("声明", "Disclaimer"),
     "mean": ("均值", "mean"), "range": ("范围", "range"), "sd": ("标准差", "sd"),
     "components": ("连通区域数", "Connected regions"), "coverage": ("模型所见图像", "Image seen by model"),
+    "target": ("分割目标", "Segmented target"),
     "unreadable": ("此部分记录无法显示：其存储的值格式不正确（可能来自导入或迁移的记录）。",
                    "This part of the record cannot be shown: its stored values are malformed (an imported or "
                    "migrated record?)."),
@@ -387,6 +388,9 @@ class CaseReport:
 
     def measurement_block(self) -> None:
         self.heading("measurements")
+        dataset = _dataset(self.run)
+        if dataset is not None and dataset.task == "segmentation":  # what every area and diameter below is of
+            self.row(self.label("target"), self.both(dataset.class_name(1, "zh"), dataset.class_name(1, "en")))
         measurements = self.response.get("measurements") or {}
         rows = []
         for stem, zh, en in MEASURES:

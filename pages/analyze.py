@@ -36,6 +36,7 @@ from pages.common import (
     service,
     set_url_params,
     settings,
+    target_name,
     tr,
     url_param,
 )
@@ -462,8 +463,11 @@ def show_segmentation(result: dict, image: dict) -> None:
     right.image(overlay.overlay(shown, shown_mask, alpha=alpha, mode=mode,
                                 thickness=overlay.readable_thickness(shown.size)),
                 caption=tr("overlay"), width="stretch")
-    legend(reference=False)
+    target = target_name(str(response.get("task") or "segmentation"), str(response.get("dataset_name") or ""))
+    legend(reference=False, target=target)
     st.subheader(tr("measurements"))
+    if target:
+        st.caption(tr("target_named", name=target))
     measurements = response.get("measurements") or {}
     if not mask.any():
         st.info(tr("empty_mask"))
@@ -487,7 +491,8 @@ def show_segmentation(result: dict, image: dict) -> None:
                 caption=tr("gt_mask"), width="stretch")
         b.image(overlay.compare_overlay(shown, shown_mask, shown_reference, thickness=width),
                 caption=tr("compare_contours"), width="stretch")
-        legend(reference=True)
+        legend(reference=True, target=target_name(str(result["response"].get("task") or "segmentation"),
+                                                  str(result["response"].get("dataset_name") or "")))
         st.metric(tr("dice_label"), f"{_dice(mask, reference):.3f}")
 
 
@@ -522,9 +527,11 @@ def _swatch(color: tuple[int, int, int], text: str) -> str:
             f'vertical-align:middle;margin:0 0.35em 0 0.8em;border-radius:2px"></span>{text}')
 
 
-def legend(*, reference: bool) -> None:
-    """Which colour is which (fixed strings of the table only, so the HTML is ours)."""
-    parts = [_swatch(overlay.PREDICTION_COLOR, tr("legend_prediction"))]
+def legend(*, reference: bool, target: str | None = None) -> None:
+    """Which colour is which, naming the segmented target (fixed strings of the i18n table and the catalog only, so
+    the HTML is ours)."""
+    prediction = tr("legend_prediction") + (f" ({target})" if target else "")
+    parts = [_swatch(overlay.PREDICTION_COLOR, prediction)]
     if reference:
         parts.append(_swatch(overlay.REFERENCE_COLOR, tr("legend_reference")))
     st.markdown(f'<div data-testid="uusic-legend">{tr("legend_title")}:{"".join(parts)}</div>',

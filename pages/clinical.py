@@ -444,7 +444,7 @@ def _area_curve(summary: dict, stored: dict) -> None:
         st.caption(tr("cl_mm_note", text=spacing_text(stored.get("spacing"), stored.get("source"))))
 
 
-def _cine_metrics(summary: dict) -> None:
+def _cine_metrics(summary: dict, dataset: catalog.Dataset) -> None:
     cards = [(tr("cl_largest"), summary.get("largest_frame")), (tr("cl_smallest"), summary.get("smallest_frame"))]
     if summary.get("ed_frame") is not None:
         cards += [(tr("cl_ed"), summary.get("ed_frame")), (tr("cl_es"), summary.get("es_frame"))]
@@ -453,7 +453,8 @@ def _cine_metrics(summary: dict) -> None:
     for col, (name, frame) in zip(cols, cards, strict=False):
         col.metric(name, "—" if frame is None else tr("cl_frame_n", k=frame))
     if fac is not None:
-        cols[-1].metric(tr("cl_fac"), f"{float(fac) * 100:.1f} %")
+        cols[-1].metric(tr("cl_fac_of", target=dataset.class_name(1, lang())), f"{float(fac) * 100:.1f} %",
+                        help=tr("cl_fac"))  # the FAC of the whole segmented target, named so
 
 
 def _probability_curve(summary: dict, dataset: catalog.Dataset) -> None:
@@ -475,7 +476,7 @@ def show_cine_result(stored: dict, dataset: catalog.Dataset) -> None:
     st.subheader(tr("cl_frames_result", n=len(summary.get("frames") or [])))
     if dataset.task == "segmentation":
         _area_curve(summary, stored)
-        _cine_metrics(summary)
+        _cine_metrics(summary, dataset)
     else:
         _probability_curve(summary, dataset)
     failed = [item for item in stored.get("items") or [] if item.get("error") or item.get("error_type")]

@@ -11,7 +11,7 @@ import threading
 import pandas as pd
 import streamlit as st
 
-from core import i18n
+from core import catalog, i18n
 from core.errors import ModelUnavailableError, NoModelError
 from core.redact import redact_text
 from core.settings import Settings
@@ -317,7 +317,6 @@ def label(task: str, dataset_name: str, index: int) -> str:
 @st.cache_data(ttl=15, show_spinner=False)
 def _served_keys(key: str, _current: Settings) -> frozenset:
     """The (task, dataset) keys some model of this deployment serves (empty when the models cannot be listed)."""
-    from core import catalog
 
     try:
         entries = service(_current).models().get("models") or []
@@ -434,3 +433,12 @@ def measure_rows(keys: list[str], columns: dict[str, dict]) -> pd.DataFrame:
         rows.append(row)
     return pd.DataFrame(rows)
 
+
+def target_name(task: str, dataset_name: str) -> str | None:
+    """What a segmentation dataset's mask covers, in the page's language (the catalog's target: "thyroid nodule",
+    "left ventricle + myocardium + left atrium" …); None for classification or an unknown dataset."""
+    try:
+        dataset = catalog.find_dataset(task, dataset_name)
+    except catalog.UnknownDataset:
+        return None
+    return dataset.class_name(1, lang()) if dataset.task == "segmentation" else None

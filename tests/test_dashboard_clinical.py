@@ -366,3 +366,19 @@ def test_still_dicom_names_the_ultrasound_region_as_its_spacing_source(app):
     response = app.session_state["result"]["response"]
     assert response["pixel_spacing_source"] == "dicom_region"
     assert response["pixel_spacing_mm"] == pytest.approx(0.3)
+
+
+def test_the_segmented_target_is_named_beside_the_overlay_the_measurements_and_the_report(app):
+    """Issue 23 item 3: a clinician read CAMUS's "FAC" as the LV's; every place now names what the mask covers."""
+    from pypdf import PdfReader
+
+    _sample(app, "segmentation", "thyroid", "DDTI")
+    app.button(key="run").click().run()
+    _ok(app)
+    target = _t("target_named", name="甲状腺结节")
+    assert target in _captions(app)
+    assert any("甲状腺结节" in m.value for m in app.markdown if "uusic-legend" in m.value)  # the legend
+    run_id = app.session_state["result"]["run_id"]
+    pdf = _service(app).report_pdf(run_id, "en")
+    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+    assert "Segmented target" in text and "thyroid nodule" in text

@@ -185,7 +185,8 @@ def test_cine_upload_step_and_analyse_all_frames(page, tmp_path):
     wait_idle(page)
     curve = page.locator('[data-testid="stPlotlyChart"]').filter(has_text=_t("cl_area", unit="mm²"))
     curve.first.locator(".scatterlayer .trace").first.wait_for()
-    assert page.get_by_text(_t("cl_fac")).first.is_visible()  # CAMUS is a heart dataset: ED/ES and FAC
+    fac = _t("cl_fac_of", target="左心室 + 心肌 + 左心房")  # CAMUS is a heart dataset: ED/ES and the FAC, named
+    assert page.get_by_text(fac).first.is_visible()
 
 
 # ------------------------------------------------------------------------------------------------ screenshots
