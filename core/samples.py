@@ -238,7 +238,9 @@ def save_upload(settings: Settings, data: bytes, filename: str) -> dict:
     loaded = load_image(data, settings=settings, name=shown)  # the first frame: the whole file must be sound
     keep = loaded.format in CINE_FORMATS or (loaded.format == "dicom" and loaded.frame_count > 1)
     if not settings.keep_identity:  # what reaches the disk carries no identity (core.deidentify)
-        data = _deidentified(data, loaded.format, shown)
+        data = _deidentified(data, loaded.format, shown, max_bytes=int(settings.max_decoded_mb) * 1024 * 1024)
+        if loaded.format in CINE_FORMATS:  # re-muxed: the skeleton states what the stored file holds
+            loaded = load_image(data, settings=settings, name=shown)
     if keep:
         stored, ext = data, ("dcm" if loaded.format == "dicom" else loaded.format)
     else:
@@ -263,13 +265,13 @@ def save_upload(settings: Settings, data: bytes, filename: str) -> dict:
     return skeleton
 
 
-def _deidentified(data: bytes, fmt: str, name: str) -> bytes:
+def _deidentified(data: bytes, fmt: str, name: str, *, max_bytes: int) -> bytes:
     """A DICOM with the PS3.15 basic profile applied (UIDs kept), a video without its container metadata; other
     formats are re-encoded (pixels only) anyway."""
     from core import deidentify
 
     if fmt == "dicom":
-        return deidentify.deidentify_dicom(data, name=name)
+        return deidentify.deidentify_dicom(data, name=name, max_bytes=max_bytes)
     if fmt in CINE_FORMATS:
         return deidentify.strip_video_metadata(data, fmt, name=name)
     return data

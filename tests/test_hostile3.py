@@ -20,7 +20,7 @@ from PIL import Image
 
 from core import editing
 from core.api import create_app
-from core.errors import RequestError
+from core.errors import RequestError, UUSICError
 from core.samples import save_upload
 from core.schema import RESERVED_EXTRAS, PredictRequest
 from core.service import AnalysisService
@@ -385,3 +385,19 @@ def test_a_video_upload_keeps_no_container_metadata(tiny_settings: Settings, fmt
 
     for index in (0, len(frames) - 1):  # the same pixels: re-muxed, not re-encoded
         assert np.array_equal(load_image(stored, frame_index=index).rgb, load_image(original, frame_index=index).rgb)
+
+
+def test_a_deflated_dicom_is_measured_before_it_is_de_identified(tiny_settings: Settings):
+    """De-identifying reads the whole data set: a deflated one is first inflated in bounded steps and counted (a
+    small file that inflates past UUSIC_MAX_DECODED_MB is refused with 413, nothing allocated for it)."""
+    from tests.test_cine import dicom_bytes
+
+    frames = [np.zeros((1024, 1024), np.uint8) for _ in range(12)]  # 12 MiB of pixels, a few kB deflated
+    data = dicom_bytes(frames, deflated=True)
+    assert len(data) < 200_000
+    small = tiny_settings.with_(max_decoded_mb=8)
+    with pytest.raises(UUSICError) as refused:
+        save_upload(small, data, "bomb.dcm")
+    assert refused.value.status_code == 413 and "UUSIC_MAX_DECODED_MB" in refused.value.message
+    skeleton = save_upload(tiny_settings, data, "fine.dcm")  # within the default budget: de-identified, kept
+    assert skeleton["frame_count"] == 12

@@ -171,8 +171,11 @@ def world(tmp_path_factory, tiny_torchscript: Path):
         {"name": "tiny", "arch": "torchscript", "file": "tiny.ts", "sha256": sha256_of(weights / "tiny.ts"),
          "input_size": 32, "preprocessing": "center_crop",
          "datasets": [["classification", "BUSI"], ["segmentation", "DDTI"]]}]))
+    # containers kept as uploaded (UUSIC_KEEP_IDENTITY): de-identifying re-muxes a video, which would replace the
+    # lying headers these cases are about with the frames the file really holds (test_a_remuxed_upload_...)
     settings = Settings(workspace=parent / "ws", data_root=data, device="cpu", weights_dir=weights,
-                        default_model="tiny", max_frames=MAX_FRAMES, max_decoded_mb=MAX_DECODED_MB)
+                        default_model="tiny", max_frames=MAX_FRAMES, max_decoded_mb=MAX_DECODED_MB,
+                        keep_identity=True)
     settings.ensure_workspace()
     with TestClient(create_app(settings)) as client:
         yield {"parent": parent, "settings": settings, "client": client,
@@ -324,6 +327,15 @@ def test_hostile_cine_analyses_answer_4xx_or_the_frames_they_hold(world, case):
     else:
         _clear(world, response, status, fragment, field)
     _alive(world)
+
+
+def test_a_remuxed_upload_states_the_frames_it_really_holds(tmp_path: Path):
+    """By default an upload is de-identified (re-muxed): a header claiming 4,294,967,295 frames is replaced by the
+    frames the file holds, and "all frames" is then simply the real ones."""
+    from core.samples import save_upload
+
+    skeleton = save_upload(Settings(workspace=tmp_path / "ws", device="cpu"), CLAIMS_HUGE, "huge.avi")
+    assert skeleton["frame_count"] == 8
 
 
 def test_a_video_whose_header_lies_about_its_size_is_counted_at_its_real_size(world):
