@@ -191,20 +191,16 @@ class AnalysisService:
                 model: str | None = None) -> AnalysisResponse:
         """Analyse one image with the model that serves it (or ``model``) and record the run; raises the typed
         error (after recording it) for a bad case."""
-        raw_edits, edits = edits, None
+        checked: list[dict] | None = None
         try:
-            edits = parse_edits(raw_edits) or None
+            checked = parse_edits(edits) or None
             parsed = PredictRequest.parse(request)
             with self._held([request]):  # workspace gc spares its files while it runs
                 response = self._analyze_parsed(parsed, output_dir=output_dir, input_dir=input_dir, model=model)
         except Exception as exc:
-            failure = AnalysisFailure.from_exception(request, exc)
-            self._record_failure(request, failure, source=source, edits=edits, batch_id=batch_id,
-                                 input_dir=input_dir)
-            if isinstance(exc, UUSICError):
-                exc.message = failure.error  # an upload named as the user named it
+            self._refused(request, exc, source=source, edits=checked, batch_id=batch_id, input_dir=input_dir)
             raise
-        self._record_success(parsed, response, source=source, edits=edits, batch_id=batch_id)
+        self._record_success(parsed, response, source=source, edits=checked, batch_id=batch_id)
         return response
 
     def _analyze_parsed(self, request: PredictRequest, *, output_dir: Path | None, input_dir: Path | None,
@@ -470,13 +466,20 @@ class AnalysisService:
                                             progress=progress, model=model, output_dir=output_dir,
                                             input_dir=input_dir, record=record)
         except Exception as exc:
-            failure = AnalysisFailure.from_exception(request, exc)
-            if record:
-                self._record_failure(request, failure, source=source, edits=checked, batch_id=None,
-                                     input_dir=input_dir)
-            if isinstance(exc, UUSICError):
-                exc.message = failure.error  # an upload named as the user named it
+            self._refused(request, exc, source=source, edits=checked, batch_id=None, input_dir=input_dir,
+                          record=record)
             raise
+
+    def _refused(self, request: Any, exc: BaseException, *, source: str, edits: list | None, batch_id: str | None,
+                 input_dir: Path | None, record: bool = True) -> None:
+        """A refused call: recorded as one failed run (every door the same way), and its error naming an upload as
+        the user named it."""
+        failure = AnalysisFailure.from_exception(request, exc)
+        if record:
+            self._record_failure(request, failure, source=source, edits=edits, batch_id=batch_id,
+                                 input_dir=input_dir)
+        if isinstance(exc, UUSICError):
+            exc.message = failure.error
 
     def _analyze_frames(self, request: Any, *, frames: list[int] | str | None, edits: list[dict] | None,
                         source: str, progress: Any, model: str | None, output_dir: Path | None,
