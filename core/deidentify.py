@@ -73,15 +73,18 @@ def _check_inflated_size(data: bytes, name: str, max_bytes: int) -> None:
         return
     inflater, total, view = zlib.decompressobj(-zlib.MAX_WBITS), 0, memoryview(data)
     for offset in range(start, len(data), 1 << 16):
-        chunk = inflater.decompress(view[offset:offset + (1 << 16)], 1 << 20)
-        while True:
-            total += len(chunk)
+        pending: bytes | memoryview = view[offset:offset + (1 << 16)]
+        while pending and not inflater.eof:  # past the stream's end (DICOM's even-length pad byte): done
+            produced = len(inflater.decompress(pending, 1 << 20))
+            if not produced and len(inflater.unconsumed_tail) == len(pending):  # no step forward: never loop
+                raise ImageError(f"{name}: the deflated DICOM data set cannot be inflated")
+            total += produced
             if total > max_bytes:
                 raise ImageError(f"{name}: the deflated DICOM inflates to more than {max_bytes:,} bytes; it cannot "
                                  "be de-identified (UUSIC_MAX_DECODED_MB)", status_code=413)
-            if not inflater.unconsumed_tail:
-                break
-            chunk = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+            pending = inflater.unconsumed_tail
+        if inflater.eof:
+            return
 
 
 def _file_meta(data: bytes) -> tuple[str, int]:

@@ -12,6 +12,7 @@ import io
 import json
 import random
 import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -401,3 +402,29 @@ def test_a_deflated_dicom_is_measured_before_it_is_de_identified(tiny_settings: 
     assert refused.value.status_code == 413 and "UUSIC_MAX_DECODED_MB" in refused.value.message
     skeleton = save_upload(tiny_settings, data, "fine.dcm")  # within the default budget: de-identified, kept
     assert skeleton["frame_count"] == 12
+
+
+def test_a_deflated_stream_with_a_pad_byte_after_its_end_is_measured_to_the_end():
+    """A DICOM's even-length pad byte after the deflate stream (left as unconsumed input when the last output step is
+    full) ends the count; it never loops (CI once hung here for 10 minutes)."""
+    from core.deidentify import _check_inflated_size, deidentify_dicom
+
+    stream = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    body = stream.compress(bytes(3 << 20)) + stream.flush() + b"\x00"
+    data = _deflated_file(body)
+    _check_inflated_size(data, "pad", 4 << 20)  # 3 MiB inflated: inside the budget, and it returns
+    with pytest.raises(UUSICError) as refused:
+        _check_inflated_size(data, "pad", 2 << 20)
+    assert refused.value.status_code == 413
+    with pytest.raises(UUSICError) as junk:  # a broken stream is refused with a clear error
+        deidentify_dicom(_deflated_file(b"\xff" * 64), name="junk", max_bytes=4 << 20)
+    assert junk.value.status_code == 400 and "cannot be de-identified" in junk.value.message
+
+
+def _deflated_file(body: bytes) -> bytes:
+    """A preamble, "DICM" and a file meta group naming the deflated transfer syntax, then ``body``."""
+    import struct
+
+    syntax = b"1.2.840.10008.1.2.1.99\x00"
+    element = struct.pack("<HH", 2, 0x10) + b"UI" + struct.pack("<H", len(syntax)) + syntax
+    return bytes(128) + b"DICM" + element + body
