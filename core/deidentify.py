@@ -13,8 +13,7 @@ import zlib
 from typing import Any
 
 from core.errors import ImageError
-
-DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: inflated (bounded) before it is read
+from core.imaging import check_inflated_size
 
 METHOD = "UUSIC Viewer: PS3.15 basic profile, retain UIDs"  # recorded in DeidentificationMethod
 BASIC_PROFILE_OPTIONS = (  # (0012,0064) codes: basic profile, retain UIDs option
@@ -50,7 +49,7 @@ def deidentify_dicom(data: bytes, *, name: str = "upload", max_bytes: int = 1 <<
     from pydicom.errors import InvalidDicomError
 
     try:
-        _check_inflated_size(data, name, max_bytes)
+        check_inflated_size(data, name, max_bytes)
         dataset = pydicom.dcmread(io.BytesIO(data), force=False)
     except ImageError:
         raise
@@ -64,50 +63,6 @@ def deidentify_dicom(data: bytes, *, name: str = "upload", max_bytes: int = 1 <<
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
-
-
-def _check_inflated_size(data: bytes, name: str, max_bytes: int) -> None:
-    """A deflated data set's inflated size, counted in bounded steps (nothing kept); refused past ``max_bytes``."""
-    syntax, start = _file_meta(data)
-    if syntax != DEFLATED:
-        return
-    inflater, total, view = zlib.decompressobj(-zlib.MAX_WBITS), 0, memoryview(data)
-    for offset in range(start, len(data), 1 << 16):
-        pending: bytes | memoryview = view[offset:offset + (1 << 16)]
-        while pending and not inflater.eof:  # past the stream's end (DICOM's even-length pad byte): done
-            produced = len(inflater.decompress(pending, 1 << 20))
-            if not produced and len(inflater.unconsumed_tail) == len(pending):  # no step forward: never loop
-                raise ImageError(f"{name}: the deflated DICOM data set cannot be inflated")
-            total += produced
-            if total > max_bytes:
-                raise ImageError(f"{name}: the deflated DICOM inflates to more than {max_bytes:,} bytes; it cannot "
-                                 "be de-identified (UUSIC_MAX_DECODED_MB)", status_code=413)
-            pending = inflater.unconsumed_tail
-        if inflater.eof:
-            return
-
-
-def _file_meta(data: bytes) -> tuple[str, int]:
-    """(TransferSyntaxUID, offset where the data set starts) from the explicit-VR file meta group that follows the
-    128-byte preamble and "DICM"; ("", 0) for a file without one."""
-    import struct
-
-    if data[128:132] != b"DICM":
-        return "", 0
-    position, syntax = 132, ""
-    while position + 8 <= len(data):
-        group, element = struct.unpack("<HH", data[position:position + 4])
-        if group != 2:
-            break
-        vr = data[position + 4:position + 6]
-        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-            length, head = struct.unpack("<I", data[position + 8:position + 12])[0], 12
-        else:
-            length, head = struct.unpack("<H", data[position + 6:position + 8])[0], 8
-        if element == 0x0010:
-            syntax = data[position + head:position + head + length].rstrip(b"\x00 ").decode("ascii", "replace")
-        position += head + length
-    return syntax, position
 
 
 def _clean(dataset: Any) -> None:

@@ -137,6 +137,12 @@ class Engine:
         """Whether this model has weights for ``(task, dataset_name)`` (:func:`core.catalog.serves`)."""
         return catalog.serves(self._served, task, dataset_name)
 
+    def check_serves(self, task: str, dataset_name: str) -> None:
+        """NoModelError ("no model for this dataset", naming the model) unless :meth:`serves`."""
+        if not self.serves(task, dataset_name):
+            raise NoModelError(f"{NO_MODEL_MESSAGE}: model {self.spec.name!r} has no weights for {task} on "
+                               f"{dataset_name}", field="dataset_name")
+
     def served_datasets(self) -> list[tuple[str, str]]:
         return catalog.served_datasets(self._served)
 
@@ -163,11 +169,7 @@ class Engine:
         """Validate, check the model serves it, resolve, decode and preprocess (thread-safe, no lock)."""
         start = time.perf_counter()
         req = PredictRequest.parse(request)
-        if not self.serves(req.task, req.dataset_name):
-            raise NoModelError(
-                f"{NO_MODEL_MESSAGE}: model {self.spec.name!r} has no weights for {req.task} on {req.dataset_name}",
-                field="dataset_name",
-            )
+        self.check_serves(req.task, req.dataset_name)
         path = resolve_input(self.settings, req.img_path_relative, input_dir=input_dir)
         image = load_image(path, settings=self.settings, frame_index=req.frame_index)  # cine: that frame only
         decoded = time.perf_counter()

@@ -167,6 +167,18 @@ class ClusterError(UUSICError):
     status_code = 503
 
 
+class PacsError(UUSICError):
+    """The PACS (DICOMweb) answered something unusable, or nothing (502); :class:`PacsTimeout` when too slow."""
+
+    status_code = 502
+
+
+class PacsTimeout(PacsError):
+    """The PACS did not answer within ``UUSIC_DICOMWEB_TIMEOUT_S``."""
+
+    status_code = 504
+
+
 class AuthConfigError(UUSICError, ValueError):
     """The dashboard's login configuration is present but unusable: the dashboard must not serve.
 
@@ -192,8 +204,13 @@ ERROR_TYPES: dict[str, type[UUSICError]] = {
     for cls in (UUSICError, RequestError, ImageError, PathError, NotFoundError, NoModelError, ModelUnavailableError,
                 DeviceError, WeightsError, UploadError, WorkspaceError, UnknownDataset, ConfigError, HistoryError,
                 ServiceUnavailableError, ArchiveError, ExportError, SetupError, ClusterError, AuthConfigError,
-                BackendUnavailable, InternalError)
+                BackendUnavailable, InternalError, PacsError, PacsTimeout)
 }
+
+
+def failure_message(exc: BaseException) -> str:
+    """A one-line message for people (never a traceback)."""
+    return as_uusic_error(exc).message
 
 
 def as_uusic_error(exc: BaseException) -> UUSICError:

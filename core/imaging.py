@@ -804,26 +804,56 @@ def _check_fragments(ds: Any, geometry: _Geometry, name: str) -> None:
                          f"the {geometry.frames:,} its header declares (NumberOfFrames)")
 
 
-def _read_dicom(data: bytes, name: str, settings: Settings | None,
-                frame_index: int | None = None) -> tuple[Any, int | None]:
-    """The data set, and for a deflated file (inflated to the one requested frame) its real frame count."""
-    import pydicom
+def _file_meta(data: bytes) -> tuple[Any, str | None, int]:
+    """(file meta, TransferSyntaxUID, offset of the data set) of a DICOM file; (None, None, 0) without readable
+    file meta (dcmread then guesses, or refuses)."""
     from pydicom.filebase import DicomBytesIO
     from pydicom.filereader import _read_file_meta_info, read_preamble
-    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     try:
         stream = cast(BinaryIO, DicomBytesIO(data))
         read_preamble(stream, True)
         meta = _read_file_meta_info(stream)
-        syntax = meta.get("TransferSyntaxUID")
-    except Exception:  # noqa: BLE001 - no readable file meta: let dcmread guess (or refuse) below
-        meta, syntax = None, None
+        return meta, meta.get("TransferSyntaxUID"), stream.tell()
+    except Exception:  # noqa: BLE001 - untrusted bytes: no file meta
+        return None, None, 0
+
+
+def check_inflated_size(data: bytes, name: str, max_bytes: int) -> None:
+    """A deflated DICOM's whole data set inflated in bounded steps and counted (nothing kept): refused (413) past
+    ``max_bytes`` before anything reads it whole; corrupt → ImageError. Other files pass untouched."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    _, syntax, offset = _file_meta(data)
+    if syntax != DeflatedExplicitVRLittleEndian:
+        return
+    inflater, total = _Inflater(data, offset), 0
+    try:
+        while not inflater.finished:
+            inflater.fill(_DROP_STEP)
+            if not inflater.out and not inflater.finished:  # no step forward: never loop
+                raise ImageError(f"{name}: the deflated DICOM data set cannot be inflated")
+            total += len(inflater.out)
+            inflater.out.clear()
+            if total > max_bytes:
+                raise ImageError(f"{name}: the deflated DICOM inflates to more than {max_bytes:,} bytes; it cannot "
+                                 "be read (UUSIC_MAX_DECODED_MB)", status_code=413)
+    except zlib.error as exc:
+        raise ImageError(f"{name}: the deflated DICOM data is corrupt ({exc})") from None
+
+
+def _read_dicom(data: bytes, name: str, settings: Settings | None,
+                frame_index: int | None = None) -> tuple[Any, int | None]:
+    """The data set, and for a deflated file (inflated to the one requested frame) its real frame count."""
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    meta, syntax, offset = _file_meta(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pydicom warns about every odd value; we check what we use
             if syntax == DeflatedExplicitVRLittleEndian:
-                return _read_deflated(data, stream.tell(), meta, name, settings, frame_index)
+                return _read_deflated(data, offset, meta, name, settings, frame_index)
             return pydicom.dcmread(io.BytesIO(data), force=True), None
     except UUSICError:
         raise

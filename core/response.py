@@ -8,6 +8,7 @@ only the keys that were set, so nothing is added or renamed on the way through.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -194,3 +195,14 @@ class BatchResult:
     def to_json(self) -> dict[str, Any]:
         return {"batch_id": self.batch_id, "seconds": self.seconds,
                 "results": [item.to_json() for item in self.items]}
+
+
+def write_classification_json(output_dir: Path, items: list[BatchItem]) -> Path:
+    """The one writer of the challenge's ``classification.json`` (``{img_path_relative: {probability,
+    prediction}}``) for a batch's items."""
+    import json
+
+    from core.files import atomic_write_text
+
+    return atomic_write_text(Path(output_dir) / "classification.json",
+                             json.dumps(classification_json(items), indent=4))

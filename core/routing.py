@@ -133,6 +133,13 @@ class ModelPool:
         names = self.served_by(task, dataset_name)
         return self.engine(names[0] if names else None)
 
+    def serving(self, task: str, dataset_name: str, model: str | None = None) -> Engine:
+        """The engine that answers ``(task, dataset_name)`` (as :meth:`route` picks it), or NoModelError: the one
+        "is this served?" check of every door."""
+        engine = self.route(task, dataset_name, model)
+        engine.check_serves(task, dataset_name)
+        return engine
+
     def batcher(self, engine: Engine) -> MicroBatcher | None:
         """The micro-batcher of ``engine`` when concurrent requests share forward passes, else None."""
         if not self._wants_micro_batching(engine):

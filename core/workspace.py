@@ -384,10 +384,12 @@ def check(settings: Settings, store: HistoryStore | None, *, limit: int | None =
 
 
 class StartupCheck:
-    """:func:`check` once, in a background thread, for a service; :meth:`summary` is its ``/healthz`` entry."""
+    """:func:`check` once, in a background thread, for a service's settings; :meth:`summary` is its ``/healthz``
+    entry. ``store``: the history store handed to the service, else the check opens (and closes) its own, so the
+    service's own (opened on its first use) is left alone."""
 
-    def __init__(self, service: Any, *, background: bool = True):
-        self._service = service
+    def __init__(self, settings: Settings, store: HistoryStore | None = None, *, background: bool = True):
+        self._settings, self._store = settings, store
         self._summary: dict[str, Any] = {"state": "running"}
         self._done = threading.Event()
         if background:
@@ -404,9 +406,8 @@ class StartupCheck:
     def run(self) -> None:
         from core.history import HistoryStore
 
-        settings = self._service.settings
-        given = getattr(self._service, "_store", None)  # a store handed to the service; else one of our own,
-        own: HistoryStore | None = None  # so the service's own (opened on its first use) is left alone
+        settings, given = self._settings, self._store
+        own: HistoryStore | None = None
         try:
             try:
                 store = given if given is not None else (own := HistoryStore.from_settings(settings))

@@ -1039,7 +1039,7 @@ def test_api_history_that_cannot_be_written_is_reported(fragile, tmp_path: Path)
         def add(self, record):
             raise HistoryError("cannot write sqlite:////secret/server/path/history.sqlite3")
 
-    service._store = BrokenStore()
+    service.recorder.use_store(BrokenStore())
     for body in (CLS_REQ, SEG_REQ):
         response = fragile.post("/v1/predict", json=body)
         assert response.status_code == 200, response.text

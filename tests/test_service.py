@@ -175,7 +175,7 @@ def test_history_failure_never_hides_a_result(service: AnalysisService):
             raise RuntimeError("disk on fire")
 
     service.workspace_check.wait(30)  # the start-up check reads the service's store; let it finish first
-    service._store = BrokenStore()  # type: ignore[assignment]
+    service.recorder.use_store(BrokenStore())  # type: ignore[arg-type]
     response = service.analyze(CLS)
     assert response.run_id is None and response.prediction is not None
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +27,16 @@ import numpy as np
 import torch
 
 from core import catalog
+from core.analysis import OnResult, Runnable
 from core.cluster import ClusterError, connect, import_ray
 from core.engine import Engine, Prepared
 from core.errors import error_body, error_from_body
 from core.models import registry
 from core.models.base import ModelSpec
-from core.response import AnalysisFailure, BatchItem, BatchResult
 from core.routing import max_batch
-from core.schema import PredictRequest
 from core.service import AnalysisService
 from core.settings import Settings
 
-Keep = Callable[[int, BatchItem], None]
 ENGINE_MEMORY_BYTES = 1 << 30  # what Ray reserves per engine actor (torch + one model, CPU side)
 
 
@@ -127,13 +124,13 @@ class EngineWorker:
         return pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-class RayBatchService(AnalysisService):
-    """The analysis service whose batches run their stages on Ray (see the module docstring)."""
+class RayGroups:
+    """The batch strategy (:class:`core.analysis.GroupRunner`) that runs a group's stages on Ray Data: it joins
+    ``address`` or starts a local Ray for each group and stops the Ray it started afterwards."""
 
     def __init__(self, settings: Settings, engine: RemoteEngine, *, address: str | None = None,
                  concurrency: int = 1, num_gpus: float = 0.0, threads: int | None = None):
-        super().__init__(settings, engine=engine)
-        self.remote = engine
+        self.settings, self.remote = settings, engine
         self.address, self.concurrency, self.num_gpus, self.threads = address, max(1, concurrency), num_gpus, threads
         self._started = False
 
@@ -142,60 +139,50 @@ class RayBatchService(AnalysisService):
         self._started = connect(self.address) or self._started
 
     def close(self) -> None:
-        """Stop the Ray this service started (a connection made by someone else is left open)."""
+        """Stop the Ray this runner started (a connection made by someone else is left open)."""
         if self._started:
             import_ray().shutdown()
             self._started = False
 
-    def analyze_batch(self, requests: Any, *, source: str, output_dir: Path | None = None,
-                      input_dir: Path | None = None, batch_size: int = 8, progress: Any = None,
-                      workers: int = 2, record: bool = True, model: str | None = None) -> BatchResult:
-        """:meth:`AnalysisService.analyze_batch` on Ray (connected first if need be, the Ray it started stopped
-        after)."""
-        self.connect()
-        try:
-            return super().analyze_batch(requests, source=source, output_dir=output_dir, input_dir=input_dir,
-                                         batch_size=batch_size, progress=progress, workers=workers, record=record,
-                                         model=model)
-        finally:
-            self.close()
-
-    def _run_group(self, engine: Engine, entries: list, runnable: list[tuple[int, PredictRequest]], keep: Keep,
-                   out_dir: Path, input_dir: Path | None, batch_size: int, workers: int) -> None:
-        ray = import_ray()
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
+    def run(self, engine: Engine, runnable: Runnable, on_result: OnResult, *, output_dir: Path,
+            input_dir: Path | None, batch_size: int, workers: int) -> None:
+        """Chunks of ``batch_size`` decoded by Ray tasks, forwarded by the engine actors, in input order."""
         size = max_batch(engine, batch_size)
         chunks = [runnable[i:i + size] for i in range(0, len(runnable), size)]
         if not chunks:
             return
+        self.connect()
+        pending = {index for index, _ in runnable}
+        try:
+            for row in self._dataset(chunks, output_dir, input_dir).iter_rows():
+                for index, kind, value in pickle.loads(row["payload"]):
+                    pending.discard(index)
+                    failure = None if kind == "ok" else error_from_body(value, int(value.get("status_code", 500)))
+                    on_result(index, value if failure is None else None, failure)
+        except Exception as exc:  # noqa: BLE001 - the pipeline itself broke (an actor could not load the model...)
+            reason = ClusterError(f"the Ray pipeline failed: {_gist(exc)}")
+            for index in sorted(pending):
+                on_result(index, None, reason)
+        finally:
+            self.close()
+
+    def _dataset(self, chunks: list[Runnable], output_dir: Path, input_dir: Path | None) -> Any:
+        ray = import_ray()
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
         rows = [{"payload": pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)} for chunk in chunks]
         # an engine actor reserves memory for its model; with resources unlike the decode tasks' it also keeps Ray
         # Data from fusing those tasks into the actors (decoding would then be serialised with the forward passes)
-        dataset = (
+        return (
             ray.data.from_items(rows, override_num_blocks=len(rows))
             .map(prepare_chunk, fn_kwargs={"engine": self.remote, "input_dir": input_dir}, num_cpus=1)
             .map_batches(EngineWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=self.concurrency),
                          num_cpus=1, num_gpus=self.num_gpus or None, memory=ENGINE_MEMORY_BYTES,
                          fn_constructor_kwargs={"settings": self.settings, "spec": self.remote.spec,
                                                 "mask_inverse": self.remote.mask_inverse,
-                                                "output_dir": str(out_dir), "threads": self.threads or 1})
+                                                "output_dir": str(output_dir), "threads": self.threads or 1})
         )
-        pending = {index for index, _ in runnable}
-        try:
-            for row in dataset.iter_rows():
-                for index, kind, value in pickle.loads(row["payload"]):
-                    pending.discard(index)
-                    if kind == "ok":
-                        keep(index, self._typed(value))
-                    else:
-                        failure = error_from_body(value, int(value.get("status_code", 500)))
-                        keep(index, AnalysisFailure.from_exception(entries[index], failure))
-        except Exception as exc:  # noqa: BLE001 - the pipeline itself broke (an actor could not load the model...)
-            reason = ClusterError(f"the Ray pipeline failed: {_gist(exc)}")
-            for index in sorted(pending):
-                keep(index, AnalysisFailure.from_exception(entries[index], reason))
 
 
 def _gist(exc: BaseException) -> str:
@@ -205,14 +192,14 @@ def _gist(exc: BaseException) -> str:
 
 
 def build_service(settings: Settings, model: str | None, spec: ModelSpec | None, *, mask_inverse: str,
-                  address: str | None, concurrency: int, num_gpus: float, threads: int | None) -> RayBatchService:
-    """The batch CLI's service for ``--backend ray``: the manifest's ``model`` (or the ad-hoc ``spec``), its weights
-    checked here (sha256) before any Ray work starts."""
+                  address: str | None, concurrency: int, num_gpus: float, threads: int | None) -> AnalysisService:
+    """The batch CLI's service for ``--backend ray``: the one service with the :class:`RayGroups` strategy, for the
+    manifest's ``model`` (or the ad-hoc ``spec``), its weights checked here (sha256) before any Ray work starts."""
     spec = spec or registry.find_spec(settings, model)
     sha256 = registry.verify_weights(spec, settings.weights_dir)[1]
     label = f"Ray ({concurrency} engine actor{'s' if concurrency != 1 else ''}, device {settings.device})"
     engine = RemoteEngine(settings, spec, sha256=sha256, mask_inverse=mask_inverse, label=label)
-    service = RayBatchService(settings, engine, address=address, concurrency=concurrency, num_gpus=num_gpus,
-                              threads=threads)
-    service.connect()  # a cluster that cannot be reached is an error before any work (exit status 2 at the CLI)
-    return service
+    groups = RayGroups(settings, engine, address=address, concurrency=concurrency, num_gpus=num_gpus,
+                       threads=threads)
+    groups.connect()  # a cluster that cannot be reached is an error before any work (exit status 2 at the CLI)
+    return AnalysisService(settings, engine=engine, runner=groups)

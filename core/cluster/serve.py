@@ -30,7 +30,7 @@ from ray import serve
 from core.cluster import ClusterError, alive_nodes, check_shared_history, connect, import_ray, runtime_env
 from core.editing import parse_edits
 from core.errors import RequestError, UUSICError
-from core.response import AnalysisFailure, AnalysisResponse, BatchItem
+from core.response import AnalysisFailure, BatchItem
 from core.schema import PredictRequest
 from core.service import AnalysisService
 from core.settings import Settings
@@ -64,7 +64,7 @@ class ReplicaService(AnalysisService):
             groups.setdefault((source, self._model_for(request, model)), []).append(index)
         for (source, model), indices in groups.items():
             try:
-                folder = self._mask_folder(self.engine(model)) if model else Path(self.settings.api_out)
+                folder = self.analyzer.mask_folder(self.engine(model)) if model else Path(self.settings.api_out)
                 result = self.analyze_batch([calls[i][0] for i in indices], source=source, output_dir=folder,
                                             batch_size=len(indices), workers=min(2, len(indices)), record=False,
                                             model=model)
@@ -75,11 +75,7 @@ class ReplicaService(AnalysisService):
                 items[index] = item
         final = [item for item in items if item is not None]
         for (request, source, _, _), edits, item in zip(calls, checked, final, strict=True):
-            if isinstance(item, AnalysisResponse):
-                self._record_success(PredictRequest.parse(request), item, source=source, edits=edits,
-                                     batch_id=None)
-            else:
-                self._record_failure(request, item, source=source, edits=edits, batch_id=None, input_dir=None)
+            self.recorder.items([request], [item], source=source, edits=edits, batch_id=None, input_dir=None)
         return final
 
     def _model_for(self, request: Any, model: str | None) -> str | None:

@@ -1,0 +1,182 @@
+"""The analysis pipeline: parse → route (served or NoModelError) → decode → geometry → forward → inverse → mask →
+measurements, once each, for one image or a batch; the typed result carries its public URLs.
+
+How a batch's groups run is a strategy (:class:`GroupRunner`): threads here (:class:`LocalGroups`), Ray Data in
+:mod:`core.cluster.batch`. Recording is :mod:`core.recorder`'s job; this module only reports what happened.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from core.editing import parse_edits
+from core.errors import UUSICError
+from core.recorder import Recorder
+from core.response import AnalysisFailure, AnalysisResponse, BatchItem, BatchResult
+from core.routing import ModelPool
+from core.schema import PredictRequest
+from core.settings import Settings
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+OnResult = Callable[[int, "dict | None", "BaseException | None"], None]  # (entry index, response, error)
+Runnable = list[tuple[int, PredictRequest]]  # (entry index, parsed request) of one model's group
+
+
+class GroupRunner(Protocol):
+    """Runs one model's group of a batch, calling ``on_result`` once per entry (exactly one of response / error)."""
+
+    def run(self, engine: Engine, runnable: Runnable, on_result: OnResult, *, output_dir: Path,
+            input_dir: Path | None, batch_size: int, workers: int) -> None: ...
+
+
+class LocalGroups:
+    """Threads decode ahead of batched forward passes in this process (:func:`core.batching.run_batch`)."""
+
+    def run(self, engine: Engine, runnable: Runnable, on_result: OnResult, *, output_dir: Path,
+            input_dir: Path | None, batch_size: int, workers: int) -> None:
+        from core.batching import run_batch
+        from core.routing import max_batch
+
+        def by_entry(position: int, response: dict | None, exc: BaseException | None) -> None:
+            on_result(runnable[position][0], response, exc)
+
+        run_batch(engine, [parsed for _, parsed in runnable], output_dir=output_dir, on_result=by_entry,
+                  batch_size=max_batch(engine, batch_size), input_dir=input_dir, workers=workers)
+
+
+class Analyzer:
+    """Analyses cases with the models of ``pool`` and records each through ``recorder``."""
+
+    def __init__(self, settings: Settings, pool: ModelPool, recorder: Recorder, runner: GroupRunner | None = None):
+        self.settings, self.pool, self.recorder = settings, pool, recorder
+        self.runner: GroupRunner = runner or LocalGroups()
+
+    def analyze(self, request: Any, *, source: str = "api", edits: list | None = None,
+                output_dir: Path | None = None, input_dir: Path | None = None, batch_id: str | None = None,
+                model: str | None = None) -> AnalysisResponse:
+        """Analyse one image with the model that serves it (or ``model``) and record the run; raises the typed
+        error (after recording it) for a bad case."""
+        checked: list[dict] | None = None
+        try:
+            checked = parse_edits(edits) or None
+            parsed = PredictRequest.parse(request)
+            with self.held([request]):  # workspace gc spares its files while it runs
+                response = self.run_one(parsed, output_dir=output_dir, input_dir=input_dir, model=model)
+        except Exception as exc:
+            self.recorder.refused(request, exc, source=source, edits=checked, batch_id=batch_id, input_dir=input_dir)
+            raise
+        self.recorder.success(parsed, response, source=source, edits=checked, batch_id=batch_id)
+        return response
+
+    def run_one(self, request: PredictRequest, *, output_dir: Path | None = None, input_dir: Path | None = None,
+                model: str | None = None) -> AnalysisResponse:
+        """One parsed request through the pipeline (micro-batched when the pool batches), not recorded."""
+        engine = self.pool.serving(request.task, request.dataset_name, model)
+        start = time.perf_counter()
+        prepared = engine.prepare(request, input_dir=input_dir)
+        batcher = self.pool.batcher(engine)
+        if batcher is not None:
+            raw, forward_sec, gpu = batcher.forward_one(prepared)
+        else:
+            outputs, forward_sec, gpu = engine.forward([prepared])
+            raw = outputs[0]
+        response = engine.finish(prepared, raw, output_dir=Path(output_dir or self.mask_folder(engine)),
+                                 forward_sec=forward_sec, gpu=gpu)
+        response["inference_time_sec"] = time.perf_counter() - start
+        return self.typed(response)
+
+    def mask_folder(self, engine: Engine) -> Path:
+        """``api_out/`` for the default model; ``api_out/models/<name>/`` for the others, so that two models'
+        masks of one image never overwrite each other."""
+        api_out = Path(self.settings.api_out)
+        try:
+            default = self.pool.default_name()
+        except UUSICError:
+            default = None
+        if engine.spec.name == default:
+            return api_out
+        from core.samples import safe_stem
+
+        return api_out / "models" / safe_stem(engine.spec.name, limit=60)
+
+    def typed(self, response: dict) -> AnalysisResponse:
+        """The engine's response as the one response type, with ``/v1/masks/...`` URLs for its workspace files."""
+        api_out = Path(self.settings.api_out).resolve()
+        response["mask_url"] = _public_url(response.get("mask_path"), api_out) or response.get("mask_url")
+        block = response.get("uncertainty")
+        if isinstance(block, dict) and (url := _public_url(block.get("agreement_path"), api_out)):
+            block["agreement_url"] = url
+        if response["mask_url"] is None:
+            response.pop("mask_url")
+        return AnalysisResponse.model_validate(response)
+
+    def analyze_batch(self, requests: Iterable[Any], *, source: str, output_dir: Path | None = None,
+                      input_dir: Path | None = None, batch_size: int = 8, progress: Any = None,
+                      workers: int = 2, record: bool = True, model: str | None = None) -> BatchResult:
+        """Analyse many images (decode ahead, batched forward passes); every item is recorded (``record``).
+
+        Invalid entries and datasets without a model become failures (``RequestError`` / ``NoModelError``)
+        without reaching the model. ``output_dir`` defaults to ``api_out/batch_<id>``.
+        """
+        from core.batching import report_progress
+
+        start, entries, batch_id = time.perf_counter(), list(requests), uuid.uuid4().hex[:12]
+        out_dir = Path(output_dir) if output_dir is not None else Path(self.settings.api_out) / f"batch_{batch_id}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        items: list[BatchItem | None] = [None] * len(entries)
+        groups = self._screen(entries, items, model)
+        done = len(entries) - sum(len(group) for group in groups.values())
+
+        def on_result(index: int, response: dict | None, exc: BaseException | None) -> None:
+            nonlocal done
+            items[index] = (AnalysisFailure.from_exception(entries[index], exc) if exc is not None
+                            else self.typed(response or {}))
+            done += 1
+            report_progress(progress, done, len(entries))
+
+        with self.held(entries):
+            for name, runnable in groups.items():
+                self.runner.run(self.pool.engine(name), runnable, on_result, output_dir=out_dir,
+                                input_dir=input_dir, batch_size=batch_size, workers=workers)
+        final = [item for item in items if item is not None]
+        if record:
+            self.recorder.items(entries, final, source=source, edits=None, batch_id=batch_id, input_dir=input_dir)
+        return BatchResult(final, batch_id=batch_id, output_dir=str(out_dir), seconds=time.perf_counter() - start)
+
+    def held(self, requests: list) -> AbstractContextManager[Any]:
+        """The workspace files ``requests`` name (input, kept original), held against ``workspace gc`` while they
+        are analysed (:func:`core.workspace.in_use`)."""
+        from core.workspace import in_use
+
+        fields = [r.to_dict() if isinstance(r, PredictRequest) else r for r in requests]
+        paths = [value for r in fields if isinstance(r, dict)
+                 for value in (r.get("img_path_relative"), r.get("source_path_relative")) if isinstance(value, str)]
+        return in_use(self.settings, paths)
+
+    def _screen(self, entries: list, items: list, model: str | None) -> dict[str, Runnable]:
+        """Parse every entry and route it; failures go straight into ``items``; the rest grouped by model."""
+        groups: dict[str, Runnable] = {}
+        for index, entry in enumerate(entries):
+            try:
+                parsed = PredictRequest.parse(entry)
+                engine = self.pool.serving(parsed.task, parsed.dataset_name, model)
+            except UUSICError as exc:
+                items[index] = AnalysisFailure.from_exception(entry, exc)
+                continue
+            groups.setdefault(engine.spec.name, []).append((index, parsed))
+        return groups
+
+
+def _public_url(path: Any, api_out: Path) -> str | None:
+    """``/v1/masks/<relative>`` for a file under ``api_out/``, else None."""
+    if not path:
+        return None
+    target = Path(str(path)).resolve()
+    return f"/v1/masks/{target.relative_to(api_out).as_posix()}" if target.is_relative_to(api_out) else None
