@@ -10,12 +10,11 @@ area change ``(EDA - ESA) / EDA``; for classification, the probabilities per fra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from core import catalog
 from core.errors import RequestError
-from core.response import AnalysisFailure, AnalysisResponse, BatchItem, item_from_json
+from core.response import AnalysisFailure, AnalysisResponse, BatchItem, BatchResult
 
 CARDIAC_GROUP = "heart"  # catalog group whose loops get ED / ES candidates and a fractional area change
 
@@ -122,30 +121,4 @@ def summarize(items: list[BatchItem], frames: list[int], *, frame_count: int, fp
     return summary
 
 
-@dataclass
-class CineResult:
-    """The frames of one cine analysed together: items in frame order, the loop's summary, the batch id."""
-
-    items: list[BatchItem]
-    summary: dict[str, Any]
-    batch_id: str | None = None
-    seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def responses(self) -> list[AnalysisResponse]:
-        return [item for item in self.items if isinstance(item, AnalysisResponse)]
-
-    @property
-    def failures(self) -> list[AnalysisFailure]:
-        return [item for item in self.items if isinstance(item, AnalysisFailure)]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"batch_id": self.batch_id, "seconds": self.seconds, "summary": self.summary,
-                "results": [item.to_json() for item in self.items]}
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> CineResult:
-        """A result as :meth:`to_json` wrote it (the HTTP client)."""
-        return cls([item_from_json(entry) for entry in body.get("results") or []], dict(body.get("summary") or {}),
-                   batch_id=body.get("batch_id"), seconds=float(body.get("seconds") or 0.0))
+CineResult = BatchResult  # a cine's frames: the one result type, with its loop ``summary``

@@ -8,6 +8,7 @@ only the keys that were set, so nothing is added or renamed on the way through.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +172,16 @@ def classification_json(items: list[BatchItem]) -> dict[str, dict[str, Any]]:
     return out
 
 
+@dataclass
 class BatchResult:
-    """The items of a batch in input order (responses and failures), where its files went, and how long it took."""
+    """The one result of many items: a batch's items in input order (responses and failures), or a cine's frames in
+    frame order with the loop's ``summary`` (:func:`core.cine.summarize`); where its files went, how long it took."""
 
-    def __init__(self, items: list[BatchItem], *, batch_id: str, output_dir: str | None, seconds: float):
-        self.items, self.batch_id, self.output_dir, self.seconds = items, batch_id, output_dir, seconds
+    items: list[BatchItem]
+    summary: dict[str, Any] | None = None  # a cine's loop summary; None for a batch
+    batch_id: str | None = None
+    output_dir: str | None = None
+    seconds: float = 0.0
 
     @property
     def responses(self) -> list[AnalysisResponse]:
@@ -193,8 +199,18 @@ class BatchResult:
         return classification_json(self.items)
 
     def to_json(self) -> dict[str, Any]:
-        return {"batch_id": self.batch_id, "seconds": self.seconds,
-                "results": [item.to_json() for item in self.items]}
+        body: dict[str, Any] = {"batch_id": self.batch_id, "seconds": self.seconds}
+        if self.summary is not None:
+            body["summary"] = self.summary
+        return {**body, "results": [item.to_json() for item in self.items]}
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> BatchResult:
+        """A result as :meth:`to_json` wrote it (the HTTP client)."""
+        summary = body.get("summary")
+        return cls([item_from_json(entry) for entry in body.get("results") or []],
+                   dict(summary) if isinstance(summary, dict) else None, batch_id=body.get("batch_id"),
+                   seconds=float(body.get("seconds") or 0.0))
 
 
 def write_classification_json(output_dir: Path, items: list[BatchItem]) -> Path:
