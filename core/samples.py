@@ -221,6 +221,18 @@ def display_name(filename: str, limit: int = 120) -> str:
     return (name[: limit - 1] + "…" if len(name) > limit else name) or "upload"
 
 
+def upload_limit(settings: Settings) -> int:
+    """The most bytes one upload may have (``UUSIC_MAX_UPLOAD_MB``)."""
+    return int(settings.max_upload_mb) * 1024 * 1024
+
+
+def check_upload_size(settings: Settings, size: int, filename: str) -> None:
+    """The one upload size check of every door (API, dashboard, PACS): 413 naming the file past the limit."""
+    if size > upload_limit(settings):
+        raise UploadError(f"{display_name(filename)}: the upload is {size / 1048576:.1f} MB or more; the limit is "
+                          f"{settings.max_upload_mb} MB", status_code=413, field="file")
+
+
 def save_upload(settings: Settings, data: bytes, filename: str) -> dict:
     """Store an uploaded image or cine in ``api_in/`` and return its request skeleton.
 
@@ -230,10 +242,7 @@ def save_upload(settings: Settings, data: bytes, filename: str) -> dict:
     :class:`UploadError` (too large: 413; disk full: 507), naming the uploaded file.
     """
     shown = display_name(filename)
-    limit = int(settings.max_upload_mb) * 1024 * 1024
-    if len(data) > limit:
-        raise UploadError(f"{shown}: the upload is {len(data) / 1048576:.1f} MB; the limit is "
-                          f"{settings.max_upload_mb} MB", status_code=413, field="file")
+    check_upload_size(settings, len(data), filename)
     data = bytes(data)
     loaded = load_image(data, settings=settings, name=shown)  # the first frame: the whole file must be sound
     keep = loaded.format in CINE_FORMATS or (loaded.format == "dicom" and loaded.frame_count > 1)

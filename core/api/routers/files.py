@@ -9,8 +9,7 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 
 from core.api.deps import ServiceDep, in_worker, serve_file
 from core.api.routers.history import png_response
-from core.errors import UploadError
-from core.samples import display_name
+from core.samples import check_upload_size, upload_limit
 from core.service import AnalysisService
 
 router = APIRouter()
@@ -19,12 +18,10 @@ UPLOAD_DOC = "PNG, JPEG, BMP, TIFF, GIF, DICOM (multi-frame kept) or a cine vide
 
 async def store_upload(request: Request, service: AnalysisService, file: UploadFile) -> dict:
     """Read at most the upload limit (plus one byte to tell) and store the image through the service."""
-    limit = service.settings.max_upload_mb * 1024 * 1024
-    data = await file.read(limit + 1)
-    if len(data) > limit:
-        raise UploadError(f"{display_name(file.filename or 'upload')}: the upload is larger than the "
-                          f"{service.settings.max_upload_mb} MB limit", status_code=413, field="file")
-    return await in_worker(request, service.save_upload, data, file.filename or "upload")
+    name = file.filename or "upload"
+    data = await file.read(upload_limit(service.settings) + 1)
+    check_upload_size(service.settings, len(data), name)  # the one check (core.samples), before anything is kept
+    return await in_worker(request, service.save_upload, data, name)
 
 
 @router.post("/v1/upload", tags=["inputs"], summary="store an image in api_in/ and get its request skeleton")
