@@ -146,8 +146,12 @@ class Analyzer:
                 self.runner.run(self.pool.engine(name), runnable, on_result, output_dir=out_dir,
                                 input_dir=input_dir, batch_size=batch_size, workers=workers)
         final = [item for item in items if item is not None]
-        if record:
-            self.recorder.items(entries, final, source=source, edits=None, batch_id=batch_id, input_dir=input_dir)
+        if record:  # a screened entry is recorded as parsed (never validated twice)
+            parsed = {index: request for runnable in groups.values() for index, request in runnable}
+            recorded = [parsed.get(index, entry) if isinstance(item, AnalysisResponse) else entry
+                        for index, (entry, item) in enumerate(zip(entries, final, strict=True))]
+            self.recorder.items(recorded, final,
+                                source=source, edits=None, batch_id=batch_id, input_dir=input_dir)
         return BatchResult(final, batch_id=batch_id, output_dir=str(out_dir), seconds=time.perf_counter() - start)
 
     def held(self, requests: list) -> AbstractContextManager[Any]:

@@ -30,7 +30,7 @@ from ray import serve
 from core.cluster import ClusterError, alive_nodes, check_shared_history, connect, import_ray, runtime_env
 from core.editing import parse_edits
 from core.errors import RequestError, UUSICError
-from core.response import AnalysisFailure, BatchItem
+from core.response import AnalysisFailure, AnalysisResponse, BatchItem
 from core.schema import PredictRequest
 from core.service import AnalysisService
 from core.settings import Settings
@@ -54,18 +54,20 @@ class ReplicaService(AnalysisService):
         model, each call recorded as :meth:`analyze` records it (its source, its edits, no batch id)."""
         items: list[BatchItem | None] = [None] * len(calls)
         checked: list[list[dict] | None] = [None] * len(calls)
+        requests: list[Any] = [call[0] for call in calls]  # each parsed once, here (a refusal keeps its raw form)
         groups: dict[tuple[str, str | None], list[int]] = {}
         for index, (request, source, edits, model) in enumerate(calls):
             try:
                 checked[index] = parse_edits(edits) or None  # the one check of an edit log (core.editing)
+                requests[index] = PredictRequest.parse(request)
             except RequestError as exc:
                 items[index] = AnalysisFailure.from_exception(request, exc)
                 continue
-            groups.setdefault((source, self._model_for(request, model)), []).append(index)
+            groups.setdefault((source, self._model_for(requests[index], model)), []).append(index)
         for (source, model), indices in groups.items():
             try:
                 folder = self.analyzer.mask_folder(self.engine(model)) if model else Path(self.settings.api_out)
-                result = self.analyze_batch([calls[i][0] for i in indices], source=source, output_dir=folder,
+                result = self.analyze_batch([requests[i] for i in indices], source=source, output_dir=folder,
                                             batch_size=len(indices), workers=min(2, len(indices)), record=False,
                                             model=model)
                 done: list[BatchItem] = result.items
@@ -74,18 +76,19 @@ class ReplicaService(AnalysisService):
             for index, item in zip(indices, done, strict=True):
                 items[index] = item
         final = [item for item in items if item is not None]
-        for (request, source, _, _), edits, item in zip(calls, checked, final, strict=True):
-            self.recorder.items([request], [item], source=source, edits=edits, batch_id=None, input_dir=None)
+        for index, item in enumerate(final):  # each call recorded as analyze() records it
+            request = requests[index] if isinstance(item, AnalysisResponse) else calls[index][0]
+            self.recorder.items([request], [item], source=calls[index][1], edits=checked[index],
+                                batch_id=None, input_dir=None)
         return final
 
-    def _model_for(self, request: Any, model: str | None) -> str | None:
+    def _model_for(self, request: PredictRequest, model: str | None) -> str | None:
         """The model that will answer ``request`` (as :meth:`analyze` routes it); None when it cannot be told yet
-        (a malformed request, an unloadable model: the batch reports the error)."""
+        (an unloadable model: the batch reports the error)."""
         if model:
             return model
         try:
-            parsed = PredictRequest.parse(request)
-            return self.pool.route(parsed.task, parsed.dataset_name).spec.name
+            return self.pool.route(request.task, request.dataset_name).spec.name
         except UUSICError:
             return None
 
