@@ -29,8 +29,10 @@ class _Open(BaseModel):
         return self.model_dump(mode="json", exclude_unset=True)
 
     def get(self, key: str, default: Any = None) -> Any:
-        """Dict-style read of any key, declared or extra (for views that show a response generically)."""
-        return self.to_json().get(key, default)
+        """Dict-style read of one key, declared or extra, as JSON (only that key is dumped; unset → ``default``)."""
+        if key not in self.model_fields_set and key not in (self.__pydantic_extra__ or {}):
+            return default
+        return self.model_dump(mode="json", include={key}).get(key, default)
 
 
 class AnalysisResponse(_Open):
@@ -78,6 +80,7 @@ class AnalysisResponse(_Open):
     input_sha256: str | None = None
     frame_index: int | None = None  # cine: the analysed frame (0 for a still image)
     frame_count: int | None = None  # frames in the input file (1 for a still image)
+    recognition: dict[str, Any] | None = None  # core.recognition: organ, dataset, confidence, in_distribution
     notes: list[str] | None = None
     run_id: int | None = None
 
