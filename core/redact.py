@@ -13,8 +13,11 @@ This module imports nothing of the project, so settings, history, CLI, API and d
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -40,6 +43,9 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][\w+.-]*://"
                           r"(?:[/?#\s'\"),;]|$)))?"
                           r"[^\s'\"<>`]*")
 _TRAILING = ".,;:!)]}"
+_QUOTED_ABSOLUTE = re.compile(r"""(['"])(?:/|[A-Za-z]:[\\/])[^'"\n]*[\\/]([^'"\\/\n]*)\1""")
+_BARE_ABSOLUTE = re.compile(r"""(?<![\w.~/:-])(?:/[^\s/'"]+)+/([^\s/'"]*)""")
+_WINDOWS_ABSOLUTE = re.compile(r"""(?<![\w])[A-Za-z]:\\(?:[^\s\\'"]+\\)+([^\s\\'"]*)""")
 
 
 def _scheme(text: str) -> str | None:
@@ -151,3 +157,22 @@ def redact_text(text: Any, *, keep_location: bool = True, secrets: Iterable[str]
     for secret in sorted({s for s in secrets if s and len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True):
         out = out.replace(secret, MASK)
     return _URL_IN_TEXT.sub(lambda match: _redact_match(match, keep_location), out)
+
+
+def scrub_paths(text: Any, folders: Iterable[str | Path]) -> str:
+    """``text`` without server paths, the one path scrubber of every message: each of ``folders`` (as given,
+    expanded and resolved) is cut from the paths it starts (a path inside it keeps its part inside), and any other
+    absolute path keeps only its last part (quoted, bare and Windows forms)."""
+    out = str(text)
+    forms: set[str] = set()
+    for folder in folders:
+        for path in (Path(folder), Path(folder).expanduser()):
+            forms.add(str(path))
+            with contextlib.suppress(OSError, RuntimeError):
+                forms.add(str(path.resolve()))
+    absolute = (form for form in forms if Path(form).is_absolute() and len(Path(form).parts) > 1)  # never "/"
+    for form in sorted(absolute, key=len, reverse=True):
+        out = out.replace(form + os.sep, "").replace(form + "/", "").replace(form, "…")
+    out = _QUOTED_ABSOLUTE.sub(r"\1\2\1", out)
+    out = _BARE_ABSOLUTE.sub(r"\1", out)
+    return _WINDOWS_ABSOLUTE.sub(r"\1", out)

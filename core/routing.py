@@ -100,28 +100,10 @@ class ModelPool:
         return engine
 
     def _public(self, message: str) -> str:
-        """A message for clients (and the open ``/healthz``): file names, never the server's folders.
+        """A message for clients (and the open ``/healthz``): file names, never the server's folders."""
+        from core.redact import scrub_paths
 
-        The deployment's folders (weights, manifest, workspace, data root; as configured and resolved)
-        are cut from the paths they start; any other absolute path keeps only its last part."""
-        import contextlib
-        import os
-        import re
-
-        message = str(message)
-        forms: set[str] = set()
-        for folder in (self.settings.weights_dir, self.settings.manifest_path.parent, self.settings.workspace,
-                       self.settings.data_root):
-            for path in (Path(folder), Path(folder).expanduser()):
-                forms.add(str(path))
-                with contextlib.suppress(OSError, RuntimeError):
-                    forms.add(str(path.resolve()))
-        absolute = (f for f in forms if Path(f).is_absolute() and len(Path(f).parts) > 1)  # never "/" or "weights"
-        for form in sorted(absolute, key=len, reverse=True):
-            message = message.replace(form + os.sep, "").replace(form + "/", "").replace(form, "…")
-        message = re.sub(r"""(['"])(?:/|[A-Za-z]:[\\/])[^'"\n]*[\\/]([^'"\\/\n]*)\1""", r"\1\2\1", message)
-        message = re.sub(r"""(?<![\w.~/:-])(?:/[^\s/'"]+)+/([^\s/'"]*)""", r"\1", message)
-        return re.sub(r"""(?<![\w])[A-Za-z]:\\(?:[^\s\\'"]+\\)+([^\s\\'"]*)""", r"\1", message)
+        return scrub_paths(message, self.settings.server_folders())
 
     def route(self, task: str, dataset_name: str, model: str | None = None) -> Engine:
         """The engine for a request: the named model, else the default when it serves it, else the first that does.

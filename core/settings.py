@@ -344,6 +344,10 @@ class Settings(BaseSettings):
 
         return f"{self!r}|api_key={digest(self.api_key)}|history_url={digest(self.history_url)}"
 
+    def server_folders(self) -> tuple[Path, ...]:
+        """The deployment's own folders, which no message to a person names (:func:`core.redact.scrub_paths`)."""
+        return (self.weights_dir, self.manifest_path.parent, self.workspace, self.data_root)
+
     @property
     def api_in(self) -> Path:
         return self.workspace / "api_in"

@@ -14,6 +14,7 @@ import streamlit as st
 from core import catalog, i18n
 from core.errors import ModelUnavailableError, NoModelError
 from core.redact import redact_text
+from core.redact import scrub_paths as core_scrub_paths
 from core.settings import Settings
 
 log = logging.getLogger("uusic.dashboard")
@@ -76,21 +77,12 @@ def error_message(error: BaseException) -> str:
     return failure_message(error)
 
 
-_QUOTED_ABSOLUTE = re.compile(r"""(['"])(?:/|[A-Za-z]:[\\/])[^'"\n]*[\\/]([^'"\\/\n]*)\1""")
-_BARE_ABSOLUTE = re.compile(r"""(?<![\w.~/:-])(?:/[^\s/'"]+)+/([^\s/'"]*)""")
-
-
 def scrub_paths(text: str, current: Settings | None = None) -> str:
     """``text`` without the server's folders and secrets: a database URL keeps only its scheme and a web URL loses
     its password (:func:`core.redact.redact_text`); paths under the workspace, data root or weights folder keep
     their part inside it, any other absolute path only its last part."""
-    text = redact_text(text, keep_location=False)
     current = current or settings()
-    for root in (current.workspace, current.data_root, current.weights_dir):
-        for form in sorted({str(root), str(root.resolve())}, key=len, reverse=True):
-            text = text.replace(form + "/", "").replace(form, "…")
-    text = _QUOTED_ABSOLUTE.sub(r"\1\2\1", text)
-    return _BARE_ABSOLUTE.sub(r"\1", text)
+    return core_scrub_paths(redact_text(text, keep_location=False), current.server_folders())
 
 
 def md_literal(value: object, limit: int = 500) -> str:

@@ -134,7 +134,7 @@ def test_uncertainty_and_reference_blocks(service: AnalysisService, monkeypatch)
         "head_circumference_mm": {"mean": hc, "min": hc - 1.25, "max": hc + 2.5, "sd": 0.875}}}
     run["response"]["reference"] = {"source": "ground_truth_json", "measurements": {"head_circumference_mm": 150.0},
                                     "difference": {"head_circumference_mm": hc - 150.0}}
-    monkeypatch.setattr(service, "run", lambda run_id: run)
+    monkeypatch.setattr(service.reader, "run", lambda run_id: run)  # what the report reads
     text = pdf_text(service.report_pdf(response.run_id))
     assert "Uncertainty (test-time augmentation)" in text and "0.9312" in text and "0.88" in text
     assert f"{hc - 1.25:,.2f} - {hc + 2.5:,.2f}" in text
