@@ -11,16 +11,16 @@ serve: setup
 	.venv/bin/python -m core serve --host 127.0.0.1 --port 8000
 
 test: setup
-	UUSIC_TEST_POSTGRES_URL="$${UUSIC_TEST_POSTGRES_URL:-$$(./scripts/postgres.sh start)}" .venv/bin/python -m pytest -q
+	UUSIC_TEST_POSTGRES_URL="$${UUSIC_TEST_POSTGRES_URL:-$$(./scripts/postgres.sh start)}" UUSIC_TEST_DICOMWEB_URL="$${UUSIC_TEST_DICOMWEB_URL:-$$(./scripts/orthanc.sh start 2>/dev/null || true)}" .venv/bin/python -m pytest -q
 
 test-fast: setup
-	UUSIC_TEST_POSTGRES_URL="$${UUSIC_TEST_POSTGRES_URL:-$$(./scripts/postgres.sh start)}" .venv/bin/python -m pytest -q -m "not browser and not server"
+	UUSIC_TEST_POSTGRES_URL="$${UUSIC_TEST_POSTGRES_URL:-$$(./scripts/postgres.sh start)}" UUSIC_TEST_DICOMWEB_URL="$${UUSIC_TEST_DICOMWEB_URL:-$$(./scripts/orthanc.sh start 2>/dev/null || true)}" .venv/bin/python -m pytest -q -m "not browser and not server"
 
 # Issue 20: order independence, a busy machine, other CPU kernels (see the README's Testing section).
 SEED ?= $(shell date +%s)
 .PHONY: test-random test-browser-loaded test-portable
 test-random: setup
-	UUSIC_TEST_POSTGRES_URL="$${UUSIC_TEST_POSTGRES_URL:-$$(./scripts/postgres.sh start)}" .venv/bin/python -m pytest -q -p no:cacheprovider --random-order --random-order-seed=$(SEED)
+	UUSIC_TEST_POSTGRES_URL="$${UUSIC_TEST_POSTGRES_URL:-$$(./scripts/postgres.sh start)}" UUSIC_TEST_DICOMWEB_URL="$${UUSIC_TEST_DICOMWEB_URL:-$$(./scripts/orthanc.sh start 2>/dev/null || true)}" .venv/bin/python -m pytest -q -p no:cacheprovider --random-order --random-order-seed=$(SEED)
 
 test-browser-loaded: setup
 	./scripts/browser_under_load.sh

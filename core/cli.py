@@ -31,6 +31,8 @@ commands:
   serve      start the HTTP API (core.api)
   workspace  usage of api_in/ and api_out/, retention: status | gc [--dry-run] [--days N] [--max-gb G]
   history    back up and move the run history: export --out F.tar.gz | import F.tar.gz | backup --out F.sqlite3
+             export-labels --out DIR [--since T] [--dataset D]: corrected runs as a training set
+  pacs       the PACS over DICOMweb (UUSIC_DICOMWEB_URL): search | pull | analyze [--store] | store | watch [--once]
 
 `python -m core <command> --help` for options."""
 
@@ -309,7 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         return _delegate("core.api", rest)
     if command == "workspace":
         return _delegate("core.workspace", rest)
+    if command == "history" and rest[:1] == ["export-labels"]:  # the corrected runs as a training set
+        return _delegate("core.label_export", rest[1:])
     if command == "history":
         return _delegate("core.backup", rest)
+    if command == "pacs":
+        return _delegate("core.pacs_cli", rest)
     print(f"unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2

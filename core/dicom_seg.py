@@ -236,7 +236,9 @@ def run_dicom_seg(backend: Any, run_id: int) -> bytes:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    run = backend.run(int(run_id))
+    from core.corrections import corrected_backend
+
+    backend, run, correction = corrected_backend(backend, backend.run(int(run_id)))  # the latest correction's mask
     check_run(run)
     path = source_dicom(backend.settings, run)
     try:
@@ -252,4 +254,6 @@ def run_dicom_seg(backend: Any, run_id: int) -> bytes:
         group, label = None, "segmentation"
     return build_seg(source, backend.run_mask(int(run_id)), frame_index=frame_index, group=group,
                      label=label, model_name=str(run.get("model_name") or ""),
-                     model_sha256=str(run.get("model_sha256") or ""), description=_spacing_note(response))
+                     model_sha256=str(run.get("model_sha256") or ""),
+                     description=(f"corrected v{correction['version']}; " if correction else "")
+                     + _spacing_note(response))

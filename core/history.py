@@ -120,6 +120,33 @@ def _build_table() -> tuple[sa.MetaData, sa.Table]:
 metadata, runs = _build_table()
 
 
+def _build_corrections_table(meta: sa.MetaData) -> sa.Table:
+    """``corrections`` as revision 0004 creates it: the saved versions of a run's result (:mod:`core.corrections`)."""
+    iso = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
+    table = sa.Table(
+        "corrections", meta,
+        sa.Column("id", sa.Integer, sa.Identity(), primary_key=True, autoincrement=True),
+        sa.Column("run_id", sa.Integer, nullable=False), sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("timestamp", iso, nullable=False), sa.Column("author", sa.Text, nullable=False),
+        sa.Column("kind", sa.Text, nullable=False), sa.Column("mask_path", sa.Text),
+        sa.Column("class_index", sa.Integer), sa.Column("model_class", sa.Integer), sa.Column("reason", sa.Text),
+        sa.Column("pixels_added", sa.Integer), sa.Column("pixels_removed", sa.Integer),
+        sa.Column("dice", _column_type("REAL")), sa.Column("area_px", sa.Integer),
+        sa.Column("area_mm2", _column_type("REAL")), sa.Column("measurements", sa.Text),
+        sa.UniqueConstraint("run_id", "version", name="corrections_run_version"), sqlite_autoincrement=True)
+    sa.Index("corrections_timestamp", table.c.timestamp)
+    return table
+
+
+corrections = _build_corrections_table(metadata)
+# the latest correction of a run, as flat keys on its history row (only runs that have one get them)
+CORRECTION_SUMMARY = {"correction_version": "version", "correction_kind": "kind", "corrected_by": "author",
+                      "corrected_at": "timestamp", "correction_mask": "mask_path",
+                      "corrected_prediction": "class_index", "corrected_area_px": "area_px",
+                      "corrected_area_mm2": "area_mm2", "correction_dice": "dice",
+                      "correction_pixels_added": "pixels_added", "correction_pixels_removed": "pixels_removed"}
+
+
 def utc_now() -> str:
     """Now, UTC, ISO 8601 with milliseconds (the ``timestamp`` column's format)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -403,6 +430,20 @@ class HistoryStore:
 
         return self._retry(update, "mark runs purged") if id_list or path_list else 0
 
+    def set_response_key(self, run_id: int, key: str, value: Any) -> bool:
+        """Set ``key`` of run ``run_id``'s stored response JSON (e.g. ``pacs_stored``: what went back to a PACS);
+        False when there is no such run or it has no response (a failed run)."""
+        def update() -> bool:
+            with self._transaction(write=True) as connection:
+                row = connection.execute(sa.select(runs.c.response).where(runs.c.id == int(run_id))).first()
+                if row is None or not row[0]:
+                    return False
+                response = {**json_dict(row[0]), key: value}
+                connection.execute(sa.update(runs).where(runs.c.id == int(run_id)).values(response=_json(response)))
+                return True
+
+        return self._retry(update, "update a run")
+
     # -------------------------------------------------------------------------------- reading
     def iter_rows(self, columns: Iterable[str] | None = None, filters: dict | None = None,
                   chunk: int = 1000) -> Iterator[dict]:
@@ -434,11 +475,12 @@ class HistoryStore:
     def list(self, filters: dict | None = None, limit: int | None = 1000) -> Rows:
         """Newest first. Filters: ``task``, ``dataset`` / ``dataset_name``, ``organ``, ``source`` (equal, any case),
         ``text`` / ``name`` (substring of the image name, any case), ``since`` / ``until`` (ISO date or time,
-        UTC; inclusive)."""
+        UTC; inclusive), ``corrected`` (true / false: runs with / without a correction). A corrected run carries
+        the :data:`CORRECTION_SUMMARY` keys and ``corrected: True``."""
         query = sa.select(runs).where(*_conditions(filters or {})).order_by(runs.c.id.desc())
         if limit is not None:
             query = query.limit(int(limit))
-        return self._rows(query)
+        return self._with_corrections(self._rows(query))
 
     def get(self, run_id: Any) -> dict | None:
         """The run with id ``run_id``; None when there is none (or ``run_id`` is not a possible id)."""
@@ -448,8 +490,40 @@ class HistoryStore:
             return None
         if not 0 < run_id <= _MAX_ID.get(self.backend, 2**31 - 1):
             return None
-        rows = self._rows(sa.select(runs).where(runs.c.id == run_id))
+        rows = self._with_corrections(self._rows(sa.select(runs).where(runs.c.id == run_id)), nested=True)
         return rows[0] if rows else None
+
+    def read(self, action: Callable[[Connection], _T], doing: str) -> _T:
+        """``action(connection)`` in a read transaction (retried while SQLite is busy; errors as HistoryError)."""
+        def run() -> _T:
+            with self._transaction() as connection:
+                return action(connection)
+
+        return self._retry(run, doing)
+
+    def write(self, action: Callable[[Connection], _T], doing: str) -> _T:
+        """``action(connection)`` in one write transaction, committed when it returns (SQLite: under the write
+        lock from the start). ``action`` may run again after a busy database: it must be repeatable."""
+        def run() -> _T:
+            with self._transaction(write=True) as connection:
+                return action(connection)
+
+        return self._retry(run, doing)
+
+    def _with_corrections(self, rows: Rows, *, nested: bool = False) -> Rows:
+        """``rows`` with the :data:`CORRECTION_SUMMARY` keys (and ``corrected: True``) on the corrected ones;
+        ``nested``: also the latest correction itself under ``correction``."""
+        ids = [int(row["id"]) for row in rows]
+        if not ids:
+            return rows
+        latest = self.read(lambda connection: latest_corrections(connection, ids), "read the corrections")
+        for row in rows:
+            record = latest.get(int(row["id"]))
+            if record is not None:
+                row.update(corrected=True, **{key: record[column] for key, column in CORRECTION_SUMMARY.items()})
+                if nested:
+                    row["correction"] = record
+        return rows
 
     def count(self) -> int:
         """How many runs are stored."""
@@ -593,11 +667,39 @@ def _conditions(filters: dict) -> list[sa.ColumnElement[bool]]:
     if text:
         escaped = str(text).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         conditions.append(runs.c.img_name.ilike(f"%{escaped}%", escape="\\"))
+    if "corrected" in given:
+        corrected = runs.c.id.in_(sa.select(corrections.c.run_id))
+        yes = str(given["corrected"]).strip().lower() in ("1", "true", "yes", "on")
+        conditions.append(corrected if yes else sa.not_(corrected))
     if "since" in given:
         conditions.append(runs.c.timestamp >= _date_bound(given["since"], end=False))
     if "until" in given:
         conditions.append(runs.c.timestamp <= _date_bound(given["until"], end=True))
     return conditions
+
+
+def correction_record(row: Any) -> dict:
+    """One ``corrections`` row as a dict, its ``measurements`` parsed."""
+    record = dict(row)
+    if isinstance(record.get("measurements"), str):
+        with suppress(ValueError):
+            record["measurements"] = json.loads(record["measurements"])
+    return record
+
+
+def latest_corrections(connection: Connection, run_ids: Iterable[int]) -> dict[int, dict]:
+    """The newest correction of each of ``run_ids`` that has one, by run id."""
+    id_list = sorted({int(i) for i in run_ids})
+    found: dict[int, dict] = {}
+    for start in range(0, len(id_list), 500):  # bounded IN lists
+        newest = (sa.select(corrections.c.run_id, sa.func.max(corrections.c.version).label("version"))
+                  .where(corrections.c.run_id.in_(id_list[start:start + 500])).group_by(corrections.c.run_id)
+                  .subquery())
+        query = sa.select(corrections).join(newest, sa.and_(corrections.c.run_id == newest.c.run_id,
+                                                             corrections.c.version == newest.c.version))
+        for row in connection.execute(query).mappings():
+            found[int(row["run_id"])] = correction_record(row)
+    return found
 
 
 RESPONSE_COLUMNS = ("model_name", "model_sha256", "prediction", "label_name", "mask_path", "mask_path_relative",

@@ -212,7 +212,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "src_batch": ("批量", "Batch"),
     "src_api": ("API", "API"),
     "src_cli": ("命令行", "CLI"),
-    "h_time_zone": ("时间按 {zone} 显示（服务器时区）。", "Times shown in {zone} (the server's time zone)."),
+    "h_time_zone": ("时间为本地时间（{zone} 时区）。", "Times are local times ({zone} time zone)."),
     "h_run_title": ("记录 #{n} · {name} · {time}", "Run #{n} · {name} · {time}"),
     "h_run_facts": ("任务：{task} · 数据集：{dataset} · 模型：{model} · 来源：{source}",
                     "Task: {task} · Dataset: {dataset} · Model: {model} · Source: {source}"),
@@ -256,6 +256,13 @@ STRINGS: dict[str, tuple[str, str]] = {
     "metric_nsd": ("NSD（表面 Dice）", "NSD (surface Dice)"),
     "metric_hc_mae_mm": ("头围平均绝对误差 (mm)", "HC mean abs. error (mm)"),
     "metric_hc_n": ("头围样本数", "HC images"),
+    "m_technical": ("技术细节", "Technical details"),
+    "error_detail": ("技术细节（英文原文）", "Technical details"),
+    "cal_diameters": ("最长径与垂直径", "Max diameter + perpendicular"),
+    "cal_hc": ("头围椭圆与双顶径", "HC ellipse + BPD"),
+    "b_per_file": ("每张图像的数据集：数据目录中已知的文件使用其数据集，其余默认使用上方的选择，可逐行更改。",
+                   "A dataset for each image: a file the data root knows uses its dataset, any other the selection "
+                   "above; change any row."),
     "b_unserved_dataset": ("所选数据集没有模型，批量运行将全部跳过。",
                            "No model serves the chosen dataset: the batch would skip every image."),
     "m_name": ("名称", "Name"),
@@ -299,7 +306,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "cl_cine_info": ("共 {n} 帧 · 帧率 {fps} 帧/秒", "{n} frames · {fps} frames/s"),
     "cl_frame": ("帧", "Frame"),
     "cl_frame_n": ("第 {k} 帧", "frame {k}"),
-    "cl_frame_of": ("第 {k} 帧 / 共 {n} 帧", "frame {k} of {n}"),
+    "cl_frame_of": ("第 {k} 帧（共 {n} 帧）", "Frame {k} of {n}"),
     "cl_play": ("播放", "Play"),
     "cl_this_frame": ("“运行分析”分析当前显示的第 {k} 帧（共 {n} 帧）。",
                       "“Run analysis” analyses the frame shown: frame {k} of {n}."),
@@ -409,6 +416,55 @@ STRINGS: dict[str, tuple[str, str]] = {
         "The preview is scaled down to {w}×{h} so the sliders stay quick; the analysis uses the full-resolution image.",
     ),
 }
+
+
+ERROR_TEXTS: dict[str, tuple[str, str]] = {  # error type, or "type:field": what went wrong, in words
+    "RequestError": ("请求中的某个值无效。", "A value in the request is not valid."),
+    "RequestError:pixel_spacing_mm": ("像素间距不合理：超声图像的像素间距应在 {band} 之间。",
+                                      "The pixel spacing is not plausible: ultrasound spacing lies within {band}."),
+    "RequestError:pixel_spacing_source": ("像素间距来源未知。", "The pixel spacing source is not known."),
+    "RequestError:line": ("校准线无效：请画得更长，并输入正的已知长度。",
+                          "The calibration line is not usable: draw it longer and type a positive length."),
+    "ImageError": ("无法读取该图像：格式不受支持、文件已损坏或图像过大。",
+                   "The image cannot be read: an unsupported format, a damaged file or too large."),
+    "UploadError": ("上传的文件无法保存或被拒绝。", "The uploaded file was refused or could not be stored."),
+    "PathError": ("不允许访问该文件位置。", "That file location is not allowed."),
+    "NotFoundError": ("未找到所需的记录或文件（可能已被清理）。",
+                      "The record or file was not found (it may have been cleaned up)."),
+    "NoModelError": ("该数据集目前没有可用的模型。", "No model serves this dataset yet."),
+    "ModelUnavailableError": ("模型暂时无法加载，请稍后重试或联系管理员。",
+                              "The model cannot be loaded now: try again later or ask the administrator."),
+    "DeviceError": ("计算设备出错，请稍后重试。", "The compute device failed: try again later."),
+    "WeightsError": ("模型权重无法加载，请联系管理员。", "The model weights cannot be loaded: ask the administrator."),
+    "WorkspaceError": ("服务器存储出错（例如磁盘已满）。", "The server's storage failed (e.g. the disk is full)."),
+    "UnknownDataset": ("未知的数据集。", "The dataset is not known."),
+    "HistoryError": ("历史记录数据库暂时不可用。", "The history database is not available now."),
+    "ServiceUnavailableError": ("分析服务暂时不可用，请稍后重试。",
+                                "The analysis service is not available: try later."),
+    "ArchiveError": ("压缩包无法读取或不安全。", "The archive cannot be read or is not safe."),
+    "PacsError": ("PACS 服务器返回错误。", "The PACS server answered with an error."),
+    "PacsTimeout": ("PACS 服务器响应超时。", "The PACS server did not answer in time."),
+    "ClusterError": ("计算集群暂时不可用。", "The compute cluster is not available now."),
+    "BackendUnavailable": ("所选推理后端不可用。", "The chosen inference backend is not available."),
+    "InternalError": ("内部错误，请联系管理员。", "An internal error: ask the administrator."),
+    "ConfigError": ("服务器配置无效，请联系管理员。", "The server configuration is not valid: ask the admin."),
+    "AuthConfigError": ("登录配置无效，请联系管理员。", "The sign-in configuration is not valid: ask the admin."),
+    "ExportError": ("模型导出失败。", "The model export failed."),
+    "SetupError": ("模型导出所需的环境未就绪。", "The model export's setup is not ready."),
+    "UUSICError": ("操作失败。", "The operation failed."),
+}
+
+
+def error_text(error_type: str, field: str | None = None, lang: str = "zh", **values) -> str | None:
+    """The error in ``lang`` by its type (and field, where one has its own words); None for a type not listed."""
+    pair = ERROR_TEXTS.get(f"{error_type}:{field}") or ERROR_TEXTS.get(error_type)
+    if pair is None:
+        return None
+    text = pair[0] if normalise_lang(lang) == "zh" else pair[1]
+    try:
+        return text.format(**values)
+    except (KeyError, IndexError):
+        return text
 
 
 def normalise_lang(lang: str | None) -> str:

@@ -20,8 +20,9 @@ import numpy as np
 from fpdf import FPDF
 from PIL import Image
 
-from core import catalog
+from core import catalog, i18n
 from core.errors import RequestError, UUSICError
+from core.history import local_time
 
 log = logging.getLogger("uusic.report")
 
@@ -48,9 +49,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "organ": ("器官", "Organ"), "image": ("图像", "Image"), "frame": ("帧", "Frame"),
     "source": ("来源", "Source"), "images": ("图像", "Images"), "analysed_image": ("分析图像", "Analysed image"),
     "overlay": ("分割叠加", "Mask overlay"), "agreement": ("一致性图", "Agreement map"),
-    "agreement_legend": ("一致性图：白色 = 所有视图判为目标，黑色 = 所有视图判为背景，灰色 = 视图不一致。",
-                         "Agreement map: white = every view votes target, black = every view votes background, "
-                         "grey = the views disagree."),
+    "agreement_legend": i18n.STRINGS["cl_agreement_map"],  # one wording on screen and in the report
     "image_missing": ("图像已不可用", "The image is no longer available"),
     "result": ("结果", "Result"), "prediction": ("预测", "Prediction"), "probability": ("概率", "Probability"),
     "measurements": ("测量", "Measurements"), "spacing": ("像素间距", "Pixel spacing"),
@@ -101,6 +100,7 @@ def measure_label(key: str, lang: str = "en") -> str:
     for suffix, unit in units.items():
         if key.endswith(suffix):
             stem = key[: -len(suffix)]
+            unit = "px²" if key == "area_px" else unit
             for known, zh, en in MEASURES:
                 if known == stem:
                     return f"{zh if lang == 'zh' else en}, {unit}"
@@ -263,8 +263,9 @@ class CaseReport:
         run, response = self.run, self.response
         self.heading("case")
         self.row(self.label("run"), str(run.get("id")))
-        self.row(self.label("analysed"), _dates(run.get("timestamp")))
-        self.row(self.label("generated"), _dates(datetime.now(UTC).isoformat()))
+        zone = _zone(self.backend)
+        self.row(self.label("analysed"), _dates(run.get("timestamp"), zone))
+        self.row(self.label("generated"), local_time(datetime.now(UTC).isoformat(), zone))
         task = str(run.get("task") or "")
         names = catalog.TASK_NAMES.get(task, {"zh": task, "en": task})
         self.row(self.label("task"), self.both(names["zh"], names["en"]))
@@ -330,12 +331,14 @@ class CaseReport:
         if mask is not None and mask.shape == rgb.shape[:2]:  # overlay at the printed size, not the full one
             small_mask = Image.fromarray(mask.astype(np.uint8) * 255).resize(image.size, Image.Resampling.NEAREST)
             pictures.append((self.label("overlay"), overlay(image.convert("RGB"), small_mask, mode="fill")))
-        agreement = self._agreement_picture()
+        agreement = self._agreement_picture(image)
         if agreement is not None:
             pictures.append((self.label("agreement"), agreement))
         return pictures
 
-    def _agreement_picture(self) -> Image.Image | None:
+    def _agreement_picture(self, picture: Image.Image) -> Image.Image | None:
+        from core.overlay import agreement_view
+
         agreement_map = getattr(self.backend, "agreement_map", None)
         if agreement_map is None or not isinstance(self.response.get("uncertainty"), dict):
             return None
@@ -343,7 +346,7 @@ class CaseReport:
             values = np.asarray(agreement_map(self.response), dtype=np.float32)
         except (UUSICError, OSError, ValueError, KeyError, TypeError):
             return None
-        return _small(Image.fromarray((np.clip(values, 0, 1) * 255).astype(np.uint8)))
+        return agreement_view(picture, values)  # the same colours as on screen
 
     def probability_block(self) -> None:
         self.heading("result")
@@ -398,7 +401,7 @@ class CaseReport:
             if px_key not in measurements:
                 continue
             mm_key = "area_mm2" if stem == "area" else f"{stem}_mm"
-            unit_px, unit_mm = ("px", "mm²") if stem == "area" else ("px", "mm")
+            unit_px, unit_mm = ("px²", "mm²") if stem == "area" else ("px", "mm")
             rows.append([self.both(zh, en), f"{_format(measurements[px_key])} {unit_px}",
                          f"{_format(measurements.get(mm_key))} {unit_mm}" if measurements.get(mm_key) is not None
                          else "—"])
@@ -497,17 +500,28 @@ def _frame(run: dict) -> tuple[int, int]:
     return int(count), int(index)
 
 
-def _dates(timestamp: Any) -> str:
-    """A UTC ISO time as ``YYYY-MM-DD HH:MM:SS UTC (local: ... zone)``."""
+def _zone(backend: Any) -> str | None:
+    """The ``timezone`` setting (UUSIC_TIMEZONE) of the service that reads the run, else of this process."""
+    zone = getattr(getattr(backend, "settings", None), "timezone", None)
+    if zone:
+        return str(zone)
+    from core.settings import get_settings
+
+    try:
+        return get_settings().timezone
+    except UUSICError:
+        return None
+
+
+def _dates(timestamp: Any, zone: str | None = None) -> str:
+    """A stored UTC ISO time in the local zone, named, with UTC once: ``2026-11-28 17:45:52 CST (UTC 09:45:52)``."""
     try:
         moment = datetime.fromisoformat(str(timestamp))
     except ValueError:
         return str(timestamp or "—")
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    local = moment.astimezone()
-    return (f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC  (local {local:%Y-%m-%d %H:%M:%S} "
-            f"{local.tzname() or ''})").replace(" )", ")")
+    return f"{local_time(moment.isoformat(), zone)}  (UTC {moment.astimezone(UTC):%Y-%m-%d %H:%M:%S})"
 
 
 def _small(image: Image.Image) -> Image.Image:
@@ -533,4 +547,9 @@ def build_report(backend: Any, run_id: int, lang: str = "en") -> bytes:
     run = backend.run(int(run_id))
     if run.get("error") or not isinstance(run.get("response"), dict) or not run["response"]:
         raise RequestError(f"run {run_id} failed; there is no result to report", field="run_id")
-    return CaseReport(backend, run, lang).build()
+    from core.corrections import corrected_backend, correction_note
+
+    backend, run, correction = corrected_backend(backend, run)  # a corrected run is reported as corrected
+    case = CaseReport(backend, run, lang)
+    case.notice = "\n".join(n for n in (case.notice, correction_note(correction)) if n) or None
+    return case.build()

@@ -43,6 +43,12 @@ UUSIC_RETENTION_GB         retention_gb           ``workspace gc`` keeps api_in/
 UUSIC_RETENTION_GRACE_S    retention_grace_s      ``workspace gc`` never removes a file used (or written) this recently
 UUSIC_TTA                  tta                    test-time augmentation: auto | on | off (auto: core.tta.TTA_AUTO)
 UUSIC_TTA_VIEWS            tta_views              TTA views, e.g. identity,hflip,rot-10,rot+10 (also vflip, rot90)
+UUSIC_REFUSE_OOD           refuse_ood             refuse (422) images the organ recogniser finds out of distribution
+UUSIC_DICOMWEB_URL         dicomweb_url           DICOMweb root of the PACS (core.pacs), e.g. http://pacs:8042/dicom-web
+UUSIC_DICOMWEB_USER        dicomweb_user          HTTP basic user for the PACS (with UUSIC_DICOMWEB_PASSWORD)
+UUSIC_DICOMWEB_PASSWORD    dicomweb_password      HTTP basic password for the PACS (never shown)
+UUSIC_DICOMWEB_TOKEN       dicomweb_token         bearer token for the PACS instead of user + password (never shown)
+UUSIC_DICOMWEB_TIMEOUT_S   dicomweb_timeout_s     seconds one PACS call may take (connect, each read, a whole retrieve)
 =========================  =====================  ===============================================================
 """
 
@@ -75,6 +81,7 @@ _ENV_NAME_OVERRIDES: dict[str, str | None] = {
     "record_cli_runs": "UUSIC_RECORD_CLI",
     "extra": None,
 }
+_SECRET_FIELDS = ("dicomweb_password", "dicomweb_token")  # never in a message, a repr or a log
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -151,7 +158,7 @@ def _shown(field_name: str, value: Any) -> str:
         shown = redact_url(str(value))
         if shown != MASK:
             return repr(shown)
-    if field_name in ("api_key", "history_url"):
+    if field_name in ("api_key", "history_url") or field_name in _SECRET_FIELDS:
         return "a value that is not shown (it may hold a secret)"
     return repr(value)
 
@@ -248,6 +255,13 @@ class Settings(BaseSettings):
     # Test-time augmentation (core.tta): a request's "tta" wins; auto = the measured CPU decision (docs/PERFORMANCE.md)
     tta: Literal["auto", "on", "off"] = "auto"
     tta_views: str = "identity,hflip,rot-10,rot+10"
+    refuse_ood: bool = False  # core.recognition: out-of-distribution inputs refused (422) instead of analysed
+    # PACS over DICOMweb (core.pacs): the root URL and optional credentials (basic, or a bearer token)
+    dicomweb_url: str | None = None
+    dicomweb_user: str | None = None
+    dicomweb_password: str | None = Field(default=None, repr=False)
+    dicomweb_token: str | None = Field(default=None, repr=False)
+    dicomweb_timeout_s: float = Field(default=30.0, gt=0, le=3600, allow_inf_nan=False)
     extra: dict[str, Any] = Field(default_factory=dict)
 
     def __init__(self, **values: Any) -> None:
@@ -334,7 +348,7 @@ class Settings(BaseSettings):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, (redact_url(value) if name == "history_url" and value else value)
+            yield name, (redact_url(value) if name in ("history_url", "dicomweb_url") and value else value)
 
     def cache_key(self) -> str:
         """A stable string that differs whenever any setting differs, secrets included (as hashes)."""
@@ -342,7 +356,8 @@ class Settings(BaseSettings):
         def digest(secret: str | None) -> str:
             return hashlib.sha256(secret.encode()).hexdigest()[:16] if secret is not None else "-"
 
-        return f"{self!r}|api_key={digest(self.api_key)}|history_url={digest(self.history_url)}"
+        return (f"{self!r}|api_key={digest(self.api_key)}|history_url={digest(self.history_url)}"
+                f"|dicomweb={digest(self.dicomweb_password)},{digest(self.dicomweb_token)},{digest(self.dicomweb_url)}")
 
     def server_folders(self) -> tuple[Path, ...]:
         """The deployment's own folders, which no message to a person names (:func:`core.redact.scrub_paths`)."""

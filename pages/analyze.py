@@ -15,12 +15,14 @@ from PIL import Image
 
 from core import catalog, editing, i18n, overlay
 from core.imaging import STILL_SUFFIXES, VIDEO_SUFFIXES, load_image
-from pages import clinical  # clinical hook
+from pages import clinical, pacs_source  # clinical hook; PACS hook (UUSIC_DICOMWEB_URL)
 from pages.common import (
     choice,
     default_dataset_name,
     default_task,
+    english_detail,
     error_message,
+    fold_detail,
     full_resolution_edits,
     group_served,
     is_no_model,
@@ -146,6 +148,7 @@ def load_upload(dataset: catalog.Dataset) -> None:
     except Exception as error:  # ImageError and anything a hostile file triggers
         st.error(tr("image_error_named", name=md_literal(uploaded.name),
                     message=scrub_literal(error_message(error).replace("<upload>", uploaded.name), current)))
+        fold_detail((english_detail(error) or "").replace("<upload>", uploaded.name), current)
         st.session_state.pop("image", None)
         st.session_state.pop("result", None)
         return
@@ -169,6 +172,7 @@ def load_sample(dataset: catalog.Dataset) -> None:
         picture, spacing, fmt = _decode(path)
     except Exception as error:
         st.error(tr("image_error", message=scrub_literal(error_message(error), current)))
+        fold_detail(english_detail(error), current)
         return
     spacing = sample.get("pixel_spacing_mm") or spacing
     _set_image(token=f"sample:{sample['img_path_relative']}", name=sample.get("img_name") or path.name,
@@ -334,8 +338,9 @@ def run(dataset: catalog.Dataset, image: dict, edits: list[dict], inputs: dict,
             second = analysis.analyze(request, source="dashboard", edits=edits, model=compare) if compare else None
     except Exception as error:  # the service's typed errors (and anything else, as one line)
         message = error_message(error).replace("<upload>", str(image["name"]))
+        detail = (english_detail(error) or "").replace("<upload>", str(image["name"])) or None
         st.session_state["result"] = {"error": message, "no_model": is_no_model(error), "dataset": dataset.name,
-                                      "inputs": inputs, "image_token": image["token"]}
+                                      "inputs": inputs, "image_token": image["token"], "detail": detail}
         return
     st.session_state["result"] = {
         "request": request, "response": response.to_json(), "edits": edits, "edited": edited,
@@ -458,13 +463,17 @@ def show_segmentation(result: dict, image: dict) -> None:
                   format_func=lambda m: i18n.t(f"mode_{m}", L), container=cols[1])
     blended = _full_overlay(result, mask, alpha, mode)
     shown, shown_mask = _display_pair(result, mask)
+    drawn, calipers = caliper_choice(response, mask)
+    width = overlay.readable_thickness(shown.size)
+    picture = overlay.overlay(shown, shown_mask, alpha=alpha, mode=mode, thickness=width)
+    if drawn:
+        picture = overlay.draw_calipers(picture, **calipers, scale=shown.width / mask.shape[1], width=width)
+    result["overlay_shown"], result["calipers_drawn"] = picture, drawn  # what the page shows (tests read it)
     left, right = st.columns(2)
     left.image(shown, caption=tr("original"), width="stretch")
-    right.image(overlay.overlay(shown, shown_mask, alpha=alpha, mode=mode,
-                                thickness=overlay.readable_thickness(shown.size)),
-                caption=tr("overlay"), width="stretch")
+    right.image(picture, caption=tr("overlay"), width="stretch")
     target = target_name(str(response.get("task") or "segmentation"), str(response.get("dataset_name") or ""))
-    legend(reference=False, target=target)
+    legend(reference=False, target=target, calipers=drawn)
     st.subheader(tr("measurements"))
     if target:
         st.caption(tr("target_named", name=target))
@@ -494,6 +503,24 @@ def show_segmentation(result: dict, image: dict) -> None:
         legend(reference=True, target=target_name(str(result["response"].get("task") or "segmentation"),
                                                   str(result["response"].get("dataset_name") or "")))
         st.metric(tr("dice_label"), f"{_dice(mask, reference):.3f}")
+
+
+def caliper_choice(response: dict, mask: np.ndarray) -> tuple[list[str], dict]:
+    """One switch per measurement drawn on the overlay (max diameter + perpendicular; HC ellipse + BPD for a fetal
+    head); returns the names switched on and :func:`core.overlay.draw_calipers`' arguments."""
+    ellipse = (response.get("measurements") or {}).get("ellipse")
+    ellipse = ellipse if isinstance(ellipse, dict) and {"cx", "cy", "a", "b", "angle_deg"} <= set(ellipse) else None
+    if not mask.any():
+        return [], {}
+    cols = st.columns(2)
+    drawn, calipers = [], {}
+    if cols[0].toggle(tr("cal_diameters"), value=True, key="cal_diameters"):
+        calipers["lines"] = overlay.diameter_lines(mask)
+        drawn.append("diameters")
+    if ellipse is not None and cols[1].toggle(tr("cal_hc"), value=True, key="cal_hc"):
+        calipers["ellipse"] = ellipse
+        drawn.append("hc")
+    return drawn, calipers
 
 
 def _shrink_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -527,13 +554,17 @@ def _swatch(color: tuple[int, int, int], text: str) -> str:
             f'vertical-align:middle;margin:0 0.35em 0 0.8em;border-radius:2px"></span>{text}')
 
 
-def legend(*, reference: bool, target: str | None = None) -> None:
-    """Which colour is which, naming the segmented target (fixed strings of the i18n table and the catalog only, so
-    the HTML is ours)."""
+def legend(*, reference: bool, target: str | None = None, calipers: list[str] | None = None) -> None:
+    """Which colour is which, naming the segmented target and the calipers drawn (fixed strings of the i18n table
+    and the catalog only, so the HTML is ours)."""
     prediction = tr("legend_prediction") + (f" ({target})" if target else "")
     parts = [_swatch(overlay.PREDICTION_COLOR, prediction)]
     if reference:
         parts.append(_swatch(overlay.REFERENCE_COLOR, tr("legend_reference")))
+    if "diameters" in (calipers or []):
+        parts.append(_swatch(overlay.CALIPER_COLOR, tr("cal_diameters")))
+    if "hc" in (calipers or []):
+        parts.append(_swatch(overlay.ELLIPSE_COLOR, tr("cal_hc")))
     st.markdown(f'<div data-testid="uusic-legend">{tr("legend_title")}:{"".join(parts)}</div>',
                 unsafe_allow_html=True)
 
@@ -683,9 +714,12 @@ if not served:  # decided at selection: one message, what to do, and no upload /
     system_strip()
     st.stop()
 
-source = choice("radio", tr("source"), ["sample", "upload"], format_func=lambda s: i18n.t(f"source_{s}", L),
-                key="source", horizontal=True)
-if source == "upload":
+source = choice("radio", tr("source"), ["sample", "upload", *(["pacs"] if current.dicomweb_url else [])],
+                format_func=lambda s: i18n.t(f"source_{s}", L) if s != "pacs" else "PACS", key="source",
+                horizontal=True)
+if source == "pacs":
+    pacs_source.load_pacs(dataset, current, L, _decode, _set_image)
+elif source == "upload":
     load_upload(dataset)
 else:
     load_sample(dataset)
@@ -702,6 +736,7 @@ image = clinical.cine_frame(image)  # clinical hook
 st.caption(tr("current_image", name=md_literal(image["name"]), w=image["picture"].width, h=image["picture"].height))
 edited, edits = edit_image(image)
 zoomable(edited, key="zoom_view", size=editing.edited_size(image["picture"].size, edits))
+clinical.cine_controls(image)  # clinical hook: the frame slider right under the image
 
 clinical.options_panel(dataset, image, edits, served)  # clinical hook
 chosen_model, compare_model = pick_models(dataset) if served else (None, None)
@@ -723,6 +758,7 @@ if result and result.get("error"):
         st.info(tr("no_model", dataset=md_literal(result["dataset"])))
     else:
         st.error(tr("engine_error", message=scrub_literal(result["error"], current)))
+        fold_detail(result.get("detail"), current)
 elif result:
     with st.expander(tr("request_json")):
         st.json(result["request"])
@@ -739,4 +775,5 @@ elif result:
     with st.expander(tr("response_json")):
         st.code(json.dumps(result["response"], ensure_ascii=False, indent=2, default=str), language="json")
     show_resources(result["response"], result["seconds"], result.get("run_id"))
+    pacs_source.store_button(service(current), current, L, image, result.get("run_id"))  # PACS hook
 system_strip()

@@ -70,10 +70,54 @@ def select_dataset() -> catalog.Dataset:
     return catalog.find_dataset(task, name)
 
 
+@st.cache_data(ttl=300, show_spinner=False, max_entries=8)
+def known_datasets(root: str, task: str) -> dict[str, str]:
+    """File name (lower case) → dataset of the data root's entries of ``task``; a name two datasets share is
+    left out (it says nothing)."""
+    from core.samples import read_entries
+
+    try:
+        entries = read_entries(root)
+    except Exception:  # noqa: BLE001 - no (readable) data root: nothing is known
+        return {}
+    found: dict[str, set[str]] = {}
+    for entry in entries:
+        path = str(entry.get("img_path_relative") or "")
+        if path and str(entry.get("task") or "") == task and entry.get("dataset_name"):
+            found.setdefault(PurePosixPath(path.replace("\\", "/")).name.lower(), set()).add(str(entry["dataset_name"]))
+    return {name: next(iter(names)) for name, names in found.items() if len(names) == 1}
+
+
+def dataset_per_file(files: list, page_dataset: catalog.Dataset) -> list[catalog.Dataset]:
+    """A dataset for each uploaded image, in a table (file | dataset): a file the data root knows starts at its
+    entry's dataset, any other at the page's selection; the user changes any row (issue 23 item 2)."""
+    task = page_dataset.task
+    served = served_keys(current)
+    datasets = served_first(catalog.datasets_for(task), served)
+    names = [d.name for d in datasets]
+    known = known_datasets(str(current.data_root), task)
+    shown = {n: _marked(n, (task, n) in served) for n in names}
+    st.caption(tr("b_per_file"))
+    head = st.columns([3, 2])
+    head[0].markdown(f"**{tr('bcol_image')}**")
+    head[1].markdown(f"**{tr('dataset')}**")
+    chosen = []
+    for index, uploaded in enumerate(files):
+        default = known.get(str(uploaded.name).lower(), page_dataset.name)
+        default = default if default in names else page_dataset.name
+        row = st.columns([3, 2], vertical_alignment="center")
+        row[0].text(str(uploaded.name))  # inert: a file name is user text
+        key = f"b_file_dataset_{task}_{index}_{getattr(uploaded, 'file_id', '')}"
+        name = row[1].selectbox(tr("dataset"), names, index=names.index(default), format_func=shown.__getitem__,
+                                key=key, label_visibility="collapsed")
+        chosen.append(catalog.find_dataset(task, name))
+    return chosen
+
+
 def _requests_from_uploads() -> list[dict] | None:
-    dataset = select_dataset()
-    task = dataset.task
+    page_dataset = select_dataset()
     files = st.file_uploader(tr("batch_uploads"), type=UPLOAD_TYPES, accept_multiple_files=True, key="b_files")
+    per_file = dataset_per_file(list(files or []), page_dataset)
     if not st.button(tr("batch_run"), type="primary", key="b_run"):
         return None
     st.session_state.pop("batch", None)  # a new run: the previous result (and its success message) goes
@@ -81,14 +125,14 @@ def _requests_from_uploads() -> list[dict] | None:
         st.warning(tr("batch_no_files"))
         return None
     requests = []
-    for uploaded in files:
+    for uploaded, dataset in zip(files, per_file, strict=True):
         try:
             skeleton = service(current).save_upload(uploaded.getvalue(), uploaded.name)
         except Exception as error:  # one bad file is named and skipped; the batch goes on
             st.error(tr("image_error", message=md_literal(f"{uploaded.name}: {scrub_paths(error_message(error))}")))
             continue
         skeleton.setdefault("original_name", uploaded.name)  # the user's name, for display and the zip
-        requests.append({**skeleton, "task": task, "dataset_name": dataset.name, "organ": dataset.organ})
+        requests.append({**skeleton, "task": dataset.task, "dataset_name": dataset.name, "organ": dataset.organ})
     return requests
 
 

@@ -22,8 +22,20 @@ from streamlit_image_coordinates import streamlit_image_coordinates
 
 from core import catalog, editing, i18n, overlay
 from core.calibration import check_spacing, spacing_from_line
+from core.calibration import spacing_problem as core_spacing_problem
 from core.imaging import VIDEO_SUFFIXES, probe_frames
-from pages.common import choice, error_message, lang, md_literal, measure_rows, scrub_literal, service, tr
+from pages.common import (
+    choice,
+    english_detail,
+    error_message,
+    fold_detail,
+    lang,
+    md_literal,
+    measure_rows,
+    scrub_literal,
+    service,
+    tr,
+)
 
 VIDEO_TYPES = [suffix.lstrip(".") for suffix in VIDEO_SUFFIXES]
 FRAME_MARK = "#frame="
@@ -132,11 +144,12 @@ def _thumb_bytes(path: str, index: int) -> bytes:
 
 
 def _toggle_play(play_key: str, slider_key: str, position_key: str) -> None:
-    """Play starts at the slider's frame; stop leaves the slider on the frame that was shown."""
+    """Play starts at the slider's frame; stop leaves the slider on the frame that was shown (the slider counts
+    frames from 1, the position is the 0-based frame index)."""
     if st.session_state.get(play_key):
-        st.session_state[position_key] = int(st.session_state.get(slider_key, 0))
+        st.session_state[position_key] = int(st.session_state.get(slider_key, 1)) - 1
     else:
-        st.session_state[slider_key] = int(st.session_state.get(position_key, 0))
+        st.session_state[slider_key] = int(st.session_state.get(position_key, 0)) + 1
 
 
 @st.fragment(run_every=PLAY_SECONDS)
@@ -146,35 +159,54 @@ def _player(path: str, count: int, fps: float | None, position_key: str) -> None
     position = (int(st.session_state.get(position_key, 0)) + step) % count
     st.session_state[position_key] = position
     try:
-        st.image(_thumb_bytes(path, position), caption=tr("cl_frame_of", k=position, n=count))
+        st.image(_thumb_bytes(path, position), caption=tr("cl_frame_of", k=position + 1, n=count))
     except Exception as error:  # noqa: BLE001 - a frame that cannot be read stops nothing else
         st.error(tr("cl_frame_error", message=_problem(error)))
 
 
+def _cine_keys(cine: dict) -> tuple[str, str, str]:
+    key = _short(cine["token"])
+    return f"cine_frame_{key}", f"cine_play_{key}", f"cine_pos_{key}"
+
+
 def cine_frame(image: dict) -> dict:
-    """For a cine: the frame slider (frame count shown) with play; returns the image of the chosen frame."""
+    """For a cine: the chosen frame (the slider's value, 1-based; :func:`cine_controls` draws the slider under the
+    image); returns the image of that frame with its 0-based ``frame_index``."""
     cine = _cine(image)
     if cine is None:
         return image
     skeleton = cine["skeleton"]
     count, fps = int(skeleton["frame_count"]), skeleton.get("fps")
-    key = _short(cine["token"])
-    slider_key, play_key, position_key = f"cine_frame_{key}", f"cine_play_{key}", f"cine_pos_{key}"
+    slider_key = _cine_keys(cine)[0]
     st.subheader(tr("cl_cine_title"))
     st.caption(tr("cl_cine_info", n=count, fps=f"{float(fps):.1f}" if fps else "—"))
-    cols = st.columns([6, 1])
-    index = cols[0].slider(tr("cl_frame"), 0, count - 1, key=slider_key)
-    playing = cols[1].toggle(tr("cl_play"), key=play_key, on_change=_toggle_play,
-                             args=(play_key, slider_key, position_key))
-    if playing:
-        _player(skeleton["img_path_relative"], count, fps, position_key)
+    shown = int(st.session_state.get(slider_key, 1))
+    if not 1 <= shown <= count:  # a value from another loop
+        shown = st.session_state[slider_key] = 1
+    index = shown - 1
     try:
         picture = load_frame(skeleton["img_path_relative"], index)
     except Exception as error:  # noqa: BLE001 - shown; the first frame stays on screen
         st.error(tr("cl_frame_error", message=_problem(error)))
         return image
-    st.caption(tr("cl_this_frame", k=index, n=count))
     return {**image, "picture": picture, "token": f"{cine['token']}{FRAME_MARK}{index}", "frame_index": index}
+
+
+def cine_controls(image: dict) -> None:
+    """Right under the image: the frame slider (frames numbered from 1, as DICOM does) and play."""
+    cine = _cine(image)
+    if cine is None or image.get("frame_index") is None:
+        return
+    skeleton = cine["skeleton"]
+    count, fps = int(skeleton["frame_count"]), skeleton.get("fps")
+    slider_key, play_key, position_key = _cine_keys(cine)
+    cols = st.columns([6, 1], vertical_alignment="bottom")
+    shown = cols[0].slider(tr("cl_frame"), 1, count, key=slider_key)
+    playing = cols[1].toggle(tr("cl_play"), key=play_key, on_change=_toggle_play,
+                             args=(play_key, slider_key, position_key))
+    if playing:
+        _player(skeleton["img_path_relative"], count, fps, position_key)
+    st.caption(tr("cl_this_frame", k=shown, n=count))
 
 
 # ---------------------------------------------------------------------------------------------- calibration
@@ -234,6 +266,7 @@ def calibration_panel(image: dict) -> None:
                 problem = spacing_problem(value)
                 if problem:
                     st.error(tr("cl_spacing_error", message=md_literal(problem)))
+                    fold_detail(core_spacing_problem(value) if lang() == "zh" else None)
                     return
         else:
             _line_tool(image, key)
@@ -302,6 +335,7 @@ def _line_tool(image: dict, key: str) -> None:
         spacing = spacing_from_line(points[0], points[1], float(length))
     except Exception as error:  # noqa: BLE001 - RequestError: the core's reason
         st.error(tr("cl_spacing_error", message=_problem(error)))
+        fold_detail(english_detail(error))
         _set_spacing(image, None, None)
         return
     st.caption(tr("cl_line_result", px=f"{pixels:.1f}", mm=f"{float(length):g}", spacing=f"{spacing:.4g}"))
@@ -419,7 +453,7 @@ def _marker(figure: go.Figure, frames: list, values: list, index, name: str, col
     if index is None or index not in frames:
         return
     y = values[frames.index(index)]
-    figure.add_trace(go.Scatter(x=[index], y=[y], mode="markers", name=f"{name}: {index}",
+    figure.add_trace(go.Scatter(x=[index + 1], y=[y], mode="markers", name=f"{name}: {index + 1}",
                                 hovertemplate=f"{name}<br>%{{x}}: %{{y:,.1f}}<extra></extra>",
                                 marker=dict(size=size, color=color, symbol=symbol, line=dict(width=1, color="white"))))
 
@@ -431,7 +465,8 @@ def _area_curve(summary: dict, stored: dict) -> None:
     if not frames or len(values) != len(frames):
         return
     unit = "mm²" if in_mm else "px²"
-    figure = go.Figure(go.Scatter(x=frames, y=values, mode="lines+markers", name=tr("cl_area", unit=unit),
+    figure = go.Figure(go.Scatter(x=[f + 1 for f in frames], y=values, mode="lines+markers",
+                                  name=tr("cl_area", unit=unit),
                                   line=dict(color="#0072b2")))
     _marker(figure, frames, values, summary.get("largest_frame"), tr("cl_largest"), "#d55e00", "triangle-up")
     _marker(figure, frames, values, summary.get("smallest_frame"), tr("cl_smallest"), "#009e73", "triangle-down")
@@ -451,7 +486,7 @@ def _cine_metrics(summary: dict, dataset: catalog.Dataset) -> None:
     fac = summary.get("fractional_area_change")
     cols = st.columns(len(cards) + (1 if fac is not None else 0))
     for col, (name, frame) in zip(cols, cards, strict=False):
-        col.metric(name, "—" if frame is None else tr("cl_frame_n", k=frame))
+        col.metric(name, "—" if frame is None else tr("cl_frame_n", k=int(frame) + 1))
     if fac is not None:
         cols[-1].metric(tr("cl_fac_of", target=dataset.class_name(1, lang())), f"{float(fac) * 100:.1f} %",
                         help=tr("cl_fac"))  # the FAC of the whole segmented target, named so
@@ -463,7 +498,8 @@ def _probability_curve(summary: dict, dataset: catalog.Dataset) -> None:
         return
     figure = go.Figure()
     for index in range(len(rows[0])):
-        figure.add_trace(go.Scatter(x=frames, y=[row[index] if row else None for row in rows], mode="lines+markers",
+        figure.add_trace(go.Scatter(x=[f + 1 for f in frames], y=[row[index] if row else None for row in rows],
+                                    mode="lines+markers",
                                     name=i18n.class_name(dataset.task, dataset.name, index, lang())))
     figure.update_layout(xaxis_title=tr("cl_frame"), yaxis=dict(range=[0, 1], title=tr("probability")),
                          height=320, margin=dict(l=10, r=10, t=40, b=10),
@@ -505,19 +541,6 @@ def spacing_caption(response: dict) -> None:
                if spacing else tr("cl_spacing_none"))
 
 
-def _agreement_view(picture: Image.Image, agreement: np.ndarray) -> Image.Image:
-    """Where the TTA views disagree (agreement near 0.5) in orange over the image; full agreement stays clear."""
-    base = overlay.as_rgb_array(picture).astype(np.float32)
-    if agreement.shape != base.shape[:2]:
-        agreement = np.asarray(Image.fromarray((agreement * 255).astype(np.uint8)).resize(
-            (base.shape[1], base.shape[0]), Image.BILINEAR), dtype=np.float32) / 255.0
-    doubt = (1.0 - np.abs(2.0 * agreement - 1.0))[..., None]  # 0 all agree, 1 half and half
-    found = (agreement >= 0.5)[..., None] * 0.25
-    colour = np.array([230, 159, 0], dtype=np.float32)
-    mixed = base * (1 - 0.8 * doubt - found) + colour * 0.8 * doubt + np.array([0, 114, 178]) * found
-    return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))
-
-
 def _probability_spread(response: dict, spread: dict) -> None:
     """Per class: the mean probability over the TTA views, its range and SD."""
     mean = response.get("probability") or []
@@ -547,7 +570,8 @@ def show_uncertainty(result: dict) -> None:
         cols[0].metric(tr("cl_agreement"), f"{float(spread['agreement_mean']):.3f}")
     try:
         agreement = np.asarray(service().agreement_map(response), dtype=np.float32)
-        cols[1].image(_agreement_view(result["edited"], agreement), caption=tr("cl_agreement_map"), width="stretch")
+        cols[1].image(overlay.agreement_view(result["edited"], agreement), caption=tr("cl_agreement_map"),
+                      width="stretch")
     except Exception as error:  # noqa: BLE001 - the map is extra; its failure is shown
         cols[1].warning(tr("cl_frame_error", message=_problem(error)))
     table_rows = spread.get("measurement_spread") or {}

@@ -71,10 +71,33 @@ def is_no_model(error: BaseException) -> bool:
 
 
 def error_message(error: BaseException) -> str:
-    """A one-line message for the user (never a traceback): the typed error's message."""
-    from core.service import failure_message
+    """A one-line message for the user (never a traceback), in the UI's language: in Chinese the error's type (and
+    field) translated by :func:`core.i18n.error_text`, the English detail folded (:func:`fold_detail`); in English
+    the typed error's message."""
+    from core.errors import as_uusic_error
 
-    return failure_message(error)
+    typed = as_uusic_error(error)
+    if lang() != "zh":
+        return typed.message
+    from core.calibration import MAX_PIXEL_SPACING_MM, MIN_PIXEL_SPACING_MM
+
+    band = f"{MIN_PIXEL_SPACING_MM:g}–{MAX_PIXEL_SPACING_MM:g} mm/像素"
+    return i18n.error_text(type(typed).__name__, typed.field, "zh", band=band) or typed.message
+
+
+def english_detail(error: BaseException) -> str | None:
+    """The core's English message where the Chinese UI shows a translation instead, else None."""
+    from core.errors import as_uusic_error
+
+    english = as_uusic_error(error).message
+    return english if lang() == "zh" and error_message(error) != english else None
+
+
+def fold_detail(detail: str | None, current: Settings | None = None) -> None:
+    """The English detail of an error, folded under "technical details" (shown inert, without server paths)."""
+    if detail:
+        with st.expander(tr("error_detail")):
+            st.text(scrub_paths(detail, current))
 
 
 def scrub_paths(text: str, current: Settings | None = None) -> str:

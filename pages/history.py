@@ -19,10 +19,13 @@ import streamlit as st
 from PIL import Image
 
 from core import catalog, i18n, overlay
-from core.history import HistoryStore, decode_row, display_name, display_zone, local_time
+from core.history import decode_row, display_name, display_zone, local_time
+from core.runs_table import readable_csv
 from pages.common import (
     choice,
+    english_detail,
     error_message,
+    fold_detail,
     lang,
     md_literal,
     measure_rows,
@@ -297,10 +300,12 @@ def _made(kind: str, run_id: int, make) -> bytes | None:
             st.session_state[key] = make()
         except Exception as error:  # NotFoundError, RequestError, a missing library ...
             st.session_state[key] = error_message(error)
+            st.session_state[f"{key}_detail"] = english_detail(error)  # the English words, folded below
     made = st.session_state.get(key)
     if isinstance(made, str):
         text = "h_report_error" if kind == "pdf" else "cl_seg_unavailable"
         st.warning(tr(text, message=scrub_literal(made, current)))
+        fold_detail(st.session_state.get(f"{key}_detail"), current)
         return None
     return made
 
@@ -355,6 +360,9 @@ def reopen(run_id: int) -> None:
             show_uncertainty(response)
             show_reference(response)
             downloads(row)
+            from pages.correction import correction_panel  # issue 26: a new version of the result
+
+            correction_panel(row, picture, current)
     with st.expander(tr("h_raw_json")):
         st.json(scrubbed({k: v for k, v in row.items() if k not in ("probability_json",)}), expanded=False)
 
@@ -469,7 +477,8 @@ if not rows:
 shown = filtered_rows(rows)
 st.caption(tr("rows", n=len(shown)))
 show_table(shown)
-st.download_button(tr("download_csv"), HistoryStore.to_csv(shown).encode("utf-8"), "uusic_history.csv", "text/csv",
+st.download_button(tr("download_csv"), readable_csv(shown, L, current.timezone).encode("utf-8"), "uusic_history.csv",
+                   "text/csv",
                    key="history_csv", disabled=not shown)
 
 if shown:

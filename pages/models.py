@@ -54,18 +54,26 @@ def _yes_no(value) -> str:
     return tr("m_yes") if value else tr("m_no")
 
 
+def _rows_table(rows: list[tuple[str, object]]) -> pd.DataFrame:
+    return pd.DataFrame({tr("m_field"): [tr(k) for k, _ in rows],
+                         tr("m_value"): ["—" if v in (None, "") else str(v) for _, v in rows]})
+
+
 def info_table(info: dict) -> pd.DataFrame:
-    """The loaded model as translated item / value rows."""
+    """The loaded model in clinicians' words: its name, what it is for, where it runs, its description."""
+    return _rows_table([("m_name", info.get("name")), ("m_datasets", _datasets(info)),
+                        ("m_device", info.get("device_name") or info.get("device")),
+                        ("m_description", description(info))])
+
+
+def technical_table(info: dict) -> pd.DataFrame:
+    """The loaded model's engineering fields (architecture, file, sha256, AMP, backend, input size ...)."""
     backend = info.get("backend")
     if isinstance(backend, dict):
         backend = backend.get("name") or backend.get("kind") or ", ".join(f"{k}={v}" for k, v in backend.items())
-    rows = [("m_name", info.get("name")), ("m_arch", info.get("arch")), ("m_file", info.get("file")),
-            ("m_sha256", info.get("sha256")), ("m_device", info.get("device_name") or info.get("device")),
-            ("m_amp", _yes_no(info.get("amp"))), ("m_backend", backend),
-            ("m_input_size", info.get("input_size")), ("m_preprocessing", info.get("preprocessing")),
-            ("m_datasets", _datasets(info)), ("m_description", description(info))]
-    return pd.DataFrame({tr("m_field"): [tr(k) for k, _ in rows],
-                         tr("m_value"): ["—" if v in (None, "") else str(v) for _, v in rows]})
+    return _rows_table([("m_arch", info.get("arch")), ("m_file", info.get("file")), ("m_sha256", info.get("sha256")),
+                        ("m_amp", _yes_no(info.get("amp"))), ("m_backend", backend),
+                        ("m_input_size", info.get("input_size")), ("m_preprocessing", info.get("preprocessing"))])
 
 
 def _inside(path: Path, base: Path, prefix: str) -> str | None:
@@ -95,6 +103,46 @@ def history_place(url: str | None) -> str:
     return redact_url(url)
 
 
+def technical(info: dict, manifest: dict) -> None:
+    """The engineering detail: model fields and raw JSON, the manifest, device, versions and where files live."""
+    if info:
+        st.table(technical_table(info))
+        st.json({k: scrub_paths(v, current) if isinstance(v, str) else v for k, v in info.items()}, expanded=False)
+    st.subheader(tr("manifest"))
+    entries = manifest.get("models") or []
+    if entries:
+        st.dataframe(manifest_table(entries), width="stretch", hide_index=True,
+                     column_config={c: st.column_config.Column(tr(f"m_{c}")) for c in MANIFEST_COLUMNS})
+        st.json(entries, expanded=False)
+    elif not manifest.get("error"):
+        st.info(tr("no_manifest", path="models.json"))
+    _device_line(info)
+    st.subheader(tr("versions"))
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in ("torch", "torchvision", "streamlit", "numpy", "pillow", "pydicom", "fastapi", "plotly"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "—"
+    st.table(pd.DataFrame({tr("m_package"): list(versions), tr("m_version"): list(versions.values())}))
+    st.subheader(tr("paths"))
+    st.caption(tr("m_paths_note"))
+    st.table(paths_table())
+
+
+def _device_line(info: dict) -> None:
+    st.subheader(tr("device"))
+    try:
+        import torch
+
+        from core.resources import device_label
+
+        device = str(info.get("device", current.device)) if isinstance(info, dict) else current.device
+        st.write(f"{device_label(device)} (`{device}`) · {tr('m_cuda', value=_yes_no(torch.cuda.is_available()))}")
+    except Exception as error:  # noqa: BLE001 - the device line only
+        st.text(scrub_paths(error_message(error), current))
+
+
 def paths_table() -> pd.DataFrame:
     rows = [("workspace", "UUSIC_WORKSPACE", f"…/{current.workspace.name}"),
             ("api_in", "UUSIC_WORKSPACE", place(current.api_in)),
@@ -112,27 +160,14 @@ info: dict = {}
 try:
     info = service(current).model_info()
     st.table(info_table(info))
-    with st.expander(tr("h_raw_json")):
-        st.json({k: scrub_paths(v, current) if isinstance(v, str) else v for k, v in info.items()}, expanded=1)
 except Exception as error:
     st.error(tr("weights_error", message=scrub_literal(error_message(error), current)))
-
-st.subheader(tr("manifest"))
 try:
     manifest = service(current).models()
 except Exception as error:
     manifest = {"models": [], "error": error_message(error)}
 if manifest.get("error"):
     st.error(tr("weights_error", message=scrub_literal(manifest["error"], current)))
-entries = manifest.get("models") or []
-if entries:
-    st.dataframe(manifest_table(entries), width="stretch", hide_index=True,
-                 column_config={c: st.column_config.Column(tr(f"m_{c}")) for c in MANIFEST_COLUMNS})
-    with st.expander("models.json"):
-        st.json(entries, expanded=False)
-elif not manifest.get("error"):
-    st.info(tr("no_manifest", path="models.json"))
-
 card = current.weights_dir / "MODEL_CARD.md"
 if card.is_file():
     with st.expander(tr("model_card"), expanded=False):
@@ -140,26 +175,5 @@ if card.is_file():
             st.caption(tr("m_card_english"))
         st.markdown(card.read_text(encoding="utf-8"))
 
-st.subheader(tr("device"))
-try:
-    import torch
-
-    from core.resources import device_label
-
-    device = str(info.get("device", current.device)) if isinstance(info, dict) else current.device
-    st.write(f"{device_label(device)} (`{device}`) · {tr('m_cuda', value=_yes_no(torch.cuda.is_available()))}")
-except Exception as error:  # noqa: BLE001 - the device line only
-    st.text(scrub_paths(error_message(error), current))
-
-st.subheader(tr("versions"))
-versions = {"python": sys.version.split()[0], "platform": platform.platform()}
-for package in ("torch", "torchvision", "streamlit", "numpy", "pillow", "pydicom", "fastapi", "plotly"):
-    try:
-        versions[package] = metadata.version(package)
-    except metadata.PackageNotFoundError:
-        versions[package] = "—"
-st.table(pd.DataFrame({tr("m_package"): list(versions), tr("m_version"): list(versions.values())}))
-
-st.subheader(tr("paths"))
-st.caption(tr("m_paths_note"))
-st.table(paths_table())
+with st.expander(tr("m_technical"), expanded=False):  # issue 23 item 6: engineering detail, folded
+    technical(info, manifest)

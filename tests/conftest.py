@@ -332,3 +332,24 @@ def dicom_bytes(ds: Any) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+# ------------------------------------------------------------------ Orthanc (DICOMweb) for the PACS tests
+@pytest.fixture(scope="session")
+def dicomweb_url() -> str:
+    """The DICOMweb root of the test PACS (``UUSIC_TEST_DICOMWEB_URL``, e.g. ``$(scripts/orthanc.sh start)``): skip
+    without one, fail when ``CI`` is set."""
+    import httpx
+
+    url = os.environ.get("UUSIC_TEST_DICOMWEB_URL", "").strip().rstrip("/")
+    problem = "UUSIC_TEST_DICOMWEB_URL is not set (scripts/orthanc.sh start prints one)" if not url else ""
+    if url:
+        try:
+            httpx.get(f"{url}/studies", params={"limit": 1}, timeout=5).raise_for_status()
+        except httpx.HTTPError as exc:
+            problem = f"{url} does not answer QIDO-RS: {type(exc).__name__}"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"a DICOMweb PACS is required when CI is set: {problem}", pytrace=False)
+        pytest.skip(f"no DICOMweb PACS: {problem}")
+    return url

@@ -386,6 +386,49 @@ def test_batch_with_an_unserved_dataset_counts_the_skipped_and_records_them(app)
     assert all(r["input_sha256"] == _sha256(app.settings.workspace / r["img_path_relative"]) for r in rows)
 
 
+def test_calipers_are_drawn_on_the_overlay_and_toggle_off(app):
+    """Issue 23 item 4: the max diameter and its perpendicular are drawn on the result image (their pixels are on
+    the overlay the page shows), in the legend, and switched off per measurement."""
+    from core import overlay
+
+    _choose(app, "segmentation", "thyroid", "DDTI")
+    app.button(key="random_sample").click().run()
+    app.button(key="run").click().run()
+    _ok(app)
+    result = app.session_state["result"]
+    if not result["response"].get("mask_area_px"):
+        pytest.skip("the tiny model found nothing on this sample: no caliper to draw")
+
+    def caliper_pixels() -> int:
+        picture = np.asarray(app.session_state["result"]["overlay_shown"])
+        return int(np.all(picture == np.array(overlay.CALIPER_COLOR, dtype=np.uint8), axis=-1).sum())
+
+    assert app.session_state["result"]["calipers_drawn"] == ["diameters"] and caliper_pixels() > 10
+    assert any(i18n.t("cal_diameters", "zh") in m.value for m in app.markdown if "uusic-legend" in m.value)
+    app.toggle(key="cal_diameters").set_value(False).run()
+    _ok(app)
+    assert app.session_state["result"]["calipers_drawn"] == [] and caliper_pixels() == 0
+
+
+def test_batch_takes_a_dataset_per_image_never_the_first_for_all(app):
+    """Issue 23 item 2: a file the data root knows starts at its entry's dataset, another at the page's selection,
+    and any row can be changed; each image is run and recorded under its own dataset."""
+    files = [("seg_0.png", _png((40, 30)), "image/png"), ("other.png", _png((33, 50)), "image/png"),
+             ("third.png", _png((35, 35)), "image/png")]
+    app.switch_page("pages/batch.py").run()
+    app.radio(key="b_task").set_value("segmentation").run()
+    app.selectbox(key="b_dataset_segmentation").set_value("Fetal_HC").run()
+    app.file_uploader(key="b_files").set_value(files).run()
+    rows = [s for s in app.selectbox if str(s.key).startswith("b_file_dataset_segmentation_")]
+    assert [s.value for s in rows] == ["DDTI", "Fetal_HC", "Fetal_HC"]  # the known file, then the selection
+    rows[2].set_value("DDTI").run()  # the user changes one row
+    app.button(key="b_run").click().run()
+    assert not app.exception, [e.value for e in app.exception]
+    recorded = sorted(_runs(app), key=lambda r: r["id"])
+    assert [r["dataset_name"] for r in recorded] == ["DDTI", "Fetal_HC", "DDTI"]
+    assert [r["error_type"] for r in recorded] == [None, "NoModelError", None]  # Fetal_HC has no model here
+
+
 def test_a_new_batch_clears_the_previous_result(app):
     _ok(_batch_uploads(app, "segmentation", "DDTI", [("one.png", _png((40, 30)), "image/png")]))
     assert app.success

@@ -169,6 +169,9 @@ def test_implausible_spacing_shows_the_cores_error(app):
     errors = [e.value for e in app.error]
     assert any(_t("cl_spacing_error", message="").split("{")[0] in e and "0.01" in e and "2 mm" in e
                for e in errors), errors
+    assert not any("not a plausible" in e for e in errors), errors  # issue 23 item 6: Chinese words, by error code
+    assert _t("error_detail") in [x.label for x in app.expander]  # the English detail, folded
+    assert any("not a plausible" in t.value for t in app.text)
 
 
 def test_no_spacing_mode_gives_pixels_only(app):
@@ -264,16 +267,19 @@ def test_cine_upload_slider_and_all_frames(app):
     _ok(app)
     assert _t("cl_cine_info", n=6, fps="25.0") in _captions(app)
     slider = _by_label(app.slider, _t("cl_frame"))
-    assert (slider.min, slider.max) == (0, 5)
-    slider.set_value(3).run()
+    assert (slider.min, slider.max, slider.value) == (1, 6, 1)  # frames numbered from 1, as DICOM does
+    slider.set_value(4).run()
     _ok(app)
-    assert _t("cl_this_frame", k=3, n=6) in _captions(app)
+    assert _t("cl_this_frame", k=4, n=6) in _captions(app)
     app.button(key="cine_all").click().run()
     _ok(app)
     stored = app.session_state["cine_result"]
     assert not stored.get("error"), stored.get("error")
     summary = stored["summary"]
-    assert summary["frames"] == list(range(6)) and len(summary["area_px"]) == 6
+    assert summary["frames"] == list(range(6)) and len(summary["area_px"]) == 6  # stored indices stay 0-based
+    shown = {m.label: m.value for m in app.metric}
+    assert shown[_t("cl_largest")] == _t("cl_frame_n", k=summary["largest_frame"] + 1)
+    assert shown[_t("cl_smallest")] == _t("cl_frame_n", k=summary["smallest_frame"] + 1)
     assert summary["area_mm2"] is not None  # the DICOM's PixelSpacing
     assert any(c.proto.id and "cine_curve" in c.proto.id for c in app.get("plotly_chart"))
     app.button(key="run").click().run()  # "Run analysis" on the frame shown
@@ -309,7 +315,7 @@ def test_remote_mode_cine_tta_spacing_and_report(api_server, tiny_settings, tmp_
     at.radio(key="source").set_value("upload").run()
     at.file_uploader(key="upload").upload("loop.dcm", cine_dicom(), "application/dicom").run()
     _ok(at)
-    _by_label(at.slider, _t("cl_frame")).set_value(2).run()
+    _by_label(at.slider, _t("cl_frame")).set_value(3).run()  # frame 3 of 6: frame_index 2
     at.button(key="cine_all").click().run()
     _ok(at)
     stored = at.session_state["cine_result"]

@@ -251,7 +251,8 @@ def test_a_failing_report_shows_the_message_without_paths(analysis, dashboard_en
     _reopen(at, response.run_id)
     at.button(key="h_make_pdf").click().run()
     warnings = [w.value for w in at.warning if w.value.startswith(i18n.t("h_report_error", "zh", message=""))]
-    assert warnings and "there is no result to report" in warnings[0]
+    assert warnings and i18n.error_text("RequestError", None, "zh") in warnings[0]  # Chinese words, by error code
+    assert any("there is no result to report" in t.value for t in at.text)  # the English detail, folded
     _no_server_paths(at, dashboard_env)
 
 

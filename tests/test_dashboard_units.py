@@ -170,12 +170,20 @@ def test_client_reports_unreachable_server_and_non_json_answers():
         _client(_error_handler(502, None)).health()
 
 
-def test_page_helpers_use_the_error_types():
+def test_page_helpers_use_the_error_types(monkeypatch):
+    import pages.common
+
     assert is_no_model(NoModelError("no model for this dataset"))
     assert not is_no_model(ModelUnavailableError("the model could not be loaded"))  # an error, not "no model"
     assert not is_no_model(RequestError("no model mentioned here", status_code=404))
+    monkeypatch.setattr(pages.common, "lang", lambda: "en")
     assert error_message(RequestError("bad task")) == "bad task"
     assert error_message(KeyError("/srv/secret/path")) == "internal error: KeyError"  # never raw internals
+    assert pages.common.english_detail(RequestError("bad task")) is None
+    monkeypatch.setattr(pages.common, "lang", lambda: "zh")  # the Chinese UI: words by error type, English folded
+    assert error_message(RequestError("bad task")) == i18n.error_text("RequestError", None, "zh")
+    assert error_message(KeyError("/srv/secret/path")) == i18n.error_text("InternalError", None, "zh")
+    assert pages.common.english_detail(RequestError("bad task")) == "bad task"
 
 
 def test_scrub_paths_hides_server_folders(tmp_path):

@@ -251,7 +251,7 @@ def test_legacy_sqlite_file_is_upgraded_in_place(tmp_path: Path):
     columns, indexes, versions = _schema(path)
     assert columns == list(COLUMN_NAMES)
     assert {"runs_timestamp", "runs_task_dataset", "runs_batch_id"} <= indexes
-    assert versions == [head_revision()] == ["0003"]
+    assert versions == [head_revision()] == ["0004"]
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

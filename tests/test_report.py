@@ -18,7 +18,7 @@ from pydicom.uid import (
 )
 from pypdf import PdfReader
 
-from core import report
+from core import i18n, report
 from core.dicom_seg import build_seg
 from core.errors import ImageError, NotFoundError, PathError, RequestError
 from core.service import AnalysisService
@@ -79,7 +79,7 @@ def test_classification_report_has_probabilities_hashes_and_disclaimer(service: 
     assert response.input_sha256 and response.input_sha256 in text
     assert f"Run id {response.run_id}" in text.replace("\n", " ")
     assert "not for diagnosis" in text and "Demo weights are for demonstration" in text
-    assert "UTC" in text and "local" in text
+    assert text.count("(UTC ") == 1 and "local" not in text  # local time, zone named; UTC printed once
     assert pdf_image_count(data) == 1  # the analysed image (the chart is drawn, not an image)
 
 
@@ -88,7 +88,7 @@ def test_segmentation_report_has_measurements_spacing_and_overlay(service: Analy
     measurements = response.measurements or {}
     data = service.report_pdf(response.run_id)
     text = pdf_text(data)
-    assert f"{measurements['area_px']:,} px" in text
+    assert f"{measurements['area_px']:,} px²" in text  # an area in px², never "px"
     assert f"{measurements['area_mm2']:,.2f} mm²" in text
     assert f"{measurements['head_circumference_px']:,.2f} px" in text
     assert f"{measurements['head_circumference_mm']:,.2f} mm" in text
@@ -154,7 +154,8 @@ def test_real_tta_uncertainty_agreement_map_and_ground_truth_reference(service: 
     assert f"{spread['min']:,.2f} - {spread['max']:,.2f}" in text and "Area, px" in text
     assert reference["source"] == "ground_truth_mask" and "ground_truth_mask" in text
     assert f"{reference['measurements']['area_px']:,}" in text and f"{reference['difference']['area_px']:,.2f}" in text
-    assert pdf_image_count(data) == 3 and "grey = the views disagree" in text  # image, overlay, agreement map
+    assert pdf_image_count(data) == 3  # image, overlay, agreement map
+    assert i18n.t("cl_agreement_map", "en") in text.replace("\n", " ")  # the legend worded as on screen
     cls = service.analyze({**service.random_sample("classification", "BUSI"), "tta": True}).to_json()
     text = pdf_text(service.report_pdf(cls["run_id"]))
     low, high = cls["uncertainty"]["probability_min"][0], cls["uncertainty"]["probability_max"][0]

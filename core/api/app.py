@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.api.limits import DRAIN_BYTES, BodyLimit, TrustedHosts, body_limit, content_type_refusal
-from core.api.routers import compat, files, history, inference, system
+from core.api.routers import compat, corrections, files, history, inference, pacs, system
 from core.errors import NotFoundError, RequestError, UUSICError, error_body
 from core.service import AnalysisService
 from core.settings import Settings
@@ -166,4 +166,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
     app.add_middleware(TrustedHosts, allowed_hosts=list(settings.allowed_hosts), respond=error_response)
     for router in (system.router, inference.router, files.router, history.router, compat.router):
         app.include_router(router)
+    app.include_router(corrections.router)  # PUT/GET /v1/history/{id}/correction(s) (core.corrections)
+    app.include_router(pacs.router)  # /v1/pacs/… (core.pacs): studies in from a PACS, results back
     return app

@@ -40,7 +40,7 @@ ErrorResponder = Callable[[BaseException, str], Response]
 
 def body_limit(settings: Settings, path: str) -> int:
     """The most body bytes a request to ``path`` may send."""
-    if path in UPLOAD_PATHS:
+    if path in UPLOAD_PATHS or (path.startswith("/v1/history/") and path.endswith("/correction")):  # a mask PNG
         return settings.max_upload_mb * 1024 * 1024 + MULTIPART_OVERHEAD
     return settings.max_json_bytes
 

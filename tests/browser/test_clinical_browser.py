@@ -167,13 +167,16 @@ def test_cine_upload_step_and_analyse_all_frames(page, tmp_path):
     page.get_by_text(_t("cl_cine_info", n=6, fps="25.0")).wait_for(timeout=3 * WAIT)
     wait_idle(page)
     slider = page.locator('[data-testid="stSlider"]').filter(has_text=_t("cl_frame")).get_by_role("slider")
+    picture = page.locator('[data-testid="stPlotlyChart"]').first.bounding_box()  # the zoomable frame
+    under = slider.bounding_box()
+    assert picture and under and 0 <= under["y"] - (picture["y"] + picture["height"]) < 120, (picture, under)
     slider.focus()
     for _ in range(2):
         slider.press("ArrowRight")
         wait_idle(page)
-    page.get_by_text(_t("cl_this_frame", k=2, n=6)).wait_for()
+    page.get_by_text(_t("cl_this_frame", k=3, n=6)).wait_for()  # frames counted from 1: two steps from frame 1
     page.get_by_role("switch", name=_t("cl_play")).check(force=True)  # play: the fragment steps the frame on its own
-    player = page.locator('[data-testid="stImage"]').filter(has_text=re.compile(r"第 \d 帧 / 共 6 帧"))
+    player = page.locator('[data-testid="stImage"]').filter(has_text=re.compile(r"第 [1-6] 帧（共 6 帧）"))
     player.first.wait_for()
     first = player.first.inner_text()
     page.wait_for_function("t => !document.body.innerText.includes(t)", arg=first, timeout=WAIT)

@@ -20,25 +20,26 @@ UTC_DOC = "UTC ISO date/time, inclusive"
 
 
 def _filters(task: str | None, dataset_name: str | None, organ: str | None, q: str | None, since: str | None,
-             until: str | None, source: str | None) -> dict:
+             until: str | None, source: str | None, corrected: bool | None = None) -> dict:
     return {"task": task, "dataset_name": dataset_name, "organ": organ, "text": q, "since": since,
-            "until": until, "source": source}
+            "until": until, "source": source, "corrected": corrected}
 
 
 @router.get("/v1/history", summary="recorded runs, newest first, filtered")
 def history(service: ServiceDep, task: str | None = None, dataset_name: str | None = None,
             organ: str | None = None, q: str | None = Query(None, description="text in the image name"),
             since: str | None = Query(None, description=UTC_DOC), until: str | None = Query(None, description=UTC_DOC),
-            source: str | None = None, limit: int = Query(100, ge=1, le=10000)) -> dict:
-    rows = service.runs(_filters(task, dataset_name, organ, q, since, until, source), limit=limit)
+            source: str | None = None, limit: int = Query(100, ge=1, le=10000), corrected: bool | None = None) -> dict:
+    rows = service.runs(_filters(task, dataset_name, organ, q, since, until, source, corrected), limit=limit)
     return {"count": len(rows), "runs": [decode_row(r) for r in rows]}
 
 
 @router.get("/v1/history.csv", summary="the filtered runs as CSV", response_class=PlainTextResponse)
 def history_csv(service: ServiceDep, task: str | None = None, dataset_name: str | None = None,
                 organ: str | None = None, q: str | None = None, since: str | None = None, until: str | None = None,
-                source: str | None = None, limit: int = Query(10000, ge=1, le=100000)) -> PlainTextResponse:
-    text = service.runs_csv(_filters(task, dataset_name, organ, q, since, until, source), limit=limit)
+                source: str | None = None, limit: int = Query(10000, ge=1, le=100000),
+                corrected: bool | None = None) -> PlainTextResponse:
+    text = service.runs_csv(_filters(task, dataset_name, organ, q, since, until, source, corrected), limit=limit)
     return PlainTextResponse(text, media_type="text/csv; charset=utf-8",
                              headers={"Content-Disposition": 'attachment; filename="uusic_history.csv"'})
 

@@ -1,0 +1,221 @@
+"""The correction panel of a re-opened run (History): fix a segmentation or confirm / override a class, saved as a
+new version of the run (:mod:`core.corrections`; the model's result stays).
+
+Segmentation: draw on the image with the lasso (brush: the stroke at the brush size; polygon: the area inside) or
+the box of the chart's tool bar, zoom with the chart; or place a rectangle / ellipse by its numbers. Each edit adds or
+erases on the original pixels; undo / redo / reset to the model's mask; the counts (px added / removed, Dice, area
+in mm² with the run's calibration) are shown before saving. Classification: pick the class, give a reason, save.
+Corrections are saved through the in-process service's history (in remote mode the API's
+``PUT /v1/history/{id}/correction`` is the way).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from PIL import Image, ImageDraw
+
+from core import catalog, overlay
+from core.corrections import Corrections, compare, mask_png, measurements_of
+from core.errors import UUSICError
+from pages.common import error_message, lang, service
+
+
+def _t(zh: str, en: str) -> str:
+    return zh if lang() == "zh" else en
+
+
+def _who() -> str:
+    """The signed-in user's name or e-mail (OIDC), else ``anonymous``."""
+    try:
+        if st.user.is_logged_in:
+            return str(st.user.get("email") or st.user.get("name") or "signed-in user")
+    except (AttributeError, KeyError):
+        pass
+    return "anonymous"
+
+
+def _store(current) -> Corrections | None:
+    analysis = service(current)
+    store = getattr(analysis, "store", None)
+    return Corrections(current, store) if store is not None else None
+
+
+def shape_mask(size: tuple[int, int], kind: str, points: list[tuple[float, float]], brush: int) -> np.ndarray:
+    """The pixels of one edit on a ``size`` = (width, height) image: ``polygon`` (inside the points), ``brush``
+    (the stroke through them, ``brush`` px wide), ``rectangle`` / ``ellipse`` (the box of the first two points)."""
+    canvas = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(canvas)
+    if kind == "polygon" and len(points) >= 3:
+        draw.polygon(points, fill=255)
+    elif kind == "brush" and points:
+        draw.line(points, fill=255, width=max(1, brush), joint="curve")
+        radius = brush / 2
+        for x, y in points:
+            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=255)
+    elif kind in ("rectangle", "ellipse") and len(points) >= 2:
+        (x0, y0), (x1, y1) = points[0], points[1]
+        box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+        (draw.rectangle if kind == "rectangle" else draw.ellipse)(box, fill=255)
+    return np.asarray(canvas) > 0
+
+
+def apply_edit(mask: np.ndarray, shape: np.ndarray, erase: bool) -> np.ndarray:
+    return (mask & ~shape) if erase else (mask | shape)
+
+
+class _Edits:
+    """The working mask of one run in the session: a stack for undo, one for redo."""
+
+    def __init__(self, run_id: int, model: np.ndarray):
+        self.key = f"_corr_{run_id}"
+        if self.key not in st.session_state or st.session_state[self.key]["done"][0].shape != model.shape:
+            st.session_state[self.key] = {"done": [model.copy()], "undone": []}
+        self.state = st.session_state[self.key]
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.state["done"][-1]
+
+    def push(self, mask: np.ndarray) -> None:
+        self.state["done"].append(mask)
+        self.state["undone"].clear()
+
+    def undo(self) -> None:
+        if len(self.state["done"]) > 1:
+            self.state["undone"].append(self.state["done"].pop())
+
+    def redo(self) -> None:
+        if self.state["undone"]:
+            self.state["done"].append(self.state["undone"].pop())
+
+    def reset(self) -> None:
+        self.push(self.state["done"][0].copy())
+
+
+def _figure(picture: np.ndarray, mask: np.ndarray) -> go.Figure:
+    shown = overlay.overlay(Image.fromarray(picture), mask, mode="fill")
+    figure = go.Figure(go.Image(z=np.asarray(shown.convert("RGB"))))
+    h, w = mask.shape
+    ys, xs = np.mgrid[0:h:max(1, h // 40), 0:w:max(1, w // 40)]  # invisible points: lasso / box select on them
+    figure.add_trace(go.Scatter(x=xs.ravel(), y=ys.ravel(), mode="markers", marker={"opacity": 0}, hoverinfo="skip"))
+    figure.update_layout(dragmode="lasso", margin={"l": 0, "r": 0, "t": 0, "b": 0}, showlegend=False, height=480)
+    return figure
+
+
+def _selection_points(event) -> tuple[str, list[tuple[float, float]]] | None:
+    """(``polygon`` | ``rectangle``, points) of the chart's last lasso or box selection, or None."""
+    try:
+        selection = dict(event or {}).get("selection") or {}
+    except (TypeError, ValueError):
+        return None
+    for lasso in selection.get("lasso") or []:
+        return "polygon", list(zip(lasso.get("x", []), lasso.get("y", []), strict=False))
+    for box in selection.get("box") or []:
+        xs, ys = box.get("x", []), box.get("y", [])
+        if len(xs) >= 2 and len(ys) >= 2:
+            return "rectangle", [(xs[0], ys[0]), (xs[1], ys[1])]
+    return None
+
+
+def _drawing_tools(run_id: int, picture: np.ndarray, edits: _Edits) -> None:
+    h, w = edits.mask.shape
+    tool, erase_col, size_col = st.columns(3)
+    kind = tool.selectbox(_t("工具", "Tool"), ["brush", "polygon", "rectangle", "ellipse"], key=f"corr_tool_{run_id}")
+    erase = erase_col.radio(_t("方式", "Mode"), ["add", "erase"], horizontal=True, key=f"corr_mode_{run_id}") == "erase"
+    brush = size_col.slider(_t("画笔大小 (px)", "Brush size (px)"), 1, max(2, min(w, h) // 2), 5,
+                            key=f"corr_brush_{run_id}")
+    event = st.plotly_chart(_figure(picture, edits.mask), key=f"corr_chart_{run_id}", on_select="rerun",
+                            selection_mode=("lasso", "box"))
+    found = _selection_points(event)
+    seen_key = f"_corr_seen_{run_id}"
+    if found is not None and st.session_state.get(seen_key) != repr(found):
+        st.session_state[seen_key] = repr(found)
+        drawn_kind = "brush" if kind == "brush" and found[0] == "polygon" else found[0]
+        edits.push(apply_edit(edits.mask, shape_mask((w, h), drawn_kind, found[1], brush), erase))
+        st.rerun()
+    with st.expander(_t("按坐标放置形状", "Place a shape by its numbers")):
+        x0, x1 = st.slider("x (px)", 0, w - 1, (w // 4, w // 2), key=f"corr_x_{run_id}")
+        y0, y1 = st.slider("y (px)", 0, h - 1, (h // 4, h // 2), key=f"corr_y_{run_id}")
+        if st.button(_t("应用", "Apply"), key=f"corr_apply_{run_id}"):
+            shape = "ellipse" if kind == "ellipse" else "rectangle"
+            edits.push(apply_edit(edits.mask, shape_mask((w, h), shape, [(x0, y0), (x1, y1)], brush), erase))
+    undo, redo, reset = st.columns(3)
+    undo.button(_t("撤销", "Undo"), on_click=edits.undo, key=f"corr_undo_{run_id}")
+    redo.button(_t("重做", "Redo"), on_click=edits.redo, key=f"corr_redo_{run_id}")
+    reset.button(_t("恢复模型掩膜", "Reset to the model's mask"), on_click=edits.reset, key=f"corr_reset_{run_id}")
+
+
+def _mask_panel(row: dict, picture: np.ndarray, store: Corrections) -> None:
+    run_id = int(row["id"])
+    if not st.toggle(_t("编辑掩膜", "Edit the mask"), key=f"corr_edit_{run_id}"):  # the drawing chart only on demand
+        return
+    try:
+        model = store.model_mask(row)
+    except UUSICError as error:
+        st.info(error_message(error))
+        return
+    edits = _Edits(run_id, model)
+    _drawing_tools(run_id, picture, edits)
+    counts = compare(model, edits.mask)
+    area = measurements_of(row, edits.mask)
+    st.caption(_t("新增 {a} px，移除 {r} px，与模型 Dice {d:.3f}，面积 {p} px", "{a} px added, {r} px removed, Dice vs "
+                  "the model {d:.3f}, area {p} px").format(a=counts["pixels_added"], r=counts["pixels_removed"],
+                                                         d=counts["dice"], p=area["area_px"])
+               + (f" = {area['area_mm2']:.2f} mm²" if area.get("area_mm2") is not None else ""))
+    reason = st.text_input(_t("原因（可选）", "Reason (optional)"), max_chars=500, key=f"corr_reason_{run_id}")
+    if st.button(_t("保存修正版本", "Save as a new version"), type="primary", key=f"corr_save_{run_id}"):
+        _saved(lambda: store.correct_mask(run_id, mask_png(edits.mask), author=_who(), reason=reason))
+
+
+def _class_panel(row: dict, store: Corrections) -> None:
+    run_id = int(row["id"])
+    count = len(row.get("probabilities") or [])
+    try:
+        names = catalog.find_dataset("classification", str(row.get("dataset_name"))).class_names(lang())
+    except UUSICError:
+        names = []
+    names = names if len(names) == count else [f"class {i}" for i in range(count)]
+    model_class = row.get("prediction") if isinstance(row.get("prediction"), int) else 0
+    chosen = st.selectbox(_t("类别", "Class"), list(range(count)), index=min(model_class, max(count - 1, 0)),
+                          format_func=lambda i: f"{names[i]} ({i})", key=f"corr_class_{run_id}")
+    reason = st.text_input(_t("原因（可选）", "Reason (optional)"), max_chars=500, key=f"corr_creason_{run_id}")
+    same = chosen == model_class
+    label = _t("确认模型类别", "Confirm the model's class") if same else _t("保存更正", "Save override")
+    if st.button(label, type="primary", key=f"corr_csave_{run_id}"):
+        _saved(lambda: store.correct_class(run_id, {"class_index": chosen, "reason": reason or None}, author=_who()))
+
+
+def _saved(save) -> None:
+    try:
+        version = save()
+    except UUSICError as error:
+        st.warning(error_message(error))
+        return
+    st.success(_t("已保存版本 {v}", "Saved as version {v}").format(v=version["version"]))
+
+
+def versions_table(versions: list[dict]) -> pd.DataFrame:
+    columns = ["version", "timestamp", "author", "kind", "class_index", "pixels_added", "pixels_removed", "dice",
+               "area_px", "area_mm2", "reason"]
+    return pd.DataFrame([{c: v.get(c) for c in columns} for v in versions], columns=columns)
+
+
+def correction_panel(row: dict, picture: np.ndarray, current) -> None:
+    """The panel under a re-opened successful run."""
+    with st.expander(_t("修正结果", "Correct this result"), expanded=False):
+        store = _store(current)
+        if store is None:
+            st.caption(_t("远程模式：请使用 API 的 PUT /v1/history/{id}/correction。",
+                          "Remote mode: corrections go through the API's PUT /v1/history/{id}/correction."))
+            return
+        if row.get("task") == "segmentation":
+            _mask_panel(row, picture, store)
+        else:
+            _class_panel(row, store)
+        versions = store.versions(int(row["id"]))
+        if versions:
+            st.caption(_t("修正版本（模型结果保持不变）", "Correction versions (the model's result is kept)"))
+            st.dataframe(versions_table(versions), hide_index=True)
