@@ -27,7 +27,8 @@ commands:
   evaluate   Dice / NSD / AUC / accuracy of a prediction folder against ground truth
   models     verify the models of weights/models.json (sha256, load, output shapes)
   export     turn the team's own network (factory + checkpoint) into a served torch.export file
-  train      train the demo network (core.train)
+  train      train the demo network (core.train); --data DIR --init MODEL: fine-tune it into a new model
+             version of the manifest (core.finetune)
   serve      start the HTTP API (core.api)
   workspace  usage of api_in/ and api_out/, retention: status | gc [--dry-run] [--days N] [--max-gb G]
   history    back up and move the run history: export --out F.tar.gz | import F.tar.gz | backup --out F.sqlite3
@@ -132,7 +133,6 @@ class _Refused(Exception):
 
 def predict_main(argv: list[str]) -> int:
     args = _predict_parser().parse_args(argv)
-    import torch
     from tqdm import tqdm
 
     from core.redact import redact_text
@@ -146,6 +146,8 @@ def predict_main(argv: list[str]) -> int:
             raise _Refused(f"input dir {args.input_dir} not found")
         _check_output_dir(args.output_dir)  # before the model loads
         if args.threads:
+            import torch  # only here: a cached converted model predicts without torch (issue 27)
+
             torch.set_num_threads(args.threads)
         service = _open_predict_service(args)
     except _Refused as exc:
@@ -305,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         return models_main(rest)
     if command == "export":
         return _delegate("core.export", rest)
-    if command == "train":
-        return _delegate("core.train", rest)
+    if command == "train":  # --init: a fine-tune registered as a new model version (core.finetune)
+        return _delegate("core.finetune", rest)
     if command == "serve":
         return _delegate("core.api", rest)
     if command == "workspace":

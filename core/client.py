@@ -195,6 +195,12 @@ class ApiClient:
             raise NotFoundError("this result has no agreement map (it was analysed without test-time augmentation)")
         return self._png(url).astype(np.float32) / 255.0
 
+    def correction_agreement(self, since: str | None = None) -> list[dict]:
+        """Per dataset: runs, corrected runs, mean Dice model vs corrected, class agreement
+        (``GET /v1/corrections/agreement``; :func:`core.corrections.agreement` in-process)."""
+        params = {"since": since} if since else {}
+        return self._json("GET", "/v1/corrections/agreement", params=params)["datasets"]
+
     # ------------------------------------------------------------------------------------------ older names
     def predict(self, request: dict, **_: Any) -> dict:
         """``analyze`` as a plain dict (the client's earlier method)."""

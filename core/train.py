@@ -115,10 +115,11 @@ class Pack:
 
 
 def build_pack(root: Path, size: int, *, subset: int | None = None, seed: int = 0,
-               progress: bool = True) -> tuple[Pack, list[dict]]:
-    """Decode + letterbox every usable entry once; also returns the validation entries (request schema)."""
+               progress: bool = True, entries: list[dict] | None = None) -> tuple[Pack, list[dict]]:
+    """Decode + letterbox every usable entry once (of ``entries``, else of the root's own list); also returns the
+    validation entries (request schema)."""
     root = Path(root)
-    entries = [e for e in read_entries(root) if usable(e)]
+    entries = [e for e in (read_entries(root) if entries is None else entries) if usable(e)]
     if subset:
         rng = np.random.default_rng(seed)
         by_ds: dict[str, list[dict]] = {}
@@ -254,14 +255,15 @@ def train(pack: Pack, out: Path, *, epochs: int = 30, batch_size: int = 16, lr: 
           checkpoint_minutes: float = 2.0, seed: int = 0, amp: bool = False, max_steps: int | None = None,
           config: DemoConfig = DemoConfig(),  # noqa: B008 - DemoConfig is a frozen (immutable) dataclass
           extra_checkpoint_dir: Path | None = None,
-          progress: bool = True, meta: dict | None = None) -> dict:
-    """Train on the pack's training entries; returns a summary with losses and validation metrics."""
+          progress: bool = True, meta: dict | None = None, init: DemoUNet | None = None) -> dict:
+    """Train on the pack's training entries (from ``init``'s weights when given, else from scratch); returns a
+    summary with losses and validation metrics."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    model = DemoUNet(config).to(dev)
+    model = (init if init is not None else DemoUNet(config)).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     train_idx, val_idx = np.flatnonzero(~pack.val), np.flatnonzero(pack.val)
@@ -379,20 +381,22 @@ def write_val_split(val_entries: list[dict], path: Path) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m core train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", type=Path, help="UUSIC-layout root (needed unless --pack names an existing file)")
-    p.add_argument("--out", type=Path, required=True, help="weights file to write, e.g. weights/demo_unet.pt")
+    p.add_argument("--data-root", "--data", dest="data_root", type=Path,
+                   help="UUSIC-layout root (needed unless --pack names an existing file)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="weights file to write, e.g. weights/demo_unet.pt (with --init: <weights dir>/<name>.pt)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-3; with --init 2e-4)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--max-minutes", type=float, default=None, help="time budget; the LR schedule follows it")
     p.add_argument("--checkpoint-minutes", type=float, default=2.0)
     p.add_argument("--checkpoint-dir", type=Path, default=None, help="also save checkpoints here")
     p.add_argument("--subset", type=int, default=None, help="at most N images per dataset (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--input-size", type=int, default=256)
-    p.add_argument("--widths", default=",".join(map(str, DemoConfig.widths)))
+    p.add_argument("--input-size", type=int, default=256, help="(with --init: the base model's)")
+    p.add_argument("--widths", default=",".join(map(str, DemoConfig.widths)), help="(with --init: the base's)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2 on CPU)")
     p.add_argument("--pack", type=Path, default=None, help="cache of decoded images (.npz): reused if present")
@@ -403,13 +407,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _setup(args: argparse.Namespace) -> None:
+    """The log file next to the weights (or ``--log``) and the torch CPU threads."""
     log_path = args.log or args.out.with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.FileHandler(log_path), logging.StreamHandler(sys.stderr)], force=True)
     torch.set_num_threads(args.threads or (2 if not torch.cuda.is_available() else torch.get_num_threads()))
+
+
+def _load_pack(args: argparse.Namespace) -> Pack | int:
+    """The pack of ``--data-root`` (or the ``--pack`` cache); an exit code on a bad argument or ``--pack-only``."""
     if args.pack and args.pack.is_file() and not args.pack_only:
         pack = Pack.load(args.pack)
         log.info("loaded pack %s: %d entries", args.pack, len(pack))
@@ -417,32 +425,48 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: pack {args.pack} has input size {pack.images.shape[1]}, not {args.input_size}",
                   file=sys.stderr)
             return 2
-    else:
-        if args.data_root is None:
-            print("error: --data-root is required (no --pack file to reuse)", file=sys.stderr)
-            return 2
-        if not Path(args.data_root).is_dir():
-            print(f"error: data root {args.data_root} is not a folder", file=sys.stderr)
-            return 2
-        pack, val_entries = build_pack(args.data_root, args.input_size, subset=args.subset, seed=args.seed,
-                                       progress=not args.no_progress)
-        val_json = args.val_json or args.out.with_name(args.out.stem + "_val_split.json")
-        write_val_split(val_entries, val_json)
-        log.info("%d entries (%d validation → %s)", len(pack), int(pack.val.sum()), val_json)
-        if args.pack:
-            args.pack.parent.mkdir(parents=True, exist_ok=True)
-            pack.save(args.pack)
-            log.info("pack written: %s (%.1f MB)", args.pack, args.pack.stat().st_size / 1e6)
-            if args.pack_only:
-                return 0
-    config = DemoConfig(widths=tuple(int(v) for v in args.widths.split(",")))
-    meta = {"input_size": args.input_size, "preprocessing": "letterbox", "seed": args.seed,
+        return pack
+    if args.data_root is None:
+        print("error: --data-root is required (no --pack file to reuse)", file=sys.stderr)
+        return 2
+    if not Path(args.data_root).is_dir():
+        print(f"error: data root {args.data_root} is not a folder", file=sys.stderr)
+        return 2
+    pack, val_entries = build_pack(args.data_root, args.input_size, subset=args.subset, seed=args.seed,
+                                   progress=not args.no_progress)
+    val_json = args.val_json or args.out.with_name(args.out.stem + "_val_split.json")
+    write_val_split(val_entries, val_json)
+    log.info("%d entries (%d validation → %s)", len(pack), int(pack.val.sum()), val_json)
+    if args.pack:
+        args.pack.parent.mkdir(parents=True, exist_ok=True)
+        pack.save(args.pack)
+        log.info("pack written: %s (%.1f MB)", args.pack, args.pack.stat().st_size / 1e6)
+        if args.pack_only:
+            return 0
+    return pack
+
+
+def _meta(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    return {"input_size": args.input_size, "preprocessing": "letterbox", "seed": args.seed,
             "command": "python -m core train " + " ".join(argv if argv is not None else sys.argv[1:]),
             "torch": torch.__version__}
-    summary = train(pack, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
-                    max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes, seed=args.seed,
-                    amp=args.amp, max_steps=args.max_steps, config=config,
-                    extra_checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress, meta=meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.out is None:
+        print("error: --out is required (the weights file to write)", file=sys.stderr)
+        return 2
+    _setup(args)
+    pack = _load_pack(args)
+    if isinstance(pack, int):
+        return pack
+    config = DemoConfig(widths=tuple(int(v) for v in args.widths.split(",")))
+    summary = train(pack, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr or 2e-3,
+                    device=args.device, max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes,
+                    seed=args.seed, amp=args.amp, max_steps=args.max_steps, config=config,
+                    extra_checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
+                    meta=_meta(args, argv))
     print(json.dumps(summary, indent=1))
     return 0
 

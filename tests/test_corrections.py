@@ -461,3 +461,70 @@ def test_export_labels_hostile_rows_and_files_are_skipped_not_followed(service, 
                        f"segmentation/DDTI/masks/run_{ids[4]}.png"]
     assert not (tmp_path / "escape").exists()
     assert client.get(f"/v1/history/{ids[2]}/corrections/1/mask").status_code in (403, 404)
+
+
+# ------------------------------------------------------------------------------ the agreement monitor (Models page)
+def test_client_agreement_matches_the_in_process_function(service, client):
+    from core.client import ApiClient
+
+    run_id = service.analyze(SEG, source="api").run_id
+    corrected, _, _ = drawn(service.run_mask(run_id))
+    assert put_mask(client, run_id, png_of(corrected)).status_code == 200
+    api = ApiClient(service.settings.with_(api_url="http://testserver"))
+    api._http = client  # the TestClient is an httpx.Client on the ASGI app
+    assert api.correction_agreement() == agreement(service.store)
+    assert api.correction_agreement(since="2999-01-01") == []
+
+
+MONITOR_WORDS = {  # the page's own words (pages/models.py AGREEMENT_WORDS), not imported: importing runs the page
+    "en": {"title": "Agreement with clinicians' corrections", "dataset": "Dataset", "runs": "Runs",
+           "corrected": "Corrected", "share": "Corrected %", "mean_dice": "Mean Dice (model vs corrected)",
+           "class_agreement": "Class agreement"},
+    "zh": {"title": "与临床医生修正的一致性", "dataset": "数据集", "runs": "运行数", "corrected": "已修正",
+           "share": "修正比例 %", "mean_dice": "平均 Dice（模型 vs 修正）", "class_agreement": "类别一致率"},
+}
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_models_page_shows_the_agreement_monitor(dashboard_env, lang):
+    from streamlit.testing.v1 import AppTest
+
+    from core.client import open_service
+    from core.settings import PROJECT_ROOT
+
+    analysis = open_service(dashboard_env)
+    store = Corrections(analysis.settings, analysis.store)
+    seg_id = analysis.analyze(SEG, source="dashboard").run_id
+    analysis.analyze(SEG, source="dashboard")
+    corrected, _, _ = drawn(analysis.run_mask(seg_id))
+    store.correct_mask(seg_id, png_of(corrected))
+    cls = analysis.analyze(CLS, source="dashboard")
+    store.correct_class(cls.run_id, {"class_index": 1 - int(cls.prediction)})
+    dice = store.versions(seg_id)[-1]["dice"]
+    at = AppTest.from_file(str(PROJECT_ROOT / "Home.py"), default_timeout=120)
+    at.session_state["lang"] = lang
+    at.run()
+    at.switch_page("pages/models.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    word = MONITOR_WORDS[lang]
+    assert any(s.value == word["title"] for s in at.subheader)
+    tables = [d.value for d in at.dataframe if word["dataset"] in d.value.columns]
+    assert len(tables) == 1
+    rows = tables[0].set_index(word["dataset"])
+    assert rows.loc["segmentation/DDTI", word["runs"]] == 2 and rows.loc["segmentation/DDTI", word["corrected"]] == 1
+    assert rows.loc["segmentation/DDTI", word["share"]] == 50.0
+    assert abs(rows.loc["segmentation/DDTI", word["mean_dice"]] - dice) < 1e-3
+    assert rows.loc["classification/BUSI", word["class_agreement"]] == 0.0
+
+
+def test_models_page_says_when_nothing_was_corrected(dashboard_env):
+    from streamlit.testing.v1 import AppTest
+
+    from core.settings import PROJECT_ROOT
+
+    at = AppTest.from_file(str(PROJECT_ROOT / "Home.py"), default_timeout=120)
+    at.session_state["lang"] = "en"
+    at.run()
+    at.switch_page("pages/models.py").run()
+    assert not at.exception
+    assert any(i.value.startswith("No result has been corrected yet") for i in at.info)
