@@ -1,5 +1,6 @@
 """The analysis pipeline: parse → route (served or NoModelError) → decode → geometry → forward → inverse → mask →
-measurements, once each, for one image or a batch; the typed result carries its public URLs.
+measurements, once each, for one image or a batch; the typed result carries its public URLs and the organ
+recogniser's view of the decoded image (``recognition``, :mod:`core.recognition`; ``UUSIC_REFUSE_OOD``: 422).
 
 How a batch's groups run is a strategy (:class:`GroupRunner`): threads here (:class:`LocalGroups`), Ray Data in
 :mod:`core.cluster.batch`. Recording is :mod:`core.recorder`'s job; this module only reports what happened.
@@ -12,10 +13,11 @@ import uuid
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from core import recognition
 from core.editing import parse_edits
-from core.errors import UUSICError
+from core.errors import RequestError, UUSICError
 from core.recorder import Recorder
 from core.response import AnalysisFailure, AnalysisResponse, BatchItem, BatchResult
 from core.routing import ModelPool
@@ -23,7 +25,7 @@ from core.schema import PredictRequest
 from core.settings import Settings
 
 if TYPE_CHECKING:
-    from core.engine import Engine
+    from core.engine import Engine, Prepared
 
 OnResult = Callable[[int, "dict | None", "BaseException | None"], None]  # (entry index, response, error)
 Runnable = list[tuple[int, PredictRequest]]  # (entry index, parsed request) of one model's group
@@ -81,6 +83,7 @@ class Analyzer:
         engine = self.pool.serving(request.task, request.dataset_name, model)
         start = time.perf_counter()
         prepared = engine.prepare(request, input_dir=input_dir)
+        found, seconds = self.recognised(prepared)
         batcher = self.pool.batcher(engine)
         if batcher is not None:
             raw, forward_sec, gpu = batcher.forward_one(prepared)
@@ -90,7 +93,17 @@ class Analyzer:
         response = engine.finish(prepared, raw, output_dir=Path(output_dir or self.mask_folder(engine)),
                                  forward_sec=forward_sec, gpu=gpu)
         response["inference_time_sec"] = time.perf_counter() - start
+        _add_recognition(response, found, seconds, request.organ)
         return self.typed(response)
+
+    def recognised(self, prepared: Prepared) -> tuple[recognition.Recognition | None, float]:
+        """The organ recogniser's view of the decoded image (None: unavailable) and the seconds it took;
+        :class:`RequestError` (422) for an out-of-distribution image when ``UUSIC_REFUSE_OOD`` is on."""
+        start = time.perf_counter()
+        found = recognition.recognise(prepared.image.rgb, self.settings.weights_dir)
+        if found is not None and not found.in_distribution and self.settings.refuse_ood:
+            raise RequestError(recognition.OOD_REFUSAL, field="img_path_relative")
+        return found, time.perf_counter() - start
 
     def mask_folder(self, engine: Engine) -> Path:
         """``api_out/`` for the default model; ``api_out/models/<name>/`` for the others, so that two models'
@@ -136,6 +149,8 @@ class Analyzer:
 
         def on_result(index: int, response: dict | None, exc: BaseException | None) -> None:
             nonlocal done
+            if response is not None:
+                response.setdefault("recognition", None)  # a runner that prepares elsewhere (Ray) has none
             items[index] = (AnalysisFailure.from_exception(entries[index], exc) if exc is not None
                             else self.typed(response or {}))
             done += 1
@@ -143,7 +158,8 @@ class Analyzer:
 
         with self.held(entries):
             for name, runnable in groups.items():
-                self.runner.run(self.pool.engine(name), runnable, on_result, output_dir=out_dir,
+                engine = cast("Engine", _Recognising(self.pool.engine(name), self))
+                self.runner.run(engine, runnable, on_result, output_dir=out_dir,
                                 input_dir=input_dir, batch_size=batch_size, workers=workers)
         final = [item for item in items if item is not None]
         if record:  # a screened entry is recorded as parsed (never validated twice)
@@ -176,6 +192,40 @@ class Analyzer:
                 continue
             groups.setdefault(engine.spec.name, []).append((index, parsed))
         return groups
+
+
+class _Recognising:
+    """An engine whose ``prepare`` also runs the organ recogniser on the decoded image (refusing it when the settings
+    say so) and whose ``finish`` adds the result to the response: a batch's images are decoded once."""
+
+    def __init__(self, engine: Engine, analyzer: Analyzer):
+        self.engine, self.analyzer = engine, analyzer
+        self.found: dict[int, tuple[recognition.Recognition | None, float]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def prepare(self, request: Any, *, input_dir: Path | None = None) -> Prepared:
+        prepared = self.engine.prepare(request, input_dir=input_dir)
+        self.found[id(prepared)] = self.analyzer.recognised(prepared)
+        return prepared
+
+    def forward(self, batch: list[Prepared]) -> tuple[list[Any], float, Any]:
+        return self.engine.forward(batch)
+
+    def finish(self, prepared: Prepared, raw: Any, *, output_dir: Path, forward_sec: float, gpu: Any) -> dict:
+        response = self.engine.finish(prepared, raw, output_dir=output_dir, forward_sec=forward_sec, gpu=gpu)
+        found, seconds = self.found.pop(id(prepared), (None, 0.0))
+        _add_recognition(response, found, seconds, prepared.request.organ)
+        return response
+
+
+def _add_recognition(response: dict, found: recognition.Recognition | None, seconds: float,
+                     organ: str | None) -> None:
+    """The ``recognition`` block, its notes, and its time in ``timings``."""
+    recognition.annotate(response, found, organ)
+    if isinstance(response.get("timings"), dict):
+        response["timings"]["recognition_sec"] = seconds
 
 
 def _public_url(path: Any, api_out: Path) -> str | None:

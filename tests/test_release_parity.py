@@ -29,6 +29,7 @@ NEW_KEYS = {"run_id", "mask_url"}  # added by the service (the API answered mask
 # issue 11's contract keys (docs: team contract): cine frame fields on every response, the spacing's source on every
 # segmentation, the ground truth's reference measurements where the request names its ground truth; values unchanged
 NEW_KEYS |= {"frame_index", "frame_count", "pixel_spacing_source", "reference"}
+NEW_KEYS |= {"recognition"}  # issue 25: the organ recogniser's view of the image (core.recognition), additive
 
 pytestmark = pytest.mark.skipif(not DEMO_PRESENT, reason="demo weights not present")
 
