@@ -11,12 +11,17 @@ pixels and written as a 0/255 PNG, with measurements (:mod:`core.measure`).
 
 Models are loaded once per process (:mod:`core.models.registry`). Decoding and post-processing run outside the
 engine's lock; only the forward pass (and its GPU memory measurement) is serialised, so concurrent callers are safe.
+
+torch is imported only when the model runs on torch: a converted model served by its own runtime
+(:class:`core.models.backends.RuntimeModel`, OpenVINO) takes numpy arrays, and the softmax, geometry and mask
+inverse are numpy / OpenCV, so a start with a cached conversion never imports torch.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -26,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from core import calibration, catalog, tta
@@ -120,14 +124,17 @@ class Engine:
         self.settings = settings or get_settings()
         self.spec = spec or registry.find_spec(self.settings, model)
         self.device = registry.resolve_device(device or self.settings.device)
-        self.model = registry.load_model(self.spec, self.device, weights_dir=self.settings.weights_dir)
-        self.sha256 = getattr(self.model, "sha256", None) or registry.verify_weights(
-            self.spec, self.settings.weights_dir)[1]
-        # CPU: the backend chosen for this model (converted once, cached on disk; eager torch on fallback or CUDA)
-        self.model, self.backend = backends.apply(self.model, self.spec, self.settings, self.device,
-                                                  sha256=self.sha256)
+        self.sha256 = registry.verify_weights(self.spec, self.settings.weights_dir)[1]
+        # CPU: the backend chosen for this model (converted once, cached on disk; eager torch on fallback or CUDA);
+        # the eager model is loaded only when something needs it (a converted model serves without torch)
+        self.model, self.backend = backends.serve(
+            self.spec, self.settings, self.device, sha256=self.sha256, release_eager=registry.release,
+            load_eager=lambda: registry.load_model(self.spec, self.device, weights_dir=self.settings.weights_dir))
+        self.sha256 = getattr(self.model, "sha256", None) or self.sha256
+        if self.device.type == "cpu" and "torch" in sys.modules:  # torch imported after all: one device type
+            self.device = registry.torch_device(self.device)
         self.amp = bool(self.settings.amp and self.device.type == "cuda")
-        self.device_name = device_label(self.device)
+        self.device_name = "CPU" if self.device.type == "cpu" else device_label(self.device)
         self._lock = _model_lock(self.model)  # shared by every engine serving this loaded model
         self._served = catalog.served_keys(self.spec.datasets)
 
@@ -191,64 +198,84 @@ class Engine:
         """One forward pass over ``batch`` under the engine lock; returns per-sample outputs, seconds, GPU memory."""
         rows = [p for p in batch for _ in p.model_inputs()]  # TTA: one row per view, all in this one pass
         prompts = [p.request.dataset.prompts() for p in rows]
-        images = torch.from_numpy(np.stack([a for p in batch for a in p.model_inputs()]))
-        vectors = [torch.tensor([pr.as_tuple()[k] for pr in prompts], dtype=torch.float32) for k in range(4)]
+        images = np.stack([a for p in batch for a in p.model_inputs()])
+        vectors = [np.array([pr.as_tuple()[k] for pr in prompts], dtype=np.float32) for k in range(4)]
+        if getattr(self.model, "numpy_io", False):  # a converted model on its own runtime: numpy in, numpy out
+            with self._lock:
+                start = time.perf_counter()
+                seg, cls2, cls4 = self._run_model(self.model, images, vectors, np.concatenate)
+                outputs = self._extract(rows, seg, cls2, cls4, _NumpyHeads)
+                seconds = time.perf_counter() - start
+            return _regroup(batch, outputs), seconds, GpuMemory()
+        return self._forward_torch(batch, rows, images, vectors)
+
+    def _forward_torch(self, batch: list[Prepared], rows: list[Prepared], images_np: np.ndarray,
+                       vectors_np: list[np.ndarray]) -> tuple[list[RawOutput], float, Any]:
+        import torch
+
+        images = torch.from_numpy(images_np)
+        vectors = [torch.from_numpy(v) for v in vectors_np]
+        device = registry.torch_device(self.device)
         with self._lock:
             start = time.perf_counter()
             try:
                 with measure_gpu(self.device) as gpu, torch.inference_mode():
-                    images_d = images.to(self.device, non_blocking=True)
-                    vectors_d = [v.to(self.device) for v in vectors]
+                    images_d = images.to(device, non_blocking=True)
+                    vectors_d = [v.to(device) for v in vectors]
                     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
                     with autocast:
-                        seg, cls2, cls4 = self._run_model(self.model, images_d, vectors_d)
-                    outputs = self._extract(rows, seg.float(), cls2.float(), cls4.float())
+                        seg, cls2, cls4 = self._run_model(self.model, images_d, vectors_d, torch.cat)
+                    outputs = self._extract(rows, seg.float(), cls2.float(), cls4.float(), _TorchHeads)
             except torch.OutOfMemoryError:
                 outputs, gpu = self._forward_on_cpu(rows, images, vectors), GpuMemory()
             seconds = time.perf_counter() - start
         return _regroup(batch, outputs), seconds, gpu
 
-    def _run_model(self, model, images: torch.Tensor, vectors: list[torch.Tensor]):
+    def _run_model(self, model, images, vectors: list, cat: Any):
         """``model`` over the batch in chunks of at most ``spec.max_batch`` images (an export that runs one image at
-        a time must never see more), the outputs concatenated in order."""
+        a time must never see more), the outputs concatenated in order (``cat``: ``torch.cat`` / ``np.concatenate``)."""
         limit = self.spec.max_batch or getattr(model, "max_batch", None)
         if not limit or images.shape[0] <= limit:
             return model(images, *vectors)
         parts = [model(images[i : i + limit], *(v[i : i + limit] for v in vectors))
                  for i in range(0, images.shape[0], limit)]
-        return tuple(torch.cat([part[k] for part in parts], dim=0) for k in range(3))
+        return tuple(cat([part[k] for part in parts], 0) for k in range(3))
 
-    def _forward_on_cpu(self, batch: list[Prepared], images: torch.Tensor, vectors: list[torch.Tensor]):
+    def _forward_on_cpu(self, batch: list[Prepared], images, vectors: list):
         """CUDA ran out of memory: free what we can, warn, and run this batch on a CPU copy of the model."""
+        import torch
+
         log.warning("CUDA out of memory for a batch of %d on %s; retrying on the CPU", len(batch), self.device)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         cpu_model = registry.load_model(self.spec, torch.device("cpu"), weights_dir=self.settings.weights_dir)
         with torch.inference_mode():
-            seg, cls2, cls4 = self._run_model(cpu_model, images, vectors)
-            outputs = self._extract(batch, seg.float(), cls2.float(), cls4.float())
+            seg, cls2, cls4 = self._run_model(cpu_model, images, vectors, torch.cat)
+            outputs = self._extract(batch, seg.float(), cls2.float(), cls4.float(), _TorchHeads)
         for output in outputs:
             output.fallback_device = "cpu"
         return outputs
 
-    def _extract(self, batch: list[Prepared], seg, cls2, cls4) -> list[RawOutput]:
+    def _extract(self, batch: list[Prepared], seg, cls2, cls4, heads: Any) -> list[RawOutput]:
+        """Per-sample outputs from the heads: torch tensors (``heads`` = :class:`_TorchHeads`) or numpy arrays
+        (:class:`_NumpyHeads`)."""
         outputs: list[RawOutput] = [RawOutput() for _ in batch]
         seg_rows = [i for i, p in enumerate(batch) if p.request.task == "segmentation"]
         for head, logits in (("cls4", cls4), ("cls2", cls2)):
             rows = [i for i, p in enumerate(batch)
                     if p.request.task == "classification" and (p.request.dataset.head == "cls4") == (head == "cls4")]
             if rows:
-                probs = torch.softmax(logits[rows], dim=1).cpu().numpy()
+                probs = heads.probs(logits[rows])
                 for i, prob in zip(rows, probs, strict=True):
                     outputs[i].probability = prob
         if seg_rows:
             seg_sel = seg[seg_rows]
             if self.spec.preprocessing == "letterbox":
-                fg = torch.softmax(seg_sel, dim=1)[:, 1].cpu().numpy().astype(np.float32)
+                fg = heads.foreground(seg_sel)
                 for i, f in zip(seg_rows, fg, strict=True):
                     outputs[i].seg_foreground = f
             else:  # the baseline's argmax(softmax(...)) path, kept for parity
-                labels = torch.argmax(torch.softmax(seg_sel, dim=1), dim=1).to(torch.uint8).cpu().numpy()
+                labels = heads.labels(seg_sel)
                 for i, lab in zip(seg_rows, labels, strict=True):
                     outputs[i].seg_label = lab
         return outputs
@@ -442,6 +469,51 @@ class Engine:
         return Path(output_dir) if output_dir is not None else Path(self.settings.api_out)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over axis 1 in float32 (what ``torch.softmax(x, dim=1)`` gives, within a few ulp)."""
+    x = np.asarray(logits, dtype=np.float32)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class _NumpyHeads:
+    """Probabilities, foreground and label maps from numpy logits (a converted model on its own runtime)."""
+
+    @staticmethod
+    def probs(logits: np.ndarray) -> np.ndarray:
+        return softmax(logits)
+
+    @staticmethod
+    def foreground(seg: np.ndarray) -> np.ndarray:
+        return softmax(seg)[:, 1].astype(np.float32)
+
+    @staticmethod
+    def labels(seg: np.ndarray) -> np.ndarray:
+        return np.argmax(softmax(seg), axis=1).astype(np.uint8)  # first index on ties, as torch.argmax
+
+
+class _TorchHeads:
+    """The same from torch tensors, computed on their device (the GPU copies back only what is kept)."""
+
+    @staticmethod
+    def probs(logits: Any) -> np.ndarray:
+        import torch
+
+        return torch.softmax(logits, dim=1).cpu().numpy()
+
+    @staticmethod
+    def foreground(seg: Any) -> np.ndarray:
+        import torch
+
+        return torch.softmax(seg, dim=1)[:, 1].cpu().numpy().astype(np.float32)
+
+    @staticmethod
+    def labels(seg: Any) -> np.ndarray:
+        import torch
+
+        return torch.argmax(torch.softmax(seg, dim=1), dim=1).to(torch.uint8).cpu().numpy()
+
+
 def _class_probability(prepared: Prepared, raw: RawOutput) -> tuple[np.ndarray, dict | None]:
     """Classification probabilities: the one view's, or the mean over the TTA views with their spread."""
     if raw.views:
@@ -506,3 +578,13 @@ def get_engine(settings: Settings | None = None, model: str | None = None) -> En
             engine = Engine(settings, model)
             _ENGINES[key] = engine
         return engine
+
+
+def prepare_backend(settings: Settings | None = None) -> str:
+    """Convert the default model for its CPU backend now, unless the conversion is cached (``make setup``), so that
+    the first ``make run`` / ``make serve`` does not wait for it; returns one line saying what serves."""
+    engine = Engine(settings or Settings.from_env())
+    info = engine.backend
+    done = "cached" if info.cached else f"converted in {info.convert_sec:.1f} s" if info.convert_sec else "as loaded"
+    return (f"model {engine.spec.name!r}: {info.backend} {info.precision} on {engine.device} ({done})"
+            + (f"; {info.fallback}" if info.fallback else ""))

@@ -20,3 +20,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet "${args[@]}"
   echo "$want" > "$stamp"
 fi
+# Issue 27: convert the default model for the CPU backend here, once (a cached conversion is only checked), so the
+# first `make run` / `make serve` answers at once; UUSIC_SKIP_CONVERT=1 skips it (then the first start converts).
+if [ -z "${UUSIC_SKIP_CONVERT:-}" ]; then
+  .venv/bin/python -c 'from core.engine import prepare_backend; print(prepare_backend())' \
+    || echo "note: the model was not converted now; the first start converts it" >&2
+fi

@@ -23,36 +23,43 @@ instead of converting again, and new weights (a new sha256) get a new artefact (
 A backend that is not installed, cannot convert the model or fails its check falls back to eager torch with a
 warning in the log; the reason is kept in :class:`BackendInfo` and shown by ``/healthz``.
 
-The wrapper (:class:`ConvertedModel`) follows the served-model contract of :mod:`core.models.base` and keeps the
-eager model's ``spec``, ``sha256``, ``device`` (and any other attribute) visible.
+An OpenVINO artefact is served by :class:`RuntimeModel`: numpy in, numpy out, checked at start against eager
+outputs saved beside it (``check.npz``), so a start with a cached conversion never imports torch and never keeps the
+eager model: the eager model is loaded only to convert (then released), for a torch backend, or on a fallback. A
+runtime failure of the converted model is a :class:`~core.errors.BackendUnavailable` (503) that names
+``UUSIC_BACKEND=torch``. torch-compile and eager bf16 run in a :class:`ConvertedModel`, which keeps the eager
+model's ``spec``, ``sha256``, ``device`` (and any other attribute) visible.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import hashlib
 import importlib
+import importlib.util
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
-from torch import nn
 
 from core.errors import BackendUnavailable
 from core.models.base import ModelSpec, example_inputs
+
+if TYPE_CHECKING:  # torch is imported only to convert, to run torch-side backends, or for eager torch
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +97,7 @@ class BackendInfo:
 
 STATS = {"conversions": 0, "loads": 0}  # counters (tests: a second load converts nothing)
 _LOADED: dict[tuple, ConvertedModel] = {}  # (id(eager), artefact) -> wrapper, so engines share one (and its lock)
+_RUNTIMES: dict[str, RuntimeModel] = {}  # artefact -> the model its runtime serves (shared by engines, like _LOADED)
 _CONVERTED: dict[str, Path] = {}  # artefact name -> the folder this process converted or loaded it in
 _GUARD = threading.Lock()
 
@@ -122,7 +130,7 @@ def installed(backend: str) -> str | None:
     return f"unknown backend {backend!r} (known: {', '.join(CHOICES)})"
 
 
-def resolve(spec: ModelSpec, settings: Any, device: torch.device) -> tuple[BackendInfo, list[str]]:
+def resolve(spec: ModelSpec, settings: Any, device: Any) -> tuple[BackendInfo, list[str]]:
     """The info skeleton for ``spec`` on ``device`` and the backends to try in order (the last one is torch)."""
     backend, precision = requested(spec, settings)
     info = BackendInfo(requested=backend, backend="torch", precision="fp32", requested_precision=precision)
@@ -144,11 +152,14 @@ def resolve(spec: ModelSpec, settings: Any, device: torch.device) -> tuple[Backe
     return info, [backend] if backend == "torch" else [backend, "torch"]
 
 
-# ------------------------------------------------------------------------------------------------ the wrapper
+# ------------------------------------------------------------------------------------------------ the wrappers
 
 
 class ConvertedModel:
-    """A served model whose forward runs a converted artefact; every other attribute is the eager model's."""
+    """A served model whose forward runs a torch-side artefact (torch-compile, eager bf16); every other attribute is
+    the eager model's."""
+
+    numpy_io = False
 
     def __init__(self, eager: Any, runner: Callable[..., tuple], info: BackendInfo):
         self.eager = eager
@@ -162,6 +173,8 @@ class ConvertedModel:
         return getattr(self.eager, name)
 
     def forward(self, images, position, task, type_, nature):
+        import torch
+
         inputs = [t.detach().to("cpu", torch.float32).contiguous() for t in (images, position, task, type_, nature)]
         with self._lock:
             out = self._runner(*inputs)
@@ -174,42 +187,53 @@ class ConvertedModel:
         return f"<ConvertedModel {info.backend}/{info.precision} of {self.eager!r}>"
 
 
-def torch_module(model: Any) -> nn.Module:
-    """The network behind a served model as an ``nn.Module`` taking the five contract inputs (float32, CPU)."""
-    network = getattr(model, "network", None)
-    if isinstance(network, nn.Module):
-        return network.eval()
-    return _ServedAsModule(model)
+class RuntimeModel:
+    """A converted model served by its own runtime (OpenVINO) on numpy arrays: no torch, no eager copy in memory.
 
+    ``forward`` takes the five contract inputs as numpy float32 arrays and returns numpy arrays; given torch tensors
+    (library callers, contract checks) it returns torch tensors. A runtime failure is a :class:`BackendUnavailable`
+    that says how to serve eager PyTorch instead."""
 
-class _ServedAsModule(nn.Module):
-    """Any served model (an exported file's adapter) as a module, so tracers can follow its forward."""
+    numpy_io = True
 
-    def __init__(self, served: Any):
-        super().__init__()
-        self.served = served
-        inner = getattr(served, "module", None)
-        if isinstance(inner, nn.Module):
-            self.inner = inner  # registered, so its parameters belong to this module
+    def __init__(self, runner: Callable[..., tuple], spec: ModelSpec, sha256: str, info: BackendInfo, *,
+                 max_batch: int | None = None, device: Any = "cpu"):
+        self._runner = runner
+        self.spec, self.sha256, self.backend_info, self.device = spec, sha256, info, device
+        self.max_batch = max_batch if max_batch is not None else spec.max_batch
+        self._lock = threading.Lock()  # runtimes' infer requests are not re-entrant
 
     def forward(self, images, position, task, type_, nature):
-        return tuple(self.served.forward(images, position, task, type_, nature))
+        given = (images, position, task, type_, nature)
+        tensors = not isinstance(images, np.ndarray)
+        inputs = [np.ascontiguousarray(t.detach().cpu().float().numpy() if tensors else t, dtype=np.float32)
+                  for t in given]
+        try:
+            with self._lock:
+                out = self._runner(*inputs)
+        except Exception as exc:  # noqa: BLE001 - a runtime failure: say how to switch backend
+            info = self.backend_info
+            raise BackendUnavailable(
+                f"the {info.backend} {info.precision} model failed ({type(exc).__name__}: {_short(exc, 120)}); "
+                "set UUSIC_BACKEND=torch to serve eager PyTorch instead") from exc
+        if tensors:
+            import torch
+
+            return tuple(torch.from_numpy(o) for o in out)
+        return tuple(out)
+
+    __call__ = forward
+
+    def __repr__(self) -> str:
+        info = self.backend_info
+        return f"<RuntimeModel {info.backend}/{info.precision} of {self.spec.name!r}>"
 
 
-class _Autocast(nn.Module):
-    """``network`` under CPU bf16 autocast with its conv / linear weights stored in bf16 (no per-call re-cast)."""
+def torch_module(model: Any) -> Any:
+    """The network behind a served model as an ``nn.Module`` (:func:`core.models.torch_modules.torch_module`)."""
+    from core.models.torch_modules import torch_module as as_module
 
-    def __init__(self, network: nn.Module):
-        super().__init__()
-        self.network = copy.deepcopy(network).eval()
-        for module in self.network.modules():
-            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)):
-                module.to(torch.bfloat16)
-
-    def forward(self, images, position, task, type_, nature):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = self.network(images, position, task, type_, nature)
-        return tuple(o.float() for o in out)
+    return as_module(model)
 
 
 # ------------------------------------------------------------------------------------------------ cache
@@ -226,13 +250,43 @@ def library_version(backend: str) -> str:
         import openvino
 
         return f"openvino-{openvino.__version__}"
-    return f"torch-{torch.__version__}"
+    return f"torch-{torch_version()}"
+
+
+def torch_version() -> str:
+    """``torch.__version__`` (with its local part, e.g. ``+cu130``), read from torch's ``version.py`` while torch
+    is not imported: the cache key of a converted model is computed without importing torch."""
+    if "torch" in sys.modules:
+        return str(sys.modules["torch"].__version__)
+    with contextlib.suppress(Exception):
+        found = importlib.util.find_spec("torch")
+        if found is not None and found.origin:
+            text = (Path(found.origin).parent / "version.py").read_text(encoding="utf-8")
+            match = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.MULTILINE)
+            if match:
+                return match.group(1)
+    import torch
+
+    return str(torch.__version__)
+
+
+def runtime_threads() -> int:
+    """Threads for a converted model's runtime: torch's intra-op count when torch is loaded (``--threads``), else
+    ``OMP_NUM_THREADS``, else the physical cores (torch's own default)."""
+    if "torch" in sys.modules:
+        return int(sys.modules["torch"].get_num_threads())
+    with contextlib.suppress(ValueError):
+        if int(os.environ.get("OMP_NUM_THREADS", "")) > 0:
+            return int(os.environ["OMP_NUM_THREADS"])
+    import psutil
+
+    return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
 
 
 def cache_key(spec: ModelSpec, sha256: str, backend: str, precision: str) -> tuple[str, dict]:
     """The artefact's folder name and the fields it is keyed on."""
     fields = {"format": FORMAT_VERSION, "sha256": sha256, "arch": spec.arch, "backend": backend, "precision": precision,
-              "library": library_version(backend), "torch": torch.__version__, "input_size": spec.input_size,
+              "library": library_version(backend), "torch": torch_version(), "input_size": spec.input_size,
               "seg_output": getattr(spec, "seg_output", "two"), "threshold": getattr(spec, "threshold", 0.5),
               "seg_activation": getattr(spec, "seg_activation", "sigmoid")}
     if precision == "int8":
@@ -283,6 +337,7 @@ class _Backend:
 
     name = ""
     files: tuple[str, ...] = ()
+    numpy_io = False  # load() gives a numpy runner (served by RuntimeModel, no torch) rather than a torch one
 
     def version(self) -> str:
         return library_version(self.name)
@@ -301,10 +356,12 @@ def _dynamic_inputs(size: int) -> list[tuple[list[int], Any]]:
 class OpenVinoBackend(_Backend):
     name = "openvino"
     files = ("model.xml", "model.bin")
+    numpy_io = True
     HINTS: ClassVar[dict[str, str]] = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
     def build(self, module, spec, precision, folder, settings):
         import openvino as ov
+        import torch
 
         if precision == "bf16":
             self._check_bf16()
@@ -345,14 +402,14 @@ class OpenVinoBackend(_Backend):
         import openvino as ov
 
         core = ov.Core()
-        config = {"INFERENCE_PRECISION_HINT": self.HINTS[precision], "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        config = {"INFERENCE_PRECISION_HINT": self.HINTS[precision], "INFERENCE_NUM_THREADS": runtime_threads(),
                   "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(folder / "compiled")}
         compiled = core.compile_model(str(folder / "model.xml"), "CPU", config)
         request = compiled.create_infer_request()
 
-        def run(*inputs: torch.Tensor) -> tuple:
-            result = request.infer([t.numpy() for t in inputs])
-            return tuple(torch.from_numpy(np.array(result[compiled.output(k)], copy=True)) for k in range(3))
+        def run(*inputs: np.ndarray) -> tuple:
+            result = request.infer(list(inputs))
+            return tuple(np.array(result[compiled.output(k)], dtype=np.float32, copy=True) for k in range(3))
 
         return run
 
@@ -368,10 +425,14 @@ class TorchCompileBackend(_Backend):
     files = ("model.pt2",)
 
     def build(self, module, spec, precision, folder, settings):
+        import torch
+
+        from core.models.torch_modules import Autocast
+
         if precision == "int8":
             raise BackendUnavailable("torch-compile int8 is not implemented; use openvino int8")
         if precision == "bf16":
-            module = _Autocast(module)
+            module = Autocast(module)
         batch = torch.export.Dim("batch", min=1, max=MAX_EXPORT_BATCH)
         dynamic = tuple({0: batch} for _ in range(5))
         with torch.no_grad(), _quiet():
@@ -380,6 +441,8 @@ class TorchCompileBackend(_Backend):
                                                      inductor_configs={"freezing": True})
 
     def load(self, folder, precision):
+        import torch
+
         runner = torch._inductor.aoti_load_package(str(folder / "model.pt2"))
 
         def run(*inputs: torch.Tensor) -> tuple:
@@ -408,6 +471,8 @@ def _quiet() -> Iterator[None]:
 def calibration_inputs(spec: ModelSpec, settings: Any, count: int) -> list[tuple[torch.Tensor, ...]]:
     """Up to ``count`` preprocessed training images of the data root that the model serves (its validation split,
     ``extra.validation_split``, left out), round-robin over datasets, each with its dataset's prompts."""
+    import torch
+
     from core import catalog
     from core.geometry import make_transform
     from core.imaging import load_image
@@ -450,20 +515,27 @@ def calibration_inputs(spec: ModelSpec, settings: Any, count: int) -> list[tuple
 # ------------------------------------------------------------------------------------------------ the hook
 
 
-def apply(model: Any, spec: ModelSpec, settings: Any, device: torch.device | str, *,
-          sha256: str | None = None) -> tuple[Any, BackendInfo]:
-    """The served model to use for ``model`` (the eager one, or a :class:`ConvertedModel`) and what runs it.
+def serve(spec: ModelSpec, settings: Any, device: Any, *, sha256: str, load_eager: Callable[[], Any],
+          release_eager: Callable[[Any], None] | None = None) -> tuple[Any, BackendInfo]:
+    """The served model for ``spec`` on ``device`` (eager, a :class:`ConvertedModel` or a :class:`RuntimeModel`) and
+    what runs it. ``load_eager()`` loads the eager model (torch), called only when needed: to convert, for a torch
+    backend, or on a fallback; a converted model served by its runtime never keeps it (``release_eager(eager)``).
 
     Never raises for a backend problem: it falls back to eager torch with a warning and the reason in the info.
     """
-    device = torch.device(device)
     info, order = resolve(spec, settings, device)
     if not order:  # not a CPU device
-        return model, info
-    sha = sha256 or getattr(model, "sha256", None) or ""
+        return load_eager(), info
     precision = info.requested_precision
     reasons: list[str] = [info.fallback] if info.fallback else []
     failed = bool(reasons) and info.requested != "auto"
+    eager: list[Any] = []  # loaded at most once, on first need
+
+    def get_eager() -> Any:
+        if not eager:
+            eager.append(load_eager())
+        return eager[0]
+
     for backend in order[:-1]:
         problem = installed(backend)
         if problem:
@@ -471,21 +543,31 @@ def apply(model: Any, spec: ModelSpec, settings: Any, device: torch.device | str
             failed = failed or info.requested != "auto"
             continue
         try:
-            wrapped = _converted(model, spec, settings, sha, backend, precision, info)
+            wrapped = _cached_runtime(spec, settings, sha256, backend, precision, info, device) or _converted(
+                get_eager, spec, settings, sha256, backend, precision, info, device)
         except Exception as exc:  # noqa: BLE001 - any conversion / runtime failure falls back to eager
             reasons.append(f"{backend} {precision} failed: {type(exc).__name__}: {_short(exc)}")
             failed = True
             log.debug("backend %s failed for %r", backend, spec.name, exc_info=True)
             continue
+        if eager and isinstance(wrapped, RuntimeModel) and release_eager is not None:
+            release_eager(eager.pop())  # no second copy of the model in memory
         mine = dataclasses.replace(wrapped.backend_info, requested=info.requested,
                                    requested_precision=info.requested_precision, fallback="; ".join(reasons) or None)
         return wrapped, mine
-    # eager torch: the model as loaded (fp32), or a bf16 autocast copy
+    return _eager(get_eager(), spec, info, precision, reasons, failed)
+
+
+def _eager(model: Any, spec: ModelSpec, info: BackendInfo, precision: str, reasons: list[str],
+           failed: bool) -> tuple[Any, BackendInfo]:
+    """Eager torch: the model as loaded (fp32), or a bf16 autocast copy."""
     info.backend, info.precision, info.version = "torch", "fp32", library_version("torch")
     served: Any = model
     if precision == "bf16":
         try:
-            served = ConvertedModel(model, _Autocast(torch_module(model)), info)
+            from core.models.torch_modules import Autocast
+
+            served = ConvertedModel(model, Autocast(torch_module(model)), info)
             info.precision = "bf16"
         except Exception as exc:  # noqa: BLE001
             reasons.append(f"torch bf16 failed: {type(exc).__name__}: {_short(exc)}")
@@ -500,15 +582,61 @@ def apply(model: Any, spec: ModelSpec, settings: Any, device: torch.device | str
     return served, info
 
 
-def _converted(model: Any, spec: ModelSpec, settings: Any, sha: str, backend: str, precision: str,
-               requested_info: BackendInfo) -> ConvertedModel:
+CHECK_FILE = "check.npz"  # seeded inputs and the eager outputs for them: the start-up check, without torch
+SERVE_FILE = "serve.json"  # what serving the artefact needs from the eager model (max_batch)
+
+
+def _cached_runtime(spec: ModelSpec, settings: Any, sha: str, backend: str, precision: str,
+                    requested_info: BackendInfo, device: Any) -> RuntimeModel | None:
+    """The cached artefact served by its runtime without torch, or None when it needs torch first (not converted
+    yet, a torch-side backend, or an artefact older than the torch-free check)."""
+    impl = _BACKENDS[backend]
+    if not impl.numpy_io:
+        return None
+    root = cache_root(settings)
+    name, _ = cache_key(spec, sha, backend, precision)
+    folder = _CONVERTED.get(name, root / name)
+    if not all((folder / f).is_file() for f in ("meta.json", CHECK_FILE, SERVE_FILE)):
+        folder = root / name
+        if not all((folder / f).is_file() for f in ("meta.json", CHECK_FILE, SERVE_FILE)):
+            return None
+    with _GUARD:
+        loaded = _RUNTIMES.get(name)
+        if loaded is not None:
+            return loaded
+        info = BackendInfo(requested=requested_info.requested, backend=backend, precision=precision,
+                           requested_precision=requested_info.requested_precision, artefact=name, cached=True,
+                           version=impl.version())
+        wrapped = _load_runtime(impl, folder, spec, sha, precision, info, device)
+        _CONVERTED[name] = folder
+        _RUNTIMES[name] = wrapped
+    log.info("model %r runs on %s %s (%s, cached, loaded in %.2f s, without torch)", spec.name, backend, precision,
+             name, info.load_sec)
+    return wrapped
+
+
+def _load_runtime(impl: _Backend, folder: Path, spec: ModelSpec, sha: str, precision: str, info: BackendInfo,
+                  device: Any) -> RuntimeModel:
+    start = time.perf_counter()
+    serving = json.loads((folder / SERVE_FILE).read_text())
+    runner = impl.load(folder, precision)
+    STATS["loads"] += 1
+    wrapped = RuntimeModel(runner, spec, sha, info, max_batch=serving.get("max_batch"), device=device)
+    _check(wrapped, folder, precision)
+    info.load_sec = round(time.perf_counter() - start, 3)
+    return wrapped
+
+
+def _converted(get_eager: Callable[[], Any], spec: ModelSpec, settings: Any, sha: str, backend: str,
+               precision: str, requested_info: BackendInfo, device: Any) -> ConvertedModel | RuntimeModel:
     impl = _BACKENDS[backend]
     root = cache_root(settings)
     name, fields = cache_key(spec, sha, backend, precision)
     folder = root / name
+    model = get_eager()
     with _GUARD:
-        cached = _LOADED.get((id(model), name))
-        if cached is not None:  # this model object already runs on this artefact in this process
+        cached = _LOADED.get((id(model), name)) or _RUNTIMES.get(name)
+        if cached is not None:  # this artefact already serves in this process
             return cached
         info = BackendInfo(requested=requested_info.requested, backend=backend, precision=precision,
                            requested_precision=requested_info.requested_precision, artefact=name,
@@ -521,14 +649,20 @@ def _converted(model: Any, spec: ModelSpec, settings: Any, sha: str, backend: st
         else:
             info.convert_sec = _convert(model, spec, settings, impl, precision, root, folder, fields)
             _prune(root, folder)
-        start = time.perf_counter()
-        runner = impl.load(folder, precision)
-        STATS["loads"] += 1
-        wrapped = ConvertedModel(model, runner, info)
-        _check(model, wrapped, spec, precision, folder)
-        info.load_sec = round(time.perf_counter() - start, 3)
+        if not all((folder / f).is_file() for f in (CHECK_FILE, SERVE_FILE)):
+            _write_check(model, spec, folder)  # an artefact of an earlier release: the next start runs without torch
+        wrapped: ConvertedModel | RuntimeModel
+        if impl.numpy_io:
+            wrapped = _load_runtime(impl, folder, spec, sha, precision, info, device)
+            _RUNTIMES[name] = wrapped
+        else:
+            start = time.perf_counter()
+            wrapped = ConvertedModel(model, impl.load(folder, precision), info)
+            STATS["loads"] += 1
+            _check(wrapped, folder, precision)
+            info.load_sec = round(time.perf_counter() - start, 3)
+            _LOADED[(id(model), name)] = wrapped
         _CONVERTED[name] = folder
-        _LOADED[(id(model), name)] = wrapped
     log.info("model %r runs on %s %s (%s%s, loaded in %.2f s)", spec.name, backend, precision, name,
              ", cached" if info.cached else f", converted in {info.convert_sec:.1f} s", info.load_sec)
     return wrapped
@@ -541,7 +675,7 @@ def _convert(model: Any, spec: ModelSpec, settings: Any, impl: _Backend, precisi
     start = time.perf_counter()
     with _building(root, folder) as tmp:
         impl.build(torch_module(model), spec, precision, tmp, settings)
-        torch.save(_reference_outputs(model, spec), tmp / "reference.pt")
+        _write_check(model, spec, tmp)
         seconds = time.perf_counter() - start
         meta = {**fields, "model": spec.name, "convert_sec": round(seconds, 2), "created": time.time(),
                 "bytes": _dir_bytes(tmp)}
@@ -555,31 +689,47 @@ def _convert(model: Any, spec: ModelSpec, settings: Any, impl: _Backend, precisi
 CHECK_SEED = 7
 
 
-def _reference_outputs(eager: Any, spec: ModelSpec) -> list[torch.Tensor]:
+def _write_check(eager: Any, spec: ModelSpec, folder: Path) -> None:
+    """Seeded inputs and eager's outputs for them (``check.npz``) and what serving needs of the eager model
+    (``serve.json``), written atomically next to the artefact."""
+    import torch
+
+    inputs = example_inputs(2, spec.input_size, seed=CHECK_SEED)
     with torch.inference_mode():
-        return [t.float().clone() for t in eager(*example_inputs(2, spec.input_size, seed=CHECK_SEED))]
+        outputs = [t.float().cpu() for t in eager(*inputs)]
+    arrays = {f"in{k}": t.numpy() for k, t in enumerate(inputs)} | {f"out{k}": t.numpy() for k, t in
+                                                                    enumerate(outputs)}
+    tmp = folder / f".{CHECK_FILE}.tmp"
+    with tmp.open("wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(tmp, folder / CHECK_FILE)
+    serving = {"max_batch": getattr(eager, "max_batch", None) or spec.max_batch}
+    (folder / f".{SERVE_FILE}.tmp").write_text(json.dumps(serving))
+    os.replace(folder / f".{SERVE_FILE}.tmp", folder / SERVE_FILE)
 
 
-def _check(eager: Any, wrapped: ConvertedModel, spec: ModelSpec, precision: str, folder: Path) -> None:
+def _check(wrapped: ConvertedModel | RuntimeModel, folder: Path, precision: str) -> None:
     """One seeded batch through the converted model against eager's outputs (saved with the artefact at conversion,
     so a start runs no eager forward): shapes must match and outputs be finite and close — a broken artefact is
     refused here, not discovered on a patient's image."""
-    reference = folder / "reference.pt"
-    try:
-        want = torch.load(reference, weights_only=True) if reference.is_file() else _reference_outputs(eager, spec)
-    except Exception:  # noqa: BLE001 - an unreadable reference is recomputed
-        want = _reference_outputs(eager, spec)
-    with torch.inference_mode():
-        got = wrapped(*example_inputs(2, spec.input_size, seed=CHECK_SEED))
+    with np.load(folder / CHECK_FILE) as saved:
+        inputs = [saved[f"in{k}"] for k in range(5)]
+        want = [saved[f"out{k}"] for k in range(3)]
+    if wrapped.numpy_io:
+        got = [np.asarray(o, dtype=np.float32) for o in wrapped(*inputs)]
+    else:
+        import torch
+
+        with torch.inference_mode():
+            got = [o.float().cpu().numpy() for o in wrapped(*(torch.from_numpy(a) for a in inputs))]
     loose = precision != "fp32"
     for name, a, b in zip(("seg", "cls2", "cls4"), want, got, strict=True):
         if tuple(a.shape) != tuple(b.shape):
             raise BackendUnavailable(f"{name} has shape {tuple(b.shape)}, eager {tuple(a.shape)}")
-        b = b.float()
-        if not bool(torch.isfinite(b).all()):
+        if not bool(np.isfinite(b).all()):
             raise BackendUnavailable(f"{name} is not finite")
-        scale = max(1.0, float(a.abs().max()))
-        diff = float((a.float() - b).abs().max()) / scale
+        scale = max(1.0, float(np.abs(a).max()))
+        diff = float(np.abs(a.astype(np.float32) - b).max()) / scale
         if diff > (0.25 if loose else 1e-3):
             raise BackendUnavailable(f"{name} differs from eager by {diff:.3g} (relative)")
 
@@ -590,13 +740,14 @@ def _short(exc: BaseException, limit: int = 300) -> str:
 
 
 def info_of(model: Any) -> BackendInfo | None:
-    return getattr(model, "backend_info", None) if isinstance(model, ConvertedModel) else None
+    return getattr(model, "backend_info", None) if isinstance(model, (ConvertedModel, RuntimeModel)) else None
 
 
 def clear_cache() -> None:
     """Forget converted models held by this process (tests); the files on disk stay."""
     with _GUARD:
         _LOADED.clear()
+        _RUNTIMES.clear()
         _CONVERTED.clear()
 
 

@@ -17,11 +17,12 @@ import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-
-import torch
+from typing import TYPE_CHECKING, Protocol
 
 from core.errors import WeightsError  # also re-exported: core.models.base.WeightsError
+
+if TYPE_CHECKING:  # torch is imported where a function needs it: a converted model serves without it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,8 @@ def file_sha256(path: Path | str) -> str:
 
 def example_inputs(batch: int, size: int, *, seed: int = 0, device: torch.device | str = "cpu"):
     """Seeded random images in [0, 1] and valid one-hot prompts, a different prompt per sample."""
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(batch, size, size, 3, generator=generator)
 
@@ -105,6 +108,8 @@ def example_inputs(batch: int, size: int, *, seed: int = 0, device: torch.device
 
 def check_contract(model, spec: ModelSpec, where: str) -> None:
     """One forward of one image: the served output shapes must be ``([1,2,S,S], [1,2], [1,4])``."""
+    import torch
+
     size = spec.input_size
     with torch.inference_mode():
         out = model(*example_inputs(1, size, device=getattr(model, "device", "cpu")))
@@ -129,6 +134,8 @@ def check_batch(model, spec: ModelSpec, where: str, *, batch: int = 3, seed: int
     ``x.shape[0]`` into a constant, and a reshape then mixes the samples without any error). Returns the
     largest relative difference; raises :class:`WeightsError` beyond :data:`BATCH_TOLERANCE`.
     """
+    import torch
+
     inputs = example_inputs(batch, spec.input_size, seed=seed, device=getattr(model, "device", "cpu"))
     advice = ('It was probably traced with torch.jit.trace or exported with a fixed batch size: export it with '
               '`python -m core export` (batch-1 networks are recorded as "max_batch": 1), or set "max_batch": 1 '

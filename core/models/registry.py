@@ -16,11 +16,12 @@ import contextlib
 import importlib
 import json
 import math
+import os
+import sys
 import threading
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from core.errors import NoModelError
 from core.models.base import (
@@ -33,6 +34,9 @@ from core.models.base import (
     file_sha256,
 )
 from core.settings import Settings
+
+if TYPE_CHECKING:  # torch is imported when a model is loaded, not to serve a cached converted model
+    import torch
 
 ARCHITECTURES = {
     "uusic_omni": "core.models.uusic_omni",
@@ -185,11 +189,44 @@ def verify_weights(spec: ModelSpec, weights_dir: Path) -> tuple[Path, str]:
     return path, sha
 
 
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; an explicit CUDA device without CUDA is an error."""
+@dataclass(frozen=True)
+class CpuDevice:
+    """The CPU, named without importing torch (a cached converted model serves without it); ``.type`` / ``.index``
+    / ``str()`` as a ``torch.device``, which :func:`torch_device` turns it into."""
+
+    type: str = "cpu"
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+def torch_device(device: Any) -> torch.device:
+    """``device`` (a name, a :class:`CpuDevice` or a ``torch.device``) as a ``torch.device``."""
+    import torch
+
+    return device if isinstance(device, torch.device) else torch.device(str(device))
+
+
+def _cuda_possible() -> bool:
+    """False when this machine certainly has no usable NVIDIA GPU (no driver): then ``auto`` is the CPU without
+    importing torch to ask."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia") or sys.platform != "linux"
+
+
+def resolve_device(name: Any) -> Any:
+    """``auto`` → CUDA when available, else CPU; an explicit CUDA device without CUDA is an error.
+
+    The CPU is a ``torch.device`` once torch is imported, else a :class:`CpuDevice` (torch stays unimported)."""
     from core.errors import DeviceError
 
     text = str(name or "auto").strip().lower()
+    if text in ("cpu", "auto") and "torch" not in sys.modules and (text == "cpu" or not _cuda_possible()):
+        return CpuDevice()
+    import torch
+
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -216,10 +253,10 @@ def _adapter(arch: str):
         raise WeightsError(f"architecture {arch!r} is not available ({module_name}: {exc})") from None
 
 
-def load_model(spec: ModelSpec, device: torch.device | str, *, weights_dir: Path | None = None) -> ServedModel:
+def load_model(spec: ModelSpec, device: Any, *, weights_dir: Path | None = None) -> ServedModel:
     """Verify and load ``spec`` on ``device`` once per process; later calls return the cached model."""
     weights_dir = Path(weights_dir) if weights_dir is not None else Settings().weights_dir
-    device = torch.device(device)
+    device = torch_device(device)
     path, sha = verify_weights(spec, weights_dir)
     key = (spec.name, str(path), sha, str(device), spec.input_size, spec.preprocessing, spec.seg_output,
            spec.threshold, spec.seg_activation, spec.max_batch)
@@ -272,6 +309,13 @@ def clear_cache() -> None:
     """Forget loaded models (tests)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+
+
+def release(model: Any) -> None:
+    """Forget ``model`` (its memory goes when its last user lets go): a converted model serves in its place."""
+    with _CACHE_LOCK:
+        for key in [k for k, v in _CACHE.items() if v is model]:
+            del _CACHE[key]
 
 
 def with_datasets(spec: ModelSpec, datasets) -> ModelSpec:

@@ -1,0 +1,134 @@
+"""Lean serving (issue 27): a cached converted model serves without torch and without an eager copy in memory.
+
+- a server process (the API app over the service) with a cached OpenVINO conversion answers ``/v1/predict`` without
+  ``torch`` in ``sys.modules``, and ``/healthz`` says which backend serves;
+- the engine that converted drops the eager model (no second copy), and its outputs match eager torch within the
+  pin tolerances (``tests/tolerances.py``);
+- a failing converted model is an error that names ``UUSIC_BACKEND=torch``.
+
+Timings are in ``bench/lean.py``, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.engine import Engine, softmax
+from core.errors import BackendUnavailable
+from core.models import backends, demo_unet, registry
+from core.settings import BUNDLED_SAMPLES, PROJECT_ROOT, Settings
+from tests.tolerances import PROBABILITY_ATOL, assert_probabilities_close
+
+OPENVINO = backends.installed("openvino") is None
+needs_openvino = pytest.mark.skipif(not OPENVINO, reason="openvino is not installed (requirements-fast.txt)")
+CLS = {"img_path_relative": "classification/BUSI/imgs/cls_00004.jpg", "task": "classification", "dataset_name": "BUSI"}
+SEG = {"img_path_relative": "segmentation/DDTI/imgs/seg_00006.jpg", "task": "segmentation", "dataset_name": "DDTI"}
+
+# Runs in a fresh interpreter: the serving stack as `python -m core serve` builds it, one request, then which of the
+# heavy modules the process holds.
+SERVER_SCRIPT = r"""
+import json, sys
+from fastapi.testclient import TestClient
+from core.api.app import create_app
+from core.settings import Settings
+app = create_app(Settings.from_env(), preload=True)
+with TestClient(app) as client:
+    answer = client.post("/v1/predict", json=json.loads(sys.argv[1]))
+    health = client.get("/healthz").json()
+print(json.dumps({"status": answer.status_code, "body": answer.json(), "backends": health["backends"],
+                  "modules": sorted(m for m in ("torch", "torchvision", "ray", "highdicom", "fpdf", "av")
+                                    if m in sys.modules)}))
+"""
+
+
+@pytest.fixture()
+def small_model(tmp_path: Path):
+    """A small demo-architecture network (64 px, letterbox) in its own weights folder; the bundled samples as data."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.manual_seed(0)
+    net = demo_unet.DemoUNet(demo_unet.DemoConfig(widths=(4, 8, 8, 8, 8)))
+    demo_unet.save_checkpoint(net, weights / "small.pt", meta={"input_size": 64, "seed": 0})
+    entry = {"name": "small", "arch": "demo_unet", "file": "small.pt", "input_size": 64, "preprocessing": "letterbox"}
+    (weights / "models.json").write_text(json.dumps([entry]))
+    registry.clear_cache()
+    backends.clear_cache()
+    yield Settings(workspace=tmp_path / "ws", weights_dir=weights, device="cpu", data_root=BUNDLED_SAMPLES)
+    registry.clear_cache()
+    backends.clear_cache()
+
+
+def test_numpy_softmax_matches_torch():
+    logits = np.random.default_rng(0).normal(scale=8.0, size=(3, 4, 5, 5)).astype(np.float32)
+    want = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    np.testing.assert_allclose(softmax(logits), want, rtol=0, atol=1e-6)
+
+
+@needs_openvino
+def test_converting_engine_keeps_no_eager_copy(small_model: Settings):
+    settings = small_model.with_(backend="openvino")
+    engine = Engine(settings)
+    assert isinstance(engine.model, backends.RuntimeModel) and engine.backend.backend == "openvino"
+    assert not hasattr(engine.model, "eager")
+    assert not registry._CACHE, "the eager model stays cached beside the converted one"
+    assert engine.model.sha256 == engine.sha256 and engine.model.spec == engine.spec
+    folder = settings.workspace / "cache" / "backends" / engine.backend.artefact
+    assert (folder / backends.CHECK_FILE).is_file() and (folder / backends.SERVE_FILE).is_file()
+    lean = engine.predict(CLS)
+    eager = Engine(settings.with_(backend="torch")).predict(CLS)
+    assert_probabilities_close(lean["probability"], eager["probability"], PROBABILITY_ATOL, "openvino vs torch")
+
+
+@needs_openvino
+def test_a_failing_runtime_names_the_backend_setting(small_model: Settings, monkeypatch):
+    engine = Engine(small_model.with_(backend="openvino"))
+
+    def broken(*inputs):
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(engine.model, "_runner", broken)
+    with pytest.raises(BackendUnavailable, match="UUSIC_BACKEND=torch") as caught:
+        engine.predict(SEG, output_dir=small_model.workspace / "o")
+    assert caught.value.status_code == 503
+
+
+@needs_openvino
+def test_an_older_cached_artefact_gets_its_check_then_serves_without_torch(small_model: Settings):
+    settings = small_model.with_(backend="openvino")
+    first = Engine(settings)
+    folder = settings.workspace / "cache" / "backends" / first.backend.artefact
+    (folder / backends.CHECK_FILE).unlink()  # as written by an earlier release
+    (folder / backends.SERVE_FILE).unlink()
+    registry.clear_cache()
+    backends.clear_cache()
+    again = Engine(settings)
+    assert again.backend.cached and isinstance(again.model, backends.RuntimeModel)
+    assert (folder / backends.CHECK_FILE).is_file() and (folder / backends.SERVE_FILE).is_file()
+
+
+@needs_openvino
+def test_server_with_a_cached_conversion_answers_without_torch(small_model: Settings, tmp_path: Path):
+    settings = small_model.with_(backend="auto")
+    Engine(settings)  # converts once, into the workspace's cache (this process has torch anyway)
+    env = {**os.environ, "UUSIC_WORKSPACE": str(settings.workspace), "UUSIC_WEIGHTS_DIR": str(settings.weights_dir),
+           "UUSIC_DATA_ROOT": str(BUNDLED_SAMPLES), "UUSIC_DEVICE": "cpu", "UUSIC_BACKEND": "auto",
+           "PYTHONPATH": str(PROJECT_ROOT)}
+    for name in ("UUSIC_API_KEY", "UUSIC_API_URL", "UUSIC_MODEL", "UUSIC_CACHE_DIR", "UUSIC_HISTORY_URL"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", SERVER_SCRIPT, json.dumps(SEG)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["status"] == 200, result["body"]
+    assert result["body"]["mask_area_px"] >= 0
+    assert result["modules"] == [], f"imported on the serve path: {result['modules']}"
+    served = result["backends"]["small"]
+    assert (served["backend"], served["cached"], served["fallback"]) == ("openvino", True, None)
