@@ -33,10 +33,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
@@ -234,24 +230,40 @@ def _enable_wal(engine: Engine) -> None:
 
 
 # ------------------------------------------------------------------------------------ migrations
-def _alembic_config(connection: Connection | None = None) -> Config:
+def _alembic_config(connection: Connection | None = None) -> Any:
     """An Alembic config for ``core/migrations`` that runs on ``connection`` (no alembic.ini needed)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = connection
     return config
 
 
+_REVISION = re.compile(r'^revision\s*=\s*"([^"]+)"', re.M)
+_DOWN_REVISION = re.compile(r'^down_revision[^=\n]*=\s*"([^"]+)"', re.M)
+
+
 @functools.cache
 def head_revision() -> str:
-    """The newest migration's revision id."""
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-    assert head is not None, "core/migrations has no revisions"
-    return head
+    """The newest migration's revision id, read from ``core/migrations/versions`` (the one no other revision names
+    as its ``down_revision``): Alembic itself is imported only when a store needs upgrading."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("[0-9]*.py")):
+        text = path.read_text(encoding="utf-8")
+        revisions.update(_REVISION.findall(text))
+        parents.update(_DOWN_REVISION.findall(text))
+    heads = revisions - parents
+    assert len(heads) == 1, f"core/migrations must have one head, found {sorted(heads)}"
+    return heads.pop()
 
 
 def _current_revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    """The revision stamped in the database (``alembic_version``), None for a store Alembic has never touched."""
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    return connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _upgrade(connection: Connection) -> None:
@@ -260,6 +272,8 @@ def _upgrade(connection: Connection) -> None:
     A pre-Alembic store (table ``runs``, no version) is stamped 0001, which is exactly its schema, first."""
     if _current_revision(connection) == head_revision():
         return
+    from alembic import command
+
     config = _alembic_config(connection)
     if _current_revision(connection) is None and sa.inspect(connection).has_table("runs"):
         command.stamp(config, "0001")

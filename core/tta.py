@@ -28,7 +28,6 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 # auto: on where TTA costs < 2x on the CPU, else off. Measured (bench/bench_tta.py, docs/PERFORMANCE.md "Test-time
 # augmentation"): the default 4 views cost 3.1x per image with the default CPU backend (OpenVINO fp32), so off.
@@ -97,6 +96,8 @@ def _rotate(array: np.ndarray, angle: float) -> np.ndarray:
         return array
     if float(angle) % 90 == 0:  # exact, no interpolation
         return np.rot90(array, k=int(round(angle / 90)) % 4, axes=(0, 1))
+    from scipy import ndimage  # only a free-angle view needs it (~0.7 s to import)
+
     return ndimage.rotate(array, angle, axes=(1, 0), reshape=False, order=1, mode="constant", cval=0.0,
                           prefilter=False)
 

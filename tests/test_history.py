@@ -397,3 +397,13 @@ def test_unwritable_sqlite_file_is_a_history_error(tmp_path: Path):
         read_only.chmod(0o444)
         with pytest.raises(HistoryError):
             HistoryStore(read_only).add({"img_name": "x"})
+
+
+def test_the_head_revision_is_read_without_alembic_and_agrees_with_it():
+    """The store compares its stamp with the newest migration without importing Alembic (lean start, issue 27);
+    that reading is the one Alembic itself makes."""
+    from alembic.script import ScriptDirectory
+
+    from core.history import _alembic_config, head_revision
+
+    assert head_revision() == ScriptDirectory.from_config(_alembic_config()).get_current_head()
