@@ -132,9 +132,9 @@ def test_all_views_go_through_one_forward_pass(tta_settings, monkeypatch):
     sizes = []
     original = engine._run_model
 
-    def counting(model, images, vectors):
+    def counting(model, images, vectors, *rest):
         sizes.append(int(images.shape[0]))
-        return original(model, images, vectors)
+        return original(model, images, vectors, *rest)
 
     monkeypatch.setattr(engine, "_run_model", counting)
     results = engine.predict_batch([{**SEG, "tta": True}, {**CLS, "tta": True}, CLS], batch_size=8,
