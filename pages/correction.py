@@ -197,10 +197,21 @@ def _saved(save) -> None:
     st.success(_t("已保存版本 {v}", "Saved as version {v}").format(v=version["version"]))
 
 
-def versions_table(versions: list[dict]) -> pd.DataFrame:
+def _model_version(row: dict) -> dict:
+    """The model's own result as version 0 of the table (kind ``model``), so both versions are seen side by side."""
+    measured = row.get("measurements") if isinstance(row.get("measurements"), dict) else {}
+    prediction = row.get("prediction") if row.get("task") != "segmentation" else None
+    return {"version": 0, "timestamp": row.get("timestamp"), "author": row.get("model_name"), "kind": "model",
+            "class_index": prediction if isinstance(prediction, int) else None,
+            "area_px": measured.get("area_px", row.get("mask_area_px")), "area_mm2": measured.get("area_mm2")}
+
+
+def versions_table(versions: list[dict], row: dict | None = None) -> pd.DataFrame:
+    """The correction versions, after the model's result (version 0) when ``row`` is given."""
     columns = ["version", "timestamp", "author", "kind", "class_index", "pixels_added", "pixels_removed", "dice",
                "area_px", "area_mm2", "reason"]
-    return pd.DataFrame([{c: v.get(c) for c in columns} for v in versions], columns=columns)
+    records = ([_model_version(row)] if row is not None else []) + list(versions)
+    return pd.DataFrame([{c: v.get(c) for c in columns} for v in records], columns=columns)
 
 
 def correction_panel(row: dict, picture: np.ndarray, current) -> None:
@@ -218,4 +229,4 @@ def correction_panel(row: dict, picture: np.ndarray, current) -> None:
         versions = store.versions(int(row["id"]))
         if versions:
             st.caption(_t("修正版本（模型结果保持不变）", "Correction versions (the model's result is kept)"))
-            st.dataframe(versions_table(versions), hide_index=True)
+            st.dataframe(versions_table(versions, row), hide_index=True)
