@@ -19,77 +19,38 @@ inverse are numpy / OpenCV, so a start with a cached conversion never imports to
 
 from __future__ import annotations
 
-import io
 import logging
 import sys
 import threading
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from core import calibration, catalog, tta
+from core import catalog, tta
 from core.batching import report_progress, run_batch
 from core.errors import NoModelError, error_body
-from core.files import atomic_save_image, atomic_write_bytes
-from core.geometry import CenterCrop, Letterbox, make_transform
-from core.imaging import LoadedImage, frame_mask_path, load_image
+from core.geometry import make_transform
+from core.imaging import load_image
 from core.models import backends, registry
 from core.models.base import ModelSpec
-from core.paths import is_shared_output, mask_relative_path, output_path, resolve_input, write_new_output
+from core.paths import resolve_input
 from core.resources import GpuMemory, device_label, measure_gpu, process_rss_mb
 from core.schema import PredictRequest
+from core.segmentation_output import SegmentationOutput
 from core.settings import Settings, get_settings
+from core.stages import Prepared, RawOutput, baseline_resize_nearest
+
+__all__ = ["Engine", "Prepared", "RawOutput", "baseline_resize_nearest", "get_engine", "softmax"]
 
 log = logging.getLogger(__name__)
 NO_MODEL_MESSAGE = "no model for this dataset"
 # "exact": the crop's true inverse (masks land on the original pixels); "baseline": the challenge model.py's
 # nearest resize of the S x S mask over the whole image (stretches centre crops; kept for parity checks only)
 MASK_INVERSES = ("exact", "baseline")
-
-
-def baseline_resize_nearest(mask: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)`` without OpenCV (same indices)."""
-    rows, cols = mask.shape
-    inv_x, inv_y = 1.0 / (width / cols), 1.0 / (height / rows)
-    cx = np.minimum(np.floor(np.arange(width) * inv_x).astype(np.int64), cols - 1)
-    cy = np.minimum(np.floor(np.arange(height) * inv_y).astype(np.int64), rows - 1)
-    return mask[np.ix_(cy, cx)]
-
-
-@dataclass
-class Prepared:
-    """One decoded, preprocessed image waiting for the forward pass."""
-
-    request: PredictRequest
-    image: LoadedImage
-    transform: CenterCrop | Letterbox
-    input: np.ndarray  # S x S x 3 float32 in [0, 1]
-    prep_sec: float
-    timings: dict = field(default_factory=dict)
-    views: tuple[tta.View, ...] = ()  # test-time augmentation: the views stacked into the forward pass (none: off)
-    view_input: np.ndarray | None = None  # V x S x S x 3 float32, the input seen in each view
-    input_dir: Path | None = None  # where the request's relative paths live (its ground-truth mask, core.reference)
-
-    def model_inputs(self) -> list[np.ndarray]:
-        """What this image contributes to the forward pass: its input, or one input per TTA view."""
-        return [self.input] if self.view_input is None else list(self.view_input)
-
-
-@dataclass
-class RawOutput:
-    """What post-processing needs from the forward pass for one sample (CPU numpy)."""
-
-    probability: np.ndarray | None = None  # classification: softmax of the dataset's head
-    seg_label: np.ndarray | None = None  # center_crop: argmax label map S x S (uint8)
-    seg_foreground: np.ndarray | None = None  # letterbox: foreground probability S x S (float32)
-    fallback_device: str | None = None  # set when CUDA ran out of memory and the sample ran on the CPU
-    views: list[RawOutput] | None = None  # test-time augmentation: one output per view (in the view's frame)
 
 
 _MODEL_LOCKS: dict[int, threading.Lock] = {}
@@ -143,6 +104,10 @@ class Engine:
     def serves(self, task: str, dataset_name: str) -> bool:
         """Whether this model has weights for ``(task, dataset_name)`` (:func:`core.catalog.serves`)."""
         return catalog.serves(self._served, task, dataset_name)
+
+    @property
+    def _letterbox(self) -> bool:
+        return self.spec.preprocessing == "letterbox"
 
     def check_serves(self, task: str, dataset_name: str) -> None:
         """NoModelError ("no model for this dataset", naming the model) unless :meth:`serves`."""
@@ -204,7 +169,7 @@ class Engine:
             with self._lock:
                 start = time.perf_counter()
                 seg, cls2, cls4 = self._run_model(self.model, images, vectors, np.concatenate)
-                outputs = self._extract(rows, seg, cls2, cls4, _NumpyHeads)
+                outputs = split_outputs(rows, seg, cls2, cls4, _NumpyHeads, letterbox=self._letterbox)
                 seconds = time.perf_counter() - start
             return _regroup(batch, outputs), seconds, GpuMemory()
         return self._forward_torch(batch, rows, images, vectors)
@@ -225,7 +190,8 @@ class Engine:
                     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
                     with autocast:
                         seg, cls2, cls4 = self._run_model(self.model, images_d, vectors_d, torch.cat)
-                    outputs = self._extract(rows, seg.float(), cls2.float(), cls4.float(), _TorchHeads)
+                    outputs = split_outputs(rows, seg.float(), cls2.float(), cls4.float(), _TorchHeads,
+                                            letterbox=self._letterbox)
             except torch.OutOfMemoryError:
                 outputs, gpu = self._forward_on_cpu(rows, images, vectors), GpuMemory()
             seconds = time.perf_counter() - start
@@ -251,33 +217,10 @@ class Engine:
         cpu_model = registry.load_model(self.spec, torch.device("cpu"), weights_dir=self.settings.weights_dir)
         with torch.inference_mode():
             seg, cls2, cls4 = self._run_model(cpu_model, images, vectors, torch.cat)
-            outputs = self._extract(batch, seg.float(), cls2.float(), cls4.float(), _TorchHeads)
+            outputs = split_outputs(batch, seg.float(), cls2.float(), cls4.float(), _TorchHeads,
+                                    letterbox=self._letterbox)
         for output in outputs:
             output.fallback_device = "cpu"
-        return outputs
-
-    def _extract(self, batch: list[Prepared], seg, cls2, cls4, heads: Any) -> list[RawOutput]:
-        """Per-sample outputs from the heads: torch tensors (``heads`` = :class:`_TorchHeads`) or numpy arrays
-        (:class:`_NumpyHeads`)."""
-        outputs: list[RawOutput] = [RawOutput() for _ in batch]
-        seg_rows = [i for i, p in enumerate(batch) if p.request.task == "segmentation"]
-        for head, logits in (("cls4", cls4), ("cls2", cls2)):
-            rows = [i for i, p in enumerate(batch)
-                    if p.request.task == "classification" and (p.request.dataset.head == "cls4") == (head == "cls4")]
-            if rows:
-                probs = heads.probs(logits[rows])
-                for i, prob in zip(rows, probs, strict=True):
-                    outputs[i].probability = prob
-        if seg_rows:
-            seg_sel = seg[seg_rows]
-            if self.spec.preprocessing == "letterbox":
-                fg = heads.foreground(seg_sel)
-                for i, f in zip(seg_rows, fg, strict=True):
-                    outputs[i].seg_foreground = f
-            else:  # the baseline's argmax(softmax(...)) path, kept for parity
-                labels = heads.labels(seg_sel)
-                for i, lab in zip(seg_rows, labels, strict=True):
-                    outputs[i].seg_label = lab
         return outputs
 
     def finish(self, prepared: Prepared, raw: RawOutput, *, output_dir: Path, forward_sec: float, gpu) -> dict:
@@ -308,7 +251,8 @@ class Engine:
                 class_names_zh=dataset.class_names("zh"),
             )
         else:
-            response.update(self._finish_segmentation(prepared, raw, output_dir))
+            response.update(SegmentationOutput(self.settings, self.mask_inverse, self.measurements)
+                            .result(prepared, raw, output_dir))
         post = time.perf_counter() - start
         response.update(
             inference_time_sec=prepared.prep_sec + forward_sec + post,
@@ -337,94 +281,6 @@ class Engine:
         for key, value in req.extras.items():
             response.setdefault(key, value)
         return response
-
-    def _write_mask(self, mask: np.ndarray, output_dir: Path, relative: str) -> Path:
-        """Write the 0/255 PNG mask. In the workspace's shared ``api_out/`` a later run of the same image never
-        overwrites an earlier run's mask (the history keeps each run's own file: ``runs/<random>/``); a job's own
-        folder (CLI, batch) keeps the challenge layout and is rewritten on a rerun."""
-        buffer = io.BytesIO()
-        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buffer, format="PNG", compress_level=1)
-        if is_shared_output(output_dir, Path(self.settings.api_out)):
-            return write_new_output(output_dir, relative, buffer.getvalue())
-        target = output_path(output_dir, relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write_bytes(target, buffer.getvalue())
-
-    def _finish_segmentation(self, prepared: Prepared, raw: RawOutput, output_dir: Path) -> dict:
-        req, transform = prepared.request, prepared.transform
-        fused = self._fuse_segmentation(prepared, raw) if raw.views else None
-        mask = fused.mask if fused is not None else self._mask(prepared, raw)
-        relative = frame_mask_path(mask_relative_path(req.img_path_relative), prepared.image)  # cine: one per frame
-        target = self._write_mask(mask, output_dir, relative)
-        spacing, source, notes = calibration.resolve_spacing(
-            req.pixel_spacing_mm, req.pixel_spacing_source, prepared.image.pixel_spacing_mm,
-            prepared.image.pixel_spacing_source)
-        coverage = transform.coverage() if self.mask_inverse == "exact" or fused is not None else np.ones(1)
-        fetal_head = req.dataset.group == "fetal_head"
-        measurements = _measure(mask, spacing, fetal_head=fetal_head) if self.measurements else None
-        result = {
-            "mask_name": target.name,
-            "mask_path": str(target),
-            "mask_path_relative": relative,
-            "mask_area_px": int(mask.sum()),
-            "seg_target_info": req.dataset.seg_target,
-            "pixel_spacing_mm": spacing,
-            "pixel_spacing_source": source,
-            "coverage_fraction": float(coverage.mean()),
-            "measurements": measurements,
-        }
-        if fused is not None:
-            result["uncertainty"] = self._segmentation_uncertainty(prepared, fused, target, spacing, fetal_head)
-        if measurements is not None:
-            from core.reference import reference_for
-
-            reference = reference_for(self.settings, req, measurements, mask.shape, spacing,
-                                      input_dir=prepared.input_dir)
-            if reference is not None:
-                result["reference"] = reference
-        if notes:
-            result["notes"] = notes
-        return result
-
-    def _mask(self, prepared: Prepared, raw: RawOutput) -> np.ndarray:
-        """The one-view mask on the original pixels (the path every response took before TTA)."""
-        transform = prepared.transform
-        if raw.seg_foreground is not None and isinstance(transform, Letterbox):
-            return transform.invert_probability(raw.seg_foreground) > 0.5
-        if raw.seg_label is None:
-            raise RuntimeError("a segmentation sample without a label map")  # the forward pass always sets one
-        if self.mask_inverse == "baseline":
-            return baseline_resize_nearest(raw.seg_label, prepared.image.width, prepared.image.height) > 0
-        return transform.invert_mask(raw.seg_label, background=0) > 0
-
-    @staticmethod
-    def _fuse_segmentation(prepared: Prepared, raw: RawOutput) -> tta.FusedMask:
-        """Every view's foreground map back on the original pixels, averaged (:func:`core.tta.fuse_masks`)."""
-        transform = prepared.transform
-        maps = [_foreground(view) for view in raw.views or []]
-        if isinstance(transform, Letterbox):
-            return tta.fuse_masks(prepared.views, maps, transform.invert_probability)
-        return tta.fuse_masks(prepared.views, maps, lambda m: transform.invert_mask(m, background=0))
-
-    def _segmentation_uncertainty(self, prepared: Prepared, fused: tta.FusedMask, target: Path,
-                                  spacing: float | None, fetal_head: bool) -> dict:
-        """The TTA block: views, agreement PNG (0..255 = fraction of views voting foreground), measurement spread."""
-        path = target.with_name(f"{target.stem}_agreement.png")
-        atomic_save_image(Image.fromarray(tta.agreement_png(fused.agreement), mode="L"), path, format="PNG",
-                          compress_level=1)
-        per_view = [_measure(m, spacing, fetal_head=fetal_head) for m in fused.view_masks] if self.measurements \
-            else [{"area_px": int(m.sum())} for m in fused.view_masks]
-        union = np.zeros_like(fused.mask)
-        for m in fused.view_masks:
-            union |= m
-        consensus = np.maximum(fused.agreement, 1.0 - fused.agreement)[union]
-        return {
-            "views": len(prepared.views),
-            "view_names": [v.name for v in prepared.views],
-            "agreement_mean": float(consensus.mean()) if consensus.size else 1.0,
-            "agreement_path": str(path),
-            "measurement_spread": tta.spread(per_view),
-        }
 
     # ------------------------------------------------------------------------------------------ public API
 
@@ -467,6 +323,32 @@ class Engine:
 
     def _output_dir(self, output_dir: Path | None) -> Path:
         return Path(output_dir) if output_dir is not None else Path(self.settings.api_out)
+
+
+def split_outputs(batch: list[Prepared], seg: Any, cls2: Any, cls4: Any, heads: Any, *,
+              letterbox: bool) -> list[RawOutput]:
+    """Per-sample outputs from the heads: torch tensors (``heads`` = :class:`_TorchHeads`) or numpy arrays
+    (:class:`_NumpyHeads`)."""
+    outputs: list[RawOutput] = [RawOutput() for _ in batch]
+    seg_rows = [i for i, p in enumerate(batch) if p.request.task == "segmentation"]
+    for head, logits in (("cls4", cls4), ("cls2", cls2)):
+        rows = [i for i, p in enumerate(batch)
+                if p.request.task == "classification" and (p.request.dataset.head == "cls4") == (head == "cls4")]
+        if rows:
+            probs = heads.probs(logits[rows])
+            for i, prob in zip(rows, probs, strict=True):
+                outputs[i].probability = prob
+    if seg_rows:
+        seg_sel = seg[seg_rows]
+        if letterbox:
+            fg = heads.foreground(seg_sel)
+            for i, f in zip(seg_rows, fg, strict=True):
+                outputs[i].seg_foreground = f
+        else:  # the baseline's argmax(softmax(...)) path, kept for parity
+            labels = heads.labels(seg_sel)
+            for i, lab in zip(seg_rows, labels, strict=True):
+                outputs[i].seg_label = lab
+    return outputs
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -523,15 +405,6 @@ def _class_probability(prepared: Prepared, raw: RawOutput) -> tuple[np.ndarray, 
     return raw.probability, None
 
 
-def _foreground(raw: RawOutput) -> np.ndarray:
-    """A view's ``S x S`` foreground map: the probability (letterbox) or the 0/1 vote of the label map (crop)."""
-    if raw.seg_foreground is not None:
-        return raw.seg_foreground
-    if raw.seg_label is None:
-        raise RuntimeError("a segmentation view without a label map")  # the forward pass always sets one
-    return np.asarray(raw.seg_label > 0, dtype=np.float32)
-
-
 def _regroup(batch: list[Prepared], outputs: list[RawOutput]) -> list[RawOutput]:
     """One output per image: a TTA image's view rows gathered into one :class:`RawOutput` (``views``)."""
     grouped: list[RawOutput] = []
@@ -545,19 +418,6 @@ def _regroup(batch: list[Prepared], outputs: list[RawOutput]) -> list[RawOutput]
         grouped.append(RawOutput(views=parts, fallback_device=parts[0].fallback_device))
         index += len(parts)
     return grouped
-
-
-def _measure(mask: np.ndarray, spacing: float | None, *, fetal_head: bool) -> dict:
-    """Measurements from :func:`core.measure.measure_mask`; the area alone when that module is unavailable."""
-    try:
-        from core.measure import measure_mask
-    except ImportError:
-        return {"area_px": int(mask.sum())}
-    try:
-        return measure_mask(mask, pixel_spacing_mm=spacing, fetal_head=fetal_head)
-    except Exception as exc:  # a measurement must never sink the prediction
-        log.warning("measurement failed: %s", exc)
-        return {"area_px": int(mask.sum()), "error": f"measurement failed: {exc}"}
 
 
 # ---------------------------------------------------------------------------------------------- process cache

@@ -26,7 +26,6 @@ UNSERVED = {**SEG, "dataset_name": "KidneyUS"}
 # Larger than the rule, with the reason (each is one object of one job whose parts share its state).
 ALLOWED_SIZE = {
     ("core.report", "CaseReport"): "the PDF's sections share one document and its fonts; split by section next",
-    ("core.engine", "Engine"): "the model's stages share its lock, device and backend (lean-serving work moves it)",
     ("core.history", "HistoryStore"): "one SQLAlchemy engine and its tables; queries, CSV and import share them",
     ("core.train", "train"): "the training loop reads top to bottom: data, epochs, validation, the checkpoint",
 }
