@@ -134,25 +134,22 @@ def format_probability(value: float) -> str:
     return f"{value:.4f} ({value * 100:.1f}%)"
 
 
-class CaseReport:
-    """Writes one run's PDF; :func:`build_report` is the way in."""
+class ReportWriter:
+    """An A4 PDF in the report's language and fonts, with its writing primitives (headings, rows, paragraphs,
+    tables); :class:`CaseReport` writes a run's sections with them."""
 
-    def __init__(self, backend: Any, run: dict, lang: str):
+    def __init__(self, lang: str, *, needs_cjk: bool, title: str, footer: str):
         _quiet_font_tools()
-        self.backend, self.run = backend, run
-        response = run.get("response")
-        self.response: dict = response if isinstance(response, dict) else {}
         self.pdf = _Pdf(orientation="P", unit="mm", format="A4")
         self.pdf.set_margins(15, 15, 15)
         self.pdf.set_auto_page_break(True, margin=15)
-        needs_cjk = lang == "zh" or _has_cjk(run)
         self.cjk = self._register_fonts(needs_cjk)
         self.lang = lang if (lang == "en" or self.cjk) else "en"
         self.notice = NO_CJK_NOTE if needs_cjk and not self.cjk else None
-        self.pdf.set_title(f"UUSIC case report - run {run.get('id')}")
+        self.pdf.set_title(title)
         self.pdf.set_creator("UUSIC Viewer")
         self.pdf.footer_family = self.family
-        self.pdf.footer_text = self.text(f"UUSIC Viewer - run {run.get('id')}")
+        self.pdf.footer_text = self.text(footer)
 
     def _register_fonts(self, needs_cjk: bool) -> bool:
         """Register family ``body``: the CJK font when Chinese is to be printed, else a Unicode Latin font (a CJK
@@ -235,6 +232,18 @@ class CaseReport:
         self.pdf.ln()
         self.font(9)
 
+
+
+class CaseReport(ReportWriter):
+    """Writes one run's PDF; :func:`build_report` is the way in."""
+
+    def __init__(self, backend: Any, run: dict, lang: str):
+        self.backend, self.run = backend, run
+        self.response: dict = run["response"] if isinstance(run.get("response"), dict) else {}
+        name = f"run {run.get('id')}"
+        super().__init__(lang, needs_cjk=lang == "zh" or _has_cjk(run), title=f"UUSIC case report - {name}",
+                         footer=f"UUSIC Viewer - {name}")
+
     # ------------------------------------------------------------------------------------------ the document
     def build(self) -> bytes:
         """The PDF: every block that its stored values allow; a block they do not is replaced by a notice."""
@@ -282,8 +291,7 @@ class CaseReport:
         self.row(self.label("source"), str(run.get("source") or ""))
 
     def _organ_name(self) -> str:
-        dataset = _dataset(self.run)
-        if dataset is None:
+        if (dataset := _dataset(self.run)) is None:
             return str(self.run.get("organ") or "")
         group = catalog.ORGAN_GROUPS[dataset.group]
         return f"{self.both(group.zh, group.en)} ({dataset.organ})"
