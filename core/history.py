@@ -556,28 +556,31 @@ class HistoryStore:
         spreadsheet: a cell (header included) that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
         return gets a leading ``'`` so it is never run as a formula; numbers (``-1.5``, ``+3``, ``-2e-3``, as
         numbers or as text) stay numbers."""
-        number = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-        formula_start = ("=", "+", "-", "@", "\t", "\r")
-
-        def cell(value: Any) -> Any:
-            if value is None or isinstance(value, int) or (isinstance(value, float) and abs(value) < float("inf")):
-                return value  # numbers (and booleans) as they are; NaN and infinities go on as text
-            text = (_json(value) or "") if isinstance(value, (list, dict, tuple)) else str(value)
-            if text.startswith(formula_start) and not number.fullmatch(text):
-                return "'" + text
-            return text
-
         flats = [flat_fields(row) for row in rows]
         flat_names = _flat_order({k for flat in flats for k in flat})
         extra = sorted({str(k) for r in rows for k in r} - set(COLUMN_NAMES) - set(flat_names))
         fields = [*COLUMN_NAMES, *flat_names, *extra]
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow([cell(name) for name in fields])
+        writer.writerow([spreadsheet_cell(name) for name in fields])
         for row, flat in zip(rows, flats, strict=True):
             values = {**flat, **{str(k): v for k, v in row.items()}}
-            writer.writerow([cell(values.get(name)) for name in fields])
+            writer.writerow([spreadsheet_cell(values.get(name)) for name in fields])
         return buffer.getvalue()
+
+
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """One CSV cell, safe to open in a spreadsheet (every CSV writer of the project uses it): text that starts
+    with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'`` so it is never run as a
+    formula; numbers (``-1.5``, ``+3``, ``-2e-3``, as numbers or as text) stay numbers, lists and dicts JSON."""
+    if value is None or isinstance(value, int) or (isinstance(value, float) and abs(value) < float("inf")):
+        return value  # numbers (and booleans) as they are; NaN and infinities go on as text
+    text = (_json(value) or "") if isinstance(value, (list, dict, tuple)) else str(value)
+    return "'" + text if text.startswith(FORMULA_START) and not _NUMBER.fullmatch(text) else text
 
 
 # ------------------------------------------------------------------------------------ display and flat columns
