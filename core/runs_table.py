@@ -81,11 +81,43 @@ def _prediction(row: dict, dataset: catalog.Dataset | None, lang: str) -> tuple[
 
 
 def _frame(flat: dict) -> str | None:
-    """``3 / 16`` (numbered from 1) for a frame of a cine; None for a still image."""
-    count = flat.get("frame_count")
-    if not isinstance(count, int) or count < 2:
+    """``3 / 16`` (numbered from 1) for a frame of a cine; ``3`` when the count is not recorded; None for a still
+    image."""
+    index, count = flat.get("frame_index"), flat.get("frame_count")
+    if isinstance(count, int) and not isinstance(count, bool):
+        return f"{int(index or 0) + 1} / {count}" if count >= 2 else None
+    if isinstance(index, int) and not isinstance(index, bool) and index >= 0:
+        return str(index + 1)
+    return None
+
+
+def frame_number(row: dict) -> int | None:
+    """The run's frame of a cine, numbered from 1 as DICOM does; None for a still image (one frame)."""
+    flat = flat_fields(row)
+    index, count = flat.get("frame_index"), flat.get("frame_count")
+    if isinstance(count, int) and count < 2:
         return None
-    return f"{int(flat.get('frame_index') or 0) + 1} / {count}"
+    return index + 1 if isinstance(index, int) and not isinstance(index, bool) and index >= 0 else None
+
+
+def cine_groups(rows: Iterable[dict]) -> list[list[dict]]:
+    """The runs as history entries, in their order: the frames of one cine analysis (rows sharing a ``batch_id``
+    that carry a ``frame_index``) are one entry, its frames sorted by frame; every other run is an entry alone.
+    The stored rows stay one per frame; this only groups them for display."""
+    entries: list[list[dict]] = []
+    cines: dict[str, list[dict]] = {}
+    for row in rows:
+        batch = row.get("batch_id")
+        if batch and frame_number(row) is not None:
+            if str(batch) not in cines:
+                cines[str(batch)] = []
+                entries.append(cines[str(batch)])
+            cines[str(batch)].append(row)
+        else:
+            entries.append([row])
+    for frames in cines.values():
+        frames.sort(key=lambda r: (frame_number(r) or 0, r.get("id") or 0))
+    return entries
 
 
 def readable_row(row: dict, lang: str = "en", zone: str | None = None) -> dict[str, Any]:

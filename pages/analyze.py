@@ -156,8 +156,8 @@ def load_upload(dataset: catalog.Dataset) -> None:
                sample=None, task=dataset.task, dataset=dataset.name, data=data)  # it belongs to this dataset
 
 
-def load_sample(dataset: catalog.Dataset) -> None:
-    if not st.button(tr("random_button"), key="random_sample"):
+def load_sample(dataset: catalog.Dataset, where=None) -> None:
+    if not (where or st).button(tr("random_button"), key="random_sample", icon=":material/shuffle:"):
         return
     from core.samples import random_sample
 
@@ -202,14 +202,14 @@ def own_image(image: dict | None, dataset: catalog.Dataset) -> dict | None:
 
 
 # ---------------------------------------------------------------- editing
-def edit_image(image: dict) -> tuple[Image.Image, list[dict]]:
-    """The edit controls on the preview proxy: returns the edited preview and the edit log for the
-    full-resolution image (a crop box drawn on the preview is scaled to full-resolution pixels)."""
+def edit_image(image: dict, folded: bool = False) -> tuple[Image.Image, list[dict]]:
+    """The edit controls on the preview proxy (folded while a result is shown): returns the edited preview and the
+    edit log for the full-resolution image (a crop box drawn on the preview is scaled to full-resolution pixels)."""
     picture: Image.Image = image["picture"]
     if image.get("proxy_source") != id(picture):  # a new picture (e.g. another frame): a new proxy
         image["proxy"], image["proxy_source"] = proxy_of(picture), id(picture)
     proxy: Image.Image = image["proxy"]
-    with st.expander(tr("edit"), expanded=True):
+    with st.expander(tr("edit"), expanded=not folded, icon=":material/tune:"):
         top = st.columns(2)
         quarter = top[0].select_slider(tr("rotate90"), options=[0, 90, 180, 270], key="rot90")
         angle = top[1].slider(tr("free_angle"), -45.0, 45.0, 0.0, 0.5, key="angle")
@@ -261,6 +261,9 @@ def zoomable(picture: Image.Image, key: str, size: tuple[int, int] | None = None
     figure.update_layout(margin=dict(l=0, r=0, t=0, b=0), dragmode="pan", height=420, plot_bgcolor="black")
     st.caption(tr("zoom_help"))
     st.plotly_chart(figure, config=PLOT_CONFIG, key=key, width="stretch")
+
+
+RESULT_ROW = [1, 1, 1.5]  # a result's rows: original | overlay | its numbers (and controls under them)
 
 
 # ---------------------------------------------------------------- run
@@ -452,72 +455,80 @@ def _load_mask(result: dict) -> np.ndarray | None:
     return result["mask"]
 
 
-def show_segmentation(result: dict, image: dict) -> None:
+def show_segmentation(result: dict, image: dict) -> bool:
     response, request, edited = result["response"], result["request"], result["edited"]
     mask = _load_mask(result)
     if mask is None:
-        return
-    cols = st.columns([2, 1])
+        return False
+    left, right, numbers = st.columns(RESULT_ROW)  # the overlay and the key numbers side by side, in view
+    cols = st.columns(RESULT_ROW)  # the display controls in one row under the images
     alpha = cols[0].slider(tr("opacity"), 0.0, 1.0, 0.45, 0.05, key="opacity")
     mode = choice("radio", tr("display_mode"), ["fill", "contour"], key="overlay_mode", horizontal=True,
                   format_func=lambda m: i18n.t(f"mode_{m}", L), container=cols[1])
     blended = _full_overlay(result, mask, alpha, mode)
     shown, shown_mask = _display_pair(result, mask)
-    drawn, calipers = caliper_choice(response, mask)
+    drawn, calipers = caliper_choice(response, mask, cols[2])
     width = overlay.readable_thickness(shown.size)
     picture = overlay.overlay(shown, shown_mask, alpha=alpha, mode=mode, thickness=width)
     if drawn:
         picture = overlay.draw_calipers(picture, **calipers, scale=shown.width / mask.shape[1], width=width)
     result["overlay_shown"], result["calipers_drawn"] = picture, drawn  # what the page shows (tests read it)
-    left, right = st.columns(2)
     left.image(shown, caption=tr("original"), width="stretch")
     right.image(picture, caption=tr("overlay"), width="stretch")
     target = target_name(str(response.get("task") or "segmentation"), str(response.get("dataset_name") or ""))
+    with numbers:
+        st.subheader(tr("measurements"))
+        if target:
+            st.caption(tr("target_named", name=target))
+        measurements = response.get("measurements") or {}
+        if not mask.any():
+            st.info(tr("empty_mask"))
+        table = _measurement_table(measurements)
+        if not table.empty:
+            st.table(table)
+            clinical.spacing_caption(response)  # clinical hook
+        stem = Path(str(request.get("original_name") or request.get("img_name") or "image")).stem  # the user's name
+        st.download_button(tr("download_mask"), overlay.png_bytes(overlay.mask_image(mask)), f"{stem}_mask.png",
+                           "image/png", key="dl_mask", icon=":material/download:")
+        st.download_button(tr("download_overlay"), overlay.png_bytes(blended), f"{stem}_overlay.png", "image/png",
+                           key="dl_overlay", icon=":material/download:")
     legend(reference=False, target=target, calipers=drawn)
-    st.subheader(tr("measurements"))
-    if target:
-        st.caption(tr("target_named", name=target))
-    measurements = response.get("measurements") or {}
-    if not mask.any():
-        st.info(tr("empty_mask"))
-    table = _measurement_table(measurements)
-    if not table.empty:
-        st.table(table)
-        clinical.spacing_caption(response)  # clinical hook
-    stem = Path(str(request.get("original_name") or request.get("img_name") or "image")).stem  # the user's name
-    d1, d2 = st.columns(2)
-    d1.download_button(tr("download_mask"), overlay.png_bytes(overlay.mask_image(mask)), f"{stem}_mask.png",
-                       "image/png", key="dl_mask")
-    d2.download_button(tr("download_overlay"), overlay.png_bytes(blended), f"{stem}_overlay.png", "image/png",
-                       key="dl_overlay")
     reference = _reference_mask(image, request, result["edits"], edited.size)
     if reference is not None:
-        st.subheader(tr("ground_truth"))
-        shown_reference = _shrink_mask(reference, shown.size)
-        width = overlay.readable_thickness(shown.size)
-        a, b = st.columns(2)
-        a.image(overlay.overlay(shown, shown_reference, alpha=0.45, color=overlay.REFERENCE_COLOR, thickness=width),
-                caption=tr("gt_mask"), width="stretch")
-        b.image(overlay.compare_overlay(shown, shown_mask, shown_reference, thickness=width),
-                caption=tr("compare_contours"), width="stretch")
+        show_ground_truth(result, image, shown, shown_mask, _shrink_mask(reference, shown.size), _dice(mask, reference))
+    return reference is not None
+
+
+def show_ground_truth(result: dict, image: dict, shown: Image.Image, shown_mask: np.ndarray,
+                      shown_reference: np.ndarray, dice: float) -> None:
+    """Demo mode: the reference mask, both contours and the Dice in one row, the reference measurement under it."""
+    st.markdown(f"**{tr('ground_truth')}**")
+    width = overlay.readable_thickness(shown.size)
+    a, b, c = st.columns(RESULT_ROW)
+    a.image(overlay.overlay(shown, shown_reference, alpha=0.45, color=overlay.REFERENCE_COLOR, thickness=width),
+            caption=tr("gt_mask"), width="stretch")
+    b.image(overlay.compare_overlay(shown, shown_mask, shown_reference, thickness=width),
+            caption=tr("compare_contours"), width="stretch")
+    with c:
+        st.metric(tr("dice_label"), f"{dice:.3f}")
         legend(reference=True, target=target_name(str(result["response"].get("task") or "segmentation"),
                                                   str(result["response"].get("dataset_name") or "")))
-        st.metric(tr("dice_label"), f"{_dice(mask, reference):.3f}")
+    clinical.show_reference(result, image)  # clinical hook: the reference measurement, under them
 
 
-def caliper_choice(response: dict, mask: np.ndarray) -> tuple[list[str], dict]:
+def caliper_choice(response: dict, mask: np.ndarray, container=None) -> tuple[list[str], dict]:
     """One switch per measurement drawn on the overlay (max diameter + perpendicular; HC ellipse + BPD for a fetal
     head); returns the names switched on and :func:`core.overlay.draw_calipers`' arguments."""
     ellipse = (response.get("measurements") or {}).get("ellipse")
     ellipse = ellipse if isinstance(ellipse, dict) and {"cx", "cy", "a", "b", "angle_deg"} <= set(ellipse) else None
     if not mask.any():
         return [], {}
-    cols = st.columns(2)
+    where = container if container is not None else st.container()
     drawn, calipers = [], {}
-    if cols[0].toggle(tr("cal_diameters"), value=True, key="cal_diameters"):
+    if where.toggle(tr("cal_diameters"), value=True, key="cal_diameters"):
         calipers["lines"] = overlay.diameter_lines(mask)
         drawn.append("diameters")
-    if ellipse is not None and cols[1].toggle(tr("cal_hc"), value=True, key="cal_hc"):
+    if ellipse is not None and where.toggle(tr("cal_hc"), value=True, key="cal_hc"):
         calipers["ellipse"] = ellipse
         drawn.append("hc")
     return drawn, calipers
@@ -582,7 +593,7 @@ def _duration(seconds: float) -> str:
 
 
 def show_resources(response: dict, seconds: float, run_id: int | None = None) -> None:
-    st.subheader(tr("resources"))
+    st.markdown(f"**{tr('resources')}**")
     device = str(response.get("device") or "cpu")
     on_gpu = device.startswith("cuda")
     first, second = st.columns(3), st.columns(3)  # two short rows: no value is cut on a narrow window
@@ -700,7 +711,62 @@ def scroll_to_result(result: dict) -> None:
         height=1)
 
 
+def technical_details(result: dict | None) -> None:
+    """Issue 23 §10: the engineering panels in one folded section at the end of the page: the request and the raw
+    response (JSON), the run's resources and the live CPU / memory strip."""
+    with st.expander(tr("tech_details"), icon=":material/memory:"):
+        if result and not result.get("error"):
+            show_resources(result["response"], result["seconds"], result.get("run_id"))
+            st.markdown(f"**{tr('request_json')}**")
+            st.json(result["request"], expanded=False)
+            st.markdown(f"**{tr('response_json')}**")
+            st.code(json.dumps(result["response"], ensure_ascii=False, indent=2, default=str), language="json",
+                    height=320)
+        st.markdown(f"**{tr('tech_system_now')}**")
+        system_strip()
+
+
+def show_result(result: dict | None, image: dict, inputs: dict) -> None:
+    """The result (stale or failed marked as such): provenance, overlay / classes with the key numbers, extras."""
+    if not result:
+        return
+    changes = changed_inputs(result.get("inputs") or {}, inputs)
+    if changes:
+        separator = "、" if L == "zh" else ", "
+        st.warning(tr("stale_result", changes=separator.join(tr(f"changed_{c}") for c in changes)), icon="⚠️")
+    if result.get("error"):
+        if result["no_model"]:
+            st.info(tr("no_model", dataset=md_literal(result["dataset"])))
+        else:
+            st.error(tr("engine_error", message=scrub_literal(result["error"], current)))
+            fold_detail(result.get("detail"), current)
+        return
+    st.subheader(tr("result"), anchor="uusic-result")
+    show_provenance(result, image)
+    scroll_to_result(result)
+    with_reference = False  # the reference measurement shown next to the ground-truth images
+    if result["request"]["task"] == "classification":
+        show_classification(result, image)
+    else:
+        with_reference = show_segmentation(result, image)
+    if result.get("compare"):
+        show_comparison(result)
+    clinical.result_extras(result, image, reference=not with_reference)  # clinical hook
+    pacs_source.store_button(service(current), current, L, image, result.get("run_id"))  # PACS hook
+
+
+def _result_for(image: dict) -> dict | None:
+    """The session's result when it was made for this image (another image's result is not this one's)."""
+    result = st.session_state.get("result")
+    return result if result and result.get("image_token") == image["token"] else None
+
+
 # ---------------------------------------------------------------- page
+# issue 23 §10: less empty space above and below the page's content (Streamlit's 6rem / 10rem)
+PAGE_CSS = """<style>
+[data-testid="stMainBlockContainer"] { padding-top: 2rem; padding-bottom: 1.5rem; }
+@media (max-width: 1000px) { [data-testid="stMainBlockContainer"] h1 { font-size: 1.75rem; } }
+</style>"""
 dataset = select_dataset()
 try:
     served = service(current).serves(dataset.task, dataset.name)
@@ -711,69 +777,53 @@ forget_result_of_other_dataset(dataset)
 if not served:  # decided at selection: one message, what to do, and no upload / edit / calibration flow
     st.info(tr("no_model_here", dataset=md_literal(dataset.name)))
     st.page_link("pages/models.py", label=tr("nav_models"))
-    system_strip()
+    technical_details(None)
     st.stop()
 
+st.html(PAGE_CSS)
+result_slot = st.container()  # issue 23 §10: a result comes first, above the image and options that made it
+source_row = st.columns([2, 1], vertical_alignment="bottom")  # the source and "random sample" in one row
 source = choice("radio", tr("source"), ["sample", "upload", *(["pacs"] if current.dicomweb_url else [])],
                 format_func=lambda s: i18n.t(f"source_{s}", L) if s != "pacs" else "PACS", key="source",
-                horizontal=True)
+                horizontal=True, container=source_row[0])
 if source == "pacs":
     pacs_source.load_pacs(dataset, current, L, _decode, _set_image)
 elif source == "upload":
     load_upload(dataset)
 else:
-    load_sample(dataset)
+    load_sample(dataset, source_row[1])
     if st.session_state.get("no_samples") == (dataset.task, dataset.name):
         st.info(tr("no_samples", dataset=md_literal(dataset.name)))  # never the server's folder
 
 image = own_image(st.session_state.get("image"), dataset)
 if not image:
     st.caption(tr("pick_image"))
-    system_strip()
+    technical_details(None)
     st.stop()
 
 image = clinical.cine_frame(image)  # clinical hook
+# while a result is shown (or Run was just clicked) the edit controls and the still image's zoom view fold away;
+# a cine keeps its image next to the frame slider
+folded = bool(_result_for(image) or st.session_state.get("run")) and not clinical.is_cine(image)
 st.caption(tr("current_image", name=md_literal(image["name"]), w=image["picture"].width, h=image["picture"].height))
-edited, edits = edit_image(image)
-zoomable(edited, key="zoom_view", size=editing.edited_size(image["picture"].size, edits))
+holder = st.container()  # one block either way: the elements after it keep their place (an open panel stays open)
+edit_box, view_box = holder.columns(2) if folded else (holder.container(), holder.container())  # folded: a row
+with edit_box:
+    edited, edits = edit_image(image, folded=folded)
+with view_box, st.expander(tr("input_preview"), icon=":material/zoom_in:") if folded else st.container():
+    zoomable(edited, key="zoom_view", size=editing.edited_size(image["picture"].size, edits))
 clinical.cine_controls(image)  # clinical hook: the frame slider right under the image
 
-clinical.options_panel(dataset, image, edits, served)  # clinical hook
+clinical.options_panel(dataset, image, edits, served, compact=True)  # clinical hook: one row, one layout
 chosen_model, compare_model = pick_models(dataset) if served else (None, None)
 inputs = {"task": dataset.task, "dataset": dataset.name, "image": image["token"], "edits": edits,
           "model": chosen_model, "compare": compare_model, "options": options_snapshot(dataset, image, edits)}
-if st.button(tr("run"), type="primary", key="run", disabled=not served):
+run_box, technical_box = st.columns([1, 2])  # Run, and the folded technical details beside it
+if run_box.button(tr("run"), type="primary", key="run", disabled=not served, icon=":material/play_arrow:"):
     run(dataset, image, edits, inputs, chosen_model, compare_model)
 
-result = st.session_state.get("result")
-if result and result.get("image_token") != image["token"]:
-    result = None  # another image: its result is not this one's
-if result:
-    changes = changed_inputs(result.get("inputs") or {}, inputs)
-    if changes:
-        separator = "、" if L == "zh" else ", "
-        st.warning(tr("stale_result", changes=separator.join(tr(f"changed_{c}") for c in changes)), icon="⚠️")
-if result and result.get("error"):
-    if result["no_model"]:
-        st.info(tr("no_model", dataset=md_literal(result["dataset"])))
-    else:
-        st.error(tr("engine_error", message=scrub_literal(result["error"], current)))
-        fold_detail(result.get("detail"), current)
-elif result:
-    with st.expander(tr("request_json")):
-        st.json(result["request"])
-    st.header(tr("result"), anchor="uusic-result")
-    show_provenance(result, image)
-    scroll_to_result(result)
-    if result["request"]["task"] == "classification":
-        show_classification(result, image)
-    else:
-        show_segmentation(result, image)
-    if result.get("compare"):
-        show_comparison(result)
-    clinical.result_extras(result, image)  # clinical hook
-    with st.expander(tr("response_json")):
-        st.code(json.dumps(result["response"], ensure_ascii=False, indent=2, default=str), language="json")
-    show_resources(result["response"], result["seconds"], result.get("run_id"))
-    pacs_source.store_button(service(current), current, L, image, result.get("run_id"))  # PACS hook
-system_strip()
+result = _result_for(image)
+with result_slot:
+    show_result(result, image, inputs)
+with technical_box:
+    technical_details(result)

@@ -75,6 +75,11 @@ def _cine(image: dict) -> dict | None:
     return record
 
 
+def is_cine(image: dict) -> bool:
+    """Whether ``image`` is (a frame of) a multi-frame upload."""
+    return _cine(image) is not None
+
+
 def spacing_text(spacing: float | None, source: str | None) -> str:
     """``0.0812 mm/px (ground truth)`` or the note that values are in pixels only."""
     if not spacing:
@@ -356,11 +361,15 @@ def _tta_default() -> bool:
         return setting == "on"
 
 
-def options_panel(dataset: catalog.Dataset, image: dict, edits: list[dict], served: bool) -> None:
-    """Before Run: the spacing panel (segmentation), the TTA switch and, for a cine, "analyse all frames"."""
+def options_panel(dataset: catalog.Dataset, image: dict, edits: list[dict], served: bool,
+                  compact: bool = False) -> None:
+    """Before Run: the spacing panel (segmentation), the TTA switch and, for a cine, "analyse all frames";
+    ``compact`` (a result is shown above): the spacing panel and the TTA switch side by side."""
+    left, right = st.columns(2, vertical_alignment="top") if compact else (st.container(), st.container())
     if dataset.task == "segmentation":
-        calibration_panel(image)
-    st.toggle(tr("cl_tta"), value=_tta_default(), key="tta_on", help=tr("cl_tta_help"))
+        with left:
+            calibration_panel(image)
+    right.toggle(tr("cl_tta"), value=_tta_default(), key="tta_on", help=tr("cl_tta_help"))
     if _cine(image) is not None:
         cine_analysis(dataset, image, edits, served)
 
@@ -675,9 +684,11 @@ def report_downloads(result: dict) -> None:
         cols[1].caption(tr("cl_seg_unavailable", message=scrub_literal(seg)))
 
 
-def result_extras(result: dict, image: dict) -> None:
-    """After a result: its uncertainty, the reference (demo mode) and the report downloads."""
-    for part in (show_uncertainty, lambda r: show_reference(r, image), report_downloads):
+def result_extras(result: dict, image: dict, reference: bool = True) -> None:
+    """After a result: its uncertainty, the reference (demo mode; ``reference=False``: the page showed it next to
+    the ground-truth images) and the report downloads."""
+    parts = (show_uncertainty, *([lambda r: show_reference(r, image)] if reference else []), report_downloads)
+    for part in parts:
         try:
             part(result)
         except Exception as error:  # noqa: BLE001 - one extra failing never hides the result above it

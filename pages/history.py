@@ -19,8 +19,8 @@ import streamlit as st
 from PIL import Image
 
 from core import catalog, i18n, overlay
-from core.history import decode_row, display_name, display_zone, local_time
-from core.runs_table import readable_csv
+from core.history import decode_row, display_name, display_zone, flat_fields, json_dict, local_time
+from core.runs_table import cine_groups, frame_number, readable_csv
 from pages.common import (
     choice,
     english_detail,
@@ -48,8 +48,9 @@ def _when(timestamp) -> str:
 page_header("nav_history")
 L = lang()
 PLOT_CONFIG = {"scrollZoom": True, "displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
-TABLE_COLUMNS = ("id", "timestamp", "source", "img_name", "task", "dataset_name", "organ", "model_name",
+TABLE_COLUMNS = ("id", "timestamp", "source", "img_name", "task", "dataset_name", "organ", "frames", "model_name",
                  "label_name", "mask_area_px", "inference_time_sec", "error_type")
+CINE_EXPANDERS = 10  # the newest cine analyses shown unfolded-on-click under the table
 COMPARE_SIDE = 768  # the comparison figure's longer side (display copies only)
 
 
@@ -115,18 +116,35 @@ def _cell(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def table(rows: list[dict]) -> pd.DataFrame:
-    """The raw columns (for programs and the CSV) and, for the page, translated ``*_shown`` ones: local time,
-    the user's file name, task / organ / source names, "—" for nothing."""
+def _entry_values(entry: list[dict]) -> dict:
+    """The shown values that differ for a cine analysis (several frames): frame count, area range, total time."""
+    if len(entry) < 2 and frame_number(entry[0]) is None:
+        r = entry[0]
+        return {"frames_shown": "—", "mask_area_px_shown": _cell(r.get("mask_area_px")),
+                "inference_time_sec_shown": _cell(r.get("inference_time_sec"))}
+    areas = [r["mask_area_px"] for r in entry if _number(r.get("mask_area_px"))]
+    seconds = [r["inference_time_sec"] for r in entry if _number(r.get("inference_time_sec"))]
+    span = _cell(min(areas)) if areas and min(areas) == max(areas) else (
+        f"{_cell(min(areas))} – {_cell(max(areas))}" if areas else "—")
+    return {"frames_shown": tr("h_cine_frames", n=len(entry)), "mask_area_px_shown": span,
+            "inference_time_sec_shown": _cell(round(float(sum(seconds)), 3)) if seconds else "—"}
+
+
+def table(entries: list[list[dict]]) -> pd.DataFrame:
+    """One row per entry (a run, or a cine analysis: its first frame's row): the raw columns (for programs) and,
+    for the page, translated ``*_shown`` ones: local time, the user's file name, task / organ / source names, the
+    number of frames of a cine, "—" for nothing."""
     frame = []
-    for r in rows:
+    for entry in entries:
+        r = entry[0]
         shown = {"id_shown": r.get("id"), "timestamp_shown": _when(r.get("timestamp")),
                  "source_shown": source_name(r.get("source")), "img_name_shown": display_name(r) or "—",
                  "task_shown": task_label(r.get("task")), "organ_shown": organ_name(r["organ"]) if r.get("organ")
                  else "—", "label_name_shown": class_label(r, r["prediction"]) if _number(r.get("prediction"))
                  else _cell(r.get("label_name"))}
-        for column in ("dataset_name", "model_name", "mask_area_px", "inference_time_sec", "error_type"):
+        for column in ("dataset_name", "model_name", "error_type"):
             shown[f"{column}_shown"] = _cell(r.get(column))
+        shown.update(_entry_values(entry))
         raw = {k: v for k, v in r.items() if k not in ("request", "response")}
         for column in ("mask_path", "error"):  # may name server folders: only their part inside the workspace
             if isinstance(raw.get(column), str):
@@ -135,10 +153,39 @@ def table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(frame)
 
 
-def show_table(rows: list[dict]) -> None:
+def frames_table(entry: list[dict]) -> pd.DataFrame:
+    """The frames of one cine analysis: frame (numbered from 1), run, time, area and measurements, model."""
+    rows = []
+    for r in entry:
+        measurements = json_dict(r.get("measurements"))
+        length = measurements.get("longest_diameter_mm")
+        rows.append({tr("h_frame_col"): frame_number(r), tr("hcol_id"): r.get("id"),
+                     tr("hcol_timestamp"): _when(r.get("timestamp")),
+                     tr("hcol_mask_area_px"): _cell(r.get("mask_area_px")),
+                     tr("h_frame_area_mm2"): _cell(measurements.get("area_mm2")),
+                     tr("h_frame_length"): _cell(length),
+                     tr("hcol_label_name"): class_label(r, r["prediction"]) if _number(r.get("prediction"))
+                     else _cell(r.get("label_name")),
+                     tr("hcol_error_type"): _cell(r.get("error_type"))})
+    shown = pd.DataFrame(rows)
+    return shown.loc[:, [c for c in shown.columns if c in (tr("h_frame_col"), tr("hcol_id"))
+                         or set(shown[c]) != {"—"}]]
+
+
+def cine_entries(entries: list[list[dict]]) -> None:
+    """Each cine analysis (the newest :data:`CINE_EXPANDERS`) folded under the table: its frames, one row each."""
+    for entry in [e for e in entries if len(e) > 1 or frame_number(e[0]) is not None][:CINE_EXPANDERS]:
+        first = entry[0]
+        title = tr("h_cine_entry", name=display_name(first) or "—", n=len(entry), time=_when(first.get("timestamp")))
+        with st.expander(title, icon=":material/movie:"):
+            st.dataframe(frames_table(entry), hide_index=True, width="stretch",
+                         key=f"h_cine_{first.get('batch_id')}")
+
+
+def show_table(entries: list[list[dict]]) -> None:
     order = [f"{c}_shown" for c in TABLE_COLUMNS]
     config = {f"{c}_shown": st.column_config.Column(tr(f"hcol_{c}")) for c in TABLE_COLUMNS}
-    st.dataframe(table(rows), width="stretch", hide_index=True, key="history_table", column_order=order,
+    st.dataframe(table(entries), width="stretch", hide_index=True, key="history_table", column_order=order,
                  column_config=config)
     st.caption(tr("h_time_zone", zone=md_literal(str(display_zone(current.timezone)))))
 
@@ -336,9 +383,9 @@ def run_heading(row: dict) -> None:
     st.markdown(f"**{title}**")
     st.caption(tr("h_run_facts", task=task_label(row.get("task")), dataset=md_literal(row.get("dataset_name") or "—"),
                   model=md_literal(row.get("model_name") or "—"), source=source_name(row.get("source"))))
-    response = row.get("response") if isinstance(row.get("response"), dict) else {}
-    if int(response.get("frame_count") or 1) > 1:
-        st.caption(tr("h_frame", k=int(response.get("frame_index") or 0) + 1, n=int(response["frame_count"])))
+    flat = flat_fields(row)  # the response's frame, else the request's (a cine's frames record the count there)
+    if int(flat.get("frame_count") or 1) > 1:
+        st.caption(tr("h_frame", k=int(flat.get("frame_index") or 0) + 1, n=int(flat["frame_count"])))
 
 
 def reopen(run_id: int) -> None:
@@ -474,25 +521,40 @@ if not rows:
     st.info(tr("history_empty"))
     st.stop()
 
-shown = filtered_rows(rows)
-st.caption(tr("rows", n=len(shown)))
-show_table(shown)
-st.download_button(tr("download_csv"), readable_csv(shown, L, current.timezone).encode("utf-8"), "uusic_history.csv",
-                   "text/csv",
-                   key="history_csv", disabled=not shown)
+def pick_frame(entry: list[dict]) -> int:
+    """The run of the frame to re-open from a cine analysis (a choice of frames numbered from 1)."""
+    if len(entry) < 2:
+        return int(entry[0]["id"])
+    count = flat_fields(entry[0]).get("frame_count") or len(entry)
+    names = {int(r["id"]): tr("h_frame", k=frame_number(r), n=count) for r in entry}  # bound now (see above)
+    picked = st.selectbox(tr("h_frame_pick"), list(names), key="h_reopen_frame", format_func=names.__getitem__)
+    return int(picked if picked is not None else entry[0]["id"])
 
-if shown:
+
+def _entry_label(entry: list[dict]) -> str:
+    r = entry[0]
+    label = (f"#{r.get('id')} · {_when(_value(r, 'timestamp', 'created_at', default=''))} · "
+             f"{source_name(r.get('source'))} · {display_name(r)}")
+    return label + f" · {tr('h_cine_frames', n=len(entry))}" if len(entry) > 1 else label
+
+
+shown = filtered_rows(rows)
+entries = cine_groups(shown)
+st.caption(tr("rows", n=len(entries)))
+show_table(entries)
+cine_entries(entries)
+st.download_button(tr("download_csv"), readable_csv(shown, L, current.timezone).encode("utf-8"), "uusic_history.csv",
+                   "text/csv", key="history_csv", disabled=not shown)
+
+if entries:
     st.subheader(tr("reopen"))
-    ids = [_value(r, "id", "run_id") for r in shown]
-    labels = {
-        i: f"#{i} · {_when(_value(r, 'timestamp', 'created_at', default=''))} · {source_name(r.get('source'))}"
-           f" · {display_name(r)}"
-        for i, r in zip(ids, shown, strict=True)
-    }
-    chosen = st.selectbox(tr("reopen"), ids, format_func=lambda i: labels.get(i, str(i)), key="h_reopen",
+    by_id = {_value(e[0], "id", "run_id"): e for e in entries}
+    labels = {i: _entry_label(e) for i, e in by_id.items()}
+    chosen = st.selectbox(tr("reopen"), list(by_id), format_func=lambda i: labels.get(i, str(i)), key="h_reopen",
                           label_visibility="collapsed")
     if chosen is not None:
-        reopen(int(chosen))
-        picked = next((r for r in shown if r.get("id") == chosen), None)
+        run_id = pick_frame(by_id[chosen])
+        reopen(run_id)
+        picked = next((r for r in shown if r.get("id") == run_id), None)
         if picked is not None and not (picked.get("error") or picked.get("error_type")):
             compare(decode_row(picked), [decode_row(r) for r in rows])

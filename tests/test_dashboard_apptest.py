@@ -167,8 +167,12 @@ def test_random_sample_segmentation_run_records_history(app):
     saved = _saved_inputs(app)
     assert len(saved) == 1 and saved[0].suffix == ".png"
     subheaders = [s.value for s in app.subheader]
-    assert i18n.t("measurements", "zh") in subheaders and i18n.t("resources", "zh") in subheaders
-    assert i18n.t("ground_truth", "zh") in subheaders
+    assert i18n.t("measurements", "zh") in subheaders
+    # issue 23 §10: the engineering panels (resources, JSON, system load) sit in one folded section at the end
+    technical = [e for e in app.expander if e.label == i18n.t("tech_details", "zh")]
+    assert len(technical) == 1 and f"**{i18n.t('resources', 'zh')}**" in [m.value for m in technical[0].markdown]
+    assert i18n.t("resources", "zh") not in subheaders
+    assert f"**{i18n.t('ground_truth', 'zh')}**" in [m.value for m in app.markdown]
     dice = [m for m in app.metric if m.label == i18n.t("dice_label", "zh")]
     assert dice and 0.0 <= float(dice[0].value) <= 1.0
     assert [m.value for m in app.metric if m.label == i18n.t("gpu_used", "zh")] == ["CPU"]
@@ -956,7 +960,7 @@ def test_two_models_can_be_picked_and_compared_on_one_image(dashboard_env):
 
 # ------------------------------------------------------------------------------------------------ issue 12 (Analyze)
 def _result_shown(at: AppTest, lang: str = "zh") -> bool:
-    return i18n.t("result", lang) in [h.value for h in at.header]
+    return i18n.t("result", lang) in [h.value for h in at.subheader]
 
 
 def _stale(at: AppTest, lang: str = "zh") -> list[str]:

@@ -283,6 +283,43 @@ def test_two_runs_of_the_same_image_side_by_side_with_linked_zoom(analysis):
 
 
 # ---------------------------------------------------------------------------------------------- Batch
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_a_cine_analysis_is_one_history_entry_with_its_frames_numbered_from_1(analysis, lang):
+    """Issue 23 §8: "analyse all" stores one row per frame (one batch id) but History shows one entry, folded out
+    to a table of its frames numbered from 1, and the readable CSV has a frame column."""
+    from core.runs_table import cine_groups, readable_csv
+
+    skeleton = analysis.save_upload(dicom_bytes(ultrasound_dicom(frames=4)), "loop.dcm")
+    result = analysis.analyze_frames({**skeleton, "task": "segmentation", "dataset_name": "DDTI"},
+                                     source="dashboard")
+    still = analysis.analyze(_sample(analysis, "segmentation", "DDTI", "still.png"), source="dashboard")
+    rows = analysis.runs()
+    assert len(rows) == 5 and len({r["batch_id"] for r in rows if r["batch_id"]}) == 1  # stored: one per frame
+    assert [len(e) for e in cine_groups(rows)] == [1, 4]
+    at = _open(lang)
+    shown = at.dataframe[0].value
+    assert len(shown) == 2  # the cine is one entry
+    cine = shown[shown["id_shown"] != still.run_id].iloc[0]
+    assert cine["frames_shown"] == i18n.t("h_cine_frames", lang, n=4)
+    assert shown[shown["id_shown"] == still.run_id].iloc[0]["frames_shown"] == "—"
+    assert "frames_shown" in list(at.dataframe[0].proto.column_order)
+    assert i18n.t("hcol_frames", lang) in _column_labels(at.dataframe[0]).values()
+    assert [e.label for e in at.expander if "loop.dcm" in e.label]  # the cine, folded under the table
+    frames = at.dataframe[1].value
+    assert list(frames[i18n.t("h_frame_col", lang)]) == [1, 2, 3, 4]
+    assert list(frames[i18n.t("hcol_id", lang)]) == [item.run_id for item in result.items]
+    # re-opening the entry offers its frames, numbered from 1
+    at = _reopen(at, int(cine["id_shown"]))
+    picker = at.selectbox(key="h_reopen_frame")
+    assert picker.options[0] == i18n.t("h_frame", lang, k=1, n=4) and len(picker.options) == 4
+    picker.set_value(result.items[2].run_id).run()
+    assert not at.exception and any(i18n.t("h_frame", lang, k=3, n=4) in c.value for c in at.caption)
+    # the readable CSV: one row per frame, with its frame
+    table = _csv_rows(readable_csv(rows, lang).lstrip("\ufeff"))
+    column = i18n.t("h_frame_col", lang) if lang == "en" else "帧"
+    assert sorted(r[column] for r in table if r[column]) == ["1 / 4", "2 / 4", "3 / 4", "4 / 4"]
+
+
 def _png(size, color=(40, 80, 120)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="PNG")

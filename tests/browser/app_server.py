@@ -88,9 +88,11 @@ def wait_idle(page, timeout: float = 30_000, start_within: float = 800) -> None:
 
 
 # Every image loaded and every data grid drawn (its canvas), so a screenshot or a look at the page sees what a person
-# would: a state to wait for instead of a fixed pause (issue 20).
-PAINTED = """() => [...document.images].every(i => i.complete)
-  && [...document.querySelectorAll('[data-testid="stDataFrame"]')].every(d => d.querySelector('canvas'))"""
+# would: a state to wait for instead of a fixed pause (issue 20). A grid inside a folded expander draws nothing until
+# it is opened (and a lazy image loads only when shown): only shown grids and images are waited for.
+PAINTED = """() => [...document.images].every(i => i.complete || !i.offsetParent)
+  && [...document.querySelectorAll('[data-testid="stDataFrame"]')].every(
+    d => !d.offsetParent || d.querySelector('canvas'))"""
 
 
 def wait_settled(page, timeout: float = 60_000) -> None:

@@ -211,7 +211,7 @@ def test_screenshots_of_the_clinical_widgets(page, tmp_path):
     page.get_by_role("switch", name=_t("cl_tta", "en")).check(force=True)
     wait_idle(page)
     page.get_by_role("button", name=_t("run", "en")).click()
-    page.get_by_text(_t("resources", "en"), exact=True).wait_for()
+    page.locator("#uusic-result").wait_for()
     wait_idle(page)
     page.set_viewport_size({"width": 1400, "height": 4600})  # the whole result, down to the report button
     page.get_by_role("button", name=_t("cl_report_pdf", "en")).wait_for()
