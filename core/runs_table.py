@@ -13,14 +13,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import Iterable
 from pathlib import PurePosixPath
 from typing import Any
 
 from core import catalog, i18n
 from core.errors import UnknownDataset
-from core.history import MEASUREMENT_ORDER, display_name, display_zone, flat_fields, local_time
+from core.history import (
+    MEASUREMENT_ORDER,
+    display_name,
+    display_zone,
+    flat_fields,
+    local_time,
+    spreadsheet_cell,
+)
 
 HEADERS: dict[str, tuple[str, str]] = {  # column key → (zh, en) header
     "file": ("文件名", "File name"), "time": ("时间（{zone}）", "Time ({zone})"), "run": ("运行编号", "Run id"),
@@ -33,8 +39,6 @@ HEADERS: dict[str, tuple[str, str]] = {  # column key → (zh, en) header
     "mask": ("掩膜文件", "Mask file"), "error": ("错误", "Error"),
 }
 UNITS = {"_px": "px", "_mm2": "mm²", "_mm": "mm", "_deg": "°"}
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _header(key: str, lang: str, **values: Any) -> str:
@@ -145,11 +149,8 @@ def readable_row(row: dict, lang: str = "en", zone: str | None = None) -> dict[s
 
 
 def _cell(value: Any) -> Any:
-    """A spreadsheet-safe cell: text that would start a formula gets a leading ``'``; numbers stay numbers."""
-    if value is None or isinstance(value, int) or (isinstance(value, float) and abs(value) < float("inf")):
-        return value
-    text = " ".join(str(value).split()) if isinstance(value, str) else str(value)
-    return "'" + text if text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text) else text
+    """A spreadsheet-safe cell (:func:`core.history.spreadsheet_cell`), its text on one line."""
+    return spreadsheet_cell(" ".join(value.split()) if isinstance(value, str) else value)
 
 
 def _measurement_keys(rows: list[dict]) -> list[str]:

@@ -157,10 +157,30 @@ def test_the_api_export_uses_the_one_writer(tiny_settings, spy_to_csv):
     assert {p["prediction"] for p in parsed} == {"-1"}
 
 
-def test_the_dashboard_export_uses_the_one_writer(dashboard_env, spy_to_csv):
+@pytest.fixture()
+def spy_readable_csv(monkeypatch):
+    """What the dashboard's readable CSV writer (core.runs_table.readable_csv) returned."""
+    import core.runs_table
+
+    calls: list[str] = []
+    original = core.runs_table.readable_csv
+
+    def spy(*args, **kwargs):
+        text = original(*args, **kwargs)
+        calls.append(text)
+        return text
+
+    monkeypatch.setattr(core.runs_table, "readable_csv", spy)
+    return calls
+
+
+def test_the_dashboard_export_neutralises_every_formula(dashboard_env, spy_readable_csv):
+    """The dashboard's download is the readable CSV (one line per cell); its cells go through the same
+    spreadsheet-safe cell as the API's CSV (core.history.spreadsheet_cell)."""
     pytest.importorskip("streamlit.testing.v1")
     from streamlit.testing.v1 import AppTest
 
+    from core.history import spreadsheet_cell
     from core.settings import PROJECT_ROOT
 
     store = HistoryStore(dashboard_env.history_db)
@@ -170,5 +190,8 @@ def test_the_dashboard_export_uses_the_one_writer(dashboard_env, spy_to_csv):
     at = AppTest.from_file(str(PROJECT_ROOT / "Home.py"), default_timeout=120).run()
     at.switch_page("pages/history.py").run()
     assert not at.exception and at.get("download_button")
-    parsed = _parsed(spy_to_csv[-1])
-    assert sorted(p["img_name"] for p in parsed) == sorted(cell for _, cell in TEXT_CASES)
+    table = list(csv.reader(io.StringIO(spy_readable_csv[-1].lstrip("\ufeff"), newline="")))
+    expected = sorted(str(spreadsheet_cell(" ".join(value.split()))) for value, _ in TEXT_CASES)
+    assert sorted(row[0] for row in table[1:]) == expected  # the file name first, made safe
+    for cell in (cell for row in table for cell in row):
+        assert cell == str(spreadsheet_cell(cell)) or cell.startswith("'")  # no cell would run as a formula
