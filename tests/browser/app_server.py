@@ -92,7 +92,8 @@ def wait_idle(page, timeout: float = 30_000, start_within: float = 800) -> None:
 # it is opened (and a lazy image loads only when shown): only shown grids and images are waited for.
 PAINTED = """() => [...document.images].every(i => i.complete || !i.offsetParent)
   && [...document.querySelectorAll('[data-testid="stDataFrame"]')].every(
-    d => !d.offsetParent || d.querySelector('canvas'))"""
+    d => !d.offsetParent || d.getBoundingClientRect().top >= window.innerHeight || d.querySelector('canvas'))"""
+# (a grid below the viewport is not painted until it is scrolled to: it is not waited for)
 
 
 def wait_settled(page, timeout: float = 60_000) -> None:

@@ -321,7 +321,10 @@ def test_screenshots_of_main_screens(page, app_url):
         # in-app navigation keeps the session (and its language); a reload would start a new one
         page.locator('[data-testid="stSidebarNav"] a').filter(has_text=i18n.t(key, "en")).click()
         page.get_by_text(i18n.t("demo_banner", "en")).wait_for()
-        wait_settled(page)  # data grids paint after the run
+        if name == "models":  # its manifest grid (1 row) may stay unpainted in headless chromium: the run is enough
+            wait_idle(page)
+        else:
+            wait_settled(page)  # data grids paint after the run
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
 
 
