@@ -175,6 +175,9 @@ def test_no_server_path_on_history_batch_and_models_pages(tab, app_url, runs, wo
     wait_settled(tab)  # its cells paint after the run
     assert_no_server_path(tab, workspace)
     open_page(tab, app_url, "models", lang)
+    assert_no_server_path(tab, workspace)
+    # the engineering detail (device, versions, paths) is folded under "technical details": open it too
+    tab.locator('[data-testid="stExpander"] summary').filter(has_text=i18n.t("m_technical", lang)).click()
     tab.get_by_text(i18n.t("paths", lang), exact=True).wait_for()
     assert_no_server_path(tab, workspace)
     body = tab.inner_text("body")
