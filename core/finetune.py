@@ -126,13 +126,24 @@ def _prepare(args: argparse.Namespace, settings: Settings) -> tuple[DemoUNet, Mo
 
 def fine_tune(args: argparse.Namespace, argv: list[str] | None, settings: Settings) -> dict:
     """Fine-tune ``--init`` on ``--data``; validate before and after; register the new version."""
+    network, base, name, shared = _checked_start(args, settings)
+    with T.training_log(args):
+        return _tune(args, argv, settings, (network, base, name, shared))
+
+
+def _checked_start(args: argparse.Namespace, settings: Settings) -> tuple:
+    """The base network, its registry entry, the new name and the shared validation split (checked first)."""
     if args.val_entries is not None and args.val_data is None:
         raise ValueError("--val-entries needs --val-data (the root its paths are relative to)")
     network, base, name = _prepare(args, settings)
     shared = shared_split(settings, base) if args.val_data is None else None
     if shared is not None:
         args.val_data, args.val_entries = shared  # the split the base model was measured on
-    T._setup(args)
+    return network, base, name, shared
+
+
+def _tune(args: argparse.Namespace, argv: list[str] | None, settings: Settings, start: tuple) -> dict:
+    network, base, name, shared = start
     loaded = T._load_pack(args)
     if isinstance(loaded, int):
         raise ValueError("--data: no usable training data (see the message above)")

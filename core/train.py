@@ -26,7 +26,8 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -407,13 +408,30 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup(args: argparse.Namespace) -> None:
-    """The log file next to the weights (or ``--log``) and the torch CPU threads."""
+@contextmanager
+def training_log(args: argparse.Namespace) -> Iterator[None]:
+    """While training: the log file next to the weights (or ``--log``), stderr, and the torch CPU threads.
+
+    The handlers go on the ``core`` logger and leave with the run, so nothing outlives it (a handler kept on the
+    root logger would later write to a stream that has closed).
+    """
     log_path = args.log or args.out.with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.FileHandler(log_path), logging.StreamHandler(sys.stderr)], force=True)
+    logger, formatter = logging.getLogger("core"), logging.Formatter("%(asctime)s %(message)s")
+    handlers: list[logging.Handler] = [logging.FileHandler(log_path), logging.StreamHandler(sys.stderr)]
+    level = logger.level
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     torch.set_num_threads(args.threads or (2 if not torch.cuda.is_available() else torch.get_num_threads()))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
 
 
 def _load_pack(args: argparse.Namespace) -> Pack | int:
@@ -457,16 +475,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         print("error: --out is required (the weights file to write)", file=sys.stderr)
         return 2
-    _setup(args)
-    pack = _load_pack(args)
-    if isinstance(pack, int):
-        return pack
-    config = DemoConfig(widths=tuple(int(v) for v in args.widths.split(",")))
-    summary = train(pack, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr or 2e-3,
-                    device=args.device, max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes,
-                    seed=args.seed, amp=args.amp, max_steps=args.max_steps, config=config,
-                    extra_checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
-                    meta=_meta(args, argv))
+    with training_log(args):
+        pack = _load_pack(args)
+        if isinstance(pack, int):
+            return pack
+        config = DemoConfig(widths=tuple(int(v) for v in args.widths.split(",")))
+        summary = train(pack, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr or 2e-3,
+                        device=args.device, max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes,
+                        seed=args.seed, amp=args.amp, max_steps=args.max_steps, config=config,
+                        extra_checkpoint_dir=args.checkpoint_dir, progress=not args.no_progress,
+                        meta=_meta(args, argv))
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -77,12 +78,16 @@ def test_a_few_steps_lower_the_loss(sample_pack: T.Pack, tmp_path: Path):
 
 def test_cli_writes_weights_log_and_validation_json(tmp_path: Path):
     out = tmp_path / "demo.pt"
+    handlers = {name: list(logging.getLogger(name).handlers) for name in ("", "core", "core.train")}
     rc = T.main(["--data-root", str(BUNDLED_SAMPLES), "--out", str(out), "--max-steps", "2", "--batch-size", "4",
                  "--input-size", "64", "--widths", "8,16,24,32,48", "--device", "cpu", "--no-progress"])
     assert rc == 0 and out.is_file() and out.with_suffix(".log").is_file()
     val = json.loads((tmp_path / "demo_val_split.json").read_text())
     assert isinstance(val, list) and all("img_path_relative" in e for e in val)
     assert T.main(["--out", str(out)]) == 2  # no data root, no pack: a clear error, not a crash
+    assert "done:" in out.with_suffix(".log").read_text()
+    # the run's handlers leave with it: one kept would later write to a closed (captured) stream in another test
+    assert {name: list(logging.getLogger(name).handlers) for name in handlers} == handlers
 
 
 def test_bad_checkpoints_raise_weights_error(tmp_path: Path):

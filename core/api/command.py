@@ -99,9 +99,20 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
     return 2 if settings is None else serve_main(args, settings)
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a record is written (a handler never keeps a stream that may close)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _serve_settings(args: argparse.Namespace) -> Settings | None:
     """Logging set up and the settings of a ``serve`` command (None, with the error printed, when they are bad)."""
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=_CurrentStderr())
     try:
         settings = Settings.from_env()
         return settings.with_(micro_batch=args.micro_batch) if args.micro_batch else settings
