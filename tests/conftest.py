@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from contextlib import contextmanager
@@ -242,6 +243,22 @@ def _restore_torch_threads():
     yield
     if torch.get_num_threads() != before:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_outlives_its_test():
+    """A log handler that a test's code leaves on the root or ``core`` logger holds that test's captured stderr,
+    which closes with it: a later test would then get "--- Logging error ---" on its own stderr. Such a handler is
+    a bug in the code under test (see ``core.train.training_log``); this fails the test that leaves one."""
+    loggers = [logging.getLogger(), logging.getLogger("core")]
+    before = [set(logger.handlers) for logger in loggers]
+    yield
+    left = [h for logger, had in zip(loggers, before, strict=True) for h in logger.handlers
+            if h not in had and not type(h).__module__.startswith("_pytest")]
+    for logger in loggers:
+        for handler in left:
+            logger.removeHandler(handler)
+    assert not left, f"log handlers left behind: {left}"
 
 
 def wait_for_server(process, base: str, log_path: Path, *, timeout: float) -> None:
