@@ -4,6 +4,9 @@
 
 - ``runs.jsonl``: one JSON object per run, every column, exactly as stored (JSON columns as their text);
 - ``files/api_in/…``, ``files/api_out/…`` (``--with-files``): the inputs and masks the runs refer to;
+- ``corrections.jsonl`` and ``corrections/<run id>/v<N>.png`` (always): the correction versions of the runs and their
+  corrected masks (:mod:`core.archive_corrections`); on import they attach to the runs' new ids, and only to runs
+  this import adds;
 - ``manifest.json`` (last): format, the schema revision, counts, the source workspace, and the sha256 of every
   other member.
 
@@ -33,6 +36,8 @@ Hostile archives (import; :class:`~core.errors.ArchiveError`, ``error: …`` and
   have their types (``export_id`` a short name, since it can name a folder);
 - every row of ``runs.jsonl`` is checked against the schema's column types (integers, numbers, text, JSON text,
   ISO 8601 timestamps, no NUL characters) before anything is written;
+- every row of ``corrections.jsonl`` is typed (no unknown column, measurements JSON text), belongs to a run of the
+  same archive, and a mask version names its own run's member, a PNG within the pixel budget (header read only);
 - all or nothing: a refused member or row refuses the whole archive, and the message names each of them (the
   first :data:`MAX_LISTED`, then how many more); the files of a failed import are removed again, the runs are one
   transaction.
@@ -66,6 +71,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
+from core import archive_corrections as fixes
 from core.errors import ArchiveError, UUSICError, as_uusic_error
 from core.files import atomic_open
 from core.history import COLUMNS, JSON_COLUMNS, json_dict
@@ -76,7 +82,7 @@ if TYPE_CHECKING:
     from core.settings import Settings
 
 FORMAT = "uusic-history"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: corrections.jsonl and corrections/… (version 1 archives are read as before)
 RUNS_MEMBER = "runs.jsonl"
 MANIFEST_MEMBER = "manifest.json"
 FILES_PREFIX = "files"
@@ -177,7 +183,7 @@ def export_archive(settings: Settings, store: HistoryStore, out: Path | str, *,
     roots = {"api_in": Path(os.path.abspath(settings.api_in)), "api_out": Path(os.path.abspath(settings.api_out))}
     digests: dict[str, str] = {}
     needed: dict[Key, bool] = {}  # file → whether a successful run needs it (a failed one may name none)
-    rows = 0
+    rows, run_ids = 0, set()
     with tempfile.TemporaryFile() as spool:  # runs.jsonl, hashed as it is written
         digest = hashlib.sha256()
         for row in store.iter_rows():
@@ -185,6 +191,7 @@ def export_archive(settings: Settings, store: HistoryStore, out: Path | str, *,
             spool.write(line)
             digest.update(line)
             rows += 1
+            run_ids.add(int(row["id"]))
             if with_files:
                 for key in row_files(settings, row, roots):
                     needed[key] = needed.get(key, False) or not row.get("error")
@@ -196,17 +203,36 @@ def export_archive(settings: Settings, store: HistoryStore, out: Path | str, *,
             info.size, info.mode, info.mtime = size, 0o644, int(datetime.now(UTC).timestamp())
             tar.addfile(info, spool)
             files, missing = _export_files(tar, roots, needed, digests)
+            fixed = _export_corrections(tar, settings, store, run_ids, digests)
             manifest = {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "schema_revision": _head_revision(),
                 "export_id": uuid.uuid4().hex[:12], "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "source": {"backend": store.backend, "workspace": os.path.abspath(settings.workspace),
                            "api_in": str(roots["api_in"]), "api_out": str(roots["api_out"])},
                 "with_files": with_files, "run_key": list(RUN_KEY_COLUMNS),
-                "counts": {"runs": rows, "files": files, "files_missing": missing},
+                "counts": {"runs": rows, "files": files, "files_missing": missing, "corrections": len(fixed.lines),
+                           "correction_files": len(fixed.masks), "corrections_missing_file": fixed.missing},
                 "sha256": digests,
             }
             _add_bytes(tar, MANIFEST_MEMBER, json.dumps(manifest, indent=1, ensure_ascii=False).encode())
     return manifest
+
+
+def _export_corrections(tar: tarfile.TarFile, settings: Settings, store: HistoryStore, run_ids: set[int],
+                        digests: dict[str, str]) -> fixes.Exported:
+    """Add ``corrections.jsonl`` (the versions of the exported runs) and their corrected masks."""
+    done = fixes.export_corrections(Path(settings.workspace), fixes.export_rows(store.read, run_ids))
+    data = b"".join(done.lines)
+    digests[fixes.CORRECTIONS_MEMBER] = _sha256(data)
+    _add_bytes(tar, fixes.CORRECTIONS_MEMBER, data)
+    for name, source in done.masks:
+        try:
+            mask = source.read_bytes()
+        except OSError:
+            raise UUSICError("a corrected mask was removed while exporting: export again", status_code=409) from None
+        digests[name] = _sha256(mask)
+        _add_bytes(tar, name, mask, source.stat().st_mtime)
+    return done
 
 
 def _head_revision() -> str:
@@ -324,6 +350,9 @@ class _Archive:
     manifest: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     row_limit: int = MIN_ROW_BYTES  # bytes of one runs.jsonl line
+    fixes: IO[bytes] | None = None  # the spooled corrections.jsonl (None: hashed only)
+    masks: dict[str, Path] = field(default_factory=dict)  # corrected masks: member name → staged copy
+    stage_files: bool = True  # stage files/… members (import --with-files)
 
     def error(self, problems: list[str]) -> ArchiveError:
         """The error naming every problem (the first :data:`MAX_LISTED` one by one, then how many more)."""
@@ -341,14 +370,14 @@ class _Archive:
 class _LineGuard:
     """Refuses a runs.jsonl line longer than ``limit`` bytes while its bytes stream by (never spooled whole)."""
 
-    def __init__(self, limit: int):
-        self.limit, self.run, self.line = limit, 0, 1
+    def __init__(self, limit: int, member: str = RUNS_MEMBER):
+        self.limit, self.run, self.line, self.member = limit, 0, 1, member
 
     def feed(self, chunk: bytes) -> str | None:
         parts = chunk.split(b"\n")
         for index, part in enumerate(parts):
             if (self.run if index == 0 else 0) + len(part) > self.limit:
-                return f"runs.jsonl line {self.line + index} is longer than {self.limit} bytes"
+                return f"{self.member} line {self.line + index} is longer than {self.limit} bytes"
         self.line += len(parts) - 1
         self.run = (self.run if len(parts) == 1 else 0) + len(parts[-1])
         return None
@@ -362,13 +391,16 @@ def _member_name_problem(name: str) -> str | None:
         return "its name is not UTF-8"
     if size > MAX_NAME_BYTES or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
         return "its name is too long or holds control characters"
-    if name in (RUNS_MEMBER, MANIFEST_MEMBER):
+    if name in (RUNS_MEMBER, MANIFEST_MEMBER, fixes.CORRECTIONS_MEMBER):
         return None
     parts = name.split("/")
     if name.startswith("/") or "\\" in name or any(part in ("", ".", "..") for part in parts):
         return "its name is not a safe relative path (absolute, '..', '.', '\\' or an empty part)"
+    if fixes.is_mask_member(name):
+        return fixes.member_name_problem(name)
     if len(parts) < 3 or parts[0] != FILES_PREFIX or parts[1] not in FILE_FOLDERS:
-        return "unexpected member (an archive holds runs.jsonl, manifest.json and files/api_in|api_out/...)"
+        return ("unexpected member (an archive holds runs.jsonl, corrections.jsonl, manifest.json, corrections/... "
+                "and files/api_in|api_out/...)")
     if any(len(part.encode("utf-8")) > 255 for part in parts):
         return "a part of its name is longer than 255 bytes"
     return None
@@ -391,7 +423,9 @@ def _member_budget(settings: Settings, name: str) -> int:
         return MAX_RUNS_BYTES
     if name == MANIFEST_MEMBER:
         return MAX_MANIFEST_BYTES
-    return int(settings.max_upload_mb) << 20
+    if name == fixes.CORRECTIONS_MEMBER:
+        return fixes.MAX_CORRECTIONS_BYTES
+    return int(settings.max_upload_mb) << 20  # files/… and corrections/… (a corrected mask)
 
 
 def _stream_archive(archive: _Archive, path: Path | str, settings: Settings, staging: Path | None) -> None:
@@ -421,15 +455,21 @@ def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: _Archiv
     handle = tar.extractfile(member)
     assert handle is not None, "a regular member has data"
     digest, total, kept = hashlib.sha256(), 0, bytearray()
-    lines = _LineGuard(archive.row_limit) if member.name == RUNS_MEMBER else None
+    jsonl = member.name in (RUNS_MEMBER, fixes.CORRECTIONS_MEMBER)
+    lines = _LineGuard(archive.row_limit, member.name) if jsonl else None
     with contextlib.ExitStack() as stack:
         sink: IO[bytes] | None = None
         if member.name == RUNS_MEMBER:
             sink = archive.runs
+        elif member.name == fixes.CORRECTIONS_MEMBER:
+            sink = archive.fixes
         elif staging is not None and member.name != MANIFEST_MEMBER:
-            staged = staging / f"{len(archive.staged)}.part"
-            archive.staged[member.name] = staged
-            sink = stack.enter_context(staged.open("xb"))
+            masks = fixes.is_mask_member(member.name)
+            if masks or archive.stage_files:
+                kept_in = archive.masks if masks else archive.staged
+                staged = staging / f"{len(archive.staged) + len(archive.masks)}.part"
+                kept_in[member.name] = staged
+                sink = stack.enter_context(staged.open("xb"))
         while chunk := handle.read(READ_CHUNK):
             total += len(chunk)
             if total > budget:
@@ -802,27 +842,85 @@ def import_archive(settings: Settings, store: HistoryStore, path: Path | str, *,
     Returns counts and ``ids`` (archive id → new id)."""
     settings.ensure_workspace()
     with tempfile.TemporaryDirectory(dir=settings.workspace, prefix=".import-") as work, \
-            tempfile.TemporaryFile(dir=work) as spool:
-        archive = _Archive(str(path), spool, row_limit=max(int(settings.max_json_bytes), MIN_ROW_BYTES))
-        _stream_archive(archive, path, settings, Path(work) if with_files else None)
+            tempfile.TemporaryFile(dir=work) as spool, tempfile.TemporaryFile(dir=work) as fixes_spool:
+        archive = _Archive(str(path), spool, row_limit=max(int(settings.max_json_bytes), MIN_ROW_BYTES),
+                           fixes=fixes_spool, stage_files=with_files)
+        _stream_archive(archive, path, settings, Path(work))
         archive.manifest = manifest = _check_manifest(archive)
         _check_digests(archive)
         if with_files and not manifest.get("with_files"):
             raise ArchiveError("the archive holds no files (it was exported without --with-files)")
         archived = _read_rows(archive)
+        versions = _read_corrections(archive, settings, {row["id"] for row in archived})
         fresh = _new_runs(store, archived)
         placed = _Placed()
         try:
             moved, counts = _place_files(archive, settings, placed) if with_files else ({}, Counter())
-            new_ids = store.add_many([_rewrite(row, manifest, settings, moved) for row in fresh])
+            new_ids, added = _commit(store, settings, archive, [_rewrite(row, manifest, settings, moved)
+                                                                for row in fresh], versions, placed)
         except BaseException:
             placed.undo()
             raise
     return {"runs_in_archive": len(archived), "runs_imported": len(new_ids),
             "runs_already_there": len(archived) - len(new_ids), "files_written": counts["files_written"],
             "files_already_there": counts["files_already_there"], "files_renamed": counts["files_renamed"],
+            "corrections_in_archive": len(versions), "corrections_imported": added,
             "schema_revision": manifest.get("schema_revision"),
             "ids": {row["id"]: new_id for row, new_id in zip(fresh, new_ids, strict=True) if "id" in row}}
+
+
+def _read_corrections(archive: _Archive, settings: Settings, run_ids: set[int]) -> list[fixes.CorrectionRow]:
+    """Every row of the spooled corrections.jsonl, typed and checked against the archive's runs and masks; the
+    archive is refused naming every bad row or mask."""
+    assert archive.fixes is not None, "import spools corrections.jsonl"
+    limit, number, lines = archive.row_limit, 0, []
+    archive.fixes.seek(0)
+    while line := archive.fixes.readline(limit + 1):  # the stream's line guard kept each line within the limit
+        number += 1
+        lines.append((number, line))
+    versions, problems = fixes.parse_rows(iter(lines))
+    members = {name for name in archive.digests if fixes.is_mask_member(name)}
+    problems += fixes.row_problems(versions, run_ids, members) if not problems else []
+    problems += [p for name, staged in sorted(archive.masks.items())
+                 if (p := fixes.mask_problem(name, staged, settings)) is not None]
+    expected = (archive.manifest.get("counts") or {}).get("corrections", len(versions))
+    if not problems and len(versions) != expected:
+        problems.append(f"corrections.jsonl holds {len(versions)} corrections, the manifest says {expected}")
+    archive.refuse(problems)
+    return versions
+
+
+def _commit(store: HistoryStore, settings: Settings, archive: _Archive, rows: list[dict],
+            versions: list[fixes.CorrectionRow], placed: _Placed) -> tuple[list[int], int]:
+    """Insert ``rows`` (new ids) and the correction versions of those runs, their masks written under the new ids
+    (recorded in ``placed``), in one transaction; returns (new ids, corrections added)."""
+    from sqlalchemy import insert as sa_insert
+
+    from core.history import HistoryStore, runs
+
+    archived_ids = {row["id"] for row in rows if "id" in row}
+    if not any(version.run_id in archived_ids for version in versions):
+        return store.add_many(rows), 0  # runs only: one transaction of the store's own
+    stored = [HistoryStore._row(row) for row in rows]
+    tag = str(archive.manifest.get("export_id") or "imported")
+    workspace = Path(settings.workspace)
+
+    def insert(connection: Any) -> tuple[list[int], int]:
+        new_ids: list[int] = []
+        for row in stored:
+            key = connection.execute(sa_insert(runs).values(row)).inserted_primary_key
+            new_ids.append(int(key[0]))
+        by_archived = {int(row["id"]): new for row, new in zip(rows, new_ids, strict=True) if "id" in row}
+        masks = {}
+        for version in versions:
+            if version.kind == "mask" and version.run_id in by_archived:
+                new = by_archived[version.run_id]
+                staged = archive.masks[str(version.mask_path)]
+                masks[(new, version.version)] = fixes.place_mask(workspace, staged, new, version.version, tag,
+                                                                 placed.write)
+        return new_ids, fixes.insert_rows(connection, versions, by_archived, masks)
+
+    return store.write(insert, "import the runs") if stored else ([], 0)
 
 
 def _new_runs(store: HistoryStore, archived: list[dict]) -> list[dict]:
@@ -909,12 +1007,12 @@ def _run(args: argparse.Namespace) -> None:
         if args.command == "export":
             manifest = export_archive(settings, store, args.out, with_files=args.with_files, force=args.force)
             counts = manifest["counts"]
-            print(f"exported {counts['runs']} runs and {counts['files']} files "
-                  f"({counts['files_missing']} missing) to {args.out} (schema {manifest['schema_revision']})")
+            print(f"exported {counts['runs']} runs and {counts['files']} files ({counts['files_missing']} missing), "
+                  f"{counts['corrections']} corrections, to {args.out} (schema {manifest['schema_revision']})")
         elif args.command == "import":
             report = import_archive(settings, store, args.archive, with_files=args.with_files)
-            _print(report, ("runs_in_archive", "runs_imported", "runs_already_there", "files_written",
-                            "files_already_there", "files_renamed"))
+            _print(report, ("runs_in_archive", "runs_imported", "runs_already_there", "corrections_imported",
+                            "files_written", "files_already_there", "files_renamed"))
         else:
             report = backup_sqlite(store, args.out, force=args.force, settings=settings)
             print(f"copied {report['runs']} runs to {report['out']} ({report['bytes']} bytes)")

@@ -90,6 +90,45 @@ def export_labels(settings: Settings, store: HistoryStore, out: Path, *, since: 
     return {"written": len(entries), "skipped": skipped, "out": str(out)}
 
 
+ZIP_BUDGET_BYTES = 256 << 20  # the largest labels ZIP the dashboard builds in memory
+_ZIP_ENTRY_BYTES = 30 + 46  # a stored entry's local header and central directory record, besides its name twice
+_ZIP_END_BYTES = 22  # the end of central directory record
+
+
+def zip_size(files: list[tuple[str, int]]) -> int:
+    """The exact size of an uncompressed (stored) ZIP of ``files`` = (name, size) pairs, known before writing it."""
+    return sum(size + _ZIP_ENTRY_BYTES + 2 * len(name.encode("utf-8")) for name, size in files) + _ZIP_END_BYTES
+
+
+def export_zip(settings: Settings, store: HistoryStore, *, dataset: str | None = None, since: str | None = None,
+               budget: int | None = None) -> dict:
+    """:func:`export_labels` into a temporary folder of the workspace, then as one stored ZIP in memory when its size
+    (:func:`zip_size`, computed first) is within ``budget`` (default :data:`ZIP_BUDGET_BYTES`). Returns
+    ``{"written", "skipped", "size", "zip"}``; ``zip`` is None when nothing was written or the size is over the
+    budget."""
+    import tempfile
+    import zipfile
+
+    budget = ZIP_BUDGET_BYTES if budget is None else budget
+    settings.ensure_workspace()
+    with tempfile.TemporaryDirectory(dir=settings.workspace, prefix=".labels-") as folder:
+        root = Path(folder) / "labels"
+        report = export_labels(settings, store, root, since=since, dataset=dataset)
+        files = sorted((path.relative_to(root).as_posix(), path.stat().st_size)
+                       for path in root.rglob("*") if path.is_file())
+        size = zip_size(files)
+        result = {"written": report["written"], "skipped": report["skipped"], "size": size, "zip": None}
+        if not report["written"] or size > budget:
+            return result
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+            for name, _ in files:
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))  # no time of the export inside
+                archive.writestr(info, (root / name).read_bytes())
+        result["zip"] = buffer.getvalue()
+        return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core history export-labels",
                                      description="write the corrected runs as a UUSIC-layout training set")

@@ -20,11 +20,7 @@ from PIL import Image, ImageDraw
 from core import catalog, overlay
 from core.corrections import Corrections, compare, mask_png, measurements_of
 from core.errors import UUSICError
-from pages.common import error_message, lang, service
-
-
-def _t(zh: str, en: str) -> str:
-    return zh if lang() == "zh" else en
+from pages.common import error_message, lang, service, tr
 
 
 def _who() -> str:
@@ -123,9 +119,9 @@ def _selection_points(event) -> tuple[str, list[tuple[float, float]]] | None:
 def _drawing_tools(run_id: int, picture: np.ndarray, edits: _Edits) -> None:
     h, w = edits.mask.shape
     tool, erase_col, size_col = st.columns(3)
-    kind = tool.selectbox(_t("工具", "Tool"), ["brush", "polygon", "rectangle", "ellipse"], key=f"corr_tool_{run_id}")
-    erase = erase_col.radio(_t("方式", "Mode"), ["add", "erase"], horizontal=True, key=f"corr_mode_{run_id}") == "erase"
-    brush = size_col.slider(_t("画笔大小 (px)", "Brush size (px)"), 1, max(2, min(w, h) // 2), 5,
+    kind = tool.selectbox(tr("corr_tool"), ["brush", "polygon", "rectangle", "ellipse"], key=f"corr_tool_{run_id}")
+    erase = erase_col.radio(tr("corr_mode"), ["add", "erase"], horizontal=True, key=f"corr_mode_{run_id}") == "erase"
+    brush = size_col.slider(tr("corr_brush"), 1, max(2, min(w, h) // 2), 5,
                             key=f"corr_brush_{run_id}")
     event = st.plotly_chart(_figure(picture, edits.mask), key=f"corr_chart_{run_id}", on_select="rerun",
                             selection_mode=("lasso", "box"))
@@ -136,21 +132,21 @@ def _drawing_tools(run_id: int, picture: np.ndarray, edits: _Edits) -> None:
         drawn_kind = "brush" if kind == "brush" and found[0] == "polygon" else found[0]
         edits.push(apply_edit(edits.mask, shape_mask((w, h), drawn_kind, found[1], brush), erase))
         st.rerun()
-    with st.expander(_t("按坐标放置形状", "Place a shape by its numbers")):
+    with st.expander(tr("corr_place")):
         x0, x1 = st.slider("x (px)", 0, w - 1, (w // 4, w // 2), key=f"corr_x_{run_id}")
         y0, y1 = st.slider("y (px)", 0, h - 1, (h // 4, h // 2), key=f"corr_y_{run_id}")
-        if st.button(_t("应用", "Apply"), key=f"corr_apply_{run_id}"):
+        if st.button(tr("corr_apply"), key=f"corr_apply_{run_id}"):
             shape = "ellipse" if kind == "ellipse" else "rectangle"
             edits.push(apply_edit(edits.mask, shape_mask((w, h), shape, [(x0, y0), (x1, y1)], brush), erase))
     undo, redo, reset = st.columns(3)
-    undo.button(_t("撤销", "Undo"), on_click=edits.undo, key=f"corr_undo_{run_id}")
-    redo.button(_t("重做", "Redo"), on_click=edits.redo, key=f"corr_redo_{run_id}")
-    reset.button(_t("恢复模型掩膜", "Reset to the model's mask"), on_click=edits.reset, key=f"corr_reset_{run_id}")
+    undo.button(tr("corr_undo"), on_click=edits.undo, key=f"corr_undo_{run_id}")
+    redo.button(tr("corr_redo"), on_click=edits.redo, key=f"corr_redo_{run_id}")
+    reset.button(tr("corr_reset"), on_click=edits.reset, key=f"corr_reset_{run_id}")
 
 
 def _mask_panel(row: dict, picture: np.ndarray, store: Corrections) -> None:
     run_id = int(row["id"])
-    if not st.toggle(_t("编辑掩膜", "Edit the mask"), key=f"corr_edit_{run_id}"):  # the drawing chart only on demand
+    if not st.toggle(tr("corr_edit"), key=f"corr_edit_{run_id}"):  # the drawing chart only on demand
         return
     try:
         model = store.model_mask(row)
@@ -161,12 +157,11 @@ def _mask_panel(row: dict, picture: np.ndarray, store: Corrections) -> None:
     _drawing_tools(run_id, picture, edits)
     counts = compare(model, edits.mask)
     area = measurements_of(row, edits.mask)
-    st.caption(_t("新增 {a} px，移除 {r} px，与模型 Dice {d:.3f}，面积 {p} px", "{a} px added, {r} px removed, Dice vs "
-                  "the model {d:.3f}, area {p} px").format(a=counts["pixels_added"], r=counts["pixels_removed"],
-                                                         d=counts["dice"], p=area["area_px"])
+    st.caption(tr("corr_counts", a=counts["pixels_added"], r=counts["pixels_removed"], d=counts["dice"],
+                  p=area["area_px"])
                + (f" = {area['area_mm2']:.2f} mm²" if area.get("area_mm2") is not None else ""))
-    reason = st.text_input(_t("原因（可选）", "Reason (optional)"), max_chars=500, key=f"corr_reason_{run_id}")
-    if st.button(_t("保存修正版本", "Save as a new version"), type="primary", key=f"corr_save_{run_id}"):
+    reason = st.text_input(tr("corr_reason"), max_chars=500, key=f"corr_reason_{run_id}")
+    if st.button(tr("corr_save"), type="primary", key=f"corr_save_{run_id}"):
         _saved(lambda: store.correct_mask(run_id, mask_png(edits.mask), author=_who(), reason=reason))
 
 
@@ -179,11 +174,11 @@ def _class_panel(row: dict, store: Corrections) -> None:
         names = []
     names = names if len(names) == count else [f"class {i}" for i in range(count)]
     model_class = row.get("prediction") if isinstance(row.get("prediction"), int) else 0
-    chosen = st.selectbox(_t("类别", "Class"), list(range(count)), index=min(model_class, max(count - 1, 0)),
+    chosen = st.selectbox(tr("corr_class"), list(range(count)), index=min(model_class, max(count - 1, 0)),
                           format_func=lambda i: f"{names[i]} ({i})", key=f"corr_class_{run_id}")
-    reason = st.text_input(_t("原因（可选）", "Reason (optional)"), max_chars=500, key=f"corr_creason_{run_id}")
+    reason = st.text_input(tr("corr_reason"), max_chars=500, key=f"corr_creason_{run_id}")
     same = chosen == model_class
-    label = _t("确认模型类别", "Confirm the model's class") if same else _t("保存更正", "Save override")
+    label = tr("corr_confirm") if same else tr("corr_override")
     if st.button(label, type="primary", key=f"corr_csave_{run_id}"):
         _saved(lambda: store.correct_class(run_id, {"class_index": chosen, "reason": reason or None}, author=_who()))
 
@@ -194,7 +189,7 @@ def _saved(save) -> None:
     except UUSICError as error:
         st.warning(error_message(error))
         return
-    st.success(_t("已保存版本 {v}", "Saved as version {v}").format(v=version["version"]))
+    st.success(tr("corr_saved", v=version["version"]))
 
 
 def _model_version(row: dict) -> dict:
@@ -216,11 +211,10 @@ def versions_table(versions: list[dict], row: dict | None = None) -> pd.DataFram
 
 def correction_panel(row: dict, picture: np.ndarray, current) -> None:
     """The panel under a re-opened successful run."""
-    with st.expander(_t("修正结果", "Correct this result"), expanded=False):
+    with st.expander(tr("corr_title"), expanded=False):
         store = _store(current)
         if store is None:
-            st.caption(_t("远程模式：请使用 API 的 PUT /v1/history/{id}/correction。",
-                          "Remote mode: corrections go through the API's PUT /v1/history/{id}/correction."))
+            st.caption(tr("corr_remote"))
             return
         if row.get("task") == "segmentation":
             _mask_panel(row, picture, store)
@@ -228,5 +222,5 @@ def correction_panel(row: dict, picture: np.ndarray, current) -> None:
             _class_panel(row, store)
         versions = store.versions(int(row["id"]))
         if versions:
-            st.caption(_t("修正版本（模型结果保持不变）", "Correction versions (the model's result is kept)"))
+            st.caption(tr("corr_versions"))
             st.dataframe(versions_table(versions, row), hide_index=True)

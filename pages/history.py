@@ -99,12 +99,14 @@ def filtered_rows(rows: list[dict]) -> list[dict]:
     organs_shown = {k: organ_name(k) if k else everything for k in organs}
     organ = bottom[0].selectbox(tr("filter_organ"), organs, key="h_organ", format_func=organs_shown.__getitem__)
     name = bottom[1].text_input(tr("filter_name"), key="h_name").strip().lower()
+    corrected = st.toggle(tr("h_corrected_only"), key="h_corrected")  # issue 26: runs with a correction version
     return [
         r for r in rows
         if (not task or _value(r, "task") == task)
         and (not dataset or _value(r, "dataset_name", "dataset") == dataset)
         and (not organ or _value(r, "organ") == organ)
         and (not name or name in f"{display_name(r)} {_value(r, 'img_name', default='')}".lower())
+        and (not corrected or bool(r.get("corrected") or r.get("correction_version")))
     ]
 
 
@@ -188,6 +190,49 @@ def show_table(entries: list[list[dict]]) -> None:
     st.dataframe(table(entries), width="stretch", hide_index=True, key="history_table", column_order=order,
                  column_config=config)
     st.caption(tr("h_time_zone", zone=md_literal(str(display_zone(current.timezone)))))
+
+
+def _zip_name(dataset: str) -> str:
+    safe = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in dataset)[:40]
+    return f"uusic_labels_{safe}.zip" if safe else "uusic_labels.zip"
+
+
+def labels_export(dataset: str) -> None:
+    """Issue 26: the corrected runs (of the dataset filter, else all) as a UUSIC-layout ZIP for ``core train``
+    (:func:`core.label_export.export_zip`: its size is known before it is built, within a budget)."""
+    st.markdown(f"**{tr('h_labels_title')}**")
+    store = getattr(service(current), "store", None)
+    if store is None:  # remote mode: the API server holds the images and the corrected masks
+        st.caption(tr("h_labels_remote"))
+        return
+    key = f"_h_labels_{dataset}"
+    scope = md_literal(dataset) if dataset else tr("h_labels_all")
+    if st.button(tr("h_labels_make", scope=scope), key="h_labels_make", help=tr("h_labels_help")):
+        from core.label_export import export_zip
+
+        try:
+            st.session_state[key] = export_zip(current, store, dataset=dataset or None)
+        except Exception as error:  # noqa: BLE001 - a typed error or a full disk: said, no paths
+            st.session_state[key] = error_message(error)
+    made = st.session_state.get(key)
+    if isinstance(made, str):
+        st.warning(scrub_literal(made, current))
+    elif isinstance(made, dict):
+        _labels_result(made, dataset)
+
+
+def _labels_result(made: dict, dataset: str) -> None:
+    from core.label_export import ZIP_BUDGET_BYTES
+
+    if made["skipped"]:
+        st.caption(tr("h_labels_skipped", n=made["skipped"]))
+    if not made["written"]:
+        st.info(tr("h_labels_none"))
+    elif made["zip"] is None:
+        st.warning(tr("h_labels_too_big", mb=f"{made['size'] / (1 << 20):,.0f}", limit=ZIP_BUDGET_BYTES >> 20))
+    else:
+        st.download_button(tr("h_labels_download", n=made["written"]), made["zip"], _zip_name(dataset),
+                            "application/zip", key="h_labels_zip", on_click="ignore")
 
 
 # ---------------------------------------------------------------------------------------------- re-open
@@ -545,6 +590,7 @@ show_table(entries)
 cine_entries(entries)
 st.download_button(tr("download_csv"), readable_csv(shown, L, current.timezone).encode("utf-8"), "uusic_history.csv",
                    "text/csv", key="history_csv", disabled=not shown)
+labels_export(str(st.session_state.get("h_dataset") or ""))
 
 if entries:
     st.subheader(tr("reopen"))

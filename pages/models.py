@@ -144,26 +144,6 @@ def _device_line(info: dict) -> None:
         st.text(scrub_paths(error_message(error), current))
 
 
-AGREEMENT_WORDS = {  # the agreement monitor's words (issue 26), English and Chinese
-    "title": ("Agreement with clinicians' corrections", "与临床医生修正的一致性"),
-    "none": ("No result has been corrected yet: corrections saved on History show up here per dataset.",
-             "尚无修正的结果：在“历史”页保存的修正将按数据集显示在此处。"),
-    "caption": ("Per dataset: recorded runs, runs a clinician corrected, the mean Dice of the model's mask against "
-                "the corrected one, and the share of class corrections that kept the model's class.",
-                "按数据集：记录的运行数、经临床医生修正的运行数、模型掩膜与修正掩膜的平均 Dice，"
-                "以及保留模型类别的类别修正比例。"),
-    "dataset": ("Dataset", "数据集"), "runs": ("Runs", "运行数"), "corrected": ("Corrected", "已修正"),
-    "share": ("Corrected %", "修正比例 %"),
-    "mean_dice": ("Mean Dice (model vs corrected)", "平均 Dice（模型 vs 修正）"),
-    "class_agreement": ("Class agreement", "类别一致率"),
-}
-
-
-def _w(key: str) -> str:
-    english, chinese = AGREEMENT_WORDS[key]
-    return chinese if L == "zh" else english
-
-
 def agreement_rows(backend) -> list[dict]:
     """Per dataset agreement (:func:`core.corrections.agreement`): the API's in remote mode, else the in-process
     service's history store."""
@@ -186,25 +166,25 @@ def agreement_table(rows: list[dict]) -> pd.DataFrame:
     def rounded(value, digits: int = 3):
         return None if value is None else round(float(value), digits)
 
-    return pd.DataFrame([{_w("dataset"): f"{r.get('task')}/{r.get('dataset_name')}", _w("runs"): int(r["runs"]),
-                          _w("corrected"): int(r["corrected"]),
-                          _w("share"): rounded(100.0 * int(r["corrected"]) / max(1, int(r["runs"])), 1),
-                          _w("mean_dice"): rounded(r.get("mean_dice")),
-                          _w("class_agreement"): rounded(r.get("class_agreement"))} for r in shown])
+    return pd.DataFrame([{tr("agree_dataset"): f"{r.get('task')}/{r.get('dataset_name')}",
+                          tr("agree_runs"): int(r["runs"]), tr("agree_corrected"): int(r["corrected"]),
+                          tr("agree_share"): rounded(100.0 * int(r["corrected"]) / max(1, int(r["runs"])), 1),
+                          tr("agree_mean_dice"): rounded(r.get("mean_dice")),
+                          tr("agree_class_agreement"): rounded(r.get("class_agreement"))} for r in shown])
 
 
 def agreement_monitor(backend) -> None:
     """The agreement monitor: where the model fails in practice, from the clinicians' corrections."""
-    st.subheader(_w("title"))
+    st.subheader(tr("agree_title"))
     try:
         table = agreement_table(agreement_rows(backend))
     except Exception as error:  # noqa: BLE001 - the monitor only; the page goes on
         st.warning(scrub_literal(error_message(error), current))
         return
     if table.empty:
-        st.info(_w("none"))
+        st.info(tr("agree_none"))
         return
-    st.caption(_w("caption"))
+    st.caption(tr("agree_caption"))
     st.dataframe(table, width="stretch", hide_index=True)
 
 

@@ -13,31 +13,13 @@ from typing import Any
 
 import streamlit as st
 
-from core import catalog
+from core import catalog, i18n
 from core.errors import UUSICError
-
-WORDS = {  # (zh, en)
-    "title": ("PACS", "PACS"),
-    "patient_id": ("患者 ID", "Patient ID"),
-    "patient_name": ("患者姓名", "Patient name"),
-    "date": ("检查日期 (YYYYMMDD 或范围)", "Study date (YYYYMMDD or a range)"),
-    "accession": ("检查号", "Accession"),
-    "search": ("搜索 PACS", "Search the PACS"),
-    "study": ("检查", "Study"),
-    "series": ("序列", "Series"),
-    "instance": ("图像", "Instance"),
-    "load": ("载入此图像", "Load this instance"),
-    "none": ("没有找到超声检查", "No ultrasound study found"),
-    "store": ("把 SEG、SR 和 PDF 存回 PACS", "Store SEG, SR and PDF back into the PACS"),
-    "stored": ("已存回 PACS：{n} 个对象", "Stored in the PACS: {n} objects"),
-    "remote": ("远程模式下请用 API 存回：POST /v1/pacs/store/{run}",
-               "Remote mode: store back with POST /v1/pacs/store/{run}"),
-}
 
 
 def word(key: str, lang: str, **values: Any) -> str:
-    zh, en = WORDS[key]
-    return (zh if lang == "zh" else en).format(**values)
+    """The PACS source's words: ``pacs_<key>`` of core/i18n.py in ``lang`` (the page's language)."""
+    return i18n.t(f"pacs_{key}", lang, **values)
 
 
 def _label(item: dict, *keys: str) -> str:

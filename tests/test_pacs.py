@@ -336,8 +336,8 @@ def test_demo_load_writes_studies_and_rules_that_analyze_uses(settings, pacs, mo
 def test_dashboard_pacs_source_loads_analyses_and_stores_back(dashboard_env, settings, pacs, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
+    from core import i18n
     from core.settings import PROJECT_ROOT
-    from pages import pacs_source
 
     patient = f"UI-{uuid.uuid4().hex[:8]}"
     cine = us_dicom([DDTI / f"seg_0000{i}.jpg" for i in range(2)], patient_id=patient)
@@ -350,7 +350,7 @@ def test_dashboard_pacs_source_loads_analyses_and_stores_back(dashboard_env, set
     assert not at.exception, [e.value for e in at.exception]
     at.radio(key="source").set_value("pacs").run()
     at.text_input(key="pacs_patient_id").set_value(patient)
-    next(b for b in at.button if b.label in pacs_source.WORDS["search"]).click().run()
+    next(b for b in at.button if b.label in i18n.STRINGS["pacs_search"]).click().run()
     assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
     at.button(key="pacs_load").click().run()
     assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
