@@ -1,7 +1,8 @@
 """Two ways to feed an engine's forward pass with more than one image at a time.
 
 - :func:`run_batch`: a known list of images (CLI, dashboard Batch): decoding and post-processing run in a thread
-  pool ahead of / behind the batched forward passes, results come back in input order.
+  pool ahead of / behind the batched forward passes (at most :func:`in_flight_bound` images held decoded), so that
+  the forward pass is the bottleneck; ``workers=0`` runs the stages one after the other (for comparisons).
 - :class:`MicroBatcher`: single requests arriving concurrently (the API on a GPU): callers prepare their image in
   their own thread, one batching thread runs the forward pass on whatever has queued up within a short window.
 
@@ -47,8 +48,16 @@ def report_progress(progress: Progress, done: int, total: int) -> None:
         progress(done, total)
 
 
+def in_flight_bound(batch_size: int, workers: int) -> int:
+    """The most prepared (decoded) images :func:`run_batch` holds at once: with threads, two batches decoding
+    ahead, one in the forward pass and one being finished (``4 × batch_size``); without (``workers`` < 1), one
+    batch (``batch_size``)."""
+    return max(1, int(batch_size)) * (4 if workers >= 1 else 1)
+
+
 class _BatchRun:
-    """State of one :func:`run_batch` call: the queues of prepared images and of images being finished."""
+    """State of one overlapped :func:`run_batch` call: images decode in the pool ahead of the forward pass (at most
+    two batches), the previous batch is finished (mask written) in the pool while the next one runs forward."""
 
     def __init__(self, engine: Engine, items: list, pool: ThreadPoolExecutor, *, output_dir: Path, batch_size: int,
                  input_dir: Path | None, on_result: OnResult):
@@ -68,7 +77,7 @@ class _BatchRun:
             self.next_index += 1
 
     def drain(self, block: bool) -> None:
-        """Hand finished responses (or their errors) on, in completion order."""
+        """Hand finished responses (or their errors) on, in submission order; ``block``: all of them."""
         while self.finishing and (block or self.finishing[0][1].done()):
             index, future = self.finishing.popleft()
             try:
@@ -79,16 +88,14 @@ class _BatchRun:
                 self.on_result(index, result, None)
 
     def forward(self, batch: list[tuple[int, Prepared]]) -> None:
-        """One forward pass over ``batch``; post-processing goes to the pool."""
-        prepared = [p for _, p in batch]
-        try:
-            outputs, forward_sec, gpu = self.engine.forward(prepared)
-        except Exception as exc:  # noqa: BLE001 - every image of the batch gets the error
-            for index, _ in batch:
-                self.on_result(index, None, exc)
+        """One forward pass over ``batch``; its post-processing goes to the pool once the previous batch's is done
+        (so at most one batch is being finished)."""
+        outputs = _forward_or_report(self.engine, batch, self.on_result)
+        self.drain(block=True)
+        if outputs is None:
             return
-        share = forward_sec / len(prepared)
-        for (index, prep), raw in zip(batch, outputs, strict=True):
+        raws, share, gpu = outputs
+        for (index, prep), raw in zip(batch, raws, strict=True):
             self.finishing.append((index, self.pool.submit(self.engine.finish, prep, raw, output_dir=self.output_dir,
                                                            forward_sec=share, gpu=gpu)))
 
@@ -109,14 +116,58 @@ class _BatchRun:
         self.drain(block=True)
 
 
+def _forward_or_report(engine: Engine, batch: list[tuple[int, Prepared]],
+                       on_result: OnResult) -> tuple[list[Any], float, Any] | None:
+    """``(outputs, forward seconds per image, gpu)`` of one forward pass, or None after reporting its error for
+    every image of ``batch``."""
+    try:
+        outputs, forward_sec, gpu = engine.forward([p for _, p in batch])
+    except Exception as exc:  # noqa: BLE001 - every image of the batch gets the error
+        for index, _ in batch:
+            on_result(index, None, exc)
+        return None
+    return outputs, forward_sec / len(batch), gpu
+
+
+def _run_serial(engine: Engine, items: list, *, output_dir: Path, batch_size: int, input_dir: Path | None,
+                on_result: OnResult) -> None:
+    """The same stages one after the other in this thread, a batch at a time (no overlap; for comparison)."""
+    for first in range(0, len(items), batch_size):
+        batch: list[tuple[int, Prepared]] = []
+        for index in range(first, min(first + batch_size, len(items))):
+            try:
+                batch.append((index, engine.prepare(items[index], input_dir=input_dir)))
+            except Exception as exc:  # noqa: BLE001 - reported per image
+                on_result(index, None, exc)
+        outputs = _forward_or_report(engine, batch, on_result) if batch else None
+        if outputs is None:
+            continue
+        raws, share, gpu = outputs
+        for (index, prep), raw in zip(batch, raws, strict=True):
+            try:
+                result = engine.finish(prep, raw, output_dir=output_dir, forward_sec=share, gpu=gpu)
+            except Exception as exc:  # noqa: BLE001 - reported per image
+                on_result(index, None, exc)
+            else:
+                on_result(index, result, None)
+
+
 def run_batch(engine: Engine, items: Iterable[Any], *, output_dir: Path, on_result: OnResult, batch_size: int = 8,
               input_dir: Path | None = None, workers: int = 2) -> None:
     """Analyse ``items`` (request dicts or parsed requests) and call ``on_result(index, response, error)`` once per
-    item, in completion order; exactly one of ``response`` / ``error`` is set."""
-    listed = list(items)
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="uusic-prep") as pool:
-        _BatchRun(engine, listed, pool, output_dir=Path(output_dir), batch_size=max(1, int(batch_size)),
-                  input_dir=input_dir, on_result=on_result).run()
+    item, in completion order; exactly one of ``response`` / ``error`` is set.
+
+    ``workers`` ≥ 1: decoding and finishing run in that many threads beside the forward passes; ``workers`` < 1:
+    everything in this thread, one stage after the other. At most :func:`in_flight_bound` images are held decoded.
+    """
+    listed, size = list(items), max(1, int(batch_size))
+    if workers < 1:
+        _run_serial(engine, listed, output_dir=Path(output_dir), batch_size=size, input_dir=input_dir,
+                    on_result=on_result)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="uusic-prep") as pool:
+        _BatchRun(engine, listed, pool, output_dir=Path(output_dir), batch_size=size, input_dir=input_dir,
+                  on_result=on_result).run()
 
 
 class MicroBatcher:

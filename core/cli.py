@@ -3,7 +3,8 @@
 ``predict`` is a drop-in for the challenge's ``model.py``: it reads the challenge JSON, writes
 ``OUT/classification.json`` (``{img_path_relative: {probability, prediction}}``) and the masks at
 ``OUT/<img_path_relative with imgs → masks, .png>`` at the original image size. Decoding and preprocessing
-run in a thread pool ahead of the batched forward passes. Entries for datasets the model has no weights for
+run in a thread pool ahead of the batched forward passes, mask writing behind them (``--no-overlap``: one after the
+other). Entries for datasets the model has no weights for
 are skipped with a warning and counted. The work is done by :class:`core.service.AnalysisService` (the
 same flow as the API and the dashboard); with ``--record`` every image lands in the history too.
 """
@@ -11,6 +12,7 @@ same flow as the API and the dashboard); with ``--record`` every image lands in 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections import Counter
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from core.response import BatchResult
     from core.service import AnalysisService
 
 USAGE = """usage: python -m core <command> [options]
@@ -57,6 +60,8 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: UUSIC_DEVICE or auto)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2, help="decode / preprocess / mask-writing threads")
+    p.add_argument("--no-overlap", action="store_true",
+                   help="decode, forward and mask writing one after the other in this thread (for comparisons)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -133,8 +138,6 @@ class _Refused(Exception):
 
 def predict_main(argv: list[str]) -> int:
     args = _predict_parser().parse_args(argv)
-    from tqdm import tqdm
-
     from core.redact import redact_text
     from core.service import write_classification_json
 
@@ -159,10 +162,7 @@ def predict_main(argv: list[str]) -> int:
     record = args.record if args.record is not None else service.settings.record_cli_runs
     if args.frames is not None:
         return _predict_frames(service, entries, args, record)
-    with tqdm(total=len(entries), desc="Predicting", unit="img", disable=args.no_progress, file=sys.stderr) as bar:
-        result = service.analyze_batch(entries, source="cli", output_dir=args.output_dir, input_dir=args.input_dir,
-                                       batch_size=args.batch_size, progress=bar, workers=args.workers,
-                                       record=record)
+    result = _predict_batch(service, entries, args, record)
     try:
         write_classification_json(args.output_dir, result.items)
     except OSError as exc:
@@ -170,6 +170,24 @@ def predict_main(argv: list[str]) -> int:
               file=sys.stderr)
         return 2
     return _report(result, args.output_dir)
+
+
+def _predict_batch(service: AnalysisService, entries: list, args: argparse.Namespace, record: bool) -> BatchResult:
+    """The batch through the service; a progress bar unless ``--no-progress`` (tqdm is imported only then)."""
+    from core import predict_probe
+
+    first = predict_probe.FirstResult()
+    workers = 0 if args.no_overlap else args.workers
+    with contextlib.ExitStack() as stack:
+        if not args.no_progress:
+            from tqdm import tqdm
+
+            first.inner = stack.enter_context(tqdm(total=len(entries), desc="Predicting", unit="img",
+                                                   file=sys.stderr))
+        result = service.analyze_batch(entries, source="cli", output_dir=args.output_dir, input_dir=args.input_dir,
+                                       batch_size=args.batch_size, progress=first, workers=workers, record=record)
+    predict_probe.report(first, result.responses, overlap=workers >= 1)
+    return result
 
 
 def _read_entries(path: Path) -> list:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 PREPROCESSINGS = ("center_crop", "letterbox")
 
@@ -58,6 +57,8 @@ class CenterCrop:
     def apply(self, image: np.ndarray) -> np.ndarray:
         """``H x W x 3`` uint8 (or float in [0,1]) → ``size x size x 3`` float32 in [0,1], as the baseline."""
         array = image.astype(np.float64) / 255.0 if image.dtype == np.uint8 else image.astype(np.float64)
+        from scipy import ndimage  # here: scipy costs ~0.3 s to import, letterbox models never need it (issue 27)
+
         zoomed = ndimage.zoom(array, (self.factor, self.factor, 1), order=1)
         r0, c0 = self.offset
         return zoomed[r0 : r0 + self.size, c0 : c0 + self.size, :].astype(np.float32)
@@ -69,6 +70,8 @@ class CenterCrop:
         input and gets ``cval`` 0 instead of the nearest label; the baseline trains and scores on that.
         """
         source = mask.astype(np.uint8) if mask.dtype == bool else mask
+        from scipy import ndimage
+
         zoomed = ndimage.zoom(source, (self.factor, self.factor), order=0)
         r0, c0 = self.offset
         return zoomed[r0 : r0 + self.size, c0 : c0 + self.size].astype(mask.dtype, copy=False)
