@@ -102,6 +102,26 @@ class ApiClient:
     def random_sample(self, task: str, dataset_name: str) -> dict:
         return self._json("GET", "/v1/random-sample", params={"task": task, "dataset_name": dataset_name})
 
+    def input_file(self, img_path_relative: str) -> bytes:
+        """An input's bytes (``GET /v1/inputs/file``; a DICOM de-identified by the server)."""
+        return self._send("GET", "/v1/inputs/file", params={"path": img_path_relative}).content
+
+    def json_files(self) -> list[str]:
+        """The challenge JSON files under the server's data root (``GET /v1/inputs/json-files``)."""
+        return self._json("GET", "/v1/inputs/json-files")["files"]
+
+    def json_entries(self, relative: str) -> list[dict]:
+        """The request objects of one of :meth:`json_files` (``GET /v1/inputs/json``)."""
+        return self._json("GET", "/v1/inputs/json", params={"path": relative})["entries"]
+
+    def known_names(self, task: str) -> dict[str, str]:
+        """File name (lower case) → dataset of the server's data root (``GET /v1/inputs/names``)."""
+        return self._json("GET", "/v1/inputs/names", params={"task": task})["names"]
+
+    def batch_metrics(self, requests: list[dict], result: BatchResult) -> dict | None:
+        """None: a remote batch's masks stay on the server, so its metrics are not computed here."""
+        return None
+
     # ------------------------------------------------------------------------------------------ analysis
     def analyze(self, request: Any, *, source: str = "api", edits: list | None = None,
                 model: str | None = None) -> AnalysisResponse:

@@ -13,6 +13,9 @@ reference mask follows the image exactly.
 Every door checks a log with the one validator before any pixel moves: :func:`parse_edits` (types, finite numbers,
 at most :data:`MAX_EDIT_STEPS` steps; 422 naming the field) and :func:`check_edit_budget` (the size of every step,
 worked out by :func:`edited_sizes` with PIL's own arithmetic, against the image budget; 413).
+
+The dashboard edits a small preview (:func:`proxy_of`); :func:`full_resolution_edits` turns what was drawn on it
+into the log for the full-resolution image (a crop box scaled by :func:`scale_box`).
 """
 
 from __future__ import annotations
@@ -241,3 +244,38 @@ def check_edit_budget(size: tuple[int, int], edits: list[dict], *, max_pixels: i
             raise RequestError(f"edits[{index}] would make the {size[0]}×{size[1]} image {width}×{height} pixels; "
                                f"edits may give at most {limit:,} pixels (the image limit, or {MAX_EDIT_GROWTH}× the "
                                f"original) and {max_side:,} per side", status_code=413, field=f"edits[{index}]")
+
+
+# ------------------------------------------------------------------------------------------ the editing preview
+PROXY_MAX_SIDE = 1024
+
+
+def proxy_of(picture: Image.Image, max_side: int = PROXY_MAX_SIDE) -> Image.Image:
+    """A copy of ``picture`` whose longer side is at most ``max_side`` (the picture itself when already small):
+    the editing preview works on it so sliders stay quick on a 4000×2700 image."""
+    width, height = picture.size
+    scale = max_side / max(width, height)
+    if scale >= 1:
+        return picture
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def scale_box(box: list[int], from_size: tuple[int, int], to_size: tuple[int, int]) -> list[int]:
+    """A crop box ``[left, top, right, bottom]`` drawn on an image of ``from_size`` in the coordinates of the same
+    image at ``to_size`` (each edge at the same fraction of the side, rounded to the nearest pixel, clamped)."""
+    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    left, top, right, bottom = box
+    scaled = [round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)]
+    return list(clamp_box(scaled, to_size))
+
+
+def full_resolution_edits(full_size: tuple[int, int], turn_edits: list[dict], crop_box: list[int] | None,
+                          proxy_turned_size: tuple[int, int]) -> list[dict]:
+    """The edit log for the full-resolution image of the preview's edits: rotations and flips as they are, the
+    crop box (drawn on the turned preview of ``proxy_turned_size``) scaled to the turned full-resolution image."""
+    edits = [dict(edit) for edit in turn_edits]
+    if crop_box is not None:
+        full_turned = edited_size(full_size, turn_edits)
+        edits.append({"op": "crop", "box": scale_box(crop_box, proxy_turned_size, full_turned)})
+    return edits

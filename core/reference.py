@@ -86,3 +86,32 @@ def differences(predicted: dict[str, Any], reference: dict[str, Any]) -> dict[st
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
+def edited_mask(data: bytes, edits: list[dict], size: tuple[int, int], *,
+                settings: Settings | None = None) -> np.ndarray | None:
+    """A ground-truth mask file (its bytes, e.g. from ``input_file``) with an image's edits replayed on it
+    (nearest neighbour) as a bool array; None when it cannot be read or its edited size (W, H) is not ``size``."""
+    from PIL import Image
+
+    from core import editing, overlay
+    from core.imaging import load_image
+
+    try:
+        pixels = load_image(data, settings=settings, name="reference mask").rgb[..., 0]
+        mask = editing.apply_edits(Image.fromarray(np.ascontiguousarray(pixels)), edits, is_mask=True)
+    except (UUSICError, OSError, ValueError) as exc:
+        log.info("no edited reference: %s", getattr(exc, "message", exc))
+        return None
+    return overlay.as_bool_mask(mask) if mask.size == tuple(size) else None
+
+
+def edited_reference(mask: np.ndarray, predicted: dict[str, Any], spacing: float | None, *,
+                     fetal_head: bool) -> dict:
+    """The reference block of an edited image: its ground-truth mask after the same edits (:func:`edited_mask`),
+    measured as the prediction is (``source`` ``ground_truth_mask_edited``)."""
+    from core.measure import measure_mask
+
+    measured = measure_mask(mask, pixel_spacing_mm=spacing, fetal_head=fetal_head)
+    return {"source": "ground_truth_mask_edited", "measurements": measured,
+            "difference": differences(predicted, measured)}

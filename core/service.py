@@ -8,7 +8,8 @@ The service only composes the parts that do the work, each in its own module:
 - :mod:`core.cine_analysis`: frames of a cine as one batch;
 - :mod:`core.recorder`: one history row per case, successes and failures alike;
 - :mod:`core.run_reader`: recorded runs and their files, the data reports and DICOM SEG are built from;
-- :mod:`core.inputs`: uploads, data-root samples, frames; :mod:`core.routing`: the models and "is this served?".
+- :mod:`core.inputs`: uploads, data-root samples, frames; :mod:`core.data_root`: an input's file, the challenge
+  JSON files, file name → dataset, a batch's metrics; :mod:`core.routing`: the models and "is this served?".
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from core import catalog, inputs
+from core import catalog, data_root, inputs
 from core.analysis import Analyzer, GroupRunner
 from core.cine_analysis import FrameAnalyzer
 from core.errors import UUSICError, failure_message
@@ -61,6 +62,11 @@ class AnalysisBackend(Protocol):
     def run_mask(self, run_id: int) -> np.ndarray: ...
     def probe(self, img_path_relative: str) -> dict: ...
     def load_frame(self, img_path_relative: str, frame_index: int) -> np.ndarray: ...
+    def input_file(self, img_path_relative: str) -> bytes: ...
+    def json_files(self) -> list[str]: ...
+    def json_entries(self, relative: str) -> list[dict]: ...
+    def known_names(self, task: str) -> dict[str, str]: ...
+    def batch_metrics(self, requests: list[dict], result: BatchResult) -> dict | None: ...
     def analyze_frames(self, request: Any, *, frames: list[int] | str | None = None, edits: list | None = None,
                        source: str = "api", progress: Any = None, model: str | None = None) -> CineResult: ...
     def agreement_map(self, response: AnalysisResponse | dict) -> np.ndarray: ...
@@ -166,6 +172,26 @@ class AnalysisService:
     def load_frame(self, img_path_relative: str, frame_index: int) -> np.ndarray:
         """One frame of an input as RGB uint8 (only that frame is decoded)."""
         return inputs.load_frame(self.settings, img_path_relative, frame_index)
+
+    def input_file(self, img_path_relative: str) -> bytes:
+        """An input's bytes (data root or ``api_in/``; a DICOM de-identified): :func:`core.data_root.input_file`."""
+        return data_root.input_file(self.settings, img_path_relative)
+
+    def json_files(self) -> list[str]:
+        """The challenge JSON files under the data root (relative POSIX paths)."""
+        return data_root.json_files(self.settings)
+
+    def json_entries(self, relative: str) -> list[dict]:
+        """The request objects of one of :meth:`json_files`."""
+        return data_root.json_entries(self.settings, relative)
+
+    def known_names(self, task: str) -> dict[str, str]:
+        """File name (lower case) → dataset of the data root's entries of ``task``."""
+        return data_root.known_names(self.settings, task)
+
+    def batch_metrics(self, requests: list[dict], result: BatchResult) -> dict | None:
+        """A batch's metrics against the data root's ground truth (:func:`core.data_root.batch_metrics`)."""
+        return data_root.batch_metrics(self.settings, requests, result)
 
     # ------------------------------------------------------------------------------------------ analysis
     def analyze(self, request: Any, *, source: str = "api", edits: list | None = None,

@@ -14,6 +14,7 @@ import streamlit as st
 from PIL import Image
 
 from core import catalog, editing, i18n, overlay
+from core.errors import NotFoundError
 from core.imaging import STILL_SUFFIXES, VIDEO_SUFFIXES, load_image
 from pages import clinical, pacs_source  # clinical hook; PACS hook (UUSIC_DICOMWEB_URL)
 from pages.common import (
@@ -23,15 +24,14 @@ from pages.common import (
     english_detail,
     error_message,
     fold_detail,
-    full_resolution_edits,
     group_served,
     is_no_model,
     label,
     lang,
     md_literal,
     measure_rows,
+    measurement_table,
     page_header,
-    proxy_of,
     scrub_literal,
     served_first,
     served_keys,
@@ -124,8 +124,8 @@ def select_dataset() -> catalog.Dataset:
 
 
 # ---------------------------------------------------------------- image source
-def _decode(data: bytes | Path):
-    loaded = load_image(data, settings=current)
+def _decode(data: bytes | Path, name: str | None = None):
+    loaded = load_image(data, settings=current, name=name)
     return Image.fromarray(loaded.rgb), loaded.pixel_spacing_mm, loaded.format
 
 
@@ -159,23 +159,26 @@ def load_upload(dataset: catalog.Dataset) -> None:
 def load_sample(dataset: catalog.Dataset, where=None) -> None:
     if not (where or st).button(tr("random_button"), key="random_sample", icon=":material/shuffle:"):
         return
-    from core.samples import random_sample
-
-    sample = random_sample(current.data_root, dataset.task, dataset.name)
-    if sample is None:
+    analysis = service(current)
+    try:  # the skeleton and the file through the service (in-process, or the API in remote mode)
+        sample = analysis.random_sample(dataset.task, dataset.name)
+    except NotFoundError:
         st.session_state["no_samples"] = (dataset.task, dataset.name)
         st.session_state.pop("image", None)
         return
+    except Exception as error:  # noqa: BLE001 - the API is down ...: shown, never raised
+        st.error(tr("image_error", message=scrub_literal(error_message(error), current)))
+        return
     st.session_state.pop("no_samples", None)
-    path = current.data_root / sample["img_path_relative"]
+    relative = str(sample["img_path_relative"])
     try:
-        picture, spacing, fmt = _decode(path)
+        picture, spacing, fmt = _decode(analysis.input_file(relative), Path(relative).name)
     except Exception as error:
         st.error(tr("image_error", message=scrub_literal(error_message(error), current)))
         fold_detail(english_detail(error), current)
         return
     spacing = sample.get("pixel_spacing_mm") or spacing
-    _set_image(token=f"sample:{sample['img_path_relative']}", name=sample.get("img_name") or path.name,
+    _set_image(token=f"sample:{relative}", name=sample.get("img_name") or Path(relative).name,
                picture=picture, spacing=spacing, format=fmt, source="sample", sample=sample,
                task=dataset.task, dataset=dataset.name)
 
@@ -207,7 +210,7 @@ def edit_image(image: dict, folded: bool = False) -> tuple[Image.Image, list[dic
     edit log for the full-resolution image (a crop box drawn on the preview is scaled to full-resolution pixels)."""
     picture: Image.Image = image["picture"]
     if image.get("proxy_source") != id(picture):  # a new picture (e.g. another frame): a new proxy
-        image["proxy"], image["proxy_source"] = proxy_of(picture), id(picture)
+        image["proxy"], image["proxy_source"] = editing.proxy_of(picture), id(picture)
     proxy: Image.Image = image["proxy"]
     with st.expander(tr("edit"), expanded=not folded, icon=":material/tune:"):
         top = st.columns(2)
@@ -230,7 +233,7 @@ def edit_image(image: dict, folded: bool = False) -> tuple[Image.Image, list[dic
             rect = st_cropper(turned, realtime_update=True, return_type="box", key=cropper_key, box_color="#ff4040")
             box = editing.box_from_cropper(rect)
         preview = editing.apply_edits(turned, editing.build_edits(crop_box=box))
-        edits = full_resolution_edits(picture.size, turned_edits, box, turned.size)
+        edits = editing.full_resolution_edits(picture.size, turned_edits, box, turned.size)
         width, height = editing.edited_size(picture.size, edits)
         st.caption(tr("edited_size", w=width, h=height))
         if proxy is not picture:
@@ -408,33 +411,16 @@ def show_classification(result: dict, image: dict) -> None:
             tr("gt_correct") if int(reference) == predicted else tr("gt_wrong"))
 
 
-def _measurement_table(measurements: dict) -> pd.DataFrame:
-    rows = []
-    for base in i18n.MEASURE_LABELS:
-        px = measurements.get(f"{base}_px")
-        if px is None:
-            continue
-        unit_px, unit_mm = ("px²", "mm²") if base == "area" else ("px", "mm")
-        mm = measurements.get(f"{base}_mm2" if base == "area" else f"{base}_mm")
-        value = f"{px:,.1f} {unit_px}" + (f"  ·  {mm:,.1f} {unit_mm}" if mm is not None else "")
-        rows.append({tr("measure_name"): i18n.measure_label(base, L), tr("measure_value"): value})
-    return pd.DataFrame(rows)
-
-
 def _reference_mask(image: dict, request: dict, edits: list[dict], size: tuple[int, int]) -> np.ndarray | None:
+    """The sample's ground-truth mask after the image's edits (its file read once per image through the service)."""
+    from core.reference import edited_mask
+
     sample = image.get("sample") or {}
     relative = sample.get("mask_path_relative")
     if not relative or image.get("dataset") != request["dataset_name"] or image.get("task") != request["task"]:
         return None
-    path = current.data_root / relative
-    if not path.is_file():
-        return None
-    try:
-        pixels = load_image(path, settings=current).rgb[..., 0]
-    except Exception:  # noqa: BLE001 - a broken reference mask only hides the comparison
-        return None
-    mask = editing.apply_edits(Image.fromarray(np.ascontiguousarray(pixels)), edits, is_mask=True)
-    return overlay.as_bool_mask(mask) if mask.size == size else None
+    data = clinical.reference_file(image, relative)
+    return None if data is None else edited_mask(data, edits, size, settings=current)
 
 
 def _dice(prediction: np.ndarray, reference: np.ndarray) -> float:
@@ -483,7 +469,7 @@ def show_segmentation(result: dict, image: dict) -> bool:
         measurements = response.get("measurements") or {}
         if not mask.any():
             st.info(tr("empty_mask"))
-        table = _measurement_table(measurements)
+        table = measurement_table(measurements, compact=True)  # narrow column: px · mm in one cell
         if not table.empty:
             st.table(table)
             clinical.spacing_caption(response)  # clinical hook
@@ -544,7 +530,7 @@ def _shrink_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _display_pair(result: dict, mask: np.ndarray) -> tuple[Image.Image, np.ndarray]:
     """The analysed image and its mask as display copies (longer side at most 1024 px), made once per result."""
     if result.get("display") is None:
-        shown = proxy_of(result["edited"])
+        shown = editing.proxy_of(result["edited"])
         result["display"] = (shown, _shrink_mask(mask, shown.size))
     return result["display"]
 

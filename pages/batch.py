@@ -1,9 +1,10 @@
 """Batch: run many images (uploads or a challenge JSON) through the analysis service; download a zip; see metrics.
 
 Every item, result or failure, is recorded in the history by the service (source ``batch``). A challenge JSON is
-one of the JSON files under the data root (at most 3 levels deep) or an uploaded one, never a server path typed by
-the user; its images are read from the data root (the service refuses paths that leave it). File names and errors
-are shown inert (:func:`pages.common.md_literal`).
+one of the JSON files under the data root (at most 3 levels deep; listed and read by the service,
+:mod:`core.data_root`) or an uploaded one, never a server path typed by the user; its images are read from the data
+root (the service refuses paths that leave it). The page never opens the data root itself, so remote mode works the
+same. File names and errors are shown inert (:func:`pages.common.md_literal`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import pandas as pd
 import streamlit as st
 
 from core import catalog, i18n
+from core.data_root import parse_entries
 from core.imaging import STILL_SUFFIXES
 from core.response import AnalysisResponse
 from pages.common import (
@@ -35,13 +36,11 @@ from pages.common import (
     served_keys,
     service,
     settings,
+    settings_key,
     tr,
 )
 
 UPLOAD_TYPES = [suffix.lstrip(".") for suffix in STILL_SUFFIXES]  # a batch is of still images
-JSON_MAX_DEPTH = 3  # data_root/x.json, data_root/a/x.json, data_root/a/b/x.json
-JSON_MAX_FILES = 500
-JSON_MAX_MB = 64
 current = settings()
 page_header("nav_batch")
 L = lang()
@@ -71,21 +70,13 @@ def select_dataset() -> catalog.Dataset:
 
 
 @st.cache_data(ttl=300, show_spinner=False, max_entries=8)
-def known_datasets(root: str, task: str) -> dict[str, str]:
-    """File name (lower case) → dataset of the data root's entries of ``task``; a name two datasets share is
-    left out (it says nothing)."""
-    from core.samples import read_entries
-
+def known_datasets(key: str, task: str, _current) -> dict[str, str]:
+    """File name (lower case) → dataset of the data root's entries of ``task`` (the service's ``known_names``);
+    nothing when the service cannot say."""
     try:
-        entries = read_entries(root)
-    except Exception:  # noqa: BLE001 - no (readable) data root: nothing is known
+        return service(_current).known_names(task)
+    except Exception:  # noqa: BLE001 - no (readable) data root, the API is down: nothing is known
         return {}
-    found: dict[str, set[str]] = {}
-    for entry in entries:
-        path = str(entry.get("img_path_relative") or "")
-        if path and str(entry.get("task") or "") == task and entry.get("dataset_name"):
-            found.setdefault(PurePosixPath(path.replace("\\", "/")).name.lower(), set()).add(str(entry["dataset_name"]))
-    return {name: next(iter(names)) for name, names in found.items() if len(names) == 1}
 
 
 def dataset_per_file(files: list, page_dataset: catalog.Dataset) -> list[catalog.Dataset]:
@@ -95,7 +86,7 @@ def dataset_per_file(files: list, page_dataset: catalog.Dataset) -> list[catalog
     served = served_keys(current)
     datasets = served_first(catalog.datasets_for(task), served)
     names = [d.name for d in datasets]
-    known = known_datasets(str(current.data_root), task)
+    known = known_datasets(settings_key(current), task, current)
     shown = {n: _marked(n, (task, n) in served) for n in names}
     st.caption(tr("b_per_file"))
     head = st.columns([3, 2])
@@ -136,72 +127,13 @@ def _requests_from_uploads() -> list[dict] | None:
     return requests
 
 
-def json_files(root: Path) -> list[str]:
-    """The ``.json`` files under ``root`` at most :data:`JSON_MAX_DEPTH` levels deep, as POSIX paths relative to it
-    (``ground_truth.json`` first, then by depth and name); hidden entries and links leading out of ``root`` are
-    skipped; at most :data:`JSON_MAX_FILES`."""
-    try:
-        base = root.resolve()
-    except OSError:
-        return []
-    found: list[str] = []
-
-    def walk(folder: Path, parts: tuple[str, ...]) -> None:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            return
-        for entry in entries:
-            if entry.name.startswith(".") or len(found) >= JSON_MAX_FILES:
-                continue
-            try:
-                if not Path(entry.path).resolve().is_relative_to(base):
-                    continue
-                if entry.is_file() and entry.name.lower().endswith(".json"):
-                    found.append("/".join((*parts, entry.name)))
-                elif entry.is_dir() and len(parts) + 1 < JSON_MAX_DEPTH:
-                    walk(Path(entry.path), (*parts, entry.name))
-            except OSError:
-                continue
-
-    walk(base, ())
-    return sorted(found, key=lambda rel: (rel != "ground_truth.json", rel.count("/"),
-                                          not rel.endswith("/ground_truth.json"), rel))
-
-
-def _read_root_json(root: Path, relative: str) -> bytes:
-    """The bytes of one listed JSON file, re-checked to lie inside the data root (no links out, size-capped)."""
-    if relative not in json_files(root):
-        raise ValueError("not one of the JSON files under the data root")
-    base = root.resolve()
-    path = (base / relative).resolve()
-    if not path.is_relative_to(base) or not path.is_file():
-        raise ValueError("not one of the JSON files under the data root")
-    if path.stat().st_size > JSON_MAX_MB * 1024 * 1024:
-        raise ValueError(f"larger than {JSON_MAX_MB} MB")
-    return path.read_bytes()
-
-
-def parse_entries(data: bytes) -> list[dict]:
-    """The request objects of a challenge JSON (a list, or ``{"data": [...]}`` / ``{"requests": [...]}``)."""
-    if len(data) > JSON_MAX_MB * 1024 * 1024:
-        raise ValueError(f"larger than {JSON_MAX_MB} MB")
-    try:
-        entries = json.loads(data.decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        raise ValueError("not UTF-8 text") from None
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-    if isinstance(entries, dict):
-        entries = entries.get("data") or entries.get("requests") or list(entries.values())
-    if not isinstance(entries, list):
-        raise ValueError("expected a list of request objects")
-    return [e for e in entries if isinstance(e, dict)]
-
-
 def _requests_from_json() -> list[dict] | None:
     """A challenge JSON from the data root (select box) or an upload; its images come from the data root."""
-    files = json_files(current.data_root)
+    try:
+        files = service(current).json_files()
+    except Exception as error:  # noqa: BLE001 - the API is down ...: no data-root JSON to choose, the reason shown
+        st.warning(scrub_literal(error_message(error), current))
+        files = []
     chosen = st.selectbox(tr("batch_json_file"), files, key="b_json_file", index=0 if files else None)
     if not files:
         st.caption(tr("batch_json_none"))
@@ -214,10 +146,10 @@ def _requests_from_json() -> list[dict] | None:
         if uploaded is not None:
             entries = parse_entries(uploaded.getvalue())
         elif chosen:
-            entries = parse_entries(_read_root_json(current.data_root, str(chosen)))
+            entries = service(current).json_entries(str(chosen))
         else:
             raise ValueError(tr("batch_json_none"))
-    except (OSError, ValueError) as error:  # the reason, without server folders, shown inert
+    except Exception as error:  # noqa: BLE001 - RequestError, NotFoundError, the API is down ...: shown inert
         message = scrub_paths(str(error) or type(error).__name__, current)
         st.error(tr("batch_json_error", message=md_literal(message)))
         return None
@@ -227,7 +159,7 @@ def _requests_from_json() -> list[dict] | None:
     return entries[: int(limit)]
 
 
-def _run(requests: list[dict], data_root: Path) -> None:
+def _run(requests: list[dict]) -> None:
     """One batch through the service (it screens unserved datasets and records every item)."""
     st.session_state.pop("batch", None)
     bar = st.progress(0.0, text=f"0 / {len(requests)}")
@@ -241,7 +173,7 @@ def _run(requests: list[dict], data_root: Path) -> None:
         st.error(tr("engine_error", message=scrub_literal(error_message(error), current)))
         return
     bar.progress(1.0, text=f"{len(requests)} / {len(requests)}")
-    st.session_state["batch"] = {"result": result, "requests": requests, "data_root": str(data_root)}
+    st.session_state["batch"] = {"result": result, "requests": requests}
 
 
 def unique_name(name: str, taken: set[str]) -> str:
@@ -295,17 +227,11 @@ def _zip(result, requests: list[dict]) -> bytes:
 
 
 def _metrics(batch: dict) -> pd.DataFrame | None:
-    """Per-dataset metrics (core.evaluate) where requests carry ground truth; local mode only (needs the files)."""
-    from core.evaluate import evaluate
-    from core.service import write_classification_json
-
-    result = batch["result"]
-    with_truth = [r for r in batch["requests"]
-                  if r.get("class_label_index") is not None or r.get("mask_path_relative")]
-    if not with_truth or result.output_dir is None:
+    """Per-dataset metrics (the service's ``batch_metrics``: core.evaluate) where requests carry ground truth; local
+    mode only (the masks stay on the server in remote mode)."""
+    report = service(current).batch_metrics(batch["requests"], batch["result"])
+    if report is None:
         return None
-    write_classification_json(Path(result.output_dir), result.items)
-    report = evaluate(with_truth, batch["data_root"], result.output_dir)
     rows = []
     for task in ("classification", "segmentation"):
         for name, values in report[task].items():
@@ -403,11 +329,11 @@ source = choice("radio", tr("batch_source"), ["uploads", "json"], key="b_source"
 if source == "uploads":
     new_requests = _requests_from_uploads()
     if new_requests:
-        _run(new_requests, current.data_root)
+        _run(new_requests)
 else:
     loaded = _requests_from_json()
     if loaded:
-        _run(loaded, current.data_root)
+        _run(loaded)
 
 if st.session_state.get("batch"):
     show(st.session_state["batch"])

@@ -594,8 +594,21 @@ def show_uncertainty(result: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- reference
+def reference_file(image: dict, relative: str) -> bytes | None:
+    """The bytes of the image's ground-truth mask through the service (read once per image; None when missing)."""
+    if image.get("reference_file", (None,))[0] != relative:
+        try:
+            data = service().input_file(relative)
+        except Exception:  # noqa: BLE001 - a missing reference mask only hides the comparison
+            data = None
+        image["reference_file"] = (relative, data)
+    return image["reference_file"][1]
+
+
 def _edited_reference(result: dict, image: dict) -> dict | None:
-    """For an edited sample the dashboard measures the ground-truth mask after the same edits itself."""
+    """For an edited sample the dashboard measures the ground-truth mask after the same edits itself (the file
+    through the service: :func:`core.reference.edited_mask`, :func:`core.reference.edited_reference`)."""
+    from core.reference import edited_mask, edited_reference
     from pages.common import settings
 
     request, response = result["request"], result["response"]
@@ -603,23 +616,12 @@ def _edited_reference(result: dict, image: dict) -> dict | None:
     relative = _sample_of(image, dataset).get("mask_path_relative")
     if not relative or request.get("task") != "segmentation" or not result.get("edits"):
         return None
-    try:
-        from core.imaging import load_image
-        from core.measure import measure_mask
-
-        current = settings()
-        pixels = load_image(current.data_root / relative, settings=current).rgb[..., 0]
-        mask = editing.apply_edits(Image.fromarray(np.ascontiguousarray(pixels)), result["edits"], is_mask=True)
-        if mask.size != result["edited"].size:
-            return None
-        measured = measure_mask(overlay.as_bool_mask(mask), pixel_spacing_mm=response.get("pixel_spacing_mm"),
-                                fetal_head=dataset.group == "fetal_head")
-    except Exception:  # noqa: BLE001 - no comparison rather than a broken page
+    data = reference_file(image, relative)
+    mask = None if data is None else edited_mask(data, result["edits"], result["edited"].size, settings=settings())
+    if mask is None:
         return None
-    predicted = response.get("measurements") or {}
-    difference = {k: float(predicted[k]) - float(v) for k, v in measured.items()
-                  if isinstance(v, (int, float)) and isinstance(predicted.get(k), (int, float))}
-    return {"source": "ground_truth_mask_edited", "measurements": measured, "difference": difference}
+    return edited_reference(mask, response.get("measurements") or {}, response.get("pixel_spacing_mm"),
+                            fetal_head=dataset.group == "fetal_head")
 
 
 def show_reference(result: dict, image: dict) -> None:

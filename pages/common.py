@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import re
 import threading
 
@@ -390,63 +389,30 @@ def set_url_params(**values: str | None) -> None:
             st.query_params[name] = value
 
 
-# ---------------------------------------------------------------------------------------- editing proxy
-PROXY_MAX_SIDE = 1024
-
-
-def proxy_of(picture, max_side: int = PROXY_MAX_SIDE):
-    """A copy of ``picture`` whose longer side is at most ``max_side`` (the picture itself when already small):
-    the editing preview works on it so sliders stay quick on a 4000×2700 image."""
-    from PIL import Image
-
-    width, height = picture.size
-    scale = max_side / max(width, height)
-    if scale >= 1:
-        return picture
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return picture.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-
-
-def scale_box(box: list[int], from_size: tuple[int, int], to_size: tuple[int, int]) -> list[int]:
-    """A crop box ``[left, top, right, bottom]`` drawn on an image of ``from_size`` in the coordinates of the same
-    image at ``to_size`` (each edge at the same fraction of the side, rounded to the nearest pixel, clamped)."""
-    from core import editing
-
-    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
-    left, top, right, bottom = box
-    scaled = [round(left * sx), round(top * sy), round(right * sx), round(bottom * sy)]
-    return list(editing.clamp_box(scaled, to_size))
-
-
-def full_resolution_edits(full_size: tuple[int, int], turn_edits: list[dict], crop_box: list[int] | None,
-                          proxy_turned_size: tuple[int, int]) -> list[dict]:
-    """The edit log for the full-resolution image of the preview's edits: rotations and flips as they are, the
-    crop box (drawn on the turned preview of ``proxy_turned_size``) scaled to the turned full-resolution image."""
-    edits = [dict(edit) for edit in turn_edits]
-    if crop_box is not None:
-        from core import editing
-
-        full_turned = editing.edited_size(full_size, turn_edits)
-        edits.append({"op": "crop", "box": scale_box(crop_box, proxy_turned_size, full_turned)})
-    return edits
-
-
+# ---------------------------------------------------------------------------------------- measurement tables
 def measure_rows(keys: list[str], columns: dict[str, dict]) -> pd.DataFrame:
     """Measurement keys (``area_mm2``, ``head_circumference_mm`` …) as rows of a table, labelled in the page's
-    language with their unit, one column per source dict (predicted, reference, another run …); "—" for nothing."""
-    rows = []
-    for key in keys:
-        base, _, unit = key.rpartition("_")
-        unit_text = {"px": "px²" if base == "area" else "px", "mm2": "mm²", "mm": "mm"}.get(unit)
-        if unit_text is None or base not in i18n.MEASURE_LABELS:
-            continue
-        row = {tr("measure_name"): f"{i18n.measure_label(base, lang())} ({unit_text})"}
-        for title, values in columns.items():
-            value = values.get(key)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            row[title] = f"{float(value):,.2f}" if number else "—"
-        rows.append(row)
-    return pd.DataFrame(rows)
+    language with their unit, one column per source dict (predicted, reference, another run …); "—" for nothing
+    (:func:`core.measure_table.comparison_rows`)."""
+    from core.measure_table import comparison_rows
+
+    titles = list(columns)
+    return pd.DataFrame([{tr("measure_name"): label, **dict(zip(titles, cells, strict=True))}
+                         for label, cells in comparison_rows(keys, columns, lang())])
+
+
+def measurement_table(measurements: dict, *, compact: bool = False) -> pd.DataFrame:
+    """One row per measurement of one result: its name, the pixel value and the millimetre value with units
+    (:func:`core.measure_table.value_rows`); ``compact``: both values in one column (``123.0 px²  ·  1.23 mm²``),
+    for a narrow place such as the Analyze result's numbers column."""
+    from core.measure_table import value_rows
+
+    rows = value_rows(measurements, lang())
+    if compact:
+        return pd.DataFrame([{tr("measure_name"): name, tr("measure_value"): px + (f"  ·  {mm}" if mm != "—" else "")}
+                             for name, px, mm in rows])
+    px_title, mm_title = f"{tr('measure_value')} (px)", f"{tr('measure_value')} (mm)"
+    return pd.DataFrame([{tr("measure_name"): name, px_title: px, mm_title: mm} for name, px, mm in rows])
 
 
 def target_name(task: str, dataset_name: str) -> str | None:

@@ -1082,7 +1082,7 @@ def test_no_server_path_on_analyze_error_states(app):
 
 
 def test_a_large_image_is_edited_on_a_proxy_and_analysed_at_full_resolution(app):
-    from pages.common import PROXY_MAX_SIDE
+    from core.editing import PROXY_MAX_SIDE
 
     _choose(app, "segmentation", "thyroid", "DDTI")
     app.radio(key="source").set_value("upload").run()
@@ -1112,8 +1112,7 @@ def test_a_large_image_is_edited_on_a_proxy_and_analysed_at_full_resolution(app)
 @pytest.mark.parametrize("full_size", [(4000, 2700), (1031, 17)])
 def test_a_crop_drawn_on_the_proxy_maps_exactly_onto_the_full_resolution_image(full_size, angle):
     from core import editing
-    from core.editing import edited_size
-    from pages.common import full_resolution_edits, proxy_of, scale_box
+    from core.editing import edited_size, full_resolution_edits, proxy_of, scale_box
 
     full = Image.new("L", full_size)
     proxy = proxy_of(full)

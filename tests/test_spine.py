@@ -187,3 +187,44 @@ def test_every_door_reaches_the_same_validators(tiny_settings: Settings, spies: 
     before = dict(spies)
     service.analyze_batch([CLS, SEG], source="batch")  # the batch door (CLI predict, Batch page)
     assert spies["serving"] == before["serving"] + 2
+
+
+# Pages that still name the data-root setting, with the reason (they never open it).
+PAGE_DATA_ROOT_ALLOWED = {
+    ("pages.models", "paths_table"): "shows the setting's folder name in the paths table; never opens it",
+}
+
+
+def _page_data_root_uses() -> set[tuple[str, str]]:
+    """(page module, enclosing function or "<module>") of every ``….data_root`` read in ``pages/`` and every import
+    of what reads the data root itself (core.samples, core.paths, core.reference's loader)."""
+    found: set[tuple[str, str]] = set()
+    for path in sorted((ROOT / "pages").glob("*.py")):
+        module, tree = f"pages.{path.stem}", ast.parse(path.read_text())
+        owners = {id(sub): node.name for node in ast.walk(tree)
+                  if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) for sub in ast.walk(node)}
+        for node in ast.walk(tree):
+            reads = isinstance(node, ast.Attribute) and node.attr == "data_root"
+            reads |= isinstance(node, ast.ImportFrom) and node.module in ("core.samples", "core.paths")
+            reads |= isinstance(node, ast.ImportFrom) and any(a.name == "load_reference_mask" for a in node.names)
+            if reads:
+                found.add((module, owners.get(id(node), "<module>")))
+    return found
+
+
+def test_no_page_reads_the_data_root_itself():
+    """Pages reach the data root only through the service (so remote mode, :class:`core.client.ApiClient`, works)."""
+    found = _page_data_root_uses()
+    assert found <= set(PAGE_DATA_ROOT_ALLOWED), sorted(found - set(PAGE_DATA_ROOT_ALLOWED))
+
+
+def test_the_http_client_has_every_method_of_the_backend_interface():
+    import inspect
+
+    from core.client import ApiClient
+    from core.service import AnalysisBackend
+
+    wanted = {name for name, _ in inspect.getmembers(AnalysisBackend, inspect.isfunction) if not name.startswith("_")}
+    assert {"input_file", "json_files", "json_entries", "known_names", "batch_metrics"} <= wanted
+    for backend in (ApiClient, AnalysisService):
+        assert not {name for name in wanted if not callable(getattr(backend, name, None))}, backend
