@@ -8,7 +8,11 @@ loopback port and measures
 - ``rss_mib`` / ``uss_mib``: the server's memory 1 s after that first answer (idle);
 - ``rss_after_mib``: after ``--requests`` more sequential requests;
 - ``torch``: whether ``libtorch_cpu`` is mapped into the server (torch imported);
-- ``healthz``: the ``backends`` block of ``/healthz`` (which backend serves, conversion pending or not).
+- ``healthz``: the ``backends`` block of ``/healthz`` (which backend serves, conversion pending or not);
+- ``state_at_first``: ``/healthz`` → ``backend_state`` right after the first answer (``converting`` on a first-ever
+  start: eager torch answered while the conversion runs in the background), and ``converted_s``: from starting the
+  process until no model is ``converting`` any more (the server is kept running until then, so that the cache is
+  filled for the later runs).
 
 The converted model is cached before the timed runs (one untimed start per configuration, in its own cache folder,
 so a tree's cache format never meets another's); ``--cold`` adds one first-ever start per configuration (an empty
@@ -87,6 +91,7 @@ def measure_server(tree: Path, backend: str, cache: Path, requests: int) -> dict
     try:
         with httpx.Client(timeout=60) as client:
             result.update(_first_answer(client, url, body, proc, start, workspace))
+            result["state_at_first"] = client.get(f"{url}/healthz").json().get("backend_state")
             time.sleep(1.0)  # idle
             info = psutil.Process(proc.pid).memory_full_info()
             result.update(rss_mib=info.rss / 2**20, uss_mib=info.uss / 2**20, torch=torch_mapped(proc.pid))
@@ -95,6 +100,7 @@ def measure_server(tree: Path, backend: str, cache: Path, requests: int) -> dict
                 client.post(f"{url}/v1/predict", json=body).raise_for_status()
             if requests:
                 result["rss_after_mib"] = psutil.Process(proc.pid).memory_info().rss / 2**20
+            result["converted_s"] = _converted(client, url, start)
     finally:
         proc.terminate()
         try:
@@ -124,6 +130,18 @@ def _first_answer(client: httpx.Client, url: str, body: dict, proc: subprocess.P
             return {"listen_s": listen, "ready_s": time.perf_counter() - start}
         time.sleep(0.02)
     sys.exit(f"no 200 from /v1/predict within {START_LIMIT_S} s")
+
+
+def _converted(client: httpx.Client, url: str, start: float) -> float | None:
+    """Seconds from the start until ``/healthz`` names no model ``converting`` (None: a tree without the state)."""
+    while time.perf_counter() - start < START_LIMIT_S:
+        states = client.get(f"{url}/healthz").json().get("backend_state")
+        if states is None:
+            return None
+        if "converting" not in states.values():
+            return time.perf_counter() - start
+        time.sleep(0.1)
+    sys.exit(f"still converting after {START_LIMIT_S} s")
 
 
 def measure_batch(tree: Path, backend: str, cache: Path, images: int) -> float:

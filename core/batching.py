@@ -21,6 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from core.errors import error_body
+
 Prepared = Any  # a decoded, preprocessed image (core.engine.Prepared); the stages below pass it on untouched
 
 
@@ -150,6 +152,41 @@ def _run_serial(engine: Engine, items: list, *, output_dir: Path, batch_size: in
                 on_result(index, None, exc)
             else:
                 on_result(index, result, None)
+
+
+def error_record(request: Any, exc: BaseException) -> dict:
+    """The per-image entry of a batch result when that image failed (the one error form, message as ``error``)."""
+    rel = request.get("img_path_relative") if isinstance(request, dict) else getattr(request, "img_path_relative", None)
+    body = error_body(exc)
+    record = {"img_path_relative": rel, "error": body.pop("detail"), **body}
+    if isinstance(exc, Exception) and not hasattr(exc, "message"):
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    return record
+
+
+def predict_all(engine: Engine, requests: Iterable[Any], *, output_dir: Path, batch_size: int = 8,
+                progress: Progress = None, input_dir: Path | None = None, workers: int = 2,
+                on_error: str = "record") -> list[dict]:
+    """Every request's response, in order (:func:`run_batch`); ``progress``: an object with ``update(n)`` (tqdm)
+    or a callable ``(done, total)``; ``on_error="record"`` puts an :func:`error_record` in a failed image's place,
+    ``"raise"`` stops at the first failure."""
+    items = list(requests)
+    results: list[dict] = [{} for _ in items]
+    done = 0
+
+    def on_result(index: int, response: dict | None, exc: BaseException | None) -> None:
+        nonlocal done
+        if exc is not None:
+            if on_error == "raise":
+                raise exc
+            response = error_record(items[index], exc)
+        results[index] = response or {}
+        done += 1
+        report_progress(progress, done, len(items))
+
+    run_batch(engine, items, output_dir=output_dir, on_result=on_result, batch_size=batch_size,
+              input_dir=input_dir, workers=workers)
+    return results
 
 
 def run_batch(engine: Engine, items: Iterable[Any], *, output_dir: Path, on_result: OnResult, batch_size: int = 8,

@@ -9,8 +9,10 @@ Flow per image: validate the request (:mod:`core.schema`) → resolve its path (
 probabilities from the dataset's head (``cls4`` or ``cls2``), or a mask mapped back exactly onto the original
 pixels and written as a 0/255 PNG, with measurements (:mod:`core.measure`).
 
-Models are loaded once per process (:mod:`core.models.registry`). Decoding and post-processing run outside the
-engine's lock; only the forward pass (and its GPU memory measurement) is serialised, so concurrent callers are safe.
+An engine is built from a manifest entry (:mod:`core.models.registry`, the checkpoint as data) and kept by the
+model pool (:class:`core.routing.ModelPool`, one per settings key); this module keeps no loaded model. Decoding and
+post-processing run outside the engine's lock; only the forward pass (and its GPU memory measurement) is
+serialised, so concurrent callers are safe.
 
 torch is imported only when the model runs on torch: a converted model served by its own runtime
 (:class:`core.models.backends.RuntimeModel`, OpenVINO) takes numpy arrays, and the softmax, geometry and mask
@@ -31,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from core import catalog, tta
-from core.batching import report_progress, run_batch
-from core.errors import NoModelError, error_body
+from core.batching import predict_all
+from core.errors import NoModelError
 from core.geometry import make_transform
 from core.imaging import load_image
 from core.models import backends, registry
@@ -44,60 +46,58 @@ from core.segmentation_output import SegmentationOutput
 from core.settings import Settings, get_settings
 from core.stages import Prepared, RawOutput, baseline_resize_nearest
 
-__all__ = ["Engine", "Prepared", "RawOutput", "baseline_resize_nearest", "get_engine", "softmax"]
+__all__ = ["Engine", "Prepared", "RawOutput", "baseline_resize_nearest", "softmax"]
 
 log = logging.getLogger(__name__)
 NO_MODEL_MESSAGE = "no model for this dataset"
 # "exact": the crop's true inverse (masks land on the original pixels); "baseline": the challenge model.py's
 # nearest resize of the S x S mask over the whole image (stretches centre crops; kept for parity checks only)
 MASK_INVERSES = ("exact", "baseline")
-
-
-_MODEL_LOCKS: dict[int, threading.Lock] = {}
-_MODEL_LOCKS_GUARD = threading.Lock()
-
-
-def _model_lock(model: object) -> threading.Lock:
-    """One lock per loaded model object (models are cached for the process, so ids stay valid)."""
-    with _MODEL_LOCKS_GUARD:
-        return _MODEL_LOCKS.setdefault(id(model), threading.Lock())
-
-
-def error_record(request: Any, exc: BaseException) -> dict:
-    """The per-image entry of a batch result when that image failed (the one error form, message as ``error``)."""
-    rel = request.get("img_path_relative") if isinstance(request, dict) else getattr(request, "img_path_relative", None)
-    body = error_body(exc)
-    record = {"img_path_relative": rel, "error": body.pop("detail"), **body}
-    if isinstance(exc, Exception) and not hasattr(exc, "message"):
-        record["error"] = f"{type(exc).__name__}: {exc}"
-    return record
+# "now": a CPU conversion that is not cached runs before the engine is ready (``make setup``, the batch CLI);
+# "background": the engine serves eager torch at once and takes the converted model when it is ready (serving)
+CONVERT_MODES = ("now", "background")
 
 
 class Engine:
     """Serves one model (a manifest entry or an ad-hoc spec) on one device."""
 
     def __init__(self, settings: Settings | None = None, model: str | None = None, *, spec: ModelSpec | None = None,
-                 device: str | None = None, mask_inverse: str = "exact", measurements: bool = True):
+                 device: str | None = None, mask_inverse: str = "exact", measurements: bool = True,
+                 convert: str = "now"):
         if mask_inverse not in MASK_INVERSES:
             raise ValueError(f"mask_inverse must be one of {MASK_INVERSES}, got {mask_inverse!r}")
+        if convert not in CONVERT_MODES:
+            raise ValueError(f"convert must be one of {CONVERT_MODES}, got {convert!r}")
         self.mask_inverse = mask_inverse
         self.measurements = measurements  # the batch CLI (challenge output) has no use for them
         self.settings = settings or get_settings()
         self.spec = spec or registry.find_spec(self.settings, model)
         self.device = registry.resolve_device(device or self.settings.device)
         self.sha256 = registry.verify_weights(self.spec, self.settings.weights_dir)[1]
+        self._lock = threading.Lock()  # this engine's forward passes run one at a time
+        self._cpu_copy: Any = None  # CUDA OOM: the model on the CPU, loaded on the first OOM
         # CPU: the backend chosen for this model (converted once, cached on disk; eager torch on fallback or CUDA);
-        # the eager model is loaded only when something needs it (a converted model serves without torch)
-        self.model, self.backend = backends.serve(
-            self.spec, self.settings, self.device, sha256=self.sha256, release_eager=registry.release,
-            load_eager=lambda: registry.load_model(self.spec, self.device, weights_dir=self.settings.weights_dir))
+        # the eager model is loaded only when something needs it (a converted model serves without torch).
+        # The lock is held while building, so that a background conversion hands over only to a built engine.
+        with self._lock:
+            self.model, self.backend = backends.serve(
+                self.spec, self.settings, self.device, sha256=self.sha256,
+                load_eager=lambda: registry.load_model(self.spec, self.device, weights_dir=self.settings.weights_dir),
+                on_converted=self._take_converted if convert == "background" else None)
         self.sha256 = getattr(self.model, "sha256", None) or self.sha256
         if self.device.type == "cpu" and "torch" in sys.modules:  # torch imported after all: one device type
             self.device = registry.torch_device(self.device)
         self.amp = bool(self.settings.amp and self.device.type == "cuda")
         self.device_name = "CPU" if self.device.type == "cpu" else device_label(self.device)
-        self._lock = _model_lock(self.model)  # shared by every engine serving this loaded model
         self._served = catalog.served_keys(self.spec.datasets)
+
+    def _take_converted(self, model: Any, info: backends.BackendInfo) -> None:
+        """A background conversion ended: the converted model serves from the next forward pass on (the eager one
+        is let go), or (``model`` None) eager torch goes on serving and ``info`` says why."""
+        with self._lock:
+            if model is not None:
+                self.model = model
+            self.backend = info
 
     # ------------------------------------------------------------------------------------------ metadata
 
@@ -165,16 +165,17 @@ class Engine:
         prompts = [p.request.dataset.prompts() for p in rows]
         images = np.stack([a for p in batch for a in p.model_inputs()])
         vectors = [np.array([pr.as_tuple()[k] for pr in prompts], dtype=np.float32) for k in range(4)]
-        if getattr(self.model, "numpy_io", False):  # a converted model on its own runtime: numpy in, numpy out
+        model = self.model  # as it is now: a background conversion may hand over a converted one at any time
+        if getattr(model, "numpy_io", False):  # a converted model on its own runtime: numpy in, numpy out
             with self._lock:
                 start = time.perf_counter()
-                seg, cls2, cls4 = self._run_model(self.model, images, vectors, np.concatenate)
+                seg, cls2, cls4 = self._run_model(model, images, vectors, np.concatenate)
                 outputs = split_outputs(rows, seg, cls2, cls4, _NumpyHeads, letterbox=self._letterbox)
                 seconds = time.perf_counter() - start
             return _regroup(batch, outputs), seconds, GpuMemory()
-        return self._forward_torch(batch, rows, images, vectors)
+        return self._forward_torch(model, batch, rows, images, vectors)
 
-    def _forward_torch(self, batch: list[Prepared], rows: list[Prepared], images_np: np.ndarray,
+    def _forward_torch(self, model: Any, batch: list[Prepared], rows: list[Prepared], images_np: np.ndarray,
                        vectors_np: list[np.ndarray]) -> tuple[list[RawOutput], float, Any]:
         import torch
 
@@ -189,7 +190,7 @@ class Engine:
                     vectors_d = [v.to(device) for v in vectors]
                     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
                     with autocast:
-                        seg, cls2, cls4 = self._run_model(self.model, images_d, vectors_d, torch.cat)
+                        seg, cls2, cls4 = self._run_model(model, images_d, vectors_d, torch.cat)
                     outputs = split_outputs(rows, seg.float(), cls2.float(), cls4.float(), _TorchHeads,
                                             letterbox=self._letterbox)
             except torch.OutOfMemoryError:
@@ -214,9 +215,10 @@ class Engine:
         log.warning("CUDA out of memory for a batch of %d on %s; retrying on the CPU", len(batch), self.device)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        cpu_model = registry.load_model(self.spec, torch.device("cpu"), weights_dir=self.settings.weights_dir)
+        if self._cpu_copy is None:  # kept by this engine for the next OOM
+            self._cpu_copy = registry.load_model(self.spec, torch.device("cpu"), weights_dir=self.settings.weights_dir)
         with torch.inference_mode():
-            seg, cls2, cls4 = self._run_model(cpu_model, images, vectors, torch.cat)
+            seg, cls2, cls4 = self._run_model(self._cpu_copy, images, vectors, torch.cat)
             outputs = split_outputs(batch, seg.float(), cls2.float(), cls4.float(), _TorchHeads,
                                     letterbox=self._letterbox)
         for output in outputs:
@@ -295,31 +297,9 @@ class Engine:
         response["inference_time_sec"] = time.perf_counter() - start
         return response
 
-    def predict_batch(self, requests: Iterable[dict | PredictRequest], *, output_dir: Path | None = None,
-                      batch_size: int = 8, progress: Any = None, input_dir: Path | None = None,
-                      workers: int = 2, on_error: str = "record") -> list[dict]:
-        """Analyse many images in order (:func:`core.batching.run_batch`); no history (the service records).
-
-        ``progress``: an object with ``update(n)`` (tqdm) or a callable ``(done, total)``.
-        ``on_error="record"`` returns an :func:`error_record` for a failed image; ``"raise"`` stops at the first.
-        """
-        items = list(requests)
-        results: list[dict] = [{} for _ in items]
-        done = 0
-
-        def on_result(index: int, response: dict | None, exc: BaseException | None) -> None:
-            nonlocal done
-            if exc is not None:
-                if on_error == "raise":
-                    raise exc
-                response = error_record(items[index], exc)
-            results[index] = response or {}
-            done += 1
-            report_progress(progress, done, len(items))
-
-        run_batch(self, items, output_dir=self._output_dir(output_dir), on_result=on_result,
-                  batch_size=batch_size, input_dir=input_dir, workers=workers)
-        return results
+    def predict_batch(self, requests: Iterable[dict | PredictRequest], **options: Any) -> list[dict]:
+        """Analyse many images in order (:func:`core.batching.predict_all`); no history (the service records)."""
+        return predict_all(self, requests, output_dir=self._output_dir(options.pop("output_dir", None)), **options)
 
     def _output_dir(self, output_dir: Path | None) -> Path:
         return Path(output_dir) if output_dir is not None else Path(self.settings.api_out)
@@ -420,24 +400,7 @@ def _regroup(batch: list[Prepared], outputs: list[RawOutput]) -> list[RawOutput]
     return grouped
 
 
-# ---------------------------------------------------------------------------------------------- process cache
-
-_ENGINES: dict[tuple, Engine] = {}
-_ENGINES_LOCK = threading.Lock()
-
-
-def get_engine(settings: Settings | None = None, model: str | None = None) -> Engine:
-    """The process-wide engine for (model, device, roots); built once, shared by all callers."""
-    settings = settings or get_settings()
-    key = (model or settings.default_model, settings.device, str(settings.weights_dir), str(settings.data_root),
-           str(settings.workspace), settings.amp, settings.max_image_pixels, settings.max_image_side,
-           settings.backend, settings.precision, str(settings.cache_dir), settings.tta, settings.tta_views)
-    with _ENGINES_LOCK:
-        engine = _ENGINES.get(key)
-        if engine is None:
-            engine = Engine(settings, model)
-            _ENGINES[key] = engine
-        return engine
+# ---------------------------------------------------------------------------------------------- setup
 
 
 def prepare_backend(settings: Settings | None = None) -> str:

@@ -4,6 +4,12 @@ Every manifest entry (``weights/models.json``) serves the datasets it lists (non
 the model it names, else to the default model (``UUSIC_MODEL``, else the first entry) when that one serves its
 (task, dataset), else to the first entry that does. A pool built around one given engine (the CLI's ad-hoc
 weights, tests) sends everything to that engine.
+
+The loaded models live in one place, :data:`LOADED`: one engine per settings key (:meth:`Settings.cache_key`) and
+model name, built once under one lock and shared by every pool of those settings (a service's analyses, batches,
+cines, the dashboard's and the API's). :meth:`ModelPool.release` lets them go. A model is served at once: when its
+CPU conversion is not cached yet, the engine answers with eager torch while it converts in the background
+(:mod:`core.models.backends`).
 """
 
 from __future__ import annotations
@@ -17,21 +23,67 @@ from core.errors import ModelUnavailableError, NoModelError, UUSICError
 from core.settings import Settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from core.batching import MicroBatcher
     from core.engine import Engine
     from core.models.base import ModelSpec
 
 
+class LoadedModels:
+    """The process's loaded models: one engine per (settings key, model name), built once under one lock."""
+
+    def __init__(self) -> None:
+        self._engines: dict[tuple[str, str], Engine] = {}
+        self._lock = threading.RLock()
+
+    def get(self, key: str, name: str, build: Callable[[], Engine]) -> Engine:
+        """The engine of ``name`` under the settings ``key``, built by ``build()`` the first time."""
+        engine = self._engines.get((key, name))  # loaded: no wait while another model is being built
+        if engine is not None:
+            return engine
+        with self._lock:
+            engine = self._engines.get((key, name))
+            if engine is None:
+                engine = self._engines[(key, name)] = build()
+            return engine
+
+    def of(self, key: str) -> dict[str, Engine]:
+        """The engines loaded for the settings ``key``, by model name."""
+        with self._lock:
+            return {name: engine for (k, name), engine in self._engines.items() if k == key}
+
+    def entries(self) -> list[tuple[str, str]]:
+        """Every loaded (settings key, model name)."""
+        with self._lock:
+            return list(self._engines)
+
+    def release(self, key: str | None = None) -> int:
+        """Let go of the engines of settings ``key`` (None: all); returns how many. Their memory goes when the last
+        request using them ends."""
+        with self._lock:
+            gone = [k for k in self._engines if key is None or k[0] == key]
+            for k in gone:
+                del self._engines[k]
+            return len(gone)
+
+
+LOADED = LoadedModels()  # the one registry of loaded models in this process
+
+
 class ModelPool:
-    """Engines by model name, loaded on first use; load errors remembered per model (for ``/healthz``)."""
+    """Engines by model name for one settings key, loaded on first use into :data:`LOADED` (shared by every pool of
+    the same settings); load errors remembered per model (for ``/healthz``). ``engine``: serve only that one
+    (kept by this pool, not shared)."""
 
     def __init__(self, settings: Settings, *, engine: Engine | None = None, model: str | None = None,
-                 micro_batch: bool | None = None):
+                 micro_batch: bool | None = None, models: LoadedModels | None = None):
         self.settings = settings
+        self.key = settings.cache_key()
         self._fixed = engine
         self._wanted_default = model
         self._micro_batch = micro_batch
-        self._engines: dict[str, Engine] = {engine.spec.name: engine} if engine is not None else {}
+        self._models = models if models is not None else LOADED
         self._errors: dict[str, str] = {}
         self._batchers: dict[str, MicroBatcher] = {}
         self._specs: list[ModelSpec] | None = None
@@ -75,24 +127,21 @@ class ModelPool:
     def engine(self, name: str | None = None) -> Engine:
         """The engine of model ``name`` (default model: None), loaded on first use."""
         name = name or self.default_name()
-        if name in self._engines:
-            return self._engines[name]
         if self._fixed is not None:
+            if name == self._fixed.spec.name:
+                return self._fixed
             raise NoModelError(f"no model named {name!r} here; this process serves {self._fixed.spec.name!r}",
                                field="model")
         if name not in {s.name for s in self.specs()}:
             raise NoModelError(f"no model named {name!r}; known: {', '.join(s.name for s in self.specs())}",
                                field="model")
-        with self._lock:
-            if name not in self._engines:
-                self._engines[name] = self._load(name)
-        return self._engines[name]
+        return self._models.get(self.key, name, lambda: self._load(name))
 
     def _load(self, name: str) -> Engine:
-        from core.engine import get_engine
+        from core.engine import Engine
 
-        try:
-            engine = get_engine(self.settings, name)
+        try:  # served at once: a conversion that is not cached yet runs in the background
+            engine = Engine(self.settings, name, convert="background")
         except Exception as exc:  # WeightsError, DeviceError, a broken entry ...
             self._errors[name] = self._public(getattr(exc, "message", None) or str(exc))
             raise ModelUnavailableError(f"the model could not be loaded: {self._errors[name]}") from None
@@ -145,7 +194,16 @@ class ModelPool:
     # ------------------------------------------------------------------------------------------ reading
     @property
     def loaded(self) -> dict[str, Engine]:
-        return dict(self._engines)
+        if self._fixed is not None:
+            return {self._fixed.spec.name: self._fixed}
+        return self._models.of(self.key)
+
+    def release(self) -> int:
+        """Let go of this settings key's loaded models and this pool's micro-batchers; returns how many engines.
+        The next request loads the model again."""
+        with self._lock:
+            self._batchers.clear()
+        return 0 if self._fixed is not None else self._models.release(self.key)
 
     @property
     def errors(self) -> dict[str, str]:
@@ -160,14 +218,14 @@ class ModelPool:
         try:
             specs, error = self.specs(), None
         except UUSICError as exc:
-            specs, error = list(self._engines[n].spec for n in self._engines), self._public(exc.message)
+            specs, error = [engine.spec for engine in self.loaded.values()], self._public(exc.message)
         try:
             default = self.default_name()
         except UUSICError:
             default = None
-        entries = []
+        entries, loaded = [], self.loaded
         for spec in specs:
-            engine = self._engines.get(spec.name)
+            engine = loaded.get(spec.name)
             entry = engine.model_info() if engine is not None else _spec_info(spec)
             error_text = self._errors.get(spec.name)
             entries.append({**entry, "loaded": engine is not None, "default": spec.name == default,

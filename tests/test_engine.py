@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.engine import Engine, get_engine
+from core.engine import Engine
 from core.errors import ImageError, NoModelError, PathError, RequestError
 from core.geometry import CenterCrop
 from core.models import registry
@@ -171,11 +171,12 @@ def test_concurrent_predicts_are_consistent(tiny_settings: Settings, tmp_path: P
         np.testing.assert_allclose(r, expected, atol=1e-6)
 
 
-def test_get_engine_is_cached(tiny_settings: Settings):
-    a = get_engine(tiny_settings, "tiny")
-    b = get_engine(tiny_settings, "tiny")
-    assert a is b
-    assert a.model is Engine(tiny_settings, "tiny").model  # registry cache: loaded once
+def test_pool_engine_is_shared(tiny_settings: Settings):
+    from core.routing import ModelPool
+
+    a = ModelPool(tiny_settings).engine("tiny")
+    b = ModelPool(tiny_settings).engine("tiny")
+    assert a is b  # one engine per settings key and model (the pool's registry; tests/test_model_pool.py)
     info = a.model_info()
     assert info["name"] == "tiny" and info["input_size"] == 32 and ["segmentation", "DDTI"] in info["datasets"]
 

@@ -79,11 +79,10 @@ def test_weights_file_problems_are_named(tmp_path: Path, tiny_torchscript: Path)
         registry.load_model(ModelSpec("m4", "torch_export", "good.ts", input_size=32), "cpu", weights_dir=tmp_path)
 
 
-def test_torchscript_adapter_and_cache(tmp_path: Path, tiny_torchscript: Path):
-    registry.clear_cache()
+def test_torchscript_adapter_keeps_no_cache(tmp_path: Path, tiny_torchscript: Path):
     spec = ModelSpec(name="ts", arch="torchscript", file=str(tiny_torchscript), input_size=32)
     model = registry.load_model(spec, "cpu", weights_dir=tmp_path)
-    assert model is registry.load_model(spec, torch.device("cpu"), weights_dir=tmp_path)
+    assert model is not registry.load_model(spec, torch.device("cpu"), weights_dir=tmp_path)  # the pool keeps models
     assert model.sha256 == sha256_of(tiny_torchscript)
     reference = TinyContractNet().eval()
     inputs = _inputs(3)

@@ -23,6 +23,11 @@ instead of converting again, and new weights (a new sha256) get a new artefact (
 A backend that is not installed, cannot convert the model or fails its check falls back to eager torch with a
 warning in the log; the reason is kept in :class:`BackendInfo` and shown by ``/healthz``.
 
+A server never waits for a conversion (``serve(..., on_converted=...)``, what the model pool asks for): when the
+artefact is not cached it answers with eager torch at once (``state`` ``"converting"``) while one background thread
+per artefact converts it, then hands the converted model over (``"converted"``); a conversion that fails leaves eager
+torch serving (``"eager"``, ``fallback`` says why, without paths).
+
 An OpenVINO artefact is served by :class:`RuntimeModel`: numpy in, numpy out, checked at start against eager
 outputs saved beside it (``check.npz``), so a start with a cached conversion never imports torch and never keeps the
 eager model: the eager model is loaded only to convert (then released), for a torch backend, or on a fallback. A
@@ -47,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,16 +96,25 @@ class BackendInfo:
     convert_sec: float | None = None  # conversion time when this start converted
     load_sec: float | None = None  # time to load / compile the artefact
     version: str | None = None  # the runtime library's version
+    state: str = "eager"  # eager | converting (eager serves meanwhile) | converted
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 STATS = {"conversions": 0, "loads": 0}  # counters (tests: a second load converts nothing)
-_LOADED: dict[tuple, ConvertedModel] = {}  # (id(eager), artefact) -> wrapper, so engines share one (and its lock)
-_RUNTIMES: dict[str, RuntimeModel] = {}  # artefact -> the model its runtime serves (shared by engines, like _LOADED)
+# Converted models in use, shared by the engines that serve them while any does (weak: the model pool owns them)
+_LOADED: weakref.WeakValueDictionary[tuple, ConvertedModel] = weakref.WeakValueDictionary()  # (id(eager), artefact)
+_RUNTIMES: weakref.WeakValueDictionary[str, RuntimeModel] = weakref.WeakValueDictionary()  # artefact -> its runtime
 _CONVERTED: dict[str, Path] = {}  # artefact name -> the folder this process converted or loaded it in
 _GUARD = threading.Lock()
+_ARTEFACT_LOCKS: dict[str, threading.Lock] = {}  # one per artefact: a conversion holds only its own
+
+
+def _artefact_lock(name: str) -> threading.Lock:
+    """The lock of artefact ``name``: loading or converting one model never waits for another model's conversion."""
+    with _GUARD:
+        return _ARTEFACT_LOCKS.setdefault(name, threading.Lock())
 
 
 # ------------------------------------------------------------------------------------------------ choosing
@@ -516,11 +531,14 @@ def calibration_inputs(spec: ModelSpec, settings: Any, count: int) -> list[tuple
 
 
 def serve(spec: ModelSpec, settings: Any, device: Any, *, sha256: str, load_eager: Callable[[], Any],
-          release_eager: Callable[[Any], None] | None = None) -> tuple[Any, BackendInfo]:
+          release_eager: Callable[[Any], None] | None = None,
+          on_converted: Callable[[Any, BackendInfo], None] | None = None) -> tuple[Any, BackendInfo]:
     """The served model for ``spec`` on ``device`` (eager, a :class:`ConvertedModel` or a :class:`RuntimeModel`) and
     what runs it. ``load_eager()`` loads the eager model (torch), called only when needed: to convert, for a torch
     backend, or on a fallback; a converted model served by its runtime never keeps it (``release_eager(eager)``).
 
+    ``on_converted``: do not wait for a runtime conversion that is not cached: return eager torch now and call
+    ``on_converted(model, info)`` from the conversion's thread when it ends (``model`` None: it failed, eager stays).
     Never raises for a backend problem: it falls back to eager torch with a warning and the reason in the info.
     """
     info, order = resolve(spec, settings, device)
@@ -543,19 +561,137 @@ def serve(spec: ModelSpec, settings: Any, device: Any, *, sha256: str, load_eage
             failed = failed or info.requested != "auto"
             continue
         try:
-            wrapped = _cached_runtime(spec, settings, sha256, backend, precision, info, device) or _converted(
-                get_eager, spec, settings, sha256, backend, precision, info, device)
+            wrapped: ConvertedModel | RuntimeModel | None = _cached_runtime(spec, settings, sha256, backend,
+                                                                            precision, info, device)
+            if wrapped is None and on_converted is not None and _BACKENDS[backend].numpy_io:
+                job = BackgroundConversion(spec, settings, sha256, backend, precision, device)
+                return job.start(get_eager(), info, reasons, on_converted)
+            if wrapped is None:
+                wrapped = _converted(get_eager, spec, settings, sha256, backend, precision, info, device)
         except Exception as exc:  # noqa: BLE001 - any conversion / runtime failure falls back to eager
-            reasons.append(f"{backend} {precision} failed: {type(exc).__name__}: {_short(exc)}")
+            reasons.append(_failure(backend, precision, exc, settings))
             failed = True
             log.debug("backend %s failed for %r", backend, spec.name, exc_info=True)
             continue
-        if eager and isinstance(wrapped, RuntimeModel) and release_eager is not None:
-            release_eager(eager.pop())  # no second copy of the model in memory
-        mine = dataclasses.replace(wrapped.backend_info, requested=info.requested,
+        if eager and isinstance(wrapped, RuntimeModel):  # no second copy of the model in memory
+            dropped = eager.pop()
+            if release_eager is not None:
+                release_eager(dropped)
+        mine = dataclasses.replace(wrapped.backend_info, requested=info.requested, state="converted",
                                    requested_precision=info.requested_precision, fallback="; ".join(reasons) or None)
         return wrapped, mine
     return _eager(get_eager(), spec, info, precision, reasons, failed)
+
+
+def _failure(backend: str, precision: str, exc: BaseException, settings: Any) -> str:
+    """Why ``backend`` failed, for the log and the open ``/healthz``: no server path in it."""
+    from core.redact import scrub_paths
+
+    folders = [cache_root(settings), *(getattr(settings, "server_folders", lambda: ())())]
+    return scrub_paths(f"{backend} {precision} failed: {type(exc).__name__}: {_short(exc)}", folders)
+
+
+class _Conversion:
+    """One artefact converting in a background thread; the engines waiting for it are called when it ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: list[Callable[[Any, str | None], None]] = []
+        self.outcome: tuple[Any, str | None] | None = None  # (converted model or None, why it failed)
+        self.done = threading.Event()
+
+    def subscribe(self, callback: Callable[[Any, str | None], None]) -> bool:
+        """Call ``callback(model, problem)`` when the conversion ends; False when it has ended already."""
+        with self._lock:
+            if self.outcome is None:
+                self._waiting.append(callback)
+                return True
+        return False
+
+    def end(self, model: Any, problem: str | None) -> None:
+        with self._lock:
+            self.outcome = (model, problem)
+            waiting, self._waiting = self._waiting, []
+        for callback in waiting:
+            try:
+                callback(model, problem)
+            except Exception:  # noqa: BLE001 - one engine's hand-over must not stop the others'
+                log.exception("handing the converted model over failed")
+        self.done.set()
+
+
+_PENDING: dict[str, _Conversion] = {}  # artefact name -> its conversion running in this process
+_PENDING_LOCK = threading.Lock()
+
+
+class BackgroundConversion:
+    """Serve eager torch now, convert ``spec`` for ``backend`` in a background thread (one per artefact in this
+    process, shared by every engine that asks meanwhile), and hand the converted model over when it is ready."""
+
+    def __init__(self, spec: ModelSpec, settings: Any, sha256: str, backend: str, precision: str, device: Any):
+        self.spec, self.settings, self.sha256, self.device = spec, settings, sha256, device
+        self.backend, self.precision = backend, precision
+        self.name = cache_key(spec, sha256, backend, precision)[0]
+
+    def start(self, eager: Any, info: BackendInfo, reasons: list[str],
+              on_converted: Callable[[Any, BackendInfo], None]) -> tuple[Any, BackendInfo]:
+        """(eager model, its info with ``state="converting"``); ``on_converted`` is called when the conversion ends."""
+        now = dataclasses.replace(info, backend="torch", precision="fp32", version=library_version("torch"),
+                                  state="converting", fallback="; ".join(reasons) or None)
+
+        def handed(model: Any, problem: str | None) -> None:
+            on_converted(model, self.outcome_info(model, problem, now, reasons))
+
+        with _PENDING_LOCK:
+            job = _PENDING.get(self.name)
+            fresh = job is None
+            if job is None:
+                job = _PENDING[self.name] = _Conversion()
+        if fresh:
+            log.warning("model %r: serving eager torch while converting to %s %s in the background", self.spec.name,
+                        self.backend, self.precision)
+            threading.Thread(target=self._run, args=(job, eager, info), daemon=True,
+                             name=f"uusic-convert-{self.spec.name}").start()
+        if job.subscribe(handed):
+            return eager, now
+        model, problem = job.outcome or (None, "the conversion ended without a result")
+        final = self.outcome_info(model, problem, now, reasons)
+        return (model if model is not None else eager), final
+
+    @staticmethod
+    def outcome_info(model: Any, problem: str | None, now: BackendInfo, reasons: list[str]) -> BackendInfo:
+        if model is not None:
+            return dataclasses.replace(model.backend_info, requested=now.requested, state="converted",
+                                       requested_precision=now.requested_precision,
+                                       fallback="; ".join(reasons) or None)
+        return dataclasses.replace(now, state="eager", fallback="; ".join([*reasons, problem or "failed"]))
+
+    def _run(self, job: _Conversion, eager: Any, info: BackendInfo) -> None:
+        try:
+            model = _converted(lambda: eager, self.spec, self.settings, self.sha256, self.backend, self.precision,
+                               info, self.device)
+            problem = None
+        except Exception as exc:  # noqa: BLE001 - a failed conversion leaves eager torch serving
+            model, problem = None, _failure(self.backend, self.precision, exc, self.settings)
+            log.warning("model %r: %s; eager torch goes on serving", self.spec.name, problem)
+            log.debug("background conversion of %r failed", self.spec.name, exc_info=True)
+        job.end(model, problem)
+        with _PENDING_LOCK:
+            if _PENDING.get(self.name) is job:
+                del _PENDING[self.name]
+
+
+def wait_for_conversions(timeout: float | None = None) -> bool:
+    """Wait until the background conversions running now have ended and handed over (tests, ``bench``); False
+    when ``timeout`` seconds passed first."""
+    with _PENDING_LOCK:
+        jobs = list(_PENDING.values())
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for job in jobs:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not job.done.wait(left):
+            return False
+    return True
 
 
 def _eager(model: Any, spec: ModelSpec, info: BackendInfo, precision: str, reasons: list[str],
@@ -600,7 +736,7 @@ def _cached_runtime(spec: ModelSpec, settings: Any, sha: str, backend: str, prec
         folder = root / name
         if not all((folder / f).is_file() for f in ("meta.json", CHECK_FILE, SERVE_FILE)):
             return None
-    with _GUARD:
+    with _artefact_lock(name):
         loaded = _RUNTIMES.get(name)
         if loaded is not None:
             return loaded
@@ -634,7 +770,7 @@ def _converted(get_eager: Callable[[], Any], spec: ModelSpec, settings: Any, sha
     name, fields = cache_key(spec, sha, backend, precision)
     folder = root / name
     model = get_eager()
-    with _GUARD:
+    with _artefact_lock(name):
         cached = _LOADED.get((id(model), name)) or _RUNTIMES.get(name)
         if cached is not None:  # this artefact already serves in this process
             return cached

@@ -7,7 +7,8 @@ Manifest: a JSON list of :class:`~core.models.base.ModelSpec` fields (or ``{"mod
 
 Every load checks the file exists, is not empty and matches its sha256, then dispatches by ``arch`` to the
 adapter's ``load(spec, path, device) -> ServedModel``. Any failure is one :class:`WeightsError` naming the file
-and the problem. Loaded models are cached per process by (name, file, sha256, device).
+and the problem. This module is the checkpoint as data (manifest, resolving, verifying, building); it keeps no
+loaded model: :class:`core.routing.ModelPool` owns the loaded models and their engines, one per settings key.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import math
 import os
 import sys
-import threading
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,8 +45,6 @@ ARCHITECTURES = {
     "torch_export": "core.models.exported",
 }
 _SPEC_FIELDS = {f.name for f in fields(ModelSpec)}
-_CACHE: dict[tuple, ServedModel] = {}
-_CACHE_LOCK = threading.Lock()
 
 
 def _datasets(value, where: str) -> tuple[tuple[str, str], ...] | None:
@@ -254,32 +252,25 @@ def _adapter(arch: str):
 
 
 def load_model(spec: ModelSpec, device: Any, *, weights_dir: Path | None = None) -> ServedModel:
-    """Verify and load ``spec`` on ``device`` once per process; later calls return the cached model."""
+    """Verify and build ``spec`` on ``device`` (a new model each call: the pool keeps the loaded ones)."""
     weights_dir = Path(weights_dir) if weights_dir is not None else Settings().weights_dir
     device = torch_device(device)
     path, sha = verify_weights(spec, weights_dir)
-    key = (spec.name, str(path), sha, str(device), spec.input_size, spec.preprocessing, spec.seg_output,
-           spec.threshold, spec.seg_activation, spec.max_batch)
-    with _CACHE_LOCK:
-        cached = _CACHE.get(key)
-        if cached is not None:
-            return cached
-        adapter = _adapter(spec.arch)
-        try:
-            model = adapter.load(spec, path, device)
-        except WeightsError:
-            raise
-        except Exception as exc:  # torch.load / load_state_dict / jit errors → one clear message
-            raise WeightsError(
-                f"weights file {path} cannot be loaded as {spec.arch!r}: {type(exc).__name__}: {_short(exc)}"
-            ) from exc
+    adapter = _adapter(spec.arch)
+    try:
+        model = adapter.load(spec, path, device)
+    except WeightsError:
+        raise
+    except Exception as exc:  # torch.load / load_state_dict / jit errors → one clear message
+        raise WeightsError(
+            f"weights file {path} cannot be loaded as {spec.arch!r}: {type(exc).__name__}: {_short(exc)}"
+        ) from exc
+    with contextlib.suppress(AttributeError):
+        model.sha256 = sha
+    if getattr(model, "spec", None) is None:
         with contextlib.suppress(AttributeError):
-            model.sha256 = sha
-        if getattr(model, "spec", None) is None:
-            with contextlib.suppress(AttributeError):
-                model.spec = spec
-        _CACHE[key] = model
-        return model
+            model.spec = spec
+    return model
 
 
 def verify_entry(spec: ModelSpec, weights_dir: Path, *, load: bool = True, device: str = "cpu") -> str:
@@ -306,16 +297,8 @@ def _short(exc: Exception, limit: int = 400) -> str:
 
 
 def clear_cache() -> None:
-    """Forget loaded models (tests)."""
-    with _CACHE_LOCK:
-        _CACHE.clear()
-
-
-def release(model: Any) -> None:
-    """Forget ``model`` (its memory goes when its last user lets go): a converted model serves in its place."""
-    with _CACHE_LOCK:
-        for key in [k for k, v in _CACHE.items() if v is model]:
-            del _CACHE[key]
+    """Nothing to forget: this module keeps no loaded model (the pool does; :meth:`core.routing.ModelPool.release`).
+    Kept so that older callers still work."""
 
 
 def with_datasets(spec: ModelSpec, datasets) -> ModelSpec:

@@ -9,9 +9,14 @@ from core.api.deps import ServiceDep, in_worker
 router = APIRouter(tags=["service"])
 
 
-@router.get("/healthz", summary="liveness: model loaded, device, load error")
+@router.get("/healthz", summary="liveness: model loaded, device, load error, what runs each model")
 def healthz(service: ServiceDep) -> dict:
-    return service.health()
+    health = service.health()
+    backends = health.get("backends")
+    if isinstance(backends, dict):  # per loaded model: converting (eager serves meanwhile) | converted | eager
+        health.setdefault("backend_state", {name: info.get("state", "eager") for name, info in backends.items()
+                                            if isinstance(info, dict)})
+    return health
 
 
 @router.get("/v1/models", summary="the served model and the manifest's models")
