@@ -586,9 +586,17 @@ MEASURE_LABELS: dict[str, tuple[str, str]] = {
     "biparietal_diameter": ("双顶径 (BPD)", "Biparietal diameter (BPD)"),
 }
 
+MEASURE_SHORT: dict[str, tuple[str, str]] = {  # a narrow column's names (the legend and toggles keep the full ones)
+    "area": ("面积", "Area"),
+    "longest_diameter": ("最长径", "Max diam."),
+    "perpendicular_diameter": ("垂直径", "Perp. diam."),
+    "head_circumference": ("头围", "HC"),
+    "biparietal_diameter": ("双顶径", "BPD"),
+}
 
-def measure_label(base: str, lang: str = "zh") -> str:
-    pair = MEASURE_LABELS.get(base)
+
+def measure_label(base: str, lang: str = "zh", *, short: bool = False) -> str:
+    pair = (MEASURE_SHORT if short else MEASURE_LABELS).get(base)
     if pair is None:
         return base
     return pair[0] if normalise_lang(lang) == "zh" else pair[1]

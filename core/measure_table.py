@@ -46,9 +46,9 @@ def comparison_rows(keys: list[str], columns: dict[str, dict], lang: str) -> lis
     return rows
 
 
-def value_rows(measurements: dict, lang: str) -> list[tuple[str, str, str]]:
+def value_rows(measurements: dict, lang: str, *, short: bool = False) -> list[tuple[str, str, str]]:
     """``(name, px text, mm text)`` per measurement of one result that has a pixel value, in catalog order:
-    ``123.0 px²`` / ``1.23 mm²`` ("—" when uncalibrated)."""
+    ``123.0 px²`` / ``1.23 mm²`` ("—" when uncalibrated); ``short``: the narrow names ("HC", "Max diam.")."""
     rows = []
     for base in i18n.MEASURE_LABELS:
         px = measurements.get(f"{base}_px")
@@ -56,6 +56,6 @@ def value_rows(measurements: dict, lang: str) -> list[tuple[str, str, str]]:
             continue
         area = base == "area"
         mm = measurements.get(f"{base}_mm2" if area else f"{base}_mm")
-        rows.append((i18n.measure_label(base, lang), f"{px:,.1f} {'px²' if area else 'px'}",
+        rows.append((i18n.measure_label(base, lang, short=short), f"{px:,.1f} {'px²' if area else 'px'}",
                      f"{mm:,.2f} {'mm²' if area else 'mm'}" if is_number(mm) else "—"))
     return rows

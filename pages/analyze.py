@@ -266,7 +266,7 @@ def zoomable(picture: Image.Image, key: str, size: tuple[int, int] | None = None
     st.plotly_chart(figure, config=PLOT_CONFIG, key=key, width="stretch")
 
 
-RESULT_ROW = [1, 1, 1.5]  # a result's rows: original | overlay | its numbers (and controls under them)
+RESULT_ROW = [1, 1, 1.2]  # a result's rows: original | overlay | its numbers (and controls under them)
 
 
 # ---------------------------------------------------------------- run
@@ -463,22 +463,23 @@ def show_segmentation(result: dict, image: dict) -> bool:
     right.image(picture, caption=tr("overlay"), width="stretch")
     target = target_name(str(response.get("task") or "segmentation"), str(response.get("dataset_name") or ""))
     with numbers:
-        st.subheader(tr("measurements"))
+        st.markdown(f"**{tr('measurements')}**")
         if target:
             st.caption(tr("target_named", name=target))
         measurements = response.get("measurements") or {}
         if not mask.any():
             st.info(tr("empty_mask"))
-        table = measurement_table(measurements, compact=True)  # narrow column: px · mm in one cell
+        table = measurement_table(measurements, compact=True)  # narrow column: one value per row
         if not table.empty:
             st.table(table)
             clinical.spacing_caption(response)  # clinical hook
-        stem = Path(str(request.get("original_name") or request.get("img_name") or "image")).stem  # the user's name
-        st.download_button(tr("download_mask"), overlay.png_bytes(overlay.mask_image(mask)), f"{stem}_mask.png",
-                           "image/png", key="dl_mask", icon=":material/download:")
-        st.download_button(tr("download_overlay"), overlay.png_bytes(blended), f"{stem}_overlay.png", "image/png",
-                           key="dl_overlay", icon=":material/download:")
     legend(reference=False, target=target, calipers=drawn)
+    stem = Path(str(request.get("original_name") or request.get("img_name") or "image")).stem  # the user's name
+    downloads = st.columns(RESULT_ROW)  # under the legend: the numbers column stays as short as the images
+    downloads[0].download_button(tr("download_mask"), overlay.png_bytes(overlay.mask_image(mask)), f"{stem}_mask.png",
+                                 "image/png", key="dl_mask", icon=":material/download:")
+    downloads[1].download_button(tr("download_overlay"), overlay.png_bytes(blended), f"{stem}_overlay.png",
+                                 "image/png", key="dl_overlay", icon=":material/download:")
     reference = _reference_mask(image, request, result["edits"], edited.size)
     if reference is not None:
         show_ground_truth(result, image, shown, shown_mask, _shrink_mask(reference, shown.size), _dice(mask, reference))

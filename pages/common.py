@@ -403,13 +403,14 @@ def measure_rows(keys: list[str], columns: dict[str, dict]) -> pd.DataFrame:
 
 def measurement_table(measurements: dict, *, compact: bool = False) -> pd.DataFrame:
     """One row per measurement of one result: its name, the pixel value and the millimetre value with units
-    (:func:`core.measure_table.value_rows`); ``compact``: both values in one column (``123.0 px²  ·  1.23 mm²``),
-    for a narrow place such as the Analyze result's numbers column."""
+    (:func:`core.measure_table.value_rows`); ``compact``: one value column, for a narrow place such as the Analyze
+    result's numbers column: millimetres when calibrated, else pixels (both stay in History, the CSV and the
+    report)."""
     from core.measure_table import value_rows
 
-    rows = value_rows(measurements, lang())
+    rows = value_rows(measurements, lang(), short=compact)
     if compact:
-        return pd.DataFrame([{tr("measure_name"): name, tr("measure_value"): px + (f"  ·  {mm}" if mm != "—" else "")}
+        return pd.DataFrame([{tr("measure_name"): name, tr("measure_value"): px if mm == "—" else mm}
                              for name, px, mm in rows])
     px_title, mm_title = f"{tr('measure_value')} (px)", f"{tr('measure_value')} (mm)"
     return pd.DataFrame([{tr("measure_name"): name, px_title: px, mm_title: mm} for name, px, mm in rows])

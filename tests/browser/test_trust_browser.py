@@ -263,14 +263,7 @@ RESULT_VIEW = """caption => {
           heading: box(heading), overlay: box(picture), table: box(table), rows};
 }"""
 KEY_ROWS = 3  # area, max diameter and its perpendicular: the first rows of the table
-NARROW_TOO_TALL = (
-    "dashboard layout (pages/analyze.py, show_segmentation): at 800 px the sidebar stays open (220 px), the result "
-    "row RESULT_ROW = [1, 1, 1.5] shares the ~548 px left, so the overlay is ~146 px wide and the 5-row fetal-head "
-    "measurement table wraps every cell to two lines; the page is ~2,157 px tall (issue 23 §10: <= 2,000 px)")
-
-
-@pytest.mark.parametrize("size", [(1366, 768), pytest.param(
-    (800, 768), marks=pytest.mark.xfail(strict=True, reason=NARROW_TOO_TALL))], ids=["1366x768", "800x768"])
+@pytest.mark.parametrize("size", [(1366, 768), (800, 768)], ids=["1366x768", "800x768"])
 def test_fetal_head_result_keeps_overlay_and_key_numbers_in_the_first_viewport(browser, app_url, size):
     context, tab = open_analyze(browser, app_url, size=size, query=FETAL, lang=EN)
     try:
