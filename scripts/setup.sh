@@ -21,8 +21,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 # Issue 27: convert the default model for the CPU backend here, once (a cached conversion is only checked), so the
-# first `make run` / `make serve` answers at once; UUSIC_SKIP_CONVERT=1 skips it (then the first start converts).
+# first `make run` / `make serve` answers at once; UUSIC_SKIP_CONVERT=1 skips it (then the first start serves eager torch while it converts in the background).
 if [ -z "${UUSIC_SKIP_CONVERT:-}" ]; then
   .venv/bin/python -c 'from core.engine import prepare_backend; print(prepare_backend())' \
-    || echo "note: the model was not converted now; the first start converts it" >&2
+    || echo "note: the model was not converted now; the first start serves eager torch while it converts in the background" >&2
 fi
