@@ -21,7 +21,7 @@ from core.errors import RequestError, UUSICError
 from core.recorder import Recorder
 from core.response import AnalysisFailure, AnalysisResponse, BatchItem, BatchResult
 from core.routing import ModelPool
-from core.schema import PredictRequest
+from core.schema import AnyRequest, PredictRequest, parse_request
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 OnResult = Callable[[int, "dict | None", "BaseException | None"], None]  # (entry index, response, error)
 Runnable = list[tuple[int, PredictRequest]]  # (entry index, parsed request) of one model's group
+Found = tuple["recognition.Recognition | None", float]  # the recogniser's answer (None: unavailable), its seconds
 
 
 class GroupRunner(Protocol):
@@ -68,9 +69,10 @@ class Analyzer:
         checked: list[dict] | None = None
         try:
             checked = parse_edits(edits) or None
-            parsed = PredictRequest.parse(request)
+            opened = parse_request(request)
             with self.held([request]):  # workspace gc spares its files while it runs
-                response = self.run_one(parsed, output_dir=output_dir, input_dir=input_dir, model=model)
+                parsed, found = self.route(opened, input_dir=input_dir, model=model)
+                response = self.run_one(parsed, output_dir=output_dir, input_dir=input_dir, model=model, found=found)
         except Exception as exc:
             self.recorder.refused(request, exc, source=source, edits=checked, batch_id=batch_id, input_dir=input_dir)
             raise
@@ -78,12 +80,13 @@ class Analyzer:
         return response
 
     def run_one(self, request: PredictRequest, *, output_dir: Path | None = None, input_dir: Path | None = None,
-                model: str | None = None) -> AnalysisResponse:
-        """One parsed request through the pipeline (micro-batched when the pool batches), not recorded."""
+                model: str | None = None, found: Found | None = None) -> AnalysisResponse:
+        """One parsed request through the pipeline (micro-batched when the pool batches), not recorded; ``found``:
+        the recogniser's answer when the route step already has it."""
         engine = self.pool.serving(request.task, request.dataset_name, model)
         start = time.perf_counter()
         prepared = engine.prepare(request, input_dir=input_dir)
-        found, seconds = self.recognised(prepared)
+        recognised, seconds = found or self.recognised(prepared)
         batcher = self.pool.batcher(engine)
         if batcher is not None:
             raw, forward_sec, gpu = batcher.forward_one(prepared)
@@ -93,8 +96,18 @@ class Analyzer:
         response = engine.finish(prepared, raw, output_dir=Path(output_dir or self.mask_folder(engine)),
                                  forward_sec=forward_sec, gpu=gpu)
         response["inference_time_sec"] = time.perf_counter() - start
-        _add_recognition(response, found, seconds, request.organ)
+        _add_recognition(response, recognised, seconds, request)
         return self.typed(response)
+
+    def route(self, request: AnyRequest, *, input_dir: Path | None = None,
+              model: str | None = None) -> tuple[PredictRequest, Found | None]:
+        """A request that names its dataset as it is; one that does not, routed by the organ recogniser
+        (:func:`core.auto_route.route`: its image decoded, a dataset chosen, the recogniser's answer kept)."""
+        if isinstance(request, PredictRequest):
+            return request, None
+        from core.auto_route import route
+
+        return route(self.settings, self.pool, request, input_dir=input_dir, model=model)
 
     def recognised(self, prepared: Prepared) -> tuple[recognition.Recognition | None, float]:
         """The organ recogniser's view of the decoded image (None: unavailable) and the seconds it took;
@@ -144,7 +157,7 @@ class Analyzer:
         out_dir = Path(output_dir) if output_dir is not None else Path(self.settings.api_out) / f"batch_{batch_id}"
         out_dir.mkdir(parents=True, exist_ok=True)
         items: list[BatchItem | None] = [None] * len(entries)
-        groups = self._screen(entries, items, model)
+        groups = self._screen(entries, items, model, input_dir)
         done = len(entries) - sum(len(group) for group in groups.values())
 
         def on_result(index: int, response: dict | None, exc: BaseException | None) -> None:
@@ -180,12 +193,14 @@ class Analyzer:
                  for value in (r.get("img_path_relative"), r.get("source_path_relative")) if isinstance(value, str)]
         return in_use(self.settings, paths)
 
-    def _screen(self, entries: list, items: list, model: str | None) -> dict[str, Runnable]:
-        """Parse every entry and route it; failures go straight into ``items``; the rest grouped by model."""
+    def _screen(self, entries: list, items: list, model: str | None,
+                input_dir: Path | None = None) -> dict[str, Runnable]:
+        """Parse every entry and route it (one without a dataset by the organ recogniser); failures go straight
+        into ``items``; the rest grouped by model."""
         groups: dict[str, Runnable] = {}
         for index, entry in enumerate(entries):
             try:
-                parsed = PredictRequest.parse(entry)
+                parsed, _ = self.route(parse_request(entry), input_dir=input_dir, model=model)
                 engine = self.pool.serving(parsed.task, parsed.dataset_name, model)
             except UUSICError as exc:
                 items[index] = AnalysisFailure.from_exception(entry, exc)
@@ -216,14 +231,17 @@ class _Recognising:
     def finish(self, prepared: Prepared, raw: Any, *, output_dir: Path, forward_sec: float, gpu: Any) -> dict:
         response = self.engine.finish(prepared, raw, output_dir=output_dir, forward_sec=forward_sec, gpu=gpu)
         found, seconds = self.found.pop(id(prepared), (None, 0.0))
-        _add_recognition(response, found, seconds, prepared.request.organ)
+        _add_recognition(response, found, seconds, prepared.request)
         return response
 
 
 def _add_recognition(response: dict, found: recognition.Recognition | None, seconds: float,
-                     organ: str | None) -> None:
-    """The ``recognition`` block, its notes, and its time in ``timings``."""
-    recognition.annotate(response, found, organ)
+                     request: PredictRequest) -> None:
+    """The ``recognition`` block (``routed: true`` when the route step chose the dataset), its notes, and its time
+    in ``timings``."""
+    recognition.annotate(response, found, request.organ)
+    if request.routed and isinstance(response.get("recognition"), dict):
+        response["recognition"]["routed"] = True
     if isinstance(response.get("timings"), dict):
         response["timings"]["recognition_sec"] = seconds
 

@@ -23,6 +23,7 @@ from core.service import AnalysisBackend, AnalysisService
 
 if TYPE_CHECKING:
     from core.cine import CineResult
+    from core.recognition import Recognition
 from core.settings import Settings
 
 ApiError = UUSICError  # what the client raises: always one of the project's typed errors
@@ -101,6 +102,13 @@ class ApiClient:
 
     def random_sample(self, task: str, dataset_name: str) -> dict:
         return self._json("GET", "/v1/random-sample", params={"task": task, "dataset_name": dataset_name})
+
+    def recognise(self, data: bytes, filename: str = "image") -> Recognition | None:
+        """The organ recogniser's view of an image's bytes (``POST /v1/recognise``; None: unavailable there)."""
+        from core.recognition import Recognition
+
+        found = self._json("POST", "/v1/recognise", files={"file": (filename, data)}).get("recognition")
+        return None if found is None else Recognition.model_validate(found)
 
     def input_file(self, img_path_relative: str) -> bytes:
         """An input's bytes (``GET /v1/inputs/file``; a DICOM de-identified by the server)."""

@@ -496,6 +496,26 @@ STRINGS: dict[str, tuple[str, str]] = {
     "pacs_stored": ("已存回 PACS：{n} 个对象", "Stored in the PACS: {n} objects"),
     "pacs_remote": ("远程模式下请用 API 存回：POST /v1/pacs/store/{run}",
                     "Remote mode: store back with POST /v1/pacs/store/{run}"),
+    # analyze: the organ recogniser (issue 25)
+    "rec_looks_like": ("看起来像：{organ}（{dataset}），置信度 {p}", "Looks like: {organ} ({dataset}), confidence {p}"),
+    "rec_accept": ("改用 {organ} / {dataset}", "Use {organ} / {dataset}"),
+    "rec_not_served": ("本部署没有该器官的{task}模型。", "No {task} model for this organ here."),
+    "rec_ood_image": (
+        "该图像不像模型训练所用的超声图像（分布外）：结果可能没有意义。",
+        "This image does not look like the ultrasound the models were trained on (out of distribution): a result may "
+        "mean nothing.",
+    ),
+    "rec_ood_result": (
+        "注意：该图像不像模型训练所用的超声图像（分布外）。下面的结果仅供核对，请先检查图像。",
+        "Caution: this image does not look like the ultrasound the models were trained on (out of distribution). "
+        "The result below is shown for checking only; check the image first.",
+    ),
+    "rec_disagree_result": (
+        "注意：图像看起来像 {organ}（{dataset}，置信度 {p}），而分析所选器官为 {chosen}。"
+        "请核对所选器官后再使用下面的结果。",
+        "Caution: the image looks like {organ} ({dataset}, confidence {p}), but it was analysed as {chosen}. "
+        "Check the organ chosen before using the result below.",
+    ),
 }
 
 

@@ -1,10 +1,11 @@
-"""What can be analysed: uploads, data-root samples, and a cine's frames (probed, or one decoded)."""
+"""What can be analysed: uploads, data-root samples, and a cine's frames (probed, or one decoded); what the organ
+recogniser makes of an image's bytes (the dashboard's suggestion)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from core import catalog
+from core import catalog, recognition
 from core.errors import NotFoundError, RequestError
 from core.settings import Settings
 
@@ -56,3 +57,14 @@ def load_frame(settings: Settings, img_path_relative: str, frame_index: int) -> 
         raise RequestError(f"frame_index must be a whole number >= 0, got {frame_index!r}", field="frame_index")
     path = resolve_input(settings, img_path_relative)
     return load_image(path, settings=settings, frame_index=frame_index).rgb
+
+
+def recognise(settings: Settings, data: bytes, filename: str = "image") -> recognition.Recognition | None:
+    """What the organ recogniser makes of an image's bytes (a cine: its first frame; None: no recogniser here),
+    under the upload's budgets and checks (size: 413 naming ``file``; not an image: :class:`ImageError`)."""
+    from core.imaging import load_image
+    from core.samples import check_upload_size, display_name
+
+    check_upload_size(settings, len(data), filename)
+    rgb = load_image(bytes(data), settings=settings, name=display_name(filename)).rgb
+    return recognition.recognise(rgb, settings.weights_dir)

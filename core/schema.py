@@ -18,7 +18,7 @@ import json
 import math
 import re
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -73,14 +73,15 @@ def extras_size(extras: dict[str, Any]) -> int:
     return len(json.dumps(extras, ensure_ascii=False, default=str).encode("utf-8")) if extras else 0
 
 
-class PredictRequest(BaseModel):
-    """One image to analyse. Build with :meth:`parse` to get :class:`RequestError` with readable messages."""
+class RequestFields(BaseModel):
+    """The fields of a request JSON and their checks, ``dataset_name`` optional: :class:`PredictRequest` (what the
+    engine receives) requires it; :class:`UnroutedRequest` has none, until the route step fills it."""
 
     model_config = ConfigDict(extra="allow", str_strip_whitespace=True)
 
     img_path_relative: str = Field(min_length=1, max_length=MAX_TEXT)
     task: str = Field(max_length=MAX_TEXT)
-    dataset_name: str = Field(min_length=1, max_length=MAX_TEXT)
+    dataset_name: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT)
     img_name: str | None = Field(default=None, max_length=MAX_TEXT)
     img_size_bytes: int | None = Field(default=None, ge=0)
     img_dimensions: tuple[int, int] | None = None
@@ -96,8 +97,6 @@ class PredictRequest(BaseModel):
     pixel_spacing_mm: float | None = None
     pixel_spacing_source: str | None = Field(default=None, max_length=MAX_TEXT)
     tta: bool | None = None
-
-    _dataset: catalog.Dataset | None = PrivateAttr(default=None)
 
     @field_validator("task")
     @classmethod
@@ -139,39 +138,6 @@ class PredictRequest(BaseModel):
             raise ValueError(f"{value!r:.60} is not one of {', '.join(calibration.SPACING_SOURCES)}")
         return value.lower()
 
-    @model_validator(mode="after")
-    def _check_catalog(self) -> PredictRequest:
-        try:
-            dataset = catalog.find_dataset(self.task, self.dataset_name)
-        except catalog.UnknownDataset as exc:
-            raise ValueError(f"dataset_name: {exc}") from None
-        if self.organ is None or self.organ == "":
-            self.organ = dataset.organ
-        elif self.organ.lower() != dataset.organ.lower():
-            raise ValueError(
-                f"organ: {self.organ!r} contradicts the catalog: dataset {dataset.name!r} is organ {dataset.organ!r}"
-            )
-        else:
-            self.organ = dataset.organ
-        if (self.class_label_index is not None and self.task == "classification"
-                and self.class_label_index >= dataset.num_classes):
-            raise ValueError(
-                f"class_label_index: {self.class_label_index} is out of range for {dataset.name} "
-                f"({dataset.num_classes} classes)"
-            )
-        self.dataset_name = dataset.name
-        if not self.img_name:
-            self.img_name = PurePosixPath(self.img_path_relative.replace("\\", "/")).name
-        self._dataset = dataset
-        return self
-
-    @property
-    def dataset(self) -> catalog.Dataset:
-        """The catalog entry of this request's (task, dataset)."""
-        if self._dataset is None:  # model_construct() bypasses validation
-            self._dataset = catalog.find_dataset(self.task, self.dataset_name)
-        return self._dataset
-
     @property
     def extras(self) -> dict[str, Any]:
         """Keys the schema does not know, kept as sent."""
@@ -184,10 +150,8 @@ class PredictRequest(BaseModel):
         return data
 
     @classmethod
-    def parse(cls, obj: dict | str | bytes | PredictRequest) -> PredictRequest:
-        """Validate a dict (or a JSON text of one object); raise :class:`RequestError` naming the field."""
-        if isinstance(obj, PredictRequest):
-            return obj
+    def _validated(cls, obj: Any) -> Any:
+        """``obj`` (a dict or a JSON text of one) as ``cls``; :class:`RequestError` naming the field."""
         if isinstance(obj, (str, bytes, bytearray)):
             try:
                 obj = loads_json(obj)
@@ -211,13 +175,139 @@ class PredictRequest(BaseModel):
         return parsed
 
 
+def _apply_catalog(request: RequestFields, dataset: catalog.Dataset) -> None:
+    """Fill ``organ`` / ``dataset_name`` / ``img_name`` from the catalog entry; ValueError ``field: problem``."""
+    if request.organ is None or request.organ == "":
+        request.organ = dataset.organ
+    elif request.organ.lower() != dataset.organ.lower():
+        raise ValueError(
+            f"organ: {request.organ!r} contradicts the catalog: dataset {dataset.name!r} is organ {dataset.organ!r}"
+        )
+    else:
+        request.organ = dataset.organ
+    if (request.class_label_index is not None and request.task == "classification"
+            and request.class_label_index >= dataset.num_classes):
+        raise ValueError(
+            f"class_label_index: {request.class_label_index} is out of range for {dataset.name} "
+            f"({dataset.num_classes} classes)"
+        )
+    request.dataset_name = dataset.name
+    if not request.img_name:
+        request.img_name = PurePosixPath(request.img_path_relative.replace("\\", "/")).name
+
+
+class PredictRequest(RequestFields):
+    """One image to analyse, its dataset known: what the engine receives. Build with :meth:`parse` to get
+    :class:`RequestError` with readable messages."""
+
+    dataset_name: str = Field(min_length=1, max_length=MAX_TEXT)
+
+    _dataset: catalog.Dataset | None = PrivateAttr(default=None)
+    _routed: bool = PrivateAttr(default=False)
+
+    @model_validator(mode="after")
+    def _check_catalog(self) -> PredictRequest:
+        try:
+            dataset = catalog.find_dataset(self.task, self.dataset_name)
+        except catalog.UnknownDataset as exc:
+            raise ValueError(f"dataset_name: {exc}") from None
+        _apply_catalog(self, dataset)
+        self._dataset = dataset
+        return self
+
+    @property
+    def dataset(self) -> catalog.Dataset:
+        """The catalog entry of this request's (task, dataset)."""
+        if self._dataset is None:  # model_construct() bypasses validation
+            self._dataset = catalog.find_dataset(self.task, self.dataset_name)
+        return self._dataset
+
+    @property
+    def routed(self) -> bool:
+        """True when the request gave no dataset and the route step chose it (:meth:`UnroutedRequest.routed_to`)."""
+        return self._routed
+
+    @classmethod
+    def parse(cls, obj: dict | str | bytes | PredictRequest) -> PredictRequest:
+        """Validate a dict (or a JSON text of one object); raise :class:`RequestError` naming the field."""
+        if isinstance(obj, PredictRequest):
+            return obj
+        return cast(PredictRequest, cls._validated(obj))
+
+
+ORGANS = tuple(dict.fromkeys(group.organ for group in catalog.ORGAN_GROUPS.values()))  # Appendix, Breast, ...
+
+
+class UnroutedRequest(RequestFields):
+    """A request that names no dataset (``dataset_name`` missing or null): the route step (:mod:`core.analysis`)
+    decodes the image, asks the organ recogniser and makes it a :class:`PredictRequest` with :meth:`routed_to`.
+    ``organ``, when given, must be a catalog organ; the dataset chosen is then one of that organ."""
+
+    dataset_name: None = None
+
+    @field_validator("organ")
+    @classmethod
+    def _known_organ(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        for organ in ORGANS:
+            if organ.lower() == value.lower():
+                return organ
+        raise ValueError(f"unknown organ {value!r:.60}; expected one of {', '.join(ORGANS)}")
+
+    def routed_to(self, dataset: catalog.Dataset) -> PredictRequest:
+        """This request with ``dataset`` filled in (the catalog's checks applied): a fully typed request, marked
+        :attr:`PredictRequest.routed`. :class:`RequestError` naming the field when the dataset contradicts it."""
+        if dataset.task != self.task:
+            raise RequestError(f"dataset_name: {dataset.name} has no {self.task} task", field="dataset_name")
+        routed = PredictRequest.model_construct(**{**self.model_dump(), "dataset_name": dataset.name})
+        try:
+            _apply_catalog(routed, dataset)
+        except ValueError as exc:
+            raise RequestError(f"invalid request: {exc}", field=str(exc).split(":", 1)[0]) from None
+        routed._dataset, routed._routed = dataset, True
+        return routed
+
+    @classmethod
+    def parse(cls, obj: dict | str | bytes | UnroutedRequest) -> UnroutedRequest:
+        """Validate a dict (or a JSON text of one object) that names no dataset."""
+        if isinstance(obj, UnroutedRequest):
+            return obj
+        return cast(UnroutedRequest, cls._validated(obj))
+
+
+AnyRequest = PredictRequest | UnroutedRequest
+
+
+def parse_request(obj: Any) -> AnyRequest:
+    """The door's one parse: a :class:`PredictRequest`, or an :class:`UnroutedRequest` when ``dataset_name`` is
+    missing or null (the route step then chooses it). :class:`RequestError` naming the field otherwise."""
+    if isinstance(obj, (PredictRequest, UnroutedRequest)):
+        return obj
+    if isinstance(obj, (str, bytes, bytearray)):
+        try:
+            obj = loads_json(obj)
+        except RequestError as exc:
+            raise RequestError(exc.message, status_code=422) from None
+    if isinstance(obj, dict) and obj.get("dataset_name") is None:
+        return UnroutedRequest.parse(obj)
+    return PredictRequest.parse(obj)
+
+
+def request_json_schema() -> dict[str, Any]:
+    """The request JSON's schema for the API docs: ``dataset_name`` optional (routed by the organ recogniser)."""
+    found = PredictRequest.model_json_schema()
+    found["required"] = [name for name in found.get("required", []) if name != "dataset_name"]
+    return found
+
+
 # Result fields a request may carry beside the schema because our own doors put them there: the upload skeleton's
 # frame count (the engine always answers its own).
 _OWN_EXTRAS = frozenset({"frame_count"})
 RESERVED_EXTRAS = RESULT_KEYS - frozenset(PredictRequest.model_fields) - _OWN_EXTRAS
 
 
-def refuse_result_fields(request: PredictRequest) -> None:
+def refuse_result_fields(request: RequestFields) -> None:
     """:class:`RequestError` (422) when a field outside the schema is named like a result field (or like the image's
     path, the key of the classification result): the answer is the engine's, never the request's."""
     clashes = sorted(key for key in request.extras if key in RESERVED_EXTRAS or key == request.img_path_relative)

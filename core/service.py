@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from core.cine import CineResult
     from core.engine import Engine
     from core.history import HistoryStore
+    from core.recognition import Recognition
 
 __all__ = ["AnalysisBackend", "AnalysisService", "failure_message", "write_classification_json"]
 
@@ -49,6 +50,7 @@ class AnalysisBackend(Protocol):
                       batch_size: int = 8, model: str | None = None) -> BatchResult: ...
     def save_upload(self, data: bytes, filename: str) -> dict: ...
     def random_sample(self, task: str, dataset_name: str) -> dict: ...
+    def recognise(self, data: bytes, filename: str = "image") -> Recognition | None: ...
     def serves(self, task: str, dataset_name: str, model: str | None = None) -> bool: ...
     def model_info(self, model: str | None = None) -> dict: ...
     def models(self) -> dict: ...
@@ -164,6 +166,10 @@ class AnalysisService:
     def random_sample(self, task: str, dataset_name: str) -> dict:
         """The request skeleton of a random image of ``dataset_name`` under the data root."""
         return inputs.random_sample(self.settings, task, dataset_name)
+
+    def recognise(self, data: bytes, filename: str = "image") -> Recognition | None:
+        """The organ recogniser's view of an image's bytes (None: unavailable), under the upload's budgets."""
+        return inputs.recognise(self.settings, data, filename)
 
     def probe(self, img_path_relative: str) -> dict:
         """``{frame_count, fps, width, height, format}`` of an input (a still image: 1 frame, fps None)."""

@@ -16,7 +16,7 @@ from PIL import Image
 from core import catalog, editing, i18n, overlay
 from core.errors import NotFoundError
 from core.imaging import STILL_SUFFIXES, VIDEO_SUFFIXES, load_image
-from pages import clinical, pacs_source  # clinical hook; PACS hook (UUSIC_DICOMWEB_URL)
+from pages import clinical, organ_hint, pacs_source  # clinical hook; organ recogniser (issue 25); PACS hook
 from pages.common import (
     choice,
     default_dataset_name,
@@ -728,6 +728,7 @@ def show_result(result: dict | None, image: dict, inputs: dict) -> None:
             st.error(tr("engine_error", message=scrub_literal(result["error"], current)))
             fold_detail(result.get("detail"), current)
         return
+    organ_hint.result_warning(result["response"], L)  # issue 25: another organ, or out of distribution
     st.subheader(tr("result"), anchor="uusic-result")
     show_provenance(result, image)
     scroll_to_result(result)
@@ -793,6 +794,7 @@ image = clinical.cine_frame(image)  # clinical hook
 # a cine keeps its image next to the frame slider
 folded = bool(_result_for(image) or st.session_state.get("run")) and not clinical.is_cine(image)
 st.caption(tr("current_image", name=md_literal(image["name"]), w=image["picture"].width, h=image["picture"].height))
+organ_hint.suggest(image, dataset, service(current), served_keys(current), L)  # issue 25: "looks like …", accept
 holder = st.container()  # one block either way: the elements after it keep their place (an open panel stays open)
 edit_box, view_box = holder.columns(2) if folded else (holder.container(), holder.container())  # folded: a row
 with edit_box:

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from core.errors import RequestError, UUSICError
 from core.settings import Settings
 
-UPLOAD_PATHS = frozenset({"/v1/upload", "/upload"})
+UPLOAD_PATHS = frozenset({"/v1/upload", "/upload", "/v1/recognise"})  # multipart image bodies
 MULTIPART_OVERHEAD = 64 * 1024  # bytes of multipart framing allowed on top of max_upload_mb
 JSON_ROUTES = frozenset({"/v1/predict", "/v1/predict/batch", "/segment/", "/segment"})
 DRAIN_BYTES = 256 * 1024  # after a 413: body bytes read and dropped before answering (a short lingering close)

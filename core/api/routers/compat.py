@@ -57,6 +57,9 @@ def segment_answer(raw: dict, response: dict) -> dict:
         result[name] = response.get(name)
     result.update(device=response.get("device"), model_name=response.get("model_name"),
                   run_id=response.get("run_id"))
+    if (response.get("recognition") or {}).get("routed"):  # no dataset given: the organ recogniser chose it
+        result.update(dataset_name=response["dataset_name"], organ=response.get("organ"),
+                      recognition=response["recognition"])
     return result
 
 

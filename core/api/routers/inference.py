@@ -1,21 +1,25 @@
 """``POST /v1/predict`` (one image), ``POST /v1/predict/batch`` (several) and ``POST /v1/predict/frames`` (the frames
-of one cine), all through the service."""
+of one cine), all through the service; ``POST /v1/recognise``: what the organ recogniser makes of an image (the
+dashboard's suggestion). A request without ``dataset_name`` is routed by the recogniser (:mod:`core.auto_route`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, File, Request, UploadFile
+from pydantic import BaseModel
 
 from core.api.deps import ServiceDep, in_worker, read_json
 from core.errors import RequestError
 from core.history import SOURCES
+from core.recognition import Recognition
 from core.response import AnalysisResponse
-from core.schema import PredictRequest, parse_request_list
+from core.samples import check_upload_size, upload_limit
+from core.schema import parse_request_list, request_json_schema
 from core.service import AnalysisService
 
 router = APIRouter(tags=["inference"])
-REQUEST_SCHEMA = PredictRequest.model_json_schema()
+REQUEST_SCHEMA = request_json_schema()  # dataset_name optional: routed by the organ recogniser
 ENVELOPE_DOC = ("The body is the request JSON itself, or an envelope {\"request\": {...}, \"source\": "
                 "\"dashboard\", \"edits\": [...], \"model\": \"name\"} that says which door sent it, how the "
                 "image was edited and (optionally) which model must answer; without one the request goes to the "
@@ -88,3 +92,19 @@ def predict_frames(service: AnalysisService, body: Any) -> dict:
 async def predict_frames_route(request: Request, service: ServiceDep) -> Any:
     body = await read_json(request)
     return await in_worker(request, predict_frames, service, body)
+
+
+class RecogniseAnswer(BaseModel):
+    """``POST /v1/recognise``: the recogniser's answer, or null when this server has no recogniser."""
+
+    recognition: Recognition | None
+
+
+@router.post("/v1/recognise", summary="what the organ recogniser makes of an image (organ, dataset, confidence, "
+             "in distribution); the upload's budgets; nothing is stored", response_model=RecogniseAnswer)
+async def recognise(request: Request, service: ServiceDep, file: UploadFile = File(...)) -> RecogniseAnswer:
+    name = file.filename or "upload"
+    data = await file.read(upload_limit(service.settings) + 1)
+    check_upload_size(service.settings, len(data), name)  # the one check (core.samples), before any decode
+    found = await in_worker(request, service.recognise, data, name)
+    return RecogniseAnswer(recognition=found)
