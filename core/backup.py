@@ -74,7 +74,8 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 from core import archive_corrections as fixes
 from core.errors import ArchiveError, UUSICError, as_uusic_error
 from core.files import atomic_open
-from core.history import COLUMNS, JSON_COLUMNS, json_dict
+from core.history import COLUMNS, JSON_COLUMNS
+from core.history_format import json_dict
 from core.workspace import Key, row_files
 
 if TYPE_CHECKING:
@@ -896,12 +897,12 @@ def _commit(store: HistoryStore, settings: Settings, archive: _Archive, rows: li
     (recorded in ``placed``), in one transaction; returns (new ids, corrections added)."""
     from sqlalchemy import insert as sa_insert
 
-    from core.history import HistoryStore, runs
+    from core.history import runs, stored_row
 
     archived_ids = {row["id"] for row in rows if "id" in row}
     if not any(version.run_id in archived_ids for version in versions):
         return store.add_many(rows), 0  # runs only: one transaction of the store's own
-    stored = [HistoryStore._row(row) for row in rows]
+    stored = [stored_row(row) for row in rows]
     tag = str(archive.manifest.get("export_id") or "imported")
     workspace = Path(settings.workspace)
 

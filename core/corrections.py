@@ -32,8 +32,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from sqlalchemy.engine import Connection
 
 from core import catalog
+from core.correction_summary import correction_record
 from core.errors import NotFoundError, PathError, RequestError, UUSICError
-from core.history import HistoryStore, correction_record, corrections, decode_row, latest_corrections, runs, utc_now
+from core.history import HistoryStore, corrections, decode_row, latest_corrections, runs, utc_now
 from core.settings import Settings
 
 FOLDER = "corrections"  # under the workspace

@@ -17,9 +17,7 @@ Python objects.
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import json
 import os
 import re
@@ -38,7 +36,9 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from core.correction_summary import attach, correction_record
 from core.errors import HistoryError, capped
+from core.history_format import json_dict, json_text
 from core.redact import parse_url, plausible, redact_text, redact_url, url_secrets
 
 SOURCES = ("dashboard", "batch", "api", "cli")  # "batch": the dashboard's Batch page
@@ -135,23 +135,11 @@ def _build_corrections_table(meta: sa.MetaData) -> sa.Table:
 
 
 corrections = _build_corrections_table(metadata)
-# the latest correction of a run, as flat keys on its history row (only runs that have one get them)
-CORRECTION_SUMMARY = {"correction_version": "version", "correction_kind": "kind", "corrected_by": "author",
-                      "corrected_at": "timestamp", "correction_mask": "mask_path",
-                      "corrected_prediction": "class_index", "corrected_area_px": "area_px",
-                      "corrected_area_mm2": "area_mm2", "correction_dice": "dice",
-                      "correction_pixels_added": "pixels_added", "correction_pixels_removed": "pixels_removed"}
 
 
 def utc_now() -> str:
     """Now, UTC, ISO 8601 with milliseconds (the ``timestamp`` column's format)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _json(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def decode_row(row: dict) -> dict:
@@ -162,6 +150,17 @@ def decode_row(row: dict) -> dict:
             with suppress(ValueError):
                 out[name] = json.loads(out[name])
     return out
+
+
+def stored_row(record: dict) -> dict:
+    """The stored form of a run: known columns only (no ``id``), defaults filled, JSON columns as text."""
+    row = {k: v for k, v in record.items() if k in COLUMN_NAMES and k != "id"}
+    row.setdefault("timestamp", utc_now())
+    row.setdefault("source", "api")
+    for name in JSON_COLUMNS:
+        if name in row:
+            row[name] = json_text(row[name])
+    return row
 
 
 def _date_bound(value: Any, *, end: bool) -> str:
@@ -390,24 +389,13 @@ class HistoryStore:
                 self._engine = None
 
     # -------------------------------------------------------------------------------- writing
-    @staticmethod
-    def _row(record: dict) -> dict:
-        """The stored form of a run: known columns only (no ``id``), defaults filled, JSON columns as text."""
-        row = {k: v for k, v in record.items() if k in COLUMN_NAMES and k != "id"}
-        row.setdefault("timestamp", utc_now())
-        row.setdefault("source", "api")
-        for name in JSON_COLUMNS:
-            if name in row:
-                row[name] = _json(row[name])
-        return row
-
     def add(self, record: dict) -> int:
         """Insert one run (unknown keys are ignored); returns its id."""
         return self.add_many([record])[0]
 
     def add_many(self, records: Iterable[dict]) -> list[int]:
         """Insert several runs in one transaction (all or none; ``id`` is ignored); returns their new ids in order."""
-        rows = [self._row(record) for record in records]
+        rows = [stored_row(record) for record in records]
 
         def insert() -> list[int]:
             ids = []
@@ -453,7 +441,7 @@ class HistoryStore:
                 if row is None or not row[0]:
                     return False
                 response = {**json_dict(row[0]), key: value}
-                connection.execute(sa.update(runs).where(runs.c.id == int(run_id)).values(response=_json(response)))
+                connection.execute(sa.update(runs).where(runs.c.id == int(run_id)).values(response=json_text(response)))
                 return True
 
         return self._retry(update, "update a run")
@@ -479,22 +467,29 @@ class HistoryStore:
                 return
             last = int(rows[-1]["id"])
 
-    def _rows(self, query: sa.Select[Any]) -> Rows:
-        def fetch() -> Rows:
-            with self._transaction() as connection:
-                return [dict(row) for row in connection.execute(query).mappings()]
+    def _with_corrections(self, query: sa.Select[Any], *, nested: bool = False) -> Rows:
+        """The runs ``query`` selects, each with its newest correction (:func:`core.correction_summary.attach`),
+        both read in one transaction."""
+        def fetch(connection: Connection) -> Rows:
+            rows = [dict(row) for row in connection.execute(query).mappings()]
+            latest = latest_corrections(connection, [int(row["id"]) for row in rows])
+            return [attach(row, latest.get(int(row["id"])), nested=nested) for row in rows]
 
-        return self._retry(fetch, "read the runs")
+        return self.read(fetch, "read the runs")
+
+    def _rows(self, query: sa.Select[Any]) -> Rows:
+        return self.read(lambda connection: [dict(row) for row in connection.execute(query).mappings()],
+                         "read the runs")
 
     def list(self, filters: dict | None = None, limit: int | None = 1000) -> Rows:
         """Newest first. Filters: ``task``, ``dataset`` / ``dataset_name``, ``organ``, ``source`` (equal, any case),
         ``text`` / ``name`` (substring of the image name, any case), ``since`` / ``until`` (ISO date or time,
         UTC; inclusive), ``corrected`` (true / false: runs with / without a correction). A corrected run carries
-        the :data:`CORRECTION_SUMMARY` keys and ``corrected: True``."""
+        the :data:`core.correction_summary.CORRECTION_SUMMARY` keys and ``corrected: True``."""
         query = sa.select(runs).where(*_conditions(filters or {})).order_by(runs.c.id.desc())
         if limit is not None:
             query = query.limit(int(limit))
-        return self._with_corrections(self._rows(query))
+        return self._with_corrections(query)
 
     def get(self, run_id: Any) -> dict | None:
         """The run with id ``run_id``; None when there is none (or ``run_id`` is not a possible id)."""
@@ -504,7 +499,7 @@ class HistoryStore:
             return None
         if not 0 < run_id <= _MAX_ID.get(self.backend, 2**31 - 1):
             return None
-        rows = self._with_corrections(self._rows(sa.select(runs).where(runs.c.id == run_id)), nested=True)
+        rows = self._with_corrections(sa.select(runs).where(runs.c.id == run_id), nested=True)
         return rows[0] if rows else None
 
     def read(self, action: Callable[[Connection], _T], doing: str) -> _T:
@@ -524,152 +519,10 @@ class HistoryStore:
 
         return self._retry(run, doing)
 
-    def _with_corrections(self, rows: Rows, *, nested: bool = False) -> Rows:
-        """``rows`` with the :data:`CORRECTION_SUMMARY` keys (and ``corrected: True``) on the corrected ones;
-        ``nested``: also the latest correction itself under ``correction``."""
-        ids = [int(row["id"]) for row in rows]
-        if not ids:
-            return rows
-        latest = self.read(lambda connection: latest_corrections(connection, ids), "read the corrections")
-        for row in rows:
-            record = latest.get(int(row["id"]))
-            if record is not None:
-                row.update(corrected=True, **{key: record[column] for key, column in CORRECTION_SUMMARY.items()})
-                if nested:
-                    row["correction"] = record
-        return rows
-
     def count(self) -> int:
         """How many runs are stored."""
-        def fetch() -> int:
-            with self._transaction() as connection:
-                return int(connection.execute(sa.select(sa.func.count()).select_from(runs)).scalar_one())
-
-        return self._retry(fetch, "count the runs")
-
-    @staticmethod
-    def to_csv(rows: Rows) -> str:
-        """CSV text of ``rows`` (the store's columns first, then one flat column per measurement with its unit in
-        the name, as :func:`flat_fields` gives them, then any others); lists and dicts as JSON.
-
-        The one CSV writer of the history (API ``/v1/history.csv``, the dashboard's export). Safe to open in a
-        spreadsheet: a cell (header included) that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
-        return gets a leading ``'`` so it is never run as a formula; numbers (``-1.5``, ``+3``, ``-2e-3``, as
-        numbers or as text) stay numbers."""
-        flats = [flat_fields(row) for row in rows]
-        flat_names = _flat_order({k for flat in flats for k in flat})
-        extra = sorted({str(k) for r in rows for k in r} - set(COLUMN_NAMES) - set(flat_names))
-        fields = [*COLUMN_NAMES, *flat_names, *extra]
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow([spreadsheet_cell(name) for name in fields])
-        for row, flat in zip(rows, flats, strict=True):
-            values = {**flat, **{str(k): v for k, v in row.items()}}
-            writer.writerow([spreadsheet_cell(values.get(name)) for name in fields])
-        return buffer.getvalue()
-
-
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def spreadsheet_cell(value: Any) -> Any:
-    """One CSV cell, safe to open in a spreadsheet (every CSV writer of the project uses it): text that starts
-    with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a leading ``'`` so it is never run as a
-    formula; numbers (``-1.5``, ``+3``, ``-2e-3``, as numbers or as text) stay numbers, lists and dicts JSON."""
-    if value is None or isinstance(value, int) or (isinstance(value, float) and abs(value) < float("inf")):
-        return value  # numbers (and booleans) as they are; NaN and infinities go on as text
-    text = (_json(value) or "") if isinstance(value, (list, dict, tuple)) else str(value)
-    return "'" + text if text.startswith(FORMULA_START) and not _NUMBER.fullmatch(text) else text
-
-
-# ------------------------------------------------------------------------------------ display and flat columns
-MEASUREMENT_UNITS = ("_px", "_mm", "_mm2", "_deg")  # a measurement key names its unit: area_mm2, longest_diameter_px
-MEASUREMENT_ORDER = ("area_px", "area_mm2", "longest_diameter_px", "longest_diameter_mm", "perpendicular_diameter_px",
-                     "perpendicular_diameter_mm", "longest_diameter_angle_deg", "head_circumference_px",
-                     "head_circumference_mm", "biparietal_diameter_px", "biparietal_diameter_mm",
-                     "occipitofrontal_diameter_px", "occipitofrontal_diameter_mm", "components")
-RUN_FIELDS = ("pixel_spacing_mm", "pixel_spacing_source", "frame_index", "frame_count", "original_name")
-
-
-def json_dict(value: Any) -> dict:
-    """A JSON column as a dict (text is parsed); anything else is ``{}``."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def flat_fields(row: dict) -> dict:
-    """The run's measurements as flat columns named with their unit (``area_px``, ``area_mm2``,
-    ``head_circumference_mm`` ...), plus ``pixel_spacing_mm``, ``pixel_spacing_source``, ``frame_index``,
-    ``frame_count`` and ``original_name`` from the stored response / request (left out where the run has none)."""
-    measurements = json_dict(row.get("measurements"))
-    response, request = json_dict(row.get("response")), json_dict(row.get("request"))
-    flat: dict[str, Any] = {key: value for key, value in measurements.items()
-                            if _is_number(value) and (key.endswith(MEASUREMENT_UNITS) or key == "components")}
-    for name in RUN_FIELDS:
-        value = response.get(name, request.get(name))
-        if value is None and name == "pixel_spacing_mm":
-            value = measurements.get(name)
-        if value is not None and not isinstance(value, (dict, list)):
-            flat[name] = value
-    return flat
-
-
-def _flat_order(names: set[str]) -> list[str]:
-    """Flat column names (those some row has): the known measurements in a fixed order, other measurements by name,
-    then the run fields (``pixel_spacing_mm``, ``pixel_spacing_source``, ``frame_index`` ...)."""
-    known = [n for n in MEASUREMENT_ORDER if n in names]
-    others = sorted(names - set(MEASUREMENT_ORDER) - set(RUN_FIELDS))
-    return [*known, *others, *(n for n in RUN_FIELDS if n in names)]
-
-
-def display_name(row: dict) -> str:
-    """The image name as the user gave it (the request's ``original_name``), else the stored ``img_name``."""
-    request = json_dict(row.get("request"))
-    for value in (row.get("original_name"), request.get("original_name"), json_dict(row.get("response"))
-                  .get("original_name"), row.get("img_name")):
-        if isinstance(value, str) and value.strip():
-            return value
-    return ""
-
-
-def display_zone(zone: str | None = None) -> Any:
-    """The time zone History shows times in: ``zone`` (an IANA name; the ``timezone`` setting), else ``TZ``, else the
-    server's local zone (never the browser's, so every viewer sees the same time). An unknown name falls back."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    for name in (zone, os.environ.get("TZ")):
-        if name and name.strip():
-            try:
-                return ZoneInfo(name.strip().lstrip(":"))
-            except (ZoneInfoNotFoundError, ValueError):
-                continue
-    return datetime.now().astimezone().tzinfo
-
-
-def local_time(timestamp: Any, zone: str | None = None) -> str:
-    """A stored UTC ISO timestamp as ``2026-11-28 09:45:52 CST`` in :func:`display_zone` (the zone's abbreviation,
-    or its UTC offset when it has none); text that is no timestamp comes back as it is."""
-    try:
-        moment = datetime.fromisoformat(str(timestamp))
-    except ValueError:
-        return "" if timestamp is None else str(timestamp)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    moment = moment.astimezone(display_zone(zone))
-    label = moment.tzname() or ""
-    if not label or label[0] in "+-":
-        offset = moment.strftime("%z")
-        label = f"UTC{offset[:3]}:{offset[3:]}" if offset else "UTC"
-    return f"{moment:%Y-%m-%d %H:%M:%S} {label}"
+        return self.read(lambda connection: int(connection.execute(sa.select(sa.func.count()).select_from(runs))
+                                                .scalar_one()), "count the runs")
 
 
 def _conditions(filters: dict) -> list[sa.ColumnElement[bool]]:
@@ -695,26 +548,24 @@ def _conditions(filters: dict) -> list[sa.ColumnElement[bool]]:
     return conditions
 
 
-def correction_record(row: Any) -> dict:
-    """One ``corrections`` row as a dict, its ``measurements`` parsed."""
-    record = dict(row)
-    if isinstance(record.get("measurements"), str):
-        with suppress(ValueError):
-            record["measurements"] = json.loads(record["measurements"])
-    return record
+def _newest_corrections() -> sa.Select[Any]:
+    """The newest correction of each run whose id is in the expanding parameter ``run_ids``."""
+    other = corrections.alias("other_version")
+    newest = sa.select(sa.func.max(other.c.version)).where(other.c.run_id == corrections.c.run_id).scalar_subquery()
+    return sa.select(corrections).where(corrections.c.run_id.in_(sa.bindparam("run_ids", expanding=True)),
+                                        corrections.c.version == newest)
+
+
+_NEWEST_CORRECTIONS = _newest_corrections()  # built once: building the statement costs more than running it
 
 
 def latest_corrections(connection: Connection, run_ids: Iterable[int]) -> dict[int, dict]:
-    """The newest correction of each of ``run_ids`` that has one, by run id."""
+    """The newest correction of each of ``run_ids`` that has one, by run id (read on ``connection``, so inside the
+    caller's transaction)."""
     id_list = sorted({int(i) for i in run_ids})
     found: dict[int, dict] = {}
     for start in range(0, len(id_list), 500):  # bounded IN lists
-        newest = (sa.select(corrections.c.run_id, sa.func.max(corrections.c.version).label("version"))
-                  .where(corrections.c.run_id.in_(id_list[start:start + 500])).group_by(corrections.c.run_id)
-                  .subquery())
-        query = sa.select(corrections).join(newest, sa.and_(corrections.c.run_id == newest.c.run_id,
-                                                             corrections.c.version == newest.c.version))
-        for row in connection.execute(query).mappings():
+        for row in connection.execute(_NEWEST_CORRECTIONS, {"run_ids": id_list[start:start + 500]}).mappings():
             found[int(row["run_id"])] = correction_record(row)
     return found
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from core import catalog, i18n
 from core.errors import RequestError, UUSICError
-from core.history import local_time
+from core.history_format import local_time
 
 log = logging.getLogger("uusic.report")
 

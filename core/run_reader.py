@@ -38,7 +38,10 @@ class RunReader:
         return decode_row(row)
 
     def runs_csv(self, filters: dict | None = None, limit: int = 10000) -> str:
-        return self._recorder.store.to_csv(self.runs(filters, limit=limit))
+        """The runs as the machine-readable CSV (:func:`core.runs_table.history_csv`)."""
+        from core.runs_table import history_csv
+
+        return history_csv(self.runs(filters, limit=limit))
 
     def mask_png(self, response: AnalysisResponse | dict) -> bytes:
         """The PNG bytes of a segmentation response's mask (it must lie under ``api_out/``)."""

@@ -1,11 +1,11 @@
-"""The run history as a table people read: the dashboard's CSV download (issue 23 item 6).
+"""The run history as CSV: the machine-readable table (:func:`history_csv`, ``GET /v1/history.csv``) and the table
+people read (:func:`readable_csv`, the dashboard's download, issue 23 item 6). Every cell of both goes through
+:func:`core.history_format.spreadsheet_cell`.
 
-One row per run, the user's file name first, headers with units in the UI's language (``lang`` "zh" or "en"), local
-times with the zone named, one value per cell (measurements flattened into named columns, no JSON), the segmented
-target named from :mod:`core.catalog`, and no server paths (a mask is named by its file name only).
-
-The machine-readable CSV (every stored column, snake_case) stays :meth:`core.history.HistoryStore.to_csv`
-(``GET /v1/history.csv``); this module only reads rows.
+The readable table has one row per run, the user's file name first, headers with units in the UI's language
+(``lang`` "zh" or "en"), local times with the zone named, one value per cell (measurements flattened into named
+columns, no JSON), the segmented target named from :mod:`core.catalog`, and no server paths (a mask is named by its
+file name only). This module only reads rows.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from typing import Any
 
 from core import catalog, i18n
 from core.errors import UnknownDataset
-from core.history import (
+from core.history import COLUMN_NAMES
+from core.history_format import (
     MEASUREMENT_ORDER,
     display_name,
     display_zone,
     flat_fields,
+    flat_order,
     local_time,
     spreadsheet_cell,
 )
@@ -39,6 +41,27 @@ HEADERS: dict[str, tuple[str, str]] = {  # column key → (zh, en) header
     "mask": ("掩膜文件", "Mask file"), "error": ("错误", "Error"),
 }
 UNITS = {"_px": "px", "_mm2": "mm²", "_mm": "mm", "_deg": "°"}
+
+
+def history_csv(rows: list[dict]) -> str:
+    """CSV text of ``rows`` (the store's columns first, then one flat column per measurement with its unit in
+    the name, as :func:`core.history_format.flat_fields` gives them, then any others); lists and dicts as JSON.
+
+    The one machine-readable CSV writer of the history (API ``/v1/history.csv``). Safe to open in a spreadsheet:
+    a cell (header included) that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a
+    leading ``'`` so it is never run as a formula; numbers (``-1.5``, ``+3``, ``-2e-3``, as numbers or as text)
+    stay numbers."""
+    flats = [flat_fields(row) for row in rows]
+    flat_names = flat_order({k for flat in flats for k in flat})
+    extra = sorted({str(k) for r in rows for k in r} - set(COLUMN_NAMES) - set(flat_names))
+    fields = [*COLUMN_NAMES, *flat_names, *extra]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow([spreadsheet_cell(name) for name in fields])
+    for row, flat in zip(rows, flats, strict=True):
+        values = {**flat, **{str(k): v for k, v in row.items()}}
+        writer.writerow([spreadsheet_cell(values.get(name)) for name in fields])
+    return buffer.getvalue()
 
 
 def _header(key: str, lang: str, **values: Any) -> str:
@@ -149,7 +172,7 @@ def readable_row(row: dict, lang: str = "en", zone: str | None = None) -> dict[s
 
 
 def _cell(value: Any) -> Any:
-    """A spreadsheet-safe cell (:func:`core.history.spreadsheet_cell`), its text on one line."""
+    """A spreadsheet-safe cell (:func:`core.history_format.spreadsheet_cell`), its text on one line."""
     return spreadsheet_cell(" ".join(value.split()) if isinstance(value, str) else value)
 
 

@@ -114,7 +114,7 @@ def row_files(settings: Settings, row: dict, roots: dict[str, Path] | None = Non
     """The workspace files a run needs: its input and the kept original (``source_path_relative``: a DICOM upload's
     original, a cine's container) when they lie in ``api_in/``, its mask and TTA agreement map when they lie in
     ``api_out/`` (files elsewhere, e.g. the data root or a CLI output folder, are not the workspace's)."""
-    from core.history import json_dict  # SQLAlchemy and Alembic only when rows are read
+    from core.history_format import json_dict  # imported only when rows are read
 
     roots = roots or _roots(settings)
     request, response = json_dict(row.get("request")), json_dict(row.get("response"))

@@ -19,7 +19,8 @@ import streamlit as st
 from PIL import Image
 
 from core import catalog, i18n, overlay
-from core.history import decode_row, display_name, display_zone, flat_fields, json_dict, local_time
+from core.history import decode_row
+from core.history_format import display_name, display_zone, flat_fields, json_dict, local_time
 from core.runs_table import cine_groups, frame_number, readable_csv
 from pages.common import (
     choice,

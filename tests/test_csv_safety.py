@@ -1,5 +1,5 @@
-"""CSV exports of the history never carry a spreadsheet formula: ``HistoryStore.to_csv`` (the one writer, used by the
-API's ``/v1/history.csv`` and the dashboard's download) puts a ``'`` before any cell that starts with ``=``, ``+``,
+"""CSV exports of the history never carry a spreadsheet formula: ``core.runs_table.history_csv`` (the API's
+``/v1/history.csv``) and the dashboard's readable CSV put a ``'`` before any cell that starts with ``=``, ``+``,
 ``-``, ``@``, a tab or a carriage return, except numbers, which stay numbers."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import io
 
 import pytest
 
+from core import runs_table
 from core.history import COLUMN_NAMES, HistoryStore
+from core.runs_table import history_csv
 
 # (stored text, the cell a spreadsheet gets)
 TEXT_CASES = [
@@ -69,7 +71,7 @@ def _parsed(text: str) -> list[dict]:
 @pytest.mark.parametrize(("value", "cell"), TEXT_CASES)
 def test_to_csv_neutralises_formulas_in_every_text_column(value, cell):
     row = dict.fromkeys(TEXT_COLUMNS, value) | {"id": 1, "source": "api", "timestamp": "2026-01-01T00:00:00Z"}
-    [parsed] = _parsed(HistoryStore.to_csv([row]))
+    [parsed] = _parsed(history_csv([row]))
     assert {column: parsed[column] for column in TEXT_COLUMNS} == dict.fromkeys(TEXT_COLUMNS, cell)
 
 
@@ -79,7 +81,7 @@ NUMBER_CASES = [(-1, "-1"), (-1.5, "-1.5"), (0, "0"), (3, "3"), (-2e-3, "-0.002"
 
 @pytest.mark.parametrize(("value", "cell"), NUMBER_CASES)
 def test_numbers_stay_numbers(value, cell):
-    [parsed] = _parsed(HistoryStore.to_csv([{"prediction": value, "inference_time_sec": value}]))
+    [parsed] = _parsed(history_csv([{"prediction": value, "inference_time_sec": value}]))
     assert parsed["prediction"] == parsed["inference_time_sec"] == cell
 
 
@@ -89,13 +91,13 @@ def test_numbers_stay_numbers(value, cell):
     ([-0.25, 1.25], "[-0.25, 1.25]"),
 ])
 def test_json_cells_are_json_and_never_a_formula(value, cell):
-    [parsed] = _parsed(HistoryStore.to_csv([{"measurements": value, "probabilities": value}]))
+    [parsed] = _parsed(history_csv([{"measurements": value, "probabilities": value}]))
     assert parsed["measurements"] == parsed["probabilities"] == cell
 
 
 @pytest.mark.parametrize(("key", "header"), [("=evil", "'=evil"), ("@x", "'@x"), ("-1", "-1"), ("plain", "plain")])
 def test_extra_columns_and_their_headers_are_neutralised(key, header):
-    text = HistoryStore.to_csv([{"img_name": "x.png", key: "=2+2"}])
+    text = history_csv([{"img_name": "x.png", key: "=2+2"}])
     head, row = list(csv.reader(io.StringIO(text, newline="")))
     assert head[: len(COLUMN_NAMES)] == list(COLUMN_NAMES) and head[len(COLUMN_NAMES):] == [header]
     assert row[-1] == "'=2+2"
@@ -103,7 +105,7 @@ def test_extra_columns_and_their_headers_are_neutralised(key, header):
 
 def test_no_cell_of_a_hostile_export_starts_a_formula():
     rows = [dict.fromkeys(TEXT_COLUMNS, value) | {"prediction": -1, "mask_area_px": -5} for value, _ in TEXT_CASES]
-    for record in csv.reader(io.StringIO(HistoryStore.to_csv(rows), newline="")):
+    for record in csv.reader(io.StringIO(history_csv(rows), newline="")):
         for cell in record:
             if cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
                 float(cell)  # only numbers may start so
@@ -120,7 +122,7 @@ def hostile_store(history_target):
 
 
 def test_stored_rows_export_neutralised(hostile_store):
-    parsed = _parsed(HistoryStore.to_csv(hostile_store.list()))
+    parsed = _parsed(history_csv(hostile_store.list()))
     assert sorted(p["img_name"] for p in parsed) == sorted(cell for _, cell in TEXT_CASES)
     assert {p["prediction"] for p in parsed} == {"-1"} and {p["inference_time_sec"] for p in parsed} == {"-1.5"}
     assert all(p["error"] == p["img_name"] == p["dataset_name"] for p in parsed)
@@ -129,14 +131,14 @@ def test_stored_rows_export_neutralised(hostile_store):
 @pytest.fixture()
 def spy_to_csv(monkeypatch):
     calls: list[str] = []
-    original = HistoryStore.to_csv
+    original = runs_table.history_csv
 
     def spy(rows):
         text = original(rows)
         calls.append(text)
         return text
 
-    monkeypatch.setattr(HistoryStore, "to_csv", staticmethod(spy))
+    monkeypatch.setattr(runs_table, "history_csv", spy)
     return calls
 
 
@@ -176,11 +178,11 @@ def spy_readable_csv(monkeypatch):
 
 def test_the_dashboard_export_neutralises_every_formula(dashboard_env, spy_readable_csv):
     """The dashboard's download is the readable CSV (one line per cell); its cells go through the same
-    spreadsheet-safe cell as the API's CSV (core.history.spreadsheet_cell)."""
+    spreadsheet-safe cell as the API's CSV (core.history_format.spreadsheet_cell)."""
     pytest.importorskip("streamlit.testing.v1")
     from streamlit.testing.v1 import AppTest
 
-    from core.history import spreadsheet_cell
+    from core.history_format import spreadsheet_cell
     from core.settings import PROJECT_ROOT
 
     store = HistoryStore(dashboard_env.history_db)

@@ -17,7 +17,9 @@ from conftest import dicom_bytes, ultrasound_dicom
 from PIL import Image
 
 from core import i18n
-from core.history import HistoryStore, display_name, local_time, record_run
+from core.history import HistoryStore, record_run
+from core.history_format import display_name, local_time
+from core.runs_table import history_csv
 from core.settings import PROJECT_ROOT, Settings
 
 pytest.importorskip("streamlit.testing.v1")
@@ -47,7 +49,7 @@ def test_csv_has_flat_measurement_columns_with_units_next_to_the_json(tmp_path):
     record_run(store, request, SEG_RESPONSE, source="dashboard")
     record_run(store, {"task": "classification", "dataset_name": "BUSI", "img_path_relative": "x.png"},
                {"task": "classification", "prediction": 1, "probability": [0.2, 0.8]}, source="api")
-    text = store.to_csv(store.list())
+    text = history_csv(store.list())
     header = next(csv.reader(io.StringIO(text)))
     flat = ["area_px", "area_mm2", "longest_diameter_px", "head_circumference_px", "head_circumference_mm",
             "pixel_spacing_mm", "pixel_spacing_source", "frame_index", "frame_count", "original_name"]

@@ -13,7 +13,7 @@ from test_dashboard_history import _open, _sample
 
 from core import i18n
 from core.history import COLUMN_NAMES, HistoryStore, record_run
-from core.runs_table import measurement_header, readable_csv
+from core.runs_table import history_csv, measurement_header, readable_csv
 
 SEG = {
     "task": "segmentation", "dataset_name": "Fetal_HC", "organ": "Head", "img_path_relative": "api_in/a-1f2e.png",
@@ -74,7 +74,7 @@ def test_readable_csv_headers_units_names_and_no_paths(tmp_path, lang):
 
 
 def test_the_api_csv_keeps_its_machine_columns(tmp_path):
-    header = next(csv.reader(io.StringIO(HistoryStore.to_csv(_rows(tmp_path)))))
+    header = next(csv.reader(io.StringIO(history_csv(_rows(tmp_path)))))
     assert header[: len(COLUMN_NAMES)] == list(COLUMN_NAMES)  # /v1/history.csv: unchanged, snake_case
 
 

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from core.errors import HistoryError
 from core.history import COLUMN_NAMES, SOURCES, HistoryStore, decode_row, head_revision, record_run
+from core.runs_table import history_csv
 
 CLS_REQUEST = {"img_name": "a b.png", "img_path_relative": "api_in/a b.png", "task": "classification",
                "dataset_name": "BUSI", "organ": "Breast"}
@@ -161,13 +162,13 @@ def test_filters_and_csv(history_target):
     assert len(store.list({"since": "2020-01-02T10:00", "until": "2020-01-02T10:00:00.000+00:00"})) == 1
     assert len(store.list(limit=1)) == 1
     rows = store.list({"organ": "Thyroid"})
-    parsed = list(csv.DictReader(io.StringIO(store.to_csv(rows))))
+    parsed = list(csv.DictReader(io.StringIO(history_csv(rows))))
     assert len(parsed) == 2 and list(parsed[0])[: len(COLUMN_NAMES)] == list(COLUMN_NAMES)
     assert {p["img_name"] for p in parsed} == {"x_1.png", "old_100%.png"}
     seg_row = next(p for p in parsed if p["img_name"] == "x_1.png")
     assert json.loads(seg_row["measurements"])["area_px"] == 321 and seg_row["mask_area_px"] == "321"
     assert seg_row["area_px"] == "321"  # and the measurement's own flat column
-    assert store.to_csv([]).strip() == ",".join(COLUMN_NAMES)
+    assert history_csv([]).strip() == ",".join(COLUMN_NAMES)
     store.close()
 
 
@@ -175,7 +176,7 @@ def test_csv_has_the_new_columns(history_target):
     store = HistoryStore(history_target)
     record_run(store, SEG_REQUEST, None, source="batch", error="cannot decode", error_type="ImageError",
                batch_id="batch-7")
-    header, row = list(csv.reader(io.StringIO(store.to_csv(store.list()))))
+    header, row = list(csv.reader(io.StringIO(history_csv(store.list()))))
     assert header[-len(NEW_COLUMNS):] == list(NEW_COLUMNS) and header == list(COLUMN_NAMES)
     assert dict(zip(header, row, strict=True))["error_type"] == "ImageError"
     assert dict(zip(header, row, strict=True))["batch_id"] == "batch-7"
