@@ -21,6 +21,7 @@ from PIL import Image
 from core import catalog, i18n, overlay
 from core.history import decode_row
 from core.history_format import display_name, display_zone, flat_fields, json_dict, local_time
+from core.measure_table import is_number
 from core.runs_table import cine_groups, frame_number, readable_csv
 from pages.common import (
     choice,
@@ -30,6 +31,7 @@ from pages.common import (
     lang,
     md_literal,
     measure_rows,
+    measurement_table,
     page_header,
     scrub_literal,
     scrub_paths,
@@ -60,10 +62,6 @@ def _value(row: dict, *names, default=None):
         if row.get(name) not in (None, ""):
             return row[name]
     return default
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def organ_name(organ: str) -> str:
@@ -125,8 +123,8 @@ def _entry_values(entry: list[dict]) -> dict:
         r = entry[0]
         return {"frames_shown": "—", "mask_area_px_shown": _cell(r.get("mask_area_px")),
                 "inference_time_sec_shown": _cell(r.get("inference_time_sec"))}
-    areas = [r["mask_area_px"] for r in entry if _number(r.get("mask_area_px"))]
-    seconds = [r["inference_time_sec"] for r in entry if _number(r.get("inference_time_sec"))]
+    areas = [r["mask_area_px"] for r in entry if is_number(r.get("mask_area_px"))]
+    seconds = [r["inference_time_sec"] for r in entry if is_number(r.get("inference_time_sec"))]
     span = _cell(min(areas)) if areas and min(areas) == max(areas) else (
         f"{_cell(min(areas))} – {_cell(max(areas))}" if areas else "—")
     return {"frames_shown": tr("h_cine_frames", n=len(entry)), "mask_area_px_shown": span,
@@ -143,7 +141,7 @@ def table(entries: list[list[dict]]) -> pd.DataFrame:
         shown = {"id_shown": r.get("id"), "timestamp_shown": _when(r.get("timestamp")),
                  "source_shown": source_name(r.get("source")), "img_name_shown": display_name(r) or "—",
                  "task_shown": task_label(r.get("task")), "organ_shown": organ_name(r["organ"]) if r.get("organ")
-                 else "—", "label_name_shown": class_label(r, r["prediction"]) if _number(r.get("prediction"))
+                 else "—", "label_name_shown": class_label(r, r["prediction"]) if is_number(r.get("prediction"))
                  else _cell(r.get("label_name"))}
         for column in ("dataset_name", "model_name", "error_type"):
             shown[f"{column}_shown"] = _cell(r.get(column))
@@ -167,7 +165,7 @@ def frames_table(entry: list[dict]) -> pd.DataFrame:
                      tr("hcol_mask_area_px"): _cell(r.get("mask_area_px")),
                      tr("h_frame_area_mm2"): _cell(measurements.get("area_mm2")),
                      tr("h_frame_length"): _cell(length),
-                     tr("hcol_label_name"): class_label(r, r["prediction"]) if _number(r.get("prediction"))
+                     tr("hcol_label_name"): class_label(r, r["prediction"]) if is_number(r.get("prediction"))
                      else _cell(r.get("label_name")),
                      tr("hcol_error_type"): _cell(r.get("error_type"))})
     shown = pd.DataFrame(rows)
@@ -246,24 +244,9 @@ def _load(what, run_id: int):
         return None
 
 
-def measurement_table(measurements: dict) -> pd.DataFrame:
-    """One row per measurement: its name, the pixel value and the millimetre value with units."""
-    rows = []
-    for base in i18n.MEASURE_LABELS:
-        px = measurements.get(f"{base}_px")
-        if not _number(px):
-            continue
-        area = base == "area"
-        mm = measurements.get(f"{base}_mm2" if area else f"{base}_mm")
-        rows.append({tr("measure_name"): i18n.measure_label(base, L),
-                     f"{tr('measure_value')} (px)": f"{px:,.1f} {'px²' if area else 'px'}",
-                     f"{tr('measure_value')} (mm)": f"{mm:,.2f} {'mm²' if area else 'mm'}" if _number(mm) else "—"})
-    return pd.DataFrame(rows)
-
-
 def spacing_line(response: dict) -> str:
     spacing = response.get("pixel_spacing_mm")
-    if not _number(spacing):
+    if not is_number(spacing):
         return tr("h_spacing_none")
     source = response.get("pixel_spacing_source")
     key = f"cl_source_{source or 'unknown'}"
@@ -302,7 +285,7 @@ def show_segmentation(row: dict, picture: np.ndarray) -> None:
 
 
 def probability_chart(row: dict, probabilities: list[float], uncertainty: dict | None = None) -> go.Figure:
-    predicted = int(row["prediction"]) if _number(row.get("prediction")) else -1
+    predicted = int(row["prediction"]) if is_number(row.get("prediction")) else -1
     names = [class_label(row, i) for i in range(len(probabilities))]
     colors = ["#e4572e" if i == predicted else "#9bb1c8" for i in range(len(probabilities))]
     figure = go.Figure(go.Bar(x=names, y=probabilities, marker_color=colors,
@@ -332,7 +315,7 @@ def show_classification(row: dict, picture: np.ndarray) -> None:
     left, right = st.columns([1, 2])
     left.image(picture, width="stretch")
     probabilities = _probabilities(row)
-    if _number(row.get("prediction")):
+    if is_number(row.get("prediction")):
         index = int(row["prediction"])
         share = f" ({probabilities[index]:.1%})" if probabilities and 0 <= index < len(probabilities) else ""
         right.subheader(md_literal(class_label(row, index)) + share)
@@ -368,7 +351,7 @@ def show_uncertainty(response: dict) -> None:
     if response.get("task") == "classification":
         st.caption(tr("cl_tta_bars"))
         return
-    if _number(spread.get("agreement_mean")):
+    if is_number(spread.get("agreement_mean")):
         st.metric(tr("cl_agreement"), f"{float(spread['agreement_mean']):.3f}")
     stats = spread.get("measurement_spread") or {}
     columns = {tr(f"cl_stat_{name}"): {k: (v or {}).get(name) for k, v in stats.items()}
@@ -525,8 +508,8 @@ def compare_numbers(a: dict, b: dict) -> pd.DataFrame:
         return pd.DataFrame(rows)
     ma = a.get("measurements") if isinstance(a.get("measurements"), dict) else {}
     mb = b.get("measurements") if isinstance(b.get("measurements"), dict) else {}
-    keys = [k for k in dict.fromkeys([*ma, *mb]) if _number(ma.get(k)) or _number(mb.get(k))]
-    difference = {k: float(mb[k]) - float(ma[k]) for k in keys if _number(ma.get(k)) and _number(mb.get(k))}
+    keys = [k for k in dict.fromkeys([*ma, *mb]) if is_number(ma.get(k)) or is_number(mb.get(k))]
+    difference = {k: float(mb[k]) - float(ma[k]) for k in keys if is_number(ma.get(k)) and is_number(mb.get(k))}
     table_rows = measure_rows(keys, {first: ma, second: mb, tr("h_difference"): difference})
     return pd.concat([pd.DataFrame(rows), table_rows], ignore_index=True)
 
