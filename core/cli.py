@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from core.response import BatchResult
     from core.service import AnalysisService
+    from core.settings import Settings
 
 USAGE = """usage: python -m core <command> [options]
 
@@ -82,6 +83,11 @@ def _predict_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _records(args: argparse.Namespace, settings: Settings) -> bool:
+    """Whether this predict run lands in the history (``--record`` / ``--no-record``, else UUSIC_RECORD_CLI)."""
+    return bool(args.record) if args.record is not None else settings.record_cli_runs
+
+
 def _build_service(args: argparse.Namespace) -> AnalysisService:
     """The analysis service over the engine the options describe (manifest model or ad-hoc weights)."""
     from core.engine import Engine
@@ -105,7 +111,7 @@ def _build_service(args: argparse.Namespace) -> AnalysisService:
         return build_service(settings, args.model, spec, mask_inverse=args.mask_resize, address=args.address,
                              concurrency=args.concurrency, num_gpus=args.num_gpus_per_worker, threads=args.threads)
     engine = Engine(settings, args.model, spec=spec, mask_inverse=args.mask_resize, measurements=False)
-    return AnalysisService(settings, engine=engine)
+    return AnalysisService(settings, engine=engine, workspace_check=_records(args, settings))  # no history: no check
 
 
 def _report(result, output_dir: Path) -> int:
@@ -159,7 +165,7 @@ def predict_main(argv: list[str]) -> int:
     info = service.model_info()
     print(f"model {info['name']} ({info['arch']}, sha256 {info['sha256'][:12]}…) on {info['device_name']}",
           file=sys.stderr)
-    record = args.record if args.record is not None else service.settings.record_cli_runs
+    record = _records(args, service.settings)
     if args.frames is not None:
         return _predict_frames(service, entries, args, record)
     result = _predict_batch(service, entries, args, record)

@@ -78,11 +78,12 @@ class AnalysisBackend(Protocol):
 
 class AnalysisService:
     """Owns a case from request to history row; one per process and settings (:func:`core.client.open_service`).
-    ``runner`` is how a batch's groups run (:class:`core.analysis.GroupRunner`; default: threads here)."""
+    ``runner`` is how a batch's groups run (:class:`core.analysis.GroupRunner`; default: threads here);
+    ``workspace_check=False``: no start-up check of the workspace (a process that records nothing)."""
 
     def __init__(self, settings: Settings | None = None, *, engine: Engine | None = None,
                  store: HistoryStore | None = None, model: str | None = None, micro_batch: bool | None = None,
-                 runner: GroupRunner | None = None):
+                 runner: GroupRunner | None = None, workspace_check: bool = True):
         self.settings = settings or Settings.from_env()
         self.settings.ensure_workspace()
         self.pool = ModelPool(self.settings, engine=engine, model=model, micro_batch=micro_batch)
@@ -90,10 +91,11 @@ class AnalysisService:
         self.analyzer = Analyzer(self.settings, self.pool, self.recorder, runner)
         self.frames = FrameAnalyzer(self.analyzer)
         self.reader = RunReader(self.settings, self.recorder)
-        from core.workspace import StartupCheck
+        from core.workspace import SkippedCheck, StartupCheck
 
         # temp files, orphans, rows whose files are gone (background); a store handed in is checked, else its own
-        self.workspace_check = StartupCheck(self.settings, self.recorder.given_store)
+        self.workspace_check: StartupCheck | SkippedCheck = (
+            StartupCheck(self.settings, self.recorder.given_store) if workspace_check else SkippedCheck())
 
     # ------------------------------------------------------------------------------------------ the models
     @property

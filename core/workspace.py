@@ -384,6 +384,17 @@ def check(settings: Settings, store: HistoryStore | None, *, limit: int | None =
     return report
 
 
+class SkippedCheck:
+    """No workspace check: a process that records nothing and leaves the workspace alone (the batch CLI without
+    ``--record``) does not pay for opening the history."""
+
+    def summary(self) -> dict[str, Any]:
+        return {"state": "skipped"}
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+
 class StartupCheck:
     """:func:`check` once, in a background thread, for a service's settings; :meth:`summary` is its ``/healthz``
     entry. ``store``: the history store handed to the service, else the check opens (and closes) its own, so the

@@ -190,7 +190,8 @@ def test_predict_process_with_a_cached_conversion_imports_no_torch(converted_sma
     line = next(x for x in done.stderr.splitlines() if x.startswith("startup: "))
     probe = json.loads(line.removeprefix("startup: "))
     assert probe["images"] == 2 and probe["first_result_unix"] is not None
-    imported = [name for name in ("torch", "ray", "highdicom", "fpdf", "av", "scipy", "tqdm")
+    # and, recording nothing, no history store and no start-up check of it (SQLAlchemy, Alembic)
+    imported = [name for name in ("torch", "ray", "highdicom", "fpdf", "av", "scipy", "tqdm", "sqlalchemy", "alembic")
                 if probe["imported"][name]]
     assert imported == [], f"imported by `python -m core predict`: {imported}"
     assert list(json.loads((tmp_path / "out" / "classification.json").read_text())) == [
