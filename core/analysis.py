@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core import recognition
 from core.editing import parse_edits
@@ -32,26 +32,54 @@ Runnable = list[tuple[int, PredictRequest]]  # (entry index, parsed request) of 
 Found = tuple["recognition.Recognition | None", float]  # the recogniser's answer (None: unavailable), its seconds
 
 
+Recognise = Callable[["Prepared"], Found]  # the recogniser's stage: a decoded image → its answer
+
+
 class GroupRunner(Protocol):
-    """Runs one model's group of a batch, calling ``on_result`` once per entry (exactly one of response / error)."""
+    """Runs one model's group of a batch, calling ``on_result`` once per entry (exactly one of response / error).
+    ``recognise``: the organ recogniser's stage, run on each decoded image by a runner that decodes here."""
 
     def run(self, engine: Engine, runnable: Runnable, on_result: OnResult, *, output_dir: Path,
-            input_dir: Path | None, batch_size: int, workers: int) -> None: ...
+            input_dir: Path | None, batch_size: int, workers: int, recognise: Recognise | None = None) -> None: ...
 
 
 class LocalGroups:
     """Threads decode ahead of batched forward passes in this process (:func:`core.batching.run_batch`)."""
 
     def run(self, engine: Engine, runnable: Runnable, on_result: OnResult, *, output_dir: Path,
-            input_dir: Path | None, batch_size: int, workers: int) -> None:
+            input_dir: Path | None, batch_size: int, workers: int, recognise: Recognise | None = None) -> None:
         from core.batching import run_batch
         from core.routing import max_batch
 
         def by_entry(position: int, response: dict | None, exc: BaseException | None) -> None:
             on_result(runnable[position][0], response, exc)
 
-        run_batch(engine, [parsed for _, parsed in runnable], output_dir=output_dir, on_result=by_entry,
+        stages = RecognisingStages(engine, recognise) if recognise is not None else engine
+        run_batch(stages, [parsed for _, parsed in runnable], output_dir=output_dir, on_result=by_entry,
                   batch_size=max_batch(engine, batch_size), input_dir=input_dir, workers=workers)
+
+
+class RecognisingStages:
+    """An engine's three batch stages (:class:`core.batching.Engine`) with the recogniser after ``prepare`` and its
+    answer added by ``finish``: a batch's images are decoded once for both."""
+
+    def __init__(self, engine: Engine, recognise: Recognise):
+        self.engine, self.recognise = engine, recognise
+        self.found: dict[int, Found] = {}
+
+    def prepare(self, request: Any, *, input_dir: Path | None = None) -> Prepared:
+        prepared = self.engine.prepare(request, input_dir=input_dir)
+        self.found[id(prepared)] = self.recognise(prepared)
+        return prepared
+
+    def forward(self, batch: list[Prepared]) -> tuple[list[Any], float, Any]:
+        return self.engine.forward(batch)
+
+    def finish(self, prepared: Prepared, raw: Any, *, output_dir: Path, forward_sec: float, gpu: Any) -> dict:
+        response = self.engine.finish(prepared, raw, output_dir=output_dir, forward_sec=forward_sec, gpu=gpu)
+        found, seconds = self.found.pop(id(prepared), (None, 0.0))
+        _add_recognition(response, found, seconds, prepared.request)
+        return response
 
 
 class Analyzer:
@@ -171,9 +199,9 @@ class Analyzer:
 
         with self.held(entries):
             for name, runnable in groups.items():
-                engine = cast("Engine", _Recognising(self.pool.engine(name), self))
-                self.runner.run(engine, runnable, on_result, output_dir=out_dir,
-                                input_dir=input_dir, batch_size=batch_size, workers=workers)
+                self.runner.run(self.pool.engine(name), runnable, on_result, output_dir=out_dir,
+                                input_dir=input_dir, batch_size=batch_size, workers=workers,
+                                recognise=self.recognised)
         final = [item for item in items if item is not None]
         if record:  # a screened entry is recorded as parsed (never validated twice)
             parsed = {index: request for runnable in groups.values() for index, request in runnable}
@@ -207,32 +235,6 @@ class Analyzer:
                 continue
             groups.setdefault(engine.spec.name, []).append((index, parsed))
         return groups
-
-
-class _Recognising:
-    """An engine whose ``prepare`` also runs the organ recogniser on the decoded image (refusing it when the settings
-    say so) and whose ``finish`` adds the result to the response: a batch's images are decoded once."""
-
-    def __init__(self, engine: Engine, analyzer: Analyzer):
-        self.engine, self.analyzer = engine, analyzer
-        self.found: dict[int, tuple[recognition.Recognition | None, float]] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.engine, name)
-
-    def prepare(self, request: Any, *, input_dir: Path | None = None) -> Prepared:
-        prepared = self.engine.prepare(request, input_dir=input_dir)
-        self.found[id(prepared)] = self.analyzer.recognised(prepared)
-        return prepared
-
-    def forward(self, batch: list[Prepared]) -> tuple[list[Any], float, Any]:
-        return self.engine.forward(batch)
-
-    def finish(self, prepared: Prepared, raw: Any, *, output_dir: Path, forward_sec: float, gpu: Any) -> dict:
-        response = self.engine.finish(prepared, raw, output_dir=output_dir, forward_sec=forward_sec, gpu=gpu)
-        found, seconds = self.found.pop(id(prepared), (None, 0.0))
-        _add_recognition(response, found, seconds, prepared.request)
-        return response
 
 
 def _add_recognition(response: dict, found: recognition.Recognition | None, seconds: float,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from core import catalog
-from core.analysis import OnResult, Runnable
+from core.analysis import OnResult, Recognise, Runnable
 from core.cluster import ClusterError, connect, import_ray
 from core.engine import Engine, Prepared
 from core.errors import error_body, error_from_body
@@ -145,8 +145,9 @@ class RayGroups:
             self._started = False
 
     def run(self, engine: Engine, runnable: Runnable, on_result: OnResult, *, output_dir: Path,
-            input_dir: Path | None, batch_size: int, workers: int) -> None:
-        """Chunks of ``batch_size`` decoded by Ray tasks, forwarded by the engine actors, in input order."""
+            input_dir: Path | None, batch_size: int, workers: int, recognise: Recognise | None = None) -> None:
+        """Chunks of ``batch_size`` decoded by Ray tasks, forwarded by the engine actors, in input order (the images
+        are decoded in Ray tasks, so ``recognise`` is not run here: the responses say ``recognition: null``)."""
         size = max_batch(engine, batch_size)
         chunks = [runnable[i:i + size] for i in range(0, len(runnable), size)]
         if not chunks:
