@@ -245,6 +245,48 @@ def _restore_torch_threads():
         torch.set_num_threads(before)
 
 
+def small_demo_weights(weights: Path) -> Path:
+    """A small demo-architecture network (64 px, letterbox, seed 0) named "small" alone in the ``weights`` folder."""
+    from core.models import demo_unet
+
+    weights.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    net = demo_unet.DemoUNet(demo_unet.DemoConfig(widths=(4, 8, 8, 8, 8)))
+    demo_unet.save_checkpoint(net, weights / "small.pt", meta={"input_size": 64, "seed": 0})
+    entry = {"name": "small", "arch": "demo_unet", "file": "small.pt", "input_size": 64, "preprocessing": "letterbox"}
+    (weights / "models.json").write_text(json.dumps([entry]))
+    return weights
+
+
+def recorded_run(settings: Settings, store: Any, request: dict, name: str, *, source: str = "api") -> int:
+    """A successful run recorded as the service records one, without running a model (a segmentation's mask is the
+    data root's ground truth, copied into api_out/ as ``name``; a classification says class 0)."""
+    from core.history import record_run
+
+    response = {**request, "pixel_spacing_mm": request.get("pixel_spacing_mm")}
+    if request["task"] == "segmentation":
+        ground_truth = Path(settings.data_root) / request["img_path_relative"].replace("/imgs/", "/masks/")
+        mask = Path(settings.api_out) / "segmentation/DDTI/masks" / name
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        mask.write_bytes(ground_truth.read_bytes())
+        response.update(mask_path=str(mask), mask_area_px=100)
+    else:
+        response.update(prediction=0, probabilities=[0.7, 0.3], probability=[0.7, 0.3])
+    return record_run(store, request, response, source=source)
+
+
+@pytest.fixture()
+def recogniser_answer(monkeypatch) -> dict:
+    """The organ recogniser's fixed answer for every image: ``recogniser_answer["found"]`` (a Recognition; None:
+    unavailable), read at each call."""
+    from core import recognition
+
+    state: dict = {"found": None}
+    recognition.forget()
+    monkeypatch.setattr(recognition, "recognise", lambda rgb, weights_dir=None: state["found"])
+    return state
+
+
 @pytest.fixture(autouse=True)
 def _no_log_handler_outlives_its_test():
     """A log handler that a test's code leaves on the root or ``core`` logger holds that test's captured stderr,

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import recorded_run
 
 from core import backup
 from core.corrections import Corrections, mask_png
 from core.errors import ArchiveError, UUSICError
-from core.history import HistoryStore, record_run
+from core.history import HistoryStore
 from core.service import AnalysisService
 from core.settings import Settings
 
@@ -27,21 +28,6 @@ CLS = {"img_path_relative": "classification/BUSI/imgs/cls_0.png", "task": "class
        "organ": "Breast"}
 KEPT = ("version", "timestamp", "author", "kind", "class_index", "model_class", "reason", "pixels_added",
         "pixels_removed", "dice", "area_px", "area_mm2", "measurements")
-
-
-def recorded_run(settings: Settings, store: HistoryStore, request: dict, name: str) -> int:
-    """A successful run recorded as the service records one (a segmentation's model mask in api_out/), without
-    running a model: the archive is what is tested here."""
-    response = {**request, "pixel_spacing_mm": request.get("pixel_spacing_mm")}
-    if request["task"] == "segmentation":
-        ground_truth = Path(settings.data_root) / request["img_path_relative"].replace("/imgs/", "/masks/")
-        mask = Path(settings.api_out) / "segmentation/DDTI/masks" / name
-        mask.parent.mkdir(parents=True, exist_ok=True)
-        mask.write_bytes(ground_truth.read_bytes())
-        response.update(mask_path=str(mask), mask_area_px=100)
-    else:
-        response.update(prediction=0, probabilities=[0.7, 0.3], probability=[0.7, 0.3])
-    return record_run(store, request, response, source="api")
 
 
 @pytest.fixture()

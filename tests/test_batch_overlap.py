@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import small_demo_weights
 from PIL import Image
 
 from core.batching import in_flight_bound, run_batch
@@ -152,18 +153,10 @@ def converted_small_model(tmp_path: Path) -> Settings:
     backends = pytest.importorskip("core.models.backends")
     if backends.installed("openvino") is not None:
         pytest.skip("openvino is not installed (requirements-fast.txt)")
-    import torch
 
     from core.engine import Engine
-    from core.models import demo_unet
 
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    torch.manual_seed(0)
-    net = demo_unet.DemoUNet(demo_unet.DemoConfig(widths=(4, 8, 8, 8, 8)))
-    demo_unet.save_checkpoint(net, weights / "small.pt", meta={"input_size": 64, "seed": 0})
-    entry = {"name": "small", "arch": "demo_unet", "file": "small.pt", "input_size": 64, "preprocessing": "letterbox"}
-    (weights / "models.json").write_text(json.dumps([entry]))
+    weights = small_demo_weights(tmp_path / "weights")
     backends.clear_cache()  # an artefact of the same weights converted by another test lives in another workspace
     settings = Settings(workspace=tmp_path / "ws", weights_dir=weights, device="cpu", data_root=BUNDLED_SAMPLES,
                         backend="auto")

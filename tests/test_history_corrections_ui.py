@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import recorded_run
 from PIL import Image
 
 from core import i18n
 from core.corrections import Corrections, mask_png
-from core.history import HistoryStore, record_run
+from core.history import HistoryStore
 from core.label_export import export_zip, zip_size
 from core.settings import PROJECT_ROOT, Settings
 from pages.common import md_literal
@@ -29,17 +30,8 @@ CLS = {"img_path_relative": "classification/BUSI/imgs/cls_0.png", "task": "class
 
 
 def _run(settings: Settings, store: HistoryStore, request: dict, name: str) -> int:
-    """A successful run recorded as the service records one (no model needed: the page is what is tested)."""
-    response = dict(request)
-    if request["task"] == "segmentation":
-        ground_truth = Path(settings.data_root) / request["img_path_relative"].replace("/imgs/", "/masks/")
-        mask = Path(settings.api_out) / "segmentation/DDTI/masks" / name
-        mask.parent.mkdir(parents=True, exist_ok=True)
-        mask.write_bytes(ground_truth.read_bytes())
-        response.update(mask_path=str(mask), mask_area_px=100)
-    else:
-        response.update(prediction=0, probabilities=[0.7, 0.3], probability=[0.7, 0.3])
-    return record_run(store, {**request, "original_name": name}, response, source="dashboard")
+    """A successful run as the dashboard records one (no model needed: the page is what is tested)."""
+    return recorded_run(settings, store, {**request, "original_name": name}, name, source="dashboard")
 
 
 @pytest.fixture()

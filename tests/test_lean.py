@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import small_demo_weights
 
 from core.engine import Engine, softmax
 from core.errors import BackendUnavailable
-from core.models import backends, demo_unet, registry
+from core.models import backends, registry
 from core.settings import BUNDLED_SAMPLES, PROJECT_ROOT, Settings
 from tests.tolerances import PROBABILITY_ATOL, assert_probabilities_close
 
@@ -52,13 +53,7 @@ print(json.dumps({"status": answer.status_code, "body": answer.json(), "backends
 @pytest.fixture()
 def small_model(tmp_path: Path):
     """A small demo-architecture network (64 px, letterbox) in its own weights folder; the bundled samples as data."""
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    torch.manual_seed(0)
-    net = demo_unet.DemoUNet(demo_unet.DemoConfig(widths=(4, 8, 8, 8, 8)))
-    demo_unet.save_checkpoint(net, weights / "small.pt", meta={"input_size": 64, "seed": 0})
-    entry = {"name": "small", "arch": "demo_unet", "file": "small.pt", "input_size": 64, "preprocessing": "letterbox"}
-    (weights / "models.json").write_text(json.dumps([entry]))
+    weights = small_demo_weights(tmp_path / "weights")
     registry.clear_cache()
     backends.clear_cache()
     yield Settings(workspace=tmp_path / "ws", weights_dir=weights, device="cpu", data_root=BUNDLED_SAMPLES)

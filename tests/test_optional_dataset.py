@@ -35,12 +35,10 @@ BREAST = recognition.Recognition(organ="Breast", dataset="BUSI", confidence=0.91
 
 
 @pytest.fixture()
-def answer(monkeypatch) -> dict:
+def answer(recogniser_answer: dict) -> dict:
     """The recogniser's fixed answer (``answer["found"]``; None: unavailable) for every image."""
-    state: dict = {"found": THYROID}
-    recognition.forget()
-    monkeypatch.setattr(recognition, "recognise", lambda rgb, weights_dir=None: state["found"])
-    return state
+    recogniser_answer["found"] = THYROID
+    return recogniser_answer
 
 
 @pytest.fixture()

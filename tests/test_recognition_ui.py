@@ -33,12 +33,10 @@ BREAST = recognition.Recognition(organ="Breast", dataset="BUSI", confidence=0.91
 
 
 @pytest.fixture()
-def answer(monkeypatch) -> dict:
+def answer(recogniser_answer: dict) -> dict:
     """The recogniser's fixed answer for every image (``answer["found"]``)."""
-    state: dict = {"found": BREAST}
-    recognition.forget()
-    monkeypatch.setattr(recognition, "recognise", lambda rgb, weights_dir=None: state["found"])
-    return state
+    recogniser_answer["found"] = BREAST
+    return recogniser_answer
 
 
 @pytest.fixture()
