@@ -13,7 +13,6 @@ this import adds are written (a run already in the store keeps its own), each ma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from sqlalchemy.engine import Connection
 
 from core.corrections import FOLDER, MAX_AUTHOR, MAX_REASON, png_size
 from core.errors import UUSICError
+from core.files import sha256_file
 from core.history import corrections
 
 CORRECTIONS_MEMBER = "corrections.jsonl"
@@ -224,26 +224,18 @@ def mask_problem(name: str, staged: Path, settings: Any) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ import: the writes
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def place_mask(workspace: Path, staged: Path, run_id: int, version: int, tag: str,
                write: Callable[[Path, Path], None]) -> str:
     """Write a staged mask as ``corrections/<run_id>/v<version>.png`` (that file, if there and different, stays:
     the mask goes to ``v<version>-<tag>.png``); returns the path relative to the workspace."""
-    digest = _sha256(staged)
+    digest = sha256_file(staged)
     root = os.path.realpath(workspace / FOLDER)
     if not Path(os.path.realpath(workspace / FOLDER / str(run_id))).is_relative_to(root) or \
             not Path(root).is_relative_to(os.path.realpath(workspace)):
         raise UUSICError("the workspace's corrections folder leads out of the workspace (a link?)", status_code=409)
     for relative in (f"{FOLDER}/{run_id}/v{version}.png", f"{FOLDER}/{run_id}/v{version}-{tag}.png"):
         target = workspace / relative
-        if target.is_file() and not target.is_symlink() and _sha256(target) == digest:
+        if target.is_file() and not target.is_symlink() and sha256_file(target) == digest:
             return relative  # already there (e.g. a retried transaction)
         if not (target.exists() or target.is_symlink()):
             write(staged, target)

@@ -73,7 +73,7 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 from core import archive_corrections as fixes
 from core.errors import ArchiveError, UUSICError, as_uusic_error
-from core.files import atomic_open
+from core.files import atomic_open, sha256_file
 from core.history import COLUMNS, JSON_COLUMNS
 from core.history_format import json_dict
 from core.workspace import Key, row_files
@@ -113,14 +113,6 @@ def run_key(row: dict) -> str:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: float | None = None) -> None:
@@ -806,7 +798,7 @@ class _Placed:
 
 
 def _same_file(target: Path, expected: str) -> bool:
-    return target.is_file() and not target.is_symlink() and _file_sha256(target) == expected
+    return target.is_file() and not target.is_symlink() and sha256_file(target) == expected
 
 
 def _place_files(archive: _Archive, settings: Settings, placed: _Placed) -> tuple[dict[Key, Key], Counter]:

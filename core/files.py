@@ -8,6 +8,7 @@ most a temporary file, which :func:`leftover_temporaries` finds and the workspac
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import uuid
@@ -84,3 +85,12 @@ def leftover_temporaries(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(p for p in root.rglob(f".*{TEMP_SUFFIX}") if p.is_file())
+
+
+def sha256_file(path: Path | str) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (never whole into memory)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -13,13 +13,13 @@ network wants internally.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from core.errors import WeightsError  # also re-exported: core.models.base.WeightsError
+from core.files import sha256_file
 
 if TYPE_CHECKING:  # torch is imported where a function needs it: a converted model serves without it
     import torch
@@ -80,13 +80,10 @@ def file_sha256(path: Path | str) -> str:
     with _SHA_LOCK:
         if key in _SHA_CACHE:
             return _SHA_CACHE[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    digest = sha256_file(path)
     with _SHA_LOCK:
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
+        _SHA_CACHE[key] = digest
+    return digest
 
 
 # ------------------------------------------------------------------------------------------------ contract checks
