@@ -33,6 +33,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import pick_entries  # noqa: E402
+
 from core import catalog  # noqa: E402
 from core.cli import main as cli_main  # noqa: E402
 from core.engine import Engine  # noqa: E402
@@ -41,22 +43,6 @@ from core.models import registry  # noqa: E402
 from core.models.base import ModelSpec  # noqa: E402
 from core.paths import mask_relative_path  # noqa: E402
 from core.settings import Settings  # noqa: E402
-
-
-def pick_entries(data_root: Path, engine: Engine, count: int) -> list[dict]:
-    """``count`` ground-truth entries the model serves, round-robin over its datasets (deterministic)."""
-    entries = json.loads((data_root / "ground_truth.json").read_text())
-    by_key: dict[tuple, list[dict]] = {}
-    for e in entries:
-        if engine.serves(e["task"], e["dataset_name"]):
-            by_key.setdefault((e["task"], e["dataset_name"]), []).append(e)
-    picked, i = [], 0
-    while len(picked) < count and any(i < len(v) for v in by_key.values()):
-        for key in sorted(by_key):
-            if i < len(by_key[key]) and len(picked) < count:
-                picked.append(by_key[key][i])
-        i += 1
-    return picked
 
 
 def bare_one(model, spec: ModelSpec, device, entry: dict, input_dir: Path, out_dir: Path, timing: dict) -> object:
@@ -216,7 +202,7 @@ def main() -> int:
                 print(f"\n[{which}] skipped: {exc}")
                 continue
             engine = Engine(settings.with_(data_root=data_root), spec=spec)
-            entries = pick_entries(data_root, engine, args.images)
+            entries = pick_entries(data_root, engine.serves, args.images)
             json_path = work / f"{which}.json"
             json_path.write_text(json.dumps(entries))
             kinds = {(e["task"], e["dataset_name"]) for e in entries}

@@ -29,36 +29,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-def pick_entries(data_root: Path, served: set[tuple[str, str]] | None, count: int) -> list[dict]:
-    """``count`` ground-truth entries the model serves, round-robin over its datasets (deterministic)."""
-    by_key: dict[tuple[str, str], list[dict]] = {}
-    for e in json.loads((data_root / "ground_truth.json").read_text()):
-        key = (e["task"], e["dataset_name"])
-        if served is None or key in served:
-            by_key.setdefault(key, []).append(e)
-    picked: list[dict] = []
-    i = 0
-    while len(picked) < count and any(i < len(v) for v in by_key.values()):
-        for key in sorted(by_key):
-            if i < len(by_key[key]) and len(picked) < count:
-                picked.append(by_key[key][i])
-        i += 1
-    return picked
+from common import pick_entries  # noqa: E402
 
 
-def served_datasets() -> set[tuple[str, str]] | None:
-    """What the default manifest model serves (None: everything), read without loading it."""
+def served_datasets() -> Callable[[str, str], bool] | None:
+    """Whether the default manifest model serves a (task, dataset) (None: everything), read without loading it."""
     from core.models import registry
     from core.settings import Settings
 
     spec = registry.list_models(Settings.from_env())[0]
-    return None if spec.datasets is None else {tuple(d) for d in spec.datasets}  # type: ignore[misc]
+    if spec.datasets is None:
+        return None
+    served = {tuple(d) for d in spec.datasets}
+    return lambda task, dataset: (task, dataset) in served
 
 
 def run_cli(json_path: Path, data_root: Path, out: Path, args: argparse.Namespace, overlap: bool,

@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,17 +40,12 @@ from pathlib import Path
 
 import httpx
 import psutil
+from common import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST = {"img_path_relative": "segmentation/BUSI/imgs/seg_00004.jpg", "task": "segmentation",
            "dataset_name": "BUSI", "organ": "Breast"}
 START_LIMIT_S = 300
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def sample_request(tree: Path) -> dict:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,15 +30,10 @@ from urllib.parse import urlparse
 
 import httpx
 import psutil
+from common import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_TOTAL_REQUESTS = 20_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(threads: int, micro_batch: str) -> tuple[subprocess.Popen, str, Path]:
