@@ -3,11 +3,12 @@ were made for at all (out of distribution).
 
 A small numpy model (``weights/recognizer.npz``, trained by ``scripts/train_recognizer.py``, its sha256 recorded in
 ``weights/recognizer.json``): hand features of a 64 × 64 squashed thumbnail (grey thumbnail, intensity and gradient
-histograms, speckle, spectrum, colour) → a one-hidden-layer MLP over the served datasets (organ = the sum of its
-datasets' probabilities); the out-of-distribution score is a Mahalanobis distance plus the PCA residual in the
-standardised feature space plus each feature's excess beyond the range seen in training, compared with a threshold
-chosen on validation data. Loaded once per weights file; a missing or broken file means "recognition unavailable"
-(:func:`recognise` returns None), never an error. numpy + PIL only.
+histograms, speckle, spectrum, colour) and of a 128 × 128 one (texture, cone shape, speckle:
+:mod:`core.recognition_features`) → a one-hidden-layer MLP over the served datasets (organ = the sum of its
+datasets' probabilities); the out-of-distribution score is the smallest per-organ Mahalanobis distance plus the PCA
+residual in the standardised feature space plus each feature's excess beyond the range seen in training, compared
+with a threshold chosen on validation data. Loaded once per weights file; a missing or broken file (or one made for
+other features) means "recognition unavailable" (:func:`recognise` returns None), never an error. numpy + PIL only.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
+from core.recognition_features import FINE, texture_features
 from core.settings import WEIGHTS_DIR
 
 log = logging.getLogger("uusic.recognition")
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2  # 2: + texture / cone / speckle features of a 128 x 128 thumbnail (core.recognition_features)
 SIDE = 64  # the squashed thumbnail the features are computed on (aspect and size are no shortcut)
 WEIGHTS_FILE = "recognizer.npz"
 RECORD_FILE = "recognizer.json"  # {"file", "sha256", ...}: kept apart from models.json (a list of served models)
@@ -50,17 +52,20 @@ class Recognition(BaseModel):
                 "in_distribution": self.in_distribution}
 
 
-def thumbnail(rgb: np.ndarray) -> np.ndarray:
-    """``SIDE x SIDE x 3`` float32 of ``rgb`` (H x W x 3 or H x W uint8), squashed (the aspect is not kept)."""
+def thumbnail(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``FINE x FINE x 3`` and ``SIDE x SIDE x 3`` float32 thumbnails of ``rgb`` (H x W x 3 or H x W uint8),
+    squashed (the aspect is not kept); the small one is made from the fine one."""
     image = Image.fromarray(np.ascontiguousarray(rgb))
     if image.mode != "RGB":
         image = image.convert("RGB")
-    return np.asarray(image.resize((SIDE, SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0), dtype=np.float32)
+    fine = image.resize((FINE, FINE), Image.Resampling.BILINEAR, reducing_gap=1.0)  # 1.0: 0.5 ms less than 2.0
+    small = fine.resize((SIDE, SIDE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(fine, dtype=np.float32), np.asarray(small, dtype=np.float32)
 
 
 def features(rgb: np.ndarray) -> np.ndarray:
     """The feature vector of one image (float32, fixed length for :data:`FEATURE_VERSION`)."""
-    small = thumbnail(rgb)
+    fine, small = thumbnail(rgb)
     grey = small.mean(axis=2)
     spread = small.max(axis=2) - small.min(axis=2)
     colour = [float(spread.mean() / 255.0), float((spread > 24).mean())]
@@ -82,7 +87,8 @@ def features(rgb: np.ndarray) -> np.ndarray:
              float(grey.mean() / 255), float(grey.std() / 128), float((grey < 8).mean()), float((grey > 247).mean()),
              float(np.abs(grey - grey[:, ::-1]).mean() / 255), float((gx == 0).mean()),
              float(magnitude.mean() / 64), float(magnitude.std() / 64)]
-    return np.concatenate([colour, thumb, hist, grad, speckle, stats, _spectrum(grey)]).astype(np.float32)
+    return np.concatenate([colour, thumb, hist, grad, speckle, stats, _spectrum(grey),
+                           texture_features((fine[..., 0] + fine[..., 1] + fine[..., 2]) / 3.0)]).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=1)
@@ -139,14 +145,16 @@ class Recognizer:
 
 def ood_scores(z: np.ndarray, pca: np.ndarray, class_means: np.ndarray, precision: np.ndarray, scale_maha: float,
                scale_resid: float, bounds: np.ndarray | None = None, excess_weight: float = 0.0) -> np.ndarray:
-    """Smallest class Mahalanobis distance² in the PCA space plus the squared residual off that space, each divided
-    by its median on the training data (so ~2 is typical for training ultrasound), plus ``excess_weight`` × the
-    squared excess of each standardised feature beyond ``bounds`` (its largest |z| in training): one
-    feature far outside everything seen (a text page's flat background) counts even when the sums do not."""
+    """Smallest class Mahalanobis distance² in the PCA space (``precision``: one shared matrix, or one per class,
+    C x K x K) plus the squared residual off that space, each divided by its scale (the training median; a larger
+    residual scale weighs the residual less), plus ``excess_weight`` × the squared excess of each standardised
+    feature beyond ``bounds`` (its largest |z| in training): one feature far outside everything seen (a text page's
+    flat background) counts even when the sums do not."""
     projected = z @ pca.T
     residual = ((z - projected @ pca) ** 2).sum(axis=1)
     diffs = projected[:, None, :] - class_means[None, :, :]
-    maha = np.einsum("ncd,de,nce->nc", diffs, precision, diffs).min(axis=1)
+    per_class = precision if precision.ndim == 3 else np.broadcast_to(precision, (len(class_means), *precision.shape))
+    maha = np.einsum("ncd,cde,nce->nc", diffs, per_class, diffs).min(axis=1)
     score = maha / scale_maha + residual / scale_resid
     if bounds is not None and excess_weight:
         score = score + excess_weight * (np.maximum(np.abs(z) - bounds, 0.0) ** 2).sum(axis=1)

@@ -163,3 +163,21 @@ def test_an_organ_other_than_the_one_chosen_is_noted(tiny_settings: Settings):
     response = service.analyze(request, source="api").to_json()
     assert response["recognition"]["organ"] == organ and response["recognition"]["in_distribution"]
     assert any("looks like Thyroid" in note and "not Breast" in note for note in response["notes"])
+
+
+def test_weights_made_for_older_features_are_refused_cleanly(tmp_path: Path):
+    with np.load(WEIGHTS_DIR / recognition.WEIGHTS_FILE, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["feature_version"] = np.array(recognition.FEATURE_VERSION - 1)
+    np.savez(tmp_path / recognition.WEIGHTS_FILE, **arrays)
+    record = {"file": recognition.WEIGHTS_FILE, "sha256": recognition.file_sha256(tmp_path / recognition.WEIGHTS_FILE)}
+    (tmp_path / recognition.RECORD_FILE).write_text(json.dumps(record), encoding="utf-8")
+    assert recognition.load(tmp_path) is None
+    assert recognition.recognise(np.zeros((64, 64, 3), np.uint8), tmp_path) is None
+
+
+def test_the_features_ignore_size_and_have_a_fixed_length():
+    rng = np.random.default_rng(1)
+    small, large = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8), rng.integers(0, 256, (600, 900, 3), np.uint8)
+    first, second = recognition.features(small), recognition.features(large)
+    assert first.shape == second.shape and np.isfinite(first).all() and np.isfinite(second).all()
