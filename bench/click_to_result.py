@@ -69,11 +69,11 @@ def measure(task: str, group: str, dataset: str, runs: int, data_root: Path | No
             marker = page.get_by_text(re.compile(rf"{re.escape(i18n.t('run_id', LANG, n=index + 1))}$"))
             started = time.perf_counter()
             run_button.click()
-            marker.wait_for()
+            marker.wait_for(state="attached")  # the run id sits in the folded technical details
             elapsed = time.perf_counter() - started
             wait_idle(page)
             metric = page.locator('[data-testid="stMetric"]').filter(has_text=i18n.t("inference_time", LANG))
-            engine_ms = float(metric.inner_text().split("\n")[-1].split()[0])
+            engine_ms = float((re.findall(r"\d+(?:\.\d+)?", metric.text_content() or "") or ["0"])[-1])
             if index == 0:
                 first = elapsed
             else:

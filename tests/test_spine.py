@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bench.structure import imports  # the one reading of a module's core imports (also the structure bench)
 from core import editing, imaging, routing, schema
 from core.api import create_app
 from core.errors import NoModelError
@@ -35,21 +36,6 @@ def _modules() -> dict[str, Path]:
         name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         found[name.removesuffix(".__init__")] = path
     return found
-
-
-def _imports(tree: ast.Module, known: dict[str, Path]) -> set[str]:
-    """The core modules a module imports anywhere (lazy imports too), except under ``if TYPE_CHECKING``."""
-    typing_only = {id(sub) for node in ast.walk(tree) if isinstance(node, ast.If)
-                   and "TYPE_CHECKING" in ast.unparse(node.test) for sub in ast.walk(node)}
-    targets: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("core"):
-            targets.update([node.module, *(f"{node.module}.{alias.name}" for alias in node.names)])
-        elif isinstance(node, ast.Import):
-            targets.update(alias.name for alias in node.names)
-    return {target for target in targets if target in known}
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -77,7 +63,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_core_import_graph_has_no_circle():
     known = _modules()
-    graph = {name: _imports(ast.parse(path.read_text()), known) - {name} for name, path in known.items()}
+    graph = {name: imports(ast.parse(path.read_text()), known) - {name} for name, path in known.items()}
     assert _cycle(graph) is None
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check itself finds one
 
