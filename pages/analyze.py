@@ -793,8 +793,9 @@ image = clinical.cine_frame(image)  # clinical hook
 # while a result is shown (or Run was just clicked) the edit controls and the still image's zoom view fold away;
 # a cine keeps its image next to the frame slider
 folded = bool(_result_for(image) or st.session_state.get("run")) and not clinical.is_cine(image)
-st.caption(tr("current_image", name=md_literal(image["name"]), w=image["picture"].width, h=image["picture"].height))
-organ_hint.suggest(image, dataset, service(current), served_keys(current), L)  # issue 25: "looks like …", accept
+organ_hint.suggest(image, dataset, service(current), served_keys(current), L,  # issue 25: "looks like …", accept
+                   caption=tr("current_image", name=md_literal(image["name"]), w=image["picture"].width,
+                              h=image["picture"].height))
 holder = st.container()  # one block either way: the elements after it keep their place (an open panel stays open)
 edit_box, view_box = holder.columns(2) if folded else (holder.container(), holder.container())  # folded: a row
 with edit_box:

@@ -48,22 +48,25 @@ def organ_name(organ: str, dataset_name: str, lang: str) -> str:
     return i18n.group_name(groups[0], lang) if groups else organ
 
 
-def suggest(image: dict, dataset: catalog.Dataset, analysis: Any, served: frozenset, lang: str) -> None:
-    """What the image looks like, and one button to use that organ / dataset when it is not the chosen one."""
+def suggest(image: dict, dataset: catalog.Dataset, analysis: Any, served: frozenset, lang: str, *,
+            caption: str) -> None:
+    """The image's ``caption`` and what the image looks like (on the same line when it agrees with the chosen
+    dataset: no extra height), or one button to use that organ / dataset when it is not the chosen one."""
     found = recognised(image, analysis)
-    if found is None:
-        return
-    if not found.in_distribution:
-        st.warning(i18n.t("rec_ood_image", lang), icon="⚠️")
+    if found is None or not found.in_distribution:
+        st.caption(caption)
+        if found is not None:
+            st.warning(i18n.t("rec_ood_image", lang), icon="⚠️")
         return
     organ = organ_name(found.organ, found.dataset, lang)
     text = i18n.t("rec_looks_like", lang, organ=organ, dataset=found.dataset, p=f"{found.confidence:.0%}")
     target = pick(dataset.task, found.organ, found.dataset, lambda d: d.key in served)
+    if target is not None and target.key == dataset.key:
+        st.caption(f"{caption} · {text}")
+        return
+    st.caption(caption)
     if target is None:
         st.info(f"{text} · {i18n.t('rec_not_served', lang, task=i18n.task_name(dataset.task, lang))}")
-        return
-    if target.key == dataset.key:
-        st.caption(text)
         return
     st.info(text, icon=":material/lightbulb:")
     st.button(i18n.t("rec_accept", lang, organ=i18n.group_name(target.group, lang), dataset=target.name),

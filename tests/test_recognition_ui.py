@@ -85,7 +85,7 @@ def test_the_suggestion_is_shown_and_accepting_it_switches_the_dataset(app: AppT
     assert (image["task"], image["dataset"], image["name"]) == ("segmentation", "BUSI", name)
     assert image["sample"] is None  # the sample's labels were DDTI's
     assert "rec_accept" not in [b.key for b in app.button]
-    assert looks in [c.value for c in app.caption]  # now the chosen one: said, without a button
+    assert any(c.value.endswith(f" · {looks}") for c in app.caption)  # now the chosen one: said, without a button
 
 
 def test_a_result_of_another_organ_is_shown_behind_a_warning(app: AppTest, answer: dict):
