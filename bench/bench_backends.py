@@ -45,6 +45,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import stop  # noqa: E402
+
 from core import catalog  # noqa: E402
 from core.engine import Engine, baseline_resize_nearest  # noqa: E402
 from core.evaluate import evaluate  # noqa: E402
@@ -287,11 +289,7 @@ def idle_server_rss(env: dict, request: dict) -> dict:
         return {"ready_s": ready, "idle_rss_mib": idle, "rss_after_one_request_mib": after,
                 "healthz_backends": backends_health}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
 
 
 # ------------------------------------------------------------------------------------------------ main

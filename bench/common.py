@@ -1,9 +1,11 @@
-"""What several bench scripts share: a free loopback port and a deterministic pick of ground-truth entries."""
+"""What several bench scripts share: a free loopback port, stopping a started server, and a deterministic pick of
+ground-truth entries."""
 
 from __future__ import annotations
 
 import json
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +15,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop(process: subprocess.Popen, timeout: float = 20) -> None:
+    """End a started server: terminate, then kill if it has not exited within ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def pick_entries(data_root: Path, served: Callable[[str, str], bool] | None, count: int) -> list[dict]:

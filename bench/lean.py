@@ -40,7 +40,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from common import free_port
+from common import free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST = {"img_path_relative": "segmentation/BUSI/imgs/seg_00004.jpg", "task": "segmentation",
@@ -96,11 +96,7 @@ def measure_server(tree: Path, backend: str, cache: Path, requests: int) -> dict
                 result["rss_after_mib"] = psutil.Process(proc.pid).memory_info().rss / 2**20
             result["converted_s"] = _converted(client, url, start)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, timeout=30)
         log.close()
         shutil.rmtree(workspace, ignore_errors=True)
     return result

@@ -14,7 +14,6 @@ other features) means "recognition unavailable" (:func:`recognise` returns None)
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import threading
@@ -25,6 +24,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel
 
+from core.files import sha256_file
 from core.recognition_features import FINE, texture_features
 from core.settings import WEIGHTS_DIR
 
@@ -161,10 +161,6 @@ def ood_scores(z: np.ndarray, pca: np.ndarray, class_means: np.ndarray, precisio
     return np.asarray(score, dtype=np.float64)
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 _LOCK = threading.Lock()
 _LOADED: dict[str, Recognizer | None] = {}
 
@@ -183,7 +179,7 @@ def _load(weights_dir: Path) -> Recognizer | None:
     try:
         record = json.loads((weights_dir / RECORD_FILE).read_text(encoding="utf-8"))
         path = weights_dir / Path(str(record.get("file") or WEIGHTS_FILE)).name
-        if file_sha256(path) != record.get("sha256"):
+        if sha256_file(path) != record.get("sha256"):
             raise ValueError("sha256 does not match recognizer.json")
         with np.load(path, allow_pickle=False) as data:
             return Recognizer({name: data[name] for name in data.files})

@@ -19,7 +19,7 @@ from PIL import Image
 
 from core.engine import Engine
 from core.errors import ConfigError
-from core.models import backends, demo_unet, registry
+from core.models import backends, demo_unet
 from core.models.base import ModelSpec
 from core.service import AnalysisService
 from core.settings import BUNDLED_SAMPLES, WEIGHTS_DIR, Settings
@@ -142,17 +142,14 @@ def small_demo(tmp_path: Path):
         (weights / "models.json").write_text(json.dumps([entry]))
 
     write(0)
-    registry.clear_cache()
     backends.clear_cache()
     settings = Settings(workspace=tmp_path / "ws", weights_dir=weights, device="cpu", data_root=BUNDLED_SAMPLES)
     yield settings, write
-    registry.clear_cache()
     backends.clear_cache()
 
 
 def _reload(settings: Settings) -> Engine:
     """A fresh start as far as this process can make one: no model held in memory."""
-    registry.clear_cache()
     backends.clear_cache()
     return Engine(settings)
 

@@ -77,7 +77,6 @@ def test_bad_weights_are_named_by_registry_and_api(tmp_path: Path, kind: str):
     entry, pattern = _bad_weights(kind, weights)
     (weights / "models.json").write_text(json.dumps([entry]))
     settings = Settings(workspace=tmp_path / "ws", weights_dir=weights)
-    registry.clear_cache()
     spec = registry.find_spec(settings, None)
     with pytest.raises(WeightsError, match=pattern):
         registry.load_model(spec, "cpu", weights_dir=weights)

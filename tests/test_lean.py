@@ -54,10 +54,8 @@ print(json.dumps({"status": answer.status_code, "body": answer.json(), "backends
 def small_model(tmp_path: Path):
     """A small demo-architecture network (64 px, letterbox) in its own weights folder; the bundled samples as data."""
     weights = small_demo_weights(tmp_path / "weights")
-    registry.clear_cache()
     backends.clear_cache()
     yield Settings(workspace=tmp_path / "ws", weights_dir=weights, device="cpu", data_root=BUNDLED_SAMPLES)
-    registry.clear_cache()
     backends.clear_cache()
 
 
@@ -102,7 +100,6 @@ def test_an_older_cached_artefact_gets_its_check_then_serves_without_torch(small
     folder = settings.workspace / "cache" / "backends" / first.backend.artefact
     (folder / backends.CHECK_FILE).unlink()  # as written by an earlier release
     (folder / backends.SERVE_FILE).unlink()
-    registry.clear_cache()
     backends.clear_cache()
     again = Engine(settings)
     assert again.backend.cached and isinstance(again.model, backends.RuntimeModel)

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from core import recognition
 from core.api import create_app
 from core.errors import RequestError
+from core.files import sha256_file
 from core.service import AnalysisService
 from core.settings import PROJECT_ROOT, WEIGHTS_DIR, Settings
 
@@ -96,7 +97,7 @@ def test_non_ultrasound_is_out_of_distribution():
 def test_the_bundled_weights_match_their_recorded_sha256_and_are_small():
     record = json.loads((WEIGHTS_DIR / recognition.RECORD_FILE).read_text(encoding="utf-8"))
     path = WEIGHTS_DIR / record["file"]
-    assert recognition.file_sha256(path) == record["sha256"] and path.stat().st_size < 2_000_000
+    assert sha256_file(path) == record["sha256"] and path.stat().st_size < 2_000_000
     assert recognition.load(WEIGHTS_DIR) is not None
 
 
@@ -170,7 +171,7 @@ def test_weights_made_for_older_features_are_refused_cleanly(tmp_path: Path):
         arrays = {name: data[name] for name in data.files}
     arrays["feature_version"] = np.array(recognition.FEATURE_VERSION - 1)
     np.savez(tmp_path / recognition.WEIGHTS_FILE, **arrays)
-    record = {"file": recognition.WEIGHTS_FILE, "sha256": recognition.file_sha256(tmp_path / recognition.WEIGHTS_FILE)}
+    record = {"file": recognition.WEIGHTS_FILE, "sha256": sha256_file(tmp_path / recognition.WEIGHTS_FILE)}
     (tmp_path / recognition.RECORD_FILE).write_text(json.dumps(record), encoding="utf-8")
     assert recognition.load(tmp_path) is None
     assert recognition.recognise(np.zeros((64, 64, 3), np.uint8), tmp_path) is None

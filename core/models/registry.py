@@ -296,10 +296,5 @@ def _short(exc: Exception, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
-def clear_cache() -> None:
-    """Nothing to forget: this module keeps no loaded model (the pool does; :meth:`core.routing.ModelPool.release`).
-    Kept so that older callers still work."""
-
-
 def with_datasets(spec: ModelSpec, datasets) -> ModelSpec:
     return replace(spec, datasets=_datasets(datasets, spec.name))
