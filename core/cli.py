@@ -63,7 +63,8 @@ def _predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="decode / preprocess / mask-writing threads")
     p.add_argument("--no-overlap", action="store_true",
                    help="decode, forward and mask writing one after the other in this thread (for comparisons)")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads of the inference runtime (OpenVINO or torch; default: physical cores)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--record", dest="record", action="store_true", default=None,
@@ -155,9 +156,9 @@ def predict_main(argv: list[str]) -> int:
             raise _Refused(f"input dir {args.input_dir} not found")
         _check_output_dir(args.output_dir)  # before the model loads
         if args.threads:
-            import torch  # only here: a cached converted model predicts without torch (issue 27)
+            from core.models import backends
 
-            torch.set_num_threads(args.threads)
+            backends.set_threads(args.threads)  # never imports torch: a cached converted model serves without it
         service = _open_predict_service(args)
     except _Refused as exc:
         print(f"error: {redact_text(exc)}", file=sys.stderr)  # a history or settings error: no secret of a URL

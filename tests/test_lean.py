@@ -37,6 +37,9 @@ SEG = {"img_path_relative": "segmentation/DDTI/imgs/seg_00006.jpg", "task": "seg
 # heavy modules the process holds.
 SERVER_SCRIPT = r"""
 import json, sys
+from core.models import backends
+if len(sys.argv) > 2:
+    backends.set_threads(int(sys.argv[2]))  # what `serve --threads N` does
 from fastapi.testclient import TestClient
 from core.api.app import create_app
 from core.settings import Settings
@@ -45,6 +48,7 @@ with TestClient(app) as client:
     answer = client.post("/v1/predict", json=json.loads(sys.argv[1]))
     health = client.get("/healthz").json()
 print(json.dumps({"status": answer.status_code, "body": answer.json(), "backends": health["backends"],
+                  "threads": backends.runtime_threads(),
                   "modules": sorted(m for m in ("torch", "torchvision", "ray", "highdicom", "fpdf", "av")
                                     if m in sys.modules)}))
 """
@@ -107,7 +111,8 @@ def test_an_older_cached_artefact_gets_its_check_then_serves_without_torch(small
 
 
 @needs_openvino
-def test_server_with_a_cached_conversion_answers_without_torch(small_model: Settings, tmp_path: Path):
+@pytest.mark.parametrize("threads", [None, 1], ids=["default threads", "--threads 1"])
+def test_server_with_a_cached_conversion_answers_without_torch(small_model: Settings, tmp_path: Path, threads):
     settings = small_model.with_(backend="auto")
     Engine(settings)  # converts once, into the workspace's cache (this process has torch anyway)
     env = {**os.environ, "UUSIC_WORKSPACE": str(settings.workspace), "UUSIC_WEIGHTS_DIR": str(settings.weights_dir),
@@ -115,12 +120,44 @@ def test_server_with_a_cached_conversion_answers_without_torch(small_model: Sett
            "PYTHONPATH": str(PROJECT_ROOT)}
     for name in ("UUSIC_API_KEY", "UUSIC_API_URL", "UUSIC_MODEL", "UUSIC_CACHE_DIR", "UUSIC_HISTORY_URL"):
         env.pop(name, None)
-    done = subprocess.run([sys.executable, "-W", "ignore", "-c", SERVER_SCRIPT, json.dumps(SEG)], cwd=tmp_path,
+    argv = [json.dumps(SEG), *([str(threads)] if threads else [])]
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", SERVER_SCRIPT, *argv], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["status"] == 200, result["body"]
     assert result["body"]["mask_area_px"] >= 0
     assert result["modules"] == [], f"imported on the serve path: {result['modules']}"
+    assert threads is None or result["threads"] == threads
     served = result["backends"]["small"]
     assert (served["backend"], served["cached"], served["fallback"]) == ("openvino", True, None)
+
+
+def test_the_server_listens_before_its_model_has_loaded(tiny_settings, monkeypatch):
+    """``serve`` preloads the model in the background (issue 27: a first-ever start listens at once): /healthz answers
+    while the load is held at a gate, then the first request gets its answer."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from core.api.app import create_app
+    from core.service import AnalysisService
+
+    gate, loading = threading.Event(), threading.Event()
+    batcher = AnalysisService.batcher
+
+    def gated(self):
+        loading.set()
+        assert gate.wait(120), "the test never opened the gate"
+        return batcher.fget(self)
+
+    monkeypatch.setattr(AnalysisService, "batcher", property(gated))
+    with TestClient(create_app(tiny_settings, preload=True)) as client:
+        assert loading.wait(120)
+        health = client.get("/healthz")
+        assert health.status_code == 200 and health.json()["model_loaded"] is False
+        gate.set()
+        answer = client.post("/v1/predict", json={"img_path_relative": "segmentation/DDTI/imgs/seg_0.png",
+                                                  "task": "segmentation", "dataset_name": "DDTI"})
+        assert answer.status_code == 200, answer.text
+        assert client.get("/healthz").json()["model_loaded"] is True

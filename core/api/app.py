@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.api.limits import DRAIN_BYTES, BodyLimit, TrustedHosts, body_limit, content_type_refusal
@@ -132,6 +132,17 @@ def _install_handlers(app: FastAPI, settings: Settings) -> None:
         return error_response(exc, request.url.path)
 
 
+def _preload(service: AnalysisService) -> None:
+    """Load the default model and start its micro-batcher if wanted; a failure is logged, the server keeps running
+    (the requests then get the model's error)."""
+    try:
+        service.batcher  # noqa: B018 - the property loads the model
+    except UUSICError as exc:
+        log.error("model not loaded: %s", exc.message)
+    except Exception:  # noqa: BLE001 - a background thread must not die silently
+        log.exception("model not loaded")
+
+
 def create_app(settings: Settings | None = None, engine: Engine | None = None, *,
                service: AnalysisService | None = None, preload: bool = False,
                micro_batch: bool | None = None, predictor: Predictor | None = None) -> FastAPI:
@@ -148,11 +159,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, *
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if preload:
-            try:
-                await run_in_threadpool(lambda: service.batcher)  # loads the model, starts the batcher if wanted
-            except UUSICError as exc:
-                log.error("model not loaded: %s", exc.message)
+        if preload:  # listen now; the model loads meanwhile (a request waits for it, /healthz says model_loaded)
+            threading.Thread(target=_preload, args=(service,), daemon=True, name="uusic-preload").start()
         yield
 
     app = FastAPI(title="UUSIC Viewer inference API", version="2.0", description=DESCRIPTION, lifespan=lifespan)

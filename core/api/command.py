@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core serve", description="start the HTTP inference API")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads of the inference runtime (OpenVINO or torch)")
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--micro-batch", choices=["auto", "on", "off"], default=None,
                         help="group concurrent requests into one forward pass (default: UUSIC_MICRO_BATCH, auto: "
@@ -51,9 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     if args.threads:
-        import torch
+        from core.models import backends
 
-        torch.set_num_threads(args.threads)
+        backends.set_threads(args.threads)  # never imports torch: a cached converted model serves without it
     settings = _serve_settings(args)
     if settings is None:
         return 2

@@ -61,6 +61,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from core.errors import BackendUnavailable
+from core.models import ov_convert
 from core.models.base import ModelSpec, example_inputs
 
 if TYPE_CHECKING:  # torch is imported only to convert, to run torch-side backends, or for eager torch
@@ -285,9 +286,23 @@ def torch_version() -> str:
     return str(torch.__version__)
 
 
+_THREADS: list[int] = []  # the count asked for by ``--threads``, for every backend of this process
+
+
+def set_threads(count: int) -> None:
+    """Intra-op threads for every backend of this process (the ``--threads`` of ``serve`` and ``predict``): a
+    converted model's runtime, and torch's, now when torch is loaded, else when it first loads an eager model. It
+    never imports torch itself (a cached converted model serves without it)."""
+    _THREADS[:] = [count]
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(count)
+
+
 def runtime_threads() -> int:
-    """Threads for a converted model's runtime: torch's intra-op count when torch is loaded (``--threads``), else
-    ``OMP_NUM_THREADS``, else the physical cores (torch's own default)."""
+    """Threads for a converted model's runtime: ``set_threads``' count, else torch's intra-op count when torch is
+    loaded, else ``OMP_NUM_THREADS``, else the physical cores (torch's own default)."""
+    if _THREADS:
+        return _THREADS[0]
     if "torch" in sys.modules:
         return int(sys.modules["torch"].get_num_threads())
     with contextlib.suppress(ValueError):
@@ -376,7 +391,6 @@ class OpenVinoBackend(_Backend):
 
     def build(self, module, spec, precision, folder, settings):
         import openvino as ov
-        import torch
 
         if precision == "bf16":
             self._check_bf16()
@@ -387,12 +401,14 @@ class OpenVinoBackend(_Backend):
                 raise BackendUnavailable(f"int8 needs nncf, which is not installed ({type(exc).__name__}; "
                                          "pip install -r requirements-fast.txt)") from None
         size = spec.input_size
-        inputs = [(shape, ov.Type.f32) for shape, _ in _dynamic_inputs(size)]
-        with torch.no_grad(), _quiet():
-            model = ov.convert_model(module, example_input=example_inputs(2, size), input=inputs)
-        if precision == "int8":
-            model = self._quantize(model, spec, settings)
-        ov.save_model(model, folder / "model.xml", compress_to_fp16=False)
+        with tempfile.TemporaryDirectory(prefix="uusic-ov-") as work:
+            converted = Path(work) / "model.xml"  # converted in a child process: this one's logging stays as it is
+            ov_convert.convert_in_child(module, example_inputs(2, size), [s for s, _ in _dynamic_inputs(size)],
+                                        Path(work), converted)
+            model = ov.Core().read_model(converted)
+            if precision == "int8":
+                model = self._quantize(model, spec, settings)
+            ov.save_model(model, folder / "model.xml", compress_to_fp16=False)
 
     @staticmethod
     def _check_bf16() -> None:
@@ -552,6 +568,8 @@ def serve(spec: ModelSpec, settings: Any, device: Any, *, sha256: str, load_eage
     def get_eager() -> Any:
         if not eager:
             eager.append(load_eager())
+            if _THREADS:  # torch is loaded now
+                set_threads(_THREADS[0])
         return eager[0]
 
     for backend in order[:-1]:
