@@ -7,7 +7,17 @@ import streamlit as st
 st.set_page_config(page_title="UUSIC Viewer", page_icon="🩻", layout="wide")
 
 from core import i18n  # noqa: E402
-from pages.common import is_remote, mark_entrypoint, navigation, require_login, settings, tr  # noqa: E402
+from pages.common import (  # noqa: E402
+    is_remote,
+    mark_entrypoint,
+    navigation,
+    require_login,
+    settings,
+    tr,
+    warm_model,
+)
+
+warm_model()  # issue 27: the model loads in the background while the first page is drawn (once per process)
 
 # Narrow windows: a slimmer sidebar (Streamlit keeps ~300 px otherwise) and metric values that wrap, never "1,51…"
 LAYOUT_CSS = """<style>

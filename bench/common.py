@@ -1,9 +1,11 @@
-"""What several bench scripts share: a free loopback port, stopping a started server, and a deterministic pick of
-ground-truth entries."""
+"""What several bench scripts share: a free loopback port, stopping a started server, a deterministic pick of
+ground-truth entries, the load average and the ``--tree`` arguments of the old-vs-new benches."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import socket
 import subprocess
 from collections.abc import Callable
@@ -43,3 +45,23 @@ def pick_entries(data_root: Path, served: Callable[[str, str], bool] | None, cou
                 picked.append(by_key[key][i])
         i += 1
     return picked
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages, rounded (for a bench's printout and JSON)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def tree_args(parser: argparse.ArgumentParser) -> None:
+    """``--tree LABEL=PATH`` (repeatable; parsed to ``(label, resolved path)``) and ``--skip-this``: older source
+    trees measured beside this one, e.g. made by ``git archive <rev> | tar -x -C /tmp/x``."""
+
+    def tree(text: str) -> tuple[str, Path]:
+        label, sep, path = text.partition("=")
+        if not sep or not label or not path:
+            raise argparse.ArgumentTypeError(f"--tree wants LABEL=PATH, got {text!r}")
+        return label, Path(path).resolve()
+
+    parser.add_argument("--tree", action="append", default=[], type=tree, metavar="LABEL=PATH",
+                        help="another source tree to measure beside this one (same interpreter)")
+    parser.add_argument("--skip-this", action="store_true", help="measure only the --tree trees")

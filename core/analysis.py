@@ -25,14 +25,31 @@ from core.schema import AnyRequest, PredictRequest, parse_request
 from core.settings import Settings
 
 if TYPE_CHECKING:
+    from core.auto_route import Routed
     from core.engine import Engine, Prepared
+    from core.imaging import LoadedImage
 
 OnResult = Callable[[int, "dict | None", "BaseException | None"], None]  # (entry index, response, error)
 Runnable = list[tuple[int, PredictRequest]]  # (entry index, parsed request) of one model's group
 Found = tuple["recognition.Recognition | None", float]  # the recogniser's answer (None: unavailable), its seconds
 
 
-Recognise = Callable[["Prepared"], Found]  # the recogniser's stage: a decoded image → its answer
+class Recogniser:
+    """The organ recogniser's stage of one batch: for a request the route step chose the dataset of, its answer and
+    (while held) its decoded image (:meth:`take`); for the others, the answer for the image just decoded."""
+
+    def __init__(self, recognised: Callable[[Prepared], Found], routed: dict[int, Routed] | None = None):
+        self.recognised = recognised
+        self.routed = routed or {}  # by id() of the routed request, which the batch holds while it runs
+
+    def take(self, request: Any) -> Routed | None:
+        return self.routed.pop(id(request), None)
+
+    def __call__(self, prepared: Prepared) -> Found:
+        return self.recognised(prepared)
+
+
+Recognise = Recogniser  # the name the runners' signatures use
 
 
 class GroupRunner(Protocol):
@@ -68,6 +85,11 @@ class RecognisingStages:
         self.found: dict[int, Found] = {}
 
     def prepare(self, request: Any, *, input_dir: Path | None = None) -> Prepared:
+        routed = self.recognise.take(request)
+        if routed is not None and routed.found is not None:  # the route step's image and answer: no second decode
+            prepared = self.engine.prepare(request, input_dir=input_dir, image=routed.image)
+            self.found[id(prepared)] = routed.found
+            return prepared
         prepared = self.engine.prepare(request, input_dir=input_dir)
         self.found[id(prepared)] = self.recognise(prepared)
         return prepared
@@ -99,8 +121,10 @@ class Analyzer:
             checked = parse_edits(edits) or None
             opened = parse_request(request)
             with self.held([request]):  # workspace gc spares its files while it runs
-                parsed, found = self.route(opened, input_dir=input_dir, model=model)
-                response = self.run_one(parsed, output_dir=output_dir, input_dir=input_dir, model=model, found=found)
+                routed = self.route(opened, input_dir=input_dir, model=model)
+                parsed = routed.request
+                response = self.run_one(parsed, output_dir=output_dir, input_dir=input_dir, model=model,
+                                        found=routed.found, image=routed.image)
         except Exception as exc:
             self.recorder.refused(request, exc, source=source, edits=checked, batch_id=batch_id, input_dir=input_dir)
             raise
@@ -108,12 +132,13 @@ class Analyzer:
         return response
 
     def run_one(self, request: PredictRequest, *, output_dir: Path | None = None, input_dir: Path | None = None,
-                model: str | None = None, found: Found | None = None) -> AnalysisResponse:
-        """One parsed request through the pipeline (micro-batched when the pool batches), not recorded; ``found``:
-        the recogniser's answer when the route step already has it."""
+                model: str | None = None, found: Found | None = None,
+                image: LoadedImage | None = None) -> AnalysisResponse:
+        """One parsed request through the pipeline (micro-batched when the pool batches), not recorded; ``found``
+        and ``image``: the recogniser's answer and the decoded image when the route step already has them."""
         engine = self.pool.serving(request.task, request.dataset_name, model)
         start = time.perf_counter()
-        prepared = engine.prepare(request, input_dir=input_dir)
+        prepared = engine.prepare(request, input_dir=input_dir, image=image)
         recognised, seconds = found or self.recognised(prepared)
         batcher = self.pool.batcher(engine)
         if batcher is not None:
@@ -128,13 +153,13 @@ class Analyzer:
         return self.typed(response)
 
     def route(self, request: AnyRequest, *, input_dir: Path | None = None,
-              model: str | None = None) -> tuple[PredictRequest, Found | None]:
-        """A request that names its dataset as it is; one that does not, routed by the organ recogniser
-        (:func:`core.auto_route.route`: its image decoded, a dataset chosen, the recogniser's answer kept)."""
-        if isinstance(request, PredictRequest):
-            return request, None
-        from core.auto_route import route
+              model: str | None = None) -> Routed:
+        """A request that names its dataset as it is (nothing decoded yet); one that does not, routed by the organ
+        recogniser (:func:`core.auto_route.route`: its image decoded, a dataset chosen, the answer and image kept)."""
+        from core.auto_route import Routed, route
 
+        if isinstance(request, PredictRequest):
+            return Routed(request, None)
         return route(self.settings, self.pool, request, input_dir=input_dir, model=model)
 
     def recognised(self, prepared: Prepared) -> tuple[recognition.Recognition | None, float]:
@@ -185,7 +210,8 @@ class Analyzer:
         out_dir = Path(output_dir) if output_dir is not None else Path(self.settings.api_out) / f"batch_{batch_id}"
         out_dir.mkdir(parents=True, exist_ok=True)
         items: list[BatchItem | None] = [None] * len(entries)
-        groups = self._screen(entries, items, model, input_dir)
+        held: dict[int, Routed] = {}
+        groups = self._screen(entries, items, model, input_dir, held)
         done = len(entries) - sum(len(group) for group in groups.values())
 
         def on_result(index: int, response: dict | None, exc: BaseException | None) -> None:
@@ -201,7 +227,7 @@ class Analyzer:
             for name, runnable in groups.items():
                 self.runner.run(self.pool.engine(name), runnable, on_result, output_dir=out_dir,
                                 input_dir=input_dir, batch_size=batch_size, workers=workers,
-                                recognise=self.recognised)
+                                recognise=Recogniser(self.recognised, held))
         final = [item for item in items if item is not None]
         if record:  # a screened entry is recorded as parsed (never validated twice)
             parsed = {index: request for runnable in groups.values() for index, request in runnable}
@@ -221,19 +247,26 @@ class Analyzer:
                  for value in (r.get("img_path_relative"), r.get("source_path_relative")) if isinstance(value, str)]
         return in_use(self.settings, paths)
 
-    def _screen(self, entries: list, items: list, model: str | None,
-                input_dir: Path | None = None) -> dict[str, Runnable]:
+    def _screen(self, entries: list, items: list, model: str | None, input_dir: Path | None,
+                held: dict[int, Routed]) -> dict[str, Runnable]:
         """Parse every entry and route it (one without a dataset by the organ recogniser); failures go straight
-        into ``items``; the rest grouped by model."""
+        into ``items``; the rest grouped by model. ``held`` gets what the route step made of each routed entry:
+        its decoded image is kept for the engine while the batch's held images fit ``UUSIC_MAX_DECODED_MB``
+        (past that, let go and decoded again), so a routed entry is decoded once."""
         groups: dict[str, Runnable] = {}
+        budget = self.settings.max_decoded_mb * 1024 * 1024
         for index, entry in enumerate(entries):
             try:
-                parsed, _ = self.route(parse_request(entry), input_dir=input_dir, model=model)
-                engine = self.pool.serving(parsed.task, parsed.dataset_name, model)
+                routed = self.route(parse_request(entry), input_dir=input_dir, model=model)
+                engine = self.pool.serving(routed.request.task, routed.request.dataset_name, model)
             except UUSICError as exc:
                 items[index] = AnalysisFailure.from_exception(entry, exc)
                 continue
-            groups.setdefault(engine.spec.name, []).append((index, parsed))
+            if routed.found is not None:
+                size = routed.image.rgb.nbytes if routed.image is not None else 0
+                budget -= size
+                held[id(routed.request)] = routed if budget >= 0 else routed.without_image()
+            groups.setdefault(engine.spec.name, []).append((index, routed.request))
         return groups
 
 

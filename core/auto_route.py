@@ -5,13 +5,18 @@ A given ``organ`` wins over the recogniser's (the dataset is then one of the giv
 is preferred when it is one of them), and a given ``dataset_name`` never reaches this step. No choice — the
 recogniser unavailable, the image out of distribution, no served dataset of that organ and task — is a
 :class:`RequestError` (422) naming ``dataset_name``. The response says ``recognition.routed: true``.
+
+The step hands on what it decoded (:class:`Routed`): the engine prepares that image instead of decoding the file
+again, so a routed request is decoded once, as one that names its dataset is.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core import catalog, recognition
 from core.errors import RequestError
@@ -19,21 +24,38 @@ from core.routing import ModelPool
 from core.schema import PredictRequest, UnroutedRequest
 from core.settings import Settings
 
+if TYPE_CHECKING:
+    from core.imaging import LoadedImage
+
 Found = tuple[recognition.Recognition | None, float]  # the recogniser's answer (None: unavailable), its seconds
 
 
+@dataclass(frozen=True)
+class Routed:
+    """What the route step made of a request: the typed request with its dataset, the recogniser's answer (None:
+    the request named its dataset, nothing was decoded) and the decoded image (None once let go: the engine then
+    decodes the file again)."""
+
+    request: PredictRequest
+    found: Found | None
+    image: LoadedImage | None = None
+
+    def without_image(self) -> Routed:
+        return Routed(self.request, self.found)
+
+
 def route(settings: Settings, pool: ModelPool, request: UnroutedRequest, *, input_dir: Path | None = None,
-          model: str | None = None) -> tuple[PredictRequest, Found]:
-    """``request`` with the dataset chosen from its decoded image, and the recogniser's answer."""
+          model: str | None = None) -> Routed:
+    """``request`` with the dataset chosen from its decoded image, the recogniser's answer and that image."""
     from core.imaging import load_image
     from core.paths import resolve_input
 
     path = resolve_input(settings, request.img_path_relative, input_dir=input_dir)
-    rgb = load_image(path, settings=settings, frame_index=request.frame_index).rgb
+    image = load_image(path, settings=settings, frame_index=request.frame_index)
     start = time.perf_counter()
-    found = recognition.recognise(rgb, settings.weights_dir)
+    found = recognition.recognise(image.rgb, settings.weights_dir)
     seconds = time.perf_counter() - start
-    return request.routed_to(choose(pool, request, found, model)), (found, seconds)
+    return Routed(request.routed_to(choose(pool, request, found, model)), (found, seconds), image)
 
 
 def choose(pool: ModelPool, request: UnroutedRequest, found: recognition.Recognition | None,

@@ -1,6 +1,10 @@
 """Analysing frames of a cine (multi-frame DICOM, video) as one batch: frames chosen and budgeted by arithmetic
 before any decode, each frame decoded once (edited frames stored in ``api_in/`` first), one history row per frame
-under one ``batch_id``, and the loop's summary (:mod:`core.cine`)."""
+under one ``batch_id``, and the loop's summary (:mod:`core.cine`).
+
+A cine request without ``dataset_name`` is routed once, by the one route step (:mod:`core.auto_route`), on its first
+analysed frame (the first chosen frame; with edits, that frame as edited): every frame goes to that dataset, each
+frame's ``recognition`` says ``routed: true`` and the summary carries the route step's ``recognition``."""
 
 from __future__ import annotations
 
@@ -12,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 from core.analysis import Analyzer
 from core.editing import parse_edits
 from core.errors import ImageError
-from core.response import AnalysisFailure, BatchItem
-from core.schema import PredictRequest
+from core.response import AnalysisFailure, AnalysisResponse, BatchItem
+from core.schema import PredictRequest, UnroutedRequest, parse_request
 
 if TYPE_CHECKING:
+    from core.auto_route import Routed
     from core.cine import CineResult
 
 
@@ -51,7 +56,7 @@ class FrameAnalyzer:
         from core.paths import resolve_input
 
         start = time.perf_counter()
-        parsed = PredictRequest.parse(request)
+        parsed = parse_request(request)
         raw = dict(request) if isinstance(request, dict) else parsed.to_dict()
         path = resolve_input(self.settings, parsed.img_path_relative, input_dir=input_dir)
         info = probe_frames(path, settings=self.settings)
@@ -62,11 +67,15 @@ class FrameAnalyzer:
                  "input_dir": input_dir}
         if edits:
             entries, missing = self._edited_frames(raw, path, chosen, edits)
+            routed = self._route(parsed, entries[0], model=model, input_dir=input_dir)
+            entries = _with_dataset(entries, routed)
             result = self.analyzer.analyze_batch(entries, **batch)
-            entries, items = _with_missing_frames(raw, chosen, entries, result.items, missing)
+            entries, items = _with_missing_frames(_with_dataset([raw], routed)[0], chosen, entries, result.items,
+                                                  missing)
         else:
-            entries = [{**raw, "frame_index": index} for index in chosen]
             with held_frames(path, chosen, settings=self.settings):  # frames a video ends before fail alone
+                routed = self._route(parsed, {**raw, "frame_index": chosen[0]}, model=model, input_dir=input_dir)
+                entries = _with_dataset([{**raw, "frame_index": index} for index in chosen], routed)
                 result = self.analyzer.analyze_batch(entries, **batch)
             items = result.items
         for index, item in zip(chosen, items, strict=True):
@@ -74,8 +83,17 @@ class FrameAnalyzer:
         if record:
             self.analyzer.recorder.items(entries, items, source=source, edits=edits, batch_id=result.batch_id,
                                          input_dir=input_dir)
-        summary = summarize(items, chosen, frame_count=info.frame_count, fps=info.fps, dataset=parsed.dataset)
+        summary = summarize(items, chosen, frame_count=info.frame_count, fps=info.fps, dataset=routed.request.dataset)
+        if routed.found is not None:
+            summary["recognition"] = _mark_routed(items, routed)
         return CineResult(items, summary, batch_id=result.batch_id, seconds=time.perf_counter() - start)
+
+    def _route(self, parsed: PredictRequest | UnroutedRequest, first: dict, *, model: str | None,
+               input_dir: Path | None) -> Routed:
+        """The route step (:meth:`Analyzer.route`) on the first analysed frame (``first``: its request) of a request
+        without a dataset (a refusal: its 422 naming ``dataset_name``); one that names its dataset as it is."""
+        opened = parsed if isinstance(parsed, PredictRequest) else UnroutedRequest.parse(first)
+        return self.analyzer.route(opened, input_dir=input_dir, model=model)
 
     def _edited_frames(self, raw: dict, path: Path, chosen: list[int],
                        edits: list) -> tuple[list[dict], ImageError | None]:
@@ -121,6 +139,22 @@ class FrameAnalyzer:
             entry["pixel_spacing_mm"] = frame.pixel_spacing_mm
             entry["pixel_spacing_source"] = getattr(frame, "pixel_spacing_source", None)
         return entry
+
+
+def _with_dataset(entries: list[dict], routed: Routed) -> list[dict]:
+    """The frames' requests with the dataset the route step chose (as they are when the request named one)."""
+    if routed.found is None:
+        return entries
+    return [{**entry, "dataset_name": routed.request.dataset_name} for entry in entries]
+
+
+def _mark_routed(items: list[BatchItem], routed: Routed) -> dict[str, Any] | None:
+    """Each frame's ``recognition`` marked ``routed: true``; the route step's own answer (the summary's)."""
+    for item in items:
+        if isinstance(item, AnalysisResponse) and isinstance(item.recognition, dict):
+            item.recognition["routed"] = True
+    found = routed.found[0] if routed.found is not None else None
+    return {**found.public(), "routed": True} if found is not None else None
 
 
 def _with_missing_frames(raw: dict, chosen: list[int], entries: list[dict], items: list[BatchItem],

@@ -36,7 +36,7 @@ from core import catalog, tta
 from core.batching import predict_all
 from core.errors import NoModelError
 from core.geometry import make_transform
-from core.imaging import load_image
+from core.imaging import LoadedImage, load_image
 from core.models import backends, registry
 from core.models.base import ModelSpec
 from core.paths import resolve_input
@@ -137,13 +137,16 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------ pipeline
 
-    def prepare(self, request: dict | PredictRequest, *, input_dir: Path | None = None) -> Prepared:
-        """Validate, check the model serves it, resolve, decode and preprocess (thread-safe, no lock)."""
+    def prepare(self, request: dict | PredictRequest, *, input_dir: Path | None = None,
+                image: LoadedImage | None = None) -> Prepared:
+        """Validate, check the model serves it, resolve, decode and preprocess (thread-safe, no lock); ``image``:
+        the request's image already decoded (by the route step, :mod:`core.auto_route`), not decoded again."""
         start = time.perf_counter()
         req = PredictRequest.parse(request)
         self.check_serves(req.task, req.dataset_name)
-        path = resolve_input(self.settings, req.img_path_relative, input_dir=input_dir)
-        image = load_image(path, settings=self.settings, frame_index=req.frame_index)  # cine: that frame only
+        if image is None:
+            path = resolve_input(self.settings, req.img_path_relative, input_dir=input_dir)
+            image = load_image(path, settings=self.settings, frame_index=req.frame_index)  # cine: that frame only
         decoded = time.perf_counter()
         transform = make_transform(self.spec.preprocessing, image.width, image.height, self.spec.input_size)
         array = transform.apply(image.rgb)

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image
@@ -367,6 +366,8 @@ def show_comparison(result: dict) -> None:
         rows.append({tr("model_pick"): response.get("model_name"), tr("result"): answer,
                      tr("inference_time"): f"{float(response.get('inference_time_sec', 0.0)) * 1000:.0f} ms"})
     st.subheader(tr("comparison"))
+    import pandas as pd  # only here and in result tables: not on the first page's path (issue 27)
+
     st.table(pd.DataFrame(rows))
     if first["task"] == "segmentation":
         measured = [r.get("measurements") or {} for r in (first, second)]

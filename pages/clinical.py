@@ -14,7 +14,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 from PIL import Image, ImageDraw
@@ -560,6 +559,8 @@ def _probability_spread(response: dict, spread: dict) -> None:
              tr("cl_stat_mean"): f"{float(p):.1%}",
              **{tr(f"cl_stat_{name}"): f"{float(spread[key][index]):.1%}" for key, name in columns}}
             for index, p in enumerate(mean)]
+    import pandas as pd  # not on the first page's path (issue 27)
+
     st.table(pd.DataFrame(rows))
 
 

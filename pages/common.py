@@ -6,8 +6,8 @@ import hashlib
 import logging
 import re
 import threading
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import streamlit as st
 
 from core import catalog, i18n
@@ -15,6 +15,9 @@ from core.errors import ModelUnavailableError, NoModelError
 from core.redact import redact_text
 from core.redact import scrub_paths as core_scrub_paths
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where a table is made: not on the first page's path (issue 27)
 
 log = logging.getLogger("uusic.dashboard")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
@@ -58,6 +61,38 @@ def service(current: Settings | None = None):
     when ``UUSIC_API_URL`` is set (same methods, same typed errors)."""
     current = current or settings()
     return _service(settings_key(current), current)
+
+
+_WARMED: set[str] = set()  # settings keys whose model load has been started (:func:`warm_model`)
+_WARM_LOCK = threading.Lock()
+
+
+def warm_model(current: Settings | None = None) -> None:
+    """Start loading the default model in a background thread, through the service's own
+    :meth:`~core.service.AnalysisService.engine` (the one model cache, :data:`core.routing.LOADED`), so that the first
+    page and the first result do not wait for the service and the engine build (issue 27). Once per process and
+    settings; in-process only; not under AppTest, whose tests may stand in their own service."""
+    current = current or settings()
+    if is_remote(current) or _in_apptest():
+        return
+    key = settings_key(current)
+    with _WARM_LOCK:
+        if key in _WARMED:
+            return
+        _WARMED.add(key)
+    threading.Thread(target=_warm, args=(current,), name="uusic-warm", daemon=True).start()
+
+
+def _warm(current: Settings) -> None:
+    from core.client import open_service
+    from core.service import AnalysisService
+
+    try:
+        analysis = open_service(current)
+        if isinstance(analysis, AnalysisService):  # in-process (a remote API loads its own)
+            analysis.engine()
+    except Exception as error:  # noqa: BLE001 - the page says so where it needs the model (weights_error)
+        log.info("model not loaded ahead of use: %s", type(error).__name__)
 
 
 def is_remote(current: Settings | None = None) -> bool:
@@ -394,6 +429,8 @@ def measure_rows(keys: list[str], columns: dict[str, dict]) -> pd.DataFrame:
     """Measurement keys (``area_mm2``, ``head_circumference_mm`` …) as rows of a table, labelled in the page's
     language with their unit, one column per source dict (predicted, reference, another run …); "—" for nothing
     (:func:`core.measure_table.comparison_rows`)."""
+    import pandas as pd
+
     from core.measure_table import comparison_rows
 
     titles = list(columns)
@@ -406,6 +443,8 @@ def measurement_table(measurements: dict, *, compact: bool = False) -> pd.DataFr
     (:func:`core.measure_table.value_rows`); ``compact``: one value column, for a narrow place such as the Analyze
     result's numbers column: millimetres when calibrated, else pixels (both stay in History, the CSV and the
     report)."""
+    import pandas as pd
+
     from core.measure_table import value_rows
 
     rows = value_rows(measurements, lang(), short=compact)

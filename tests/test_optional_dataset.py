@@ -148,3 +148,153 @@ def test_cli_predict_routes_entries_without_a_dataset(tiny_settings: Settings, t
     assert list(json.loads((out / "classification.json").read_text())) == [CLS_IMAGE]
     assert (out / SEG_IMAGE.replace("/imgs/", "/masks/")).is_file()
     assert "done: 2 predicted" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------ decoded once
+@pytest.fixture()
+def decodes(monkeypatch) -> list[str]:
+    """The name of every still-image / single-frame DICOM decode while the test runs (as tests/test_spine.py)."""
+    from core import imaging
+
+    seen: list[str] = []
+    for name in ("_load_pil", "_load_dicom"):
+        original = getattr(imaging, name)
+
+        def counted(data, label, *args, _original=original, **kwargs):
+            seen.append(str(label))
+            return _original(data, label, *args, **kwargs)
+
+        monkeypatch.setattr(imaging, name, counted)
+    return seen
+
+
+def _png(width: int = 48, height: int = 40) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_a_routed_request_is_decoded_once(service: AnalysisService, answer: dict, decodes: list[str]):
+    skeleton = service.save_upload(_png(), "scan.png")
+    decodes.clear()  # the route step decodes the image; the engine prepares that decoded image
+    one = service.analyze({**skeleton, "task": "segmentation"})
+    assert one.dataset_name == "DDTI" and one.recognition and one.recognition["routed"] is True
+    assert len(decodes) == 1
+    decodes.clear()
+    routed = {"img_path_relative": SEG_IMAGE, "task": "segmentation"}
+    result = service.analyze_batch([routed, {**routed, "dataset_name": "DDTI"}, {**skeleton, "task": "segmentation"}],
+                                   source="batch")
+    assert [r.dataset_name for r in result.responses] == ["DDTI"] * 3 and len(decodes) == 3
+    assert [bool(r.recognition and r.recognition.get("routed")) for r in result.responses] == [True, False, True]
+
+
+def test_a_batch_past_its_decode_budget_lets_routed_images_go(tiny_settings: Settings, answer: dict,
+                                                             decodes: list[str]):
+    tight = AnalysisService(tiny_settings.with_(max_decoded_mb=0), model="tiny")
+    result = tight.analyze_batch([{"img_path_relative": SEG_IMAGE, "task": "segmentation"}], source="batch")
+    assert result.responses[0].recognition["routed"] is True and len(decodes) == 2  # routed, then decoded again
+
+
+# ------------------------------------------------------------------------------------------------ frames door
+def _cine(service: AnalysisService, frames: int = 4) -> dict:
+    """A multi-frame 8-bit ultrasound DICOM of ``frames`` moving disks, stored as an upload; its skeleton."""
+    import io
+
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    yy, xx = np.mgrid[0:64, 0:80]
+    stack = [np.where((yy - 32) ** 2 + (xx - 40) ** 2 < (10 + 3 * i) ** 2, 220, 25).astype(np.uint8)
+             for i in range(frames)]
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = FileDataset("cine", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID, "US"
+    ds.Rows, ds.Columns = stack[0].shape
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 8, 8, 7, 0
+    ds.PhotometricInterpretation, ds.NumberOfFrames, ds.FrameTime = "MONOCHROME2", frames, 40.0
+    ds.PixelData = np.stack(stack).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return service.save_upload(buffer.getvalue(), "loop.dcm")
+
+
+@pytest.fixture()
+def routes(monkeypatch) -> list[str]:
+    """The dataset every call of the one route step (core.auto_route.route) chose."""
+    from core import auto_route
+
+    chosen: list[str] = []
+    original = auto_route.route
+
+    def counted(*args, **kwargs):
+        routed = original(*args, **kwargs)
+        chosen.append(routed.request.dataset_name)
+        return routed
+
+    monkeypatch.setattr(auto_route, "route", counted)
+    return chosen
+
+
+def test_frames_without_a_dataset_are_routed_once(service: AnalysisService, answer: dict, routes: list[str]):
+    skeleton = _cine(service)
+    with TestClient(create_app(settings=service.settings, service=service)) as client:
+        reply = client.post("/v1/predict/frames", json={"request": {**skeleton, "task": "segmentation"}})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert routes == ["DDTI"]  # once per request, on the first analysed frame
+        assert [item["dataset_name"] for item in body["results"]] == ["DDTI"] * 4
+        assert all(item["recognition"]["routed"] is True for item in body["results"])
+        assert body["summary"]["recognition"] == {**THYROID.public(), "routed": True}
+        assert {row["dataset_name"] for row in service.runs()} == {"DDTI"}
+        edits = [{"op": "rotate90", "k": 1}]
+        edited = client.post("/v1/predict/frames", json={"request": {**skeleton, "task": "segmentation"},
+                                                          "frames": [2, 0], "edits": edits})
+        assert edited.status_code == 200, edited.text
+        assert [item["frame_index"] for item in edited.json()["results"]] == [2, 0] and routes == ["DDTI"] * 2
+        given = client.post("/v1/predict/frames", json={"request": {**skeleton, "task": "segmentation",
+                                                                    "dataset_name": "DDTI"}, "frames": [1]})
+        assert given.status_code == 200 and "recognition" not in given.json()["summary"] and len(routes) == 2
+        answer["found"] = None  # no recogniser: a clear 422 naming dataset_name, recorded, the service goes on
+        refused = client.post("/v1/predict/frames", json={"request": {**skeleton, "task": "segmentation"}})
+        assert refused.status_code == 422 and refused.json()["field"] == "dataset_name"
+        assert client.get("/healthz").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------ bad input: 4xx
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/v1/predict", {"img_path_relative": SEG_IMAGE, "task": "nope"}, "task"),
+    ("/v1/predict", {"img_path_relative": SEG_IMAGE, "task": "segmentation", "organ": "lung"}, "organ"),
+    ("/v1/predict", {"img_path_relative": "segmentation/DDTI/imgs/none.png", "task": "segmentation"},
+     "img_path_relative"),
+    ("/v1/predict", {"img_path_relative": SEG_IMAGE, "task": "segmentation", "frame_index": 5}, "frame_index"),
+    ("/v1/predict/frames", {"request": {"img_path_relative": SEG_IMAGE, "task": "nope"}}, "task"),
+    ("/v1/predict/batch", {"requests": [{"img_path_relative": SEG_IMAGE, "task": "nope"}]}, "task"),
+    ("/segment/", {"img_path_relative": SEG_IMAGE, "task": "nope"}, "task"),
+])
+def test_bad_input_without_a_dataset_is_a_4xx_naming_the_field(service: AnalysisService, answer: dict, path: str,
+                                                               body: dict, field: str):
+    with TestClient(create_app(settings=service.settings, service=service)) as client:
+        reply = client.post(path, json=body)
+        found = reply.json()["results"][0] if path.endswith("batch") else reply.json()
+        status = found["status_code"] if path.endswith("batch") else reply.status_code
+        assert 400 <= status < 500 and found["field"] == field, reply.text
+        assert client.get("/healthz").status_code == 200
+
+
+def test_refuse_ood_is_a_422_with_or_without_a_dataset(tiny_settings: Settings, answer: dict):
+    service = AnalysisService(tiny_settings.with_(refuse_ood=True), model="tiny")
+    answer["found"] = THYROID.model_copy(update={"in_distribution": False})
+    with TestClient(create_app(settings=service.settings, service=service)) as client:
+        given = client.post("/v1/predict", json={"img_path_relative": SEG_IMAGE, "task": "segmentation",
+                                                 "dataset_name": "DDTI"})
+        routed = client.post("/v1/predict", json={"img_path_relative": SEG_IMAGE, "task": "segmentation"})
+        answer["found"] = THYROID
+        after = client.post("/v1/predict", json={"img_path_relative": SEG_IMAGE, "task": "segmentation"})
+    assert given.status_code == 422 and given.json()["field"] == "img_path_relative"
+    assert routed.status_code == 422 and routed.json()["field"] == "dataset_name"
+    assert after.status_code == 200 and after.json()["recognition"]["routed"] is True

@@ -7,7 +7,9 @@ error body are those of ``python -m core serve``. One thing differs: ``POST /v1/
 ``UUSIC_MAX_BATCH_SIZE``) are analysed together with :meth:`AnalysisService.analyze_batch` (one forward pass per
 model) and each caller gets its own answer or its own error, recorded in the history one row per call as the plain
 server does. ``GET /healthz`` also names the replica (``pid``, ``ray: {replica, node}``) so operators and tests
-can find its process. Ray restarts a replica whose process dies.
+can find its process. Ray restarts a replica whose process dies. A call without ``dataset_name`` is routed by the
+batch's one route step (:mod:`core.auto_route`, through :meth:`AnalysisService.analyze_batch`), as the plain
+server routes it.
 
 Importing this module imports Ray; :mod:`core.api.command` imports it only for ``--backend ray``.
 """
@@ -31,7 +33,7 @@ from core.cluster import ClusterError, alive_nodes, check_shared_history, connec
 from core.editing import parse_edits
 from core.errors import RequestError, UUSICError
 from core.response import AnalysisFailure, AnalysisResponse, BatchItem
-from core.schema import PredictRequest
+from core.schema import AnyRequest, PredictRequest, UnroutedRequest, parse_request
 from core.service import AnalysisService
 from core.settings import Settings
 
@@ -59,7 +61,7 @@ class ReplicaService(AnalysisService):
         for index, (request, source, edits, model) in enumerate(calls):
             try:
                 checked[index] = parse_edits(edits) or None  # the one check of an edit log (core.editing)
-                requests[index] = PredictRequest.parse(request)
+                requests[index] = parse_request(request)  # no dataset: the batch's route step chooses it
             except RequestError as exc:
                 items[index] = AnalysisFailure.from_exception(request, exc)
                 continue
@@ -77,20 +79,31 @@ class ReplicaService(AnalysisService):
                 items[index] = item
         final = [item for item in items if item is not None]
         for index, item in enumerate(final):  # each call recorded as analyze() records it
-            request = requests[index] if isinstance(item, AnalysisResponse) else calls[index][0]
+            request = _answered(requests[index], item) if isinstance(item, AnalysisResponse) else calls[index][0]
             self.recorder.items([request], [item], source=calls[index][1], edits=checked[index],
                                 batch_id=None, input_dir=None)
         return final
 
-    def _model_for(self, request: PredictRequest, model: str | None) -> str | None:
+    def _model_for(self, request: AnyRequest, model: str | None) -> str | None:
         """The model that will answer ``request`` (as :meth:`analyze` routes it); None when it cannot be told yet
-        (an unloadable model: the batch reports the error)."""
+        (an unloadable model, or no dataset yet: the batch's route step chooses it, or reports the error)."""
         if model:
             return model
+        if isinstance(request, UnroutedRequest):
+            return None
         try:
             return self.pool.route(request.task, request.dataset_name).spec.name
         except UUSICError:
             return None
+
+
+def _answered(request: AnyRequest, item: AnalysisResponse) -> PredictRequest:
+    """The request as answered: one the route step chose the dataset of, with that dataset (its history row)."""
+    if isinstance(request, PredictRequest):
+        return request
+    from core.catalog import find_dataset
+
+    return request.routed_to(find_dataset(request.task, str(item.dataset_name)))
 
 
 def _replica_context() -> dict[str, Any]:

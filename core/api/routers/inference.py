@@ -78,7 +78,8 @@ async def predict_batch(request: Request, service: ServiceDep) -> Any:
 
 
 def predict_frames(service: AnalysisService, body: Any) -> dict:
-    """The frames of one cine analysed as one batch, with the loop's summary (``core.cine``)."""
+    """The frames of one cine analysed as one batch, with the loop's summary (``core.cine``); a request without
+    ``dataset_name`` is routed once, on its first analysed frame (:mod:`core.cine_analysis`)."""
     if not isinstance(body, dict) or not isinstance(body.get("request"), dict):
         raise RequestError('expected {"request": {...}, "frames": [0, 3, 5] or null (all), "edits": [...]}',
                            field="request")
