@@ -1,10 +1,13 @@
 """Benchmark (a script, not a test): what the organ recogniser (core.recognition) adds to one analysis, demo model, CPU.
 
     .venv/bin/python bench/bench_recognition.py [--data-root ../shared/uusic-data] [--images 40] [--stride 40]
+    .venv/bin/python bench/bench_recognition.py --features-only [--rounds 3]
 
 Every ``--stride``-th segmentation entry of the ground truth, one ``AnalysisService.analyze`` each (as the API and
 dashboard run them), after a warm-up; medians of the response's ``timings.recognition_sec`` (features + MLP + OOD
 score on the already decoded image), ``timings.forward_sec`` and ``inference_time_sec``, and their ratios.
+``--features-only``: the feature vector of the same decoded images with and without the version-3 tissue features
+(:mod:`core.recognition_tissue`), alternated per round, median ms per image.
 """
 
 from __future__ import annotations
@@ -14,12 +17,39 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core import recognition
+from core.recognition_tissue import tissue_features
 from core.service import AnalysisService
 from core.settings import Settings
+
+
+def features_only(data_root: Path, requests: list[dict], rounds: int) -> dict[str, float]:
+    """Median ms of :func:`core.recognition.features` per decoded image, with and without the tissue features."""
+    images = []
+    for request in requests:
+        with Image.open(data_root / request["img_path_relative"]) as image:
+            images.append(np.asarray(image.convert("RGB")))
+    variants = {"without_tissue_ms": lambda grey: np.zeros(0, np.float32), "with_tissue_ms": tissue_features}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    try:
+        for round_ in range(rounds):
+            for name in list(variants)[:: 1 if round_ % 2 == 0 else -1]:
+                recognition.tissue_features = variants[name]  # type: ignore[assignment]
+                for rgb in images:
+                    start = time.perf_counter()
+                    recognition.features(rgb)
+                    times[name].append(time.perf_counter() - start)
+    finally:
+        recognition.tissue_features = tissue_features
+    return {name: round(statistics.median(values) * 1000, 2) for name, values in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,10 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=Path("../shared/uusic-data"))
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--stride", type=int, default=40)
+    parser.add_argument("--features-only", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     entries = json.loads((args.data_root / "ground_truth.json").read_text(encoding="utf-8"))
     picked = [e for e in entries if e["task"] == "segmentation"][:: args.stride][: args.images]
     requests = [{k: e[k] for k in ("img_path_relative", "task", "dataset_name")} for e in picked]
+    if args.features_only:
+        print(json.dumps({"n": len(requests), **features_only(args.data_root, requests, args.rounds)}))
+        return 0
     with tempfile.TemporaryDirectory() as workspace:
         service = AnalysisService(Settings(workspace=Path(workspace), data_root=args.data_root, device="cpu"))
         service.analyze(requests[0], source="api")  # warm-up (and a backend's one-time conversion)

@@ -4,11 +4,13 @@ were made for at all (out of distribution).
 A small numpy model (``weights/recognizer.npz``, trained by ``scripts/train_recognizer.py``, its sha256 recorded in
 ``weights/recognizer.json``): hand features of a 64 × 64 squashed thumbnail (grey thumbnail, intensity and gradient
 histograms, speckle, spectrum, colour) and of a 128 × 128 one (texture, cone shape, speckle:
-:mod:`core.recognition_features`) → a one-hidden-layer MLP over the served datasets (organ = the sum of its
-datasets' probabilities); the out-of-distribution score is the smallest per-organ Mahalanobis distance plus the PCA
-residual in the standardised feature space plus each feature's excess beyond the range seen in training, compared
-with a threshold chosen on validation data. Loaded once per weights file; a missing or broken file (or one made for
-other features) means "recognition unavailable" (:func:`recognise` returns None), never an error. numpy + PIL only.
+:mod:`core.recognition_features`; tissue texture: :mod:`core.recognition_tissue`) → a one-hidden-layer MLP over the
+served datasets (organ = the sum of its datasets' probabilities); the out-of-distribution score, on the texture columns
+only (``ood_columns``: not the cone or the thumbnail, which an unseen organ shares with a served one), is the
+smallest per-organ Mahalanobis distance plus the PCA residual in the standardised feature space plus each such
+feature's excess beyond the range seen in training, compared with a threshold chosen on validation data. Loaded
+once per weights file; a missing or broken file (or one made for other features) means "recognition unavailable"
+(:func:`recognise` returns None), never an error. numpy + PIL only.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ from pydantic import BaseModel
 
 from core.files import sha256_file
 from core.recognition_features import FINE, texture_features
+from core.recognition_tissue import tissue_features
 from core.settings import WEIGHTS_DIR
 
 log = logging.getLogger("uusic.recognition")
 
-FEATURE_VERSION = 2  # 2: + texture / cone / speckle features of a 128 x 128 thumbnail (core.recognition_features)
+FEATURE_VERSION = 3  # 2: + texture / cone / speckle features of a 128 x 128 thumbnail; 3: + tissue texture features
 SIDE = 64  # the squashed thumbnail the features are computed on (aspect and size are no shortcut)
 WEIGHTS_FILE = "recognizer.npz"
 RECORD_FILE = "recognizer.json"  # {"file", "sha256", ...}: kept apart from models.json (a list of served models)
@@ -87,8 +90,9 @@ def features(rgb: np.ndarray) -> np.ndarray:
              float(grey.mean() / 255), float(grey.std() / 128), float((grey < 8).mean()), float((grey > 247).mean()),
              float(np.abs(grey - grey[:, ::-1]).mean() / 255), float((gx == 0).mean()),
              float(magnitude.mean() / 64), float(magnitude.std() / 64)]
+    grey128 = (fine[..., 0] + fine[..., 1] + fine[..., 2]) / 3.0
     return np.concatenate([colour, thumb, hist, grad, speckle, stats, _spectrum(grey),
-                           texture_features((fine[..., 0] + fine[..., 1] + fine[..., 2]) / 3.0)]).astype(np.float32)
+                           texture_features(grey128), tissue_features(grey128)]).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=1)
@@ -118,6 +122,9 @@ class Recognizer:
         self.threshold = float(arrays["threshold"])
         if int(arrays["feature_version"]) != FEATURE_VERSION or self.w1.shape[0] != self.mean.shape[0]:
             raise ValueError("recogniser weights were made for other features")
+        self.ood_columns = np.asarray(arrays["ood_columns"], dtype=np.int64)  # the features the OOD score reads
+        if self.bounds.shape[0] != len(self.ood_columns) or self.ood_columns.max() >= self.mean.shape[0]:
+            raise ValueError("recogniser weights were made for other features")
 
     def scores(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(dataset probabilities N x D, out-of-distribution scores N) of feature vectors N x F."""
@@ -127,8 +134,8 @@ class Recognizer:
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         probs /= probs.sum(axis=1, keepdims=True)
-        return probs, ood_scores(z, self.pca, self.class_means, self.precision, self.scale_maha, self.scale_resid,
-                                 self.bounds, self.excess_weight)
+        return probs, ood_scores(z[:, self.ood_columns], self.pca, self.class_means, self.precision,
+                                 self.scale_maha, self.scale_resid, self.bounds, self.excess_weight)
 
     def predict(self, rgb: np.ndarray) -> Recognition:
         probs, ood = self.scores(features(rgb)[None, :])

@@ -1,7 +1,7 @@
 """The recogniser's texture and geometry features (feature version 2) of a 128 × 128 squashed thumbnail: local
 binary patterns and gradient-orientation histograms at two scales, the shape of the ultrasound cone (the
-non-dark region), speckle statistics at two scales and a depth profile. numpy only; used by
-:mod:`core.recognition`."""
+non-dark region), speckle statistics at two scales and a depth profile (version 2; version 3 adds
+:mod:`core.recognition_tissue`). numpy only; used by :mod:`core.recognition`."""
 
 from __future__ import annotations
 

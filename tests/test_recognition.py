@@ -182,3 +182,23 @@ def test_the_features_ignore_size_and_have_a_fixed_length():
     small, large = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8), rng.integers(0, 256, (600, 900, 3), np.uint8)
     first, second = recognition.features(small), recognition.features(large)
     assert first.shape == second.shape and np.isfinite(first).all() and np.isfinite(second).all()
+
+
+def test_weights_whose_ood_columns_do_not_fit_the_features_are_refused(tmp_path: Path):
+    with np.load(WEIGHTS_DIR / recognition.WEIGHTS_FILE, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["ood_columns"] = arrays["ood_columns"][:-1]
+    with pytest.raises(ValueError, match="other features"):
+        recognition.Recognizer(arrays)
+
+
+def test_the_tissue_features_tell_layered_tissue_from_even_speckle():
+    from core.recognition_tissue import TISSUE_COUNT, structure, tissue_features
+
+    rng = np.random.default_rng(2)
+    speckle = rng.gamma(2.0, 40.0, (128, 128)).clip(17, 255)
+    smear = np.ones(15) / 15  # speckle smeared along the rows: horizontal streaks, like layered tissue
+    layers = np.stack([np.convolve(np.pad(row, 7, mode="wrap"), smear, mode="valid") for row in speckle])
+    even, layered = structure(speckle, speckle > 16, 16), structure(layers, layers > 16, 16)
+    assert layered[0] > even[0] + 0.1 and layered[6] > 0.7 > even[6]  # coherence; share of horizontal edges
+    assert tissue_features(layers).shape == (TISSUE_COUNT,) and np.isfinite(tissue_features(np.zeros((128, 128)))).all()
