@@ -27,7 +27,7 @@ from PIL import Image
 from pydantic import BaseModel
 
 from core.files import sha256_file
-from core.recognition_features import FINE, texture_features
+from core.recognition_features import FINE, mean, pool2, share, std, texture_features
 from core.recognition_tissue import tissue_features
 from core.settings import WEIGHTS_DIR
 
@@ -69,11 +69,13 @@ def thumbnail(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def features(rgb: np.ndarray) -> np.ndarray:
     """The feature vector of one image (float32, fixed length for :data:`FEATURE_VERSION`)."""
     fine, small = thumbnail(rgb)
-    grey = small.mean(axis=2)
-    spread = small.max(axis=2) - small.min(axis=2)
-    colour = [float(spread.mean() / 255.0), float((spread > 24).mean())]
+    red, green, blue = small[..., 0], small[..., 1], small[..., 2]
+    grey = (red + green + blue) / 3.0  # == small.mean(axis=2) (sums of whole numbers are exact), without its slow
+    spread = np.maximum(np.maximum(red, green), blue) - np.minimum(np.minimum(red, green), blue)  # reduce over 3
+    colour = [float(mean(spread) / 255.0), share(spread > 24)]
     thumb = grey.reshape(16, 4, 16, 4).mean(axis=(1, 3)).ravel() / 255.0
-    hist = np.bincount(np.minimum(grey, 255).astype(np.int64).ravel() >> 4, minlength=16) / grey.size
+    counts = np.bincount(np.minimum(grey, 255).astype(np.int64).ravel() >> 3, minlength=32)  # 32 levels
+    hist, levels = (counts[0::2] + counts[1::2]) / grey.size, counts / grey.size  # 16 and 32 levels
     gx, gy = np.abs(np.diff(grey, axis=1))[:-1], np.abs(np.diff(grey, axis=0))[:, :-1]
     magnitude = np.hypot(gx, gy)
     grad = np.bincount(np.searchsorted(_GRAD_EDGES, magnitude.ravel(), side="right"), minlength=9)[1:9] / magnitude.size
@@ -81,18 +83,18 @@ def features(rgb: np.ndarray) -> np.ndarray:
     blur = sum(padded[i:i + SIDE, j:j + SIDE] for i in range(3) for j in range(3)) / 9.0
     high = grey - blur
     bright = grey > 16
-    speckle = [float(high.std() / 64.0), float(high[bright].std() / (grey[bright].mean() + 1.0)) if bright.any()
+    speckle = [float(std(high) / 64.0), float(std(high[bright]) / (mean(grey[bright]) + 1.0)) if bright.any()
                else 0.0]
-    levels = np.bincount(np.minimum(grey, 255).astype(np.int64).ravel() >> 3, minlength=32) / grey.size
     shares = np.sort(levels)[::-1]
     entropy = -float((levels[levels > 0] * np.log2(levels[levels > 0])).sum()) / 5.0
     stats = [entropy, float(shares[:2].sum()), float(shares[2:8].sum()),
-             float(grey.mean() / 255), float(grey.std() / 128), float((grey < 8).mean()), float((grey > 247).mean()),
-             float(np.abs(grey - grey[:, ::-1]).mean() / 255), float((gx == 0).mean()),
-             float(magnitude.mean() / 64), float(magnitude.std() / 64)]
+             float(mean(grey) / 255), float(std(grey) / 128), share(grey < 8), share(grey > 247),
+             float(mean(np.abs(grey - grey[:, ::-1])) / 255), share(gx == 0),
+             float(mean(magnitude) / 64), float(std(magnitude) / 64)]
     grey128 = (fine[..., 0] + fine[..., 1] + fine[..., 2]) / 3.0
+    grey64 = pool2(grey128)  # shared by both feature families
     return np.concatenate([colour, thumb, hist, grad, speckle, stats, _spectrum(grey),
-                           texture_features(grey128), tissue_features(grey128)]).astype(np.float32)
+                           texture_features(grey128, grey64), tissue_features(grey128, grey64)]).astype(np.float32)
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,7 +105,7 @@ def _radius_bins() -> np.ndarray:
 
 def _spectrum(grey: np.ndarray) -> np.ndarray:
     """Share of the (mean-removed) power in 8 radial frequency bands, log-scaled."""
-    power = np.abs(np.fft.rfft2(grey - grey.mean())) ** 2
+    power = np.abs(np.fft.rfft2(grey - mean(grey))) ** 2
     bands = np.bincount(_radius_bins().ravel(), weights=power.ravel(), minlength=8)
     return np.log10(bands / (bands.sum() + 1e-6) + 1e-6) / 6.0 + 1.0
 
@@ -170,12 +172,14 @@ def ood_scores(z: np.ndarray, pca: np.ndarray, class_means: np.ndarray, precisio
 
 _LOCK = threading.Lock()
 _LOADED: dict[str, Recognizer | None] = {}
+_RESOLVED: dict[str, str] = {}  # a folder as given -> as resolved (the key of _LOADED)
 
 
 def load(weights_dir: Path) -> Recognizer | None:
     """The recogniser of ``weights_dir`` (loaded once per process), or None when its file is missing, does not match
     the recorded sha256 or cannot be read (logged once, no path in the message)."""
-    key = str(Path(weights_dir).resolve())
+    raw = str(weights_dir)
+    key = _RESOLVED.get(raw) or _RESOLVED.setdefault(raw, str(Path(weights_dir).resolve()))  # resolve(): 30 µs a call
     with _LOCK:
         if key not in _LOADED:
             _LOADED[key] = _load(Path(weights_dir))
@@ -199,6 +203,7 @@ def forget() -> None:
     """Drop the loaded recognisers (tests that swap the weights file)."""
     with _LOCK:
         _LOADED.clear()
+        _RESOLVED.clear()
 
 
 def recognise(rgb: np.ndarray, weights_dir: Path | None = None) -> Recognition | None:

@@ -6,11 +6,29 @@ non-dark region), speckle statistics at two scales and a depth profile (version 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 
 FINE = 128  # side of the thumbnail these features are computed on
 _OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1)]
+
+
+def mean(a: np.ndarray) -> Any:
+    """``a.mean()`` (the same sum, divided alike: bit for bit) without its Python overhead (~3 µs a call)."""
+    return a.sum() / a.size
+
+
+def std(a: np.ndarray) -> Any:
+    """``a.std()`` bit for bit (numpy's own steps: mean, squared deviations, their mean, root), in half the time."""
+    deviation = a - a.sum() / a.size
+    deviation *= deviation
+    return np.sqrt(deviation.sum() / a.size)
+
+
+def share(a: np.ndarray) -> float:
+    """``a.mean()`` of a boolean array (the share of True), counted rather than summed in float64."""
+    return np.count_nonzero(a) / a.size
 
 
 def pool2(a: np.ndarray) -> np.ndarray:
@@ -33,11 +51,32 @@ def lbp_hist(grey: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """10-bin histogram of rotation-invariant uniform local binary patterns over the interior pixels in ``mask``."""
     centre = grey[1:-1, 1:-1]
     h, w = centre.shape
-    code = np.zeros(centre.shape, np.int64)
-    for bit, (dy, dx) in enumerate(_OFFSETS):
-        code |= (grey[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] >= centre + 1.0).astype(np.int64) << bit
-    values = _lbp_table()[code[mask[1:-1, 1:-1]]]
-    return np.bincount(values, minlength=10)[:10] / max(1, values.size)
+    level = centre + 1.0
+    code, brighter = np.zeros((h, w), np.uint8), np.empty((h, w), bool)
+    for bit, (dy, dx) in enumerate(_OFFSETS):  # uint8 codes: a quarter of the int64 work
+        np.greater_equal(grey[1 + dy:1 + dy + h, 1 + dx:1 + dx + w], level, out=brighter)
+        code |= brighter.view(np.uint8) << np.uint8(bit)
+    counts = np.bincount(code[mask[1:-1, 1:-1]], minlength=256)  # per code, then per pattern: same whole counts
+    return np.bincount(_lbp_table(), weights=counts, minlength=10)[:10] / max(1, int(counts.sum()))
+
+
+@functools.lru_cache(maxsize=4)
+def _cell_offsets(side: int, cells: int) -> np.ndarray:
+    """8 × the row-major cell index of each pixel of a ``side`` × ``side`` image cut in ``cells`` × ``cells``."""
+    index = np.arange(side) // (side // cells)
+    return np.asarray((index[:, None] * cells + index[None, :]) * 8, np.int64)
+
+
+def orientation_bins(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """The 8 orientation bins (0..π in π/8 steps) of gradients; the exact ties (0°, 45°, 90°, 135°, common on whole
+    grey levels) are set by comparison, not by arctan2, whose last bit differs between CPUs' vector kernels (AVX-512
+    gives 45° one ulp low: bin 1 instead of 2)."""
+    bins = np.minimum(((np.arctan2(gy, gx) % np.pi) / np.pi * 8).astype(np.int64), 7)
+    bins[(gx == gy) & (gx != 0)] = 2
+    bins[(gx == -gy) & (gx != 0)] = 6
+    bins[gx == 0] = 4
+    bins[gy == 0] = 0  # also where both are 0 (arctan2(0, 0) = 0; no weight there)
+    return bins
 
 
 def orientation_hist(grey: np.ndarray, mask: np.ndarray, cells: int = 2) -> np.ndarray:
@@ -46,15 +85,11 @@ def orientation_hist(grey: np.ndarray, mask: np.ndarray, cells: int = 2) -> np.n
     gx[:, 1:-1] = grey[:, 2:] - grey[:, :-2]
     gy[1:-1] = grey[2:] - grey[:-2]
     magnitude = np.hypot(gx, gy) * mask
-    bins = np.minimum(((np.arctan2(gy, gx) % np.pi) / np.pi * 8).astype(np.int64), 7)
-    n = grey.shape[0] // cells
-    out = []
-    for i in range(cells):
-        for j in range(cells):
-            cell = (slice(i * n, (i + 1) * n), slice(j * n, (j + 1) * n))
-            hist = np.bincount(bins[cell].ravel(), weights=magnitude[cell].ravel(), minlength=8)
-            out.append(hist / (hist.sum() + 1e-3))
-    return np.concatenate(out)
+    bins = orientation_bins(gx, gy)
+    # one bincount over (cell, bin): each bin adds its pixels in the same (row-major) order as one per cell did
+    hists = np.bincount((bins + _cell_offsets(grey.shape[0], cells)).ravel(), weights=magnitude.ravel(),
+                        minlength=8 * cells * cells).reshape(cells * cells, 8)
+    return np.concatenate([hist / (hist.sum() + 1e-3) for hist in hists])
 
 
 def cone(grey32: np.ndarray) -> np.ndarray:
@@ -66,7 +101,7 @@ def cone(grey32: np.ndarray) -> np.ndarray:
     right = np.where(any_row, 31 - np.argmax(mask[:, ::-1], axis=1), 16) / 32
     bands = [v.reshape(8, 4).mean(axis=1) for v in (rows, cols, left, right)]
     width = bands[3] - bands[2]
-    return np.concatenate([*bands, width[1:] - width[:-1], [mask.mean()]])
+    return np.concatenate([*bands, width[1:] - width[:-1], [share(mask)]])
 
 
 def _blur3(grey: np.ndarray) -> np.ndarray:
@@ -82,16 +117,17 @@ def speckle(grey: np.ndarray, mask: np.ndarray, blur: np.ndarray) -> np.ndarray:
     if mask.sum() < 16:
         return np.zeros(10, np.float32)
     high = (grey - blur)[mask]
-    spread = high.std() + 1e-3
+    spread = std(high) + 1e-3
     inside = grey[mask]
-    out = [float(spread / (blur[mask].mean() + 1.0)), float(((high - high.mean()) ** 4).mean() / spread ** 4) / 10,
-           float(inside.mean() / (inside.std() + 1.0)) / 5]
-    g = (grey - inside.mean()) / (inside.std() + 1e-3)
+    centred = (high - mean(high)) ** 2  # squared then squared: float32 ** 4 is ~30 x slower (equal to 1e-6)
+    out = [float(spread / (mean(blur[mask]) + 1.0)), float(mean(centred * centred) / spread ** 4) / 10,
+           float(mean(inside) / (std(inside) + 1.0)) / 5]
+    g = (grey - mean(inside)) / (std(inside) + 1e-3)
     for lag in (1, 2, 4):
         across, down = mask[:, :-lag] & mask[:, lag:], mask[:-lag] & mask[lag:]
-        out.append(float((g[:, :-lag] * g[:, lag:])[across].mean()) if across.any() else 0.0)
-        out.append(float((g[:-lag] * g[lag:])[down].mean()) if down.any() else 0.0)
-    out.append(float((high > 2 * spread).mean()) * 5)
+        out.append(float(mean((g[:, :-lag] * g[:, lag:])[across])) if across.any() else 0.0)
+        out.append(float(mean((g[:-lag] * g[lag:])[down])) if down.any() else 0.0)
+    out.append(share(high > 2 * spread) * 5)
     return np.asarray(out, np.float32)
 
 
@@ -104,10 +140,10 @@ def depth_profile(grey64: np.ndarray, mask64: np.ndarray, blur64: np.ndarray) ->
     return np.concatenate([sums[0] / 255, sums[1] / 32]).astype(np.float32)
 
 
-def texture_features(grey128: np.ndarray) -> np.ndarray:
+def texture_features(grey128: np.ndarray, grey64: np.ndarray | None = None) -> np.ndarray:
     """The 118 version-2 features of a ``FINE`` × ``FINE`` grey thumbnail (float, 0..255), computed at 64 and 32
-    (the 128-pixel scale added 1.7 ms for no organ accuracy)."""
-    grey64 = pool2(grey128)
+    (the 128-pixel scale added 1.7 ms for no organ accuracy). ``grey64``: its :func:`pool2` when already made."""
+    grey64 = pool2(grey128) if grey64 is None else grey64
     grey32 = pool2(grey64)
     m64, m32 = grey64 > 16, grey32 > 16
     blur64 = _blur3(grey64)

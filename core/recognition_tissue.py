@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.recognition_features import lbp_hist, pool2
+from core.recognition_features import lbp_hist, mean, pool2, share, std
 
 TISSUE_COUNT = 79  # length of tissue_features()
 
@@ -45,8 +45,8 @@ def structure(grey: np.ndarray, mask: np.ndarray, block: int) -> list[float]:
         vertical = (byy / trace)[valid]
     sxx, syy, sxy = bxx.sum(), byy.sum(), bxy.sum()
     total = sxx + syy + 1e-3
-    return [float(coherence.mean()), float(coherence.std()), float(quantiles(coherence, [0.9])[0]),
-            float(vertical.mean()), float(vertical.std()), float(np.sqrt((sxx - syy) ** 2 + 4 * sxy ** 2) / total),
+    return [float(mean(coherence)), float(std(coherence)), float(quantiles(coherence, [0.9])[0]),
+            float(mean(vertical)), float(std(vertical)), float(np.sqrt((sxx - syy) ** 2 + 4 * sxy ** 2) / total),
             float(syy / total)]
 
 
@@ -55,14 +55,14 @@ def local_variation(grey: np.ndarray, mask: np.ndarray, block: int) -> list[floa
     coefficient of variation, and of their mean relative to the image's (8 values; zeros under 4 blocks)."""
     n = grey.shape[0] // block
     cells = grey.reshape(n, block, n, block)
-    mean, std = cells.mean(axis=(1, 3)), cells.std(axis=(1, 3))
+    means, stds = cells.mean(axis=(1, 3)), cells.std(axis=(1, 3))
     valid = mask.reshape(n, block, n, block).mean(axis=(1, 3)) > 0.9
     if valid.sum() < 4:
         return [0.0] * 8
-    variation, level = std[valid] / (mean[valid] + 1.0), mean[valid]
-    relative = quantiles(level, [0.1, 0.5, 0.9]) / (level.mean() + 1.0)
-    return [*quantiles(variation, [0.1, 0.5, 0.9]).tolist(), float(variation.std()), *relative.tolist(),
-            float(level.std() / (level.mean() + 1.0))]
+    variation, level = stds[valid] / (means[valid] + 1.0), means[valid]
+    relative = quantiles(level, [0.1, 0.5, 0.9]) / (mean(level) + 1.0)
+    return [*quantiles(variation, [0.1, 0.5, 0.9]).tolist(), float(std(variation)), *relative.tolist(),
+            float(std(level) / (mean(level) + 1.0))]
 
 
 def cooccurrence(grey: np.ndarray, mask: np.ndarray, levels: int = 8) -> list[float]:
@@ -74,12 +74,15 @@ def cooccurrence(grey: np.ndarray, mask: np.ndarray, levels: int = 8) -> list[fl
     low, high = quantiles(inside, [0.02, 0.98])
     q = np.clip(((grey - low) / (high - low + 1e-3) * levels).astype(np.int64), 0, levels - 1)
     gap = np.abs(np.arange(levels)[:, None] - np.arange(levels)[None, :]).ravel().astype(np.float64)
+    contrast, closeness = gap ** 2, 1 / (1 + gap)
+    first = q * levels
     out: list[float] = []
     for d in (1, 2, 4):
-        for a, b, both in ((q[:, :-d], q[:, d:], mask[:, :-d] & mask[:, d:]), (q[:-d], q[d:], mask[:-d] & mask[d:])):
-            p = np.bincount(a[both] * levels + b[both], minlength=levels * levels).astype(np.float64)
+        for a, b, both in ((first[:, :-d], q[:, d:], mask[:, :-d] & mask[:, d:]),
+                           (first[:-d], q[d:], mask[:-d] & mask[d:])):
+            p = np.bincount((a + b)[both], minlength=levels * levels).astype(np.float64)  # pair codes, one selection
             p /= p.sum() + 1e-9
-            out += [float(p @ gap ** 2) / 10, float(p @ (1 / (1 + gap))), float(p @ p) * 5]
+            out += [float(p @ contrast) / 10, float(p @ closeness), float(p @ p) * 5]
     return out
 
 
@@ -89,7 +92,7 @@ def autocorrelation(grey: np.ndarray, mask: np.ndarray) -> list[float]:
     inside = grey[mask]
     if inside.size < 16:
         return [0.0] * 9
-    z = (grey - inside.mean()) / (inside.std() + 1e-3)
+    z = (grey - mean(inside)) / (std(inside) + 1e-3)
     weight = mask.astype(grey.dtype)
     out: list[float] = []
     for lag in (1, 2, 4, 8):
@@ -100,63 +103,77 @@ def autocorrelation(grey: np.ndarray, mask: np.ndarray) -> list[float]:
     return [*out, out[-1] - out[-2]]
 
 
-def ridges(grey: np.ndarray, mask: np.ndarray) -> list[float]:
-    """Second derivatives at 128 / 64 / 32: the shares of |d²/dy²| and |d²/dxdy| in their sum, and the sum's log
-    (9 values)."""
-    out: list[float] = []
-    current, inside = grey, mask.astype(np.float32)
-    for _ in range(3):
-        keep = inside > 0.5
-        if keep.sum() < 16:
-            out += [0.0] * 3
-        else:
-            c = current
-            dxx, dyy, dxy = np.zeros_like(c), np.zeros_like(c), np.zeros_like(c)
-            dxx[:, 1:-1] = c[:, 2:] - 2 * c[:, 1:-1] + c[:, :-2]
-            dyy[1:-1] = c[2:] - 2 * c[1:-1] + c[:-2]
-            dxy[1:-1, 1:-1] = (c[2:, 2:] - c[2:, :-2] - c[:-2, 2:] + c[:-2, :-2]) / 4
-            count = float(keep.sum())
-            across, down, diagonal = (float((np.abs(d) * keep).sum()) / count for d in (dxx, dyy, dxy))
-            total = across + down + diagonal + 1e-3
-            out += [down / total, diagonal / total, float(np.log10(total + 1e-2) / 3)]
-        current, inside = pool2(current), pool2(inside)
+Levels = list[tuple[np.ndarray, np.ndarray]]  # (grey, share of the pixels inside the mask) at 128, 64, 32
+
+
+def pyramid(grey: np.ndarray, mask: np.ndarray, grey64: np.ndarray | None = None) -> Levels:
+    """``grey`` and ``mask`` (as a float share) 2 × 2 mean-pooled twice: computed once for the features below."""
+    out = [(grey, mask.astype(np.float32))]
+    for index in range(2):
+        current, inside = out[-1]
+        out.append((grey64 if index == 0 and grey64 is not None else pool2(current), pool2(inside)))
     return out
 
 
-def log_statistics(grey: np.ndarray, mask: np.ndarray) -> list[float]:
-    """Spread, skew, kurtosis and dark-tail share of log intensity inside ``mask`` at 128 and 64 (8 values)."""
+def ridges(grey: np.ndarray, mask: np.ndarray, pooled: Levels | None = None) -> list[float]:
+    """Second derivatives at 128 / 64 / 32: the shares of |d²/dy²| and |d²/dxdy| in their sum, and the sum's log
+    (9 values). ``pooled``: :func:`pyramid` of ``grey`` and ``mask`` when already made."""
     out: list[float] = []
-    for values in (grey[mask], pool2(grey)[pool2(mask.astype(np.float32)) > 0.5]):
+    for c, inside in pooled or pyramid(grey, mask):
+        keep = inside > 0.5
+        if keep.sum() < 16:
+            out += [0.0] * 3
+            continue
+        dxx, dyy, dxy = np.zeros_like(c), np.zeros_like(c), np.zeros_like(c)
+        dxx[:, 1:-1] = c[:, 2:] - 2 * c[:, 1:-1] + c[:, :-2]
+        dyy[1:-1] = c[2:] - 2 * c[1:-1] + c[:-2]
+        dxy[1:-1, 1:-1] = (c[2:, 2:] - c[2:, :-2] - c[:-2, 2:] + c[:-2, :-2]) / 4
+        count = float(keep.sum())
+        across, down, diagonal = (float((np.abs(d) * keep).sum()) / count for d in (dxx, dyy, dxy))
+        total = across + down + diagonal + 1e-3
+        out += [down / total, diagonal / total, float(np.log10(total + 1e-2) / 3)]
+    return out
+
+
+def log_statistics(grey: np.ndarray, mask: np.ndarray, pooled: Levels | None = None) -> list[float]:
+    """Spread, skew, kurtosis and dark-tail share of log intensity inside ``mask`` at 128 and 64 (8 values)."""
+    grey64, inside64 = (pooled or pyramid(grey, mask))[1]
+    out: list[float] = []
+    for values in (grey[mask], grey64[inside64 > 0.5]):
         if values.size < 16:
             out += [0.0] * 4
             continue
         logs = np.log(values + 1.0)
-        mean, spread = logs.mean(), logs.std() + 1e-6
-        centred = (logs - mean) / spread
-        out += [float(spread), float((centred ** 3).mean()) / 3, float((centred ** 4).mean()) / 10,
-                float((logs < mean - 1.0).mean()) * 5]
+        average, spread = mean(logs), std(logs) + 1e-6
+        centred = (logs - average) / spread
+        squared = centred * centred  # squared twice, not ** 4: float32 pow is ~30 x slower (equal to 1e-6); the
+        # skew keeps ** 3, its mean is near 0 and would move more than 1e-5 relative
+        out += [float(spread), float(mean(centred ** 3)) / 3, float(mean(squared * squared)) / 10,
+                share(logs < average - 1.0) * 5]
     return out
 
 
-def dark_share(grey: np.ndarray, mask: np.ndarray) -> list[float]:
+def dark_share(grey: np.ndarray, mask: np.ndarray, pooled: Levels | None = None) -> list[float]:
     """At 32 × 32 (blocks over 90 % inside ``mask``): shares under 0.5 and 0.7 × and over 1.5 × the median (3)."""
-    grey32 = pool2(pool2(grey))
-    keep = pool2(pool2(mask.astype(np.float32))) > 0.9
+    grey32, inside32 = (pooled or pyramid(grey, mask))[2]
+    keep = inside32 > 0.9
     if keep.sum() < 16:
         return [0.0] * 3
     values = grey32[keep]
     median = np.median(values)
-    return [float((values < 0.5 * median).mean()), float((values < 0.7 * median).mean()),
-            float((values > 1.5 * median).mean())]
+    return [share(values < 0.5 * median), share(values < 0.7 * median),
+            share(values > 1.5 * median)]
 
 
-def tissue_features(grey128: np.ndarray) -> np.ndarray:
+def tissue_features(grey128: np.ndarray, grey64: np.ndarray | None = None) -> np.ndarray:
     """The 79 version-3 features of a 128 × 128 grey thumbnail (float, 0..255): structure at 128 / 64, local
     variation at 128, co-occurrence at 64, autocorrelation, ridges, log statistics, dark share, LBP at 128 (structure
-    at 32, local variation at 64 and Laplacian band energies were tried and dropped: no better, 0.7 ms)."""
-    grey64 = pool2(grey128)
+    at 32, local variation at 64 and Laplacian band energies were tried and dropped: no better, 0.7 ms). ``grey64``:
+    its 2 × 2 mean pooling when already made."""
+    grey64 = pool2(grey128) if grey64 is None else grey64
     m128, m64 = grey128 > 16, grey64 > 16
+    pooled = pyramid(grey128, m128, grey64)
     return np.array(structure(grey128, m128, 16) + structure(grey64, m64, 8) + local_variation(grey128, m128, 8)
-                    + cooccurrence(grey64, m64) + autocorrelation(grey128, m128) + ridges(grey128, m128)
-                    + log_statistics(grey128, m128) + dark_share(grey128, m128) + list(lbp_hist(grey128, m128)),
-                    np.float32)
+                    + cooccurrence(grey64, m64) + autocorrelation(grey128, m128) + ridges(grey128, m128, pooled)
+                    + log_statistics(grey128, m128, pooled) + dark_share(grey128, m128, pooled)
+                    + list(lbp_hist(grey128, m128)), np.float32)

@@ -202,3 +202,38 @@ def test_the_tissue_features_tell_layered_tissue_from_even_speckle():
     even, layered = structure(speckle, speckle > 16, 16), structure(layers, layers > 16, 16)
     assert layered[0] > even[0] + 0.1 and layered[6] > 0.7 > even[6]  # coherence; share of horizontal edges
     assert tissue_features(layers).shape == (TISSUE_COUNT,) and np.isfinite(tissue_features(np.zeros((128, 128)))).all()
+
+
+PINNED = PROJECT_ROOT / "tests" / "data" / "recognition_features_v3.npy"  # made by the pre-speed-up code (issue 25)
+PINNED_SAMPLES = ["segmentation/BUSI/imgs/seg_00004.jpg", "segmentation/DDTI/imgs/seg_00006.jpg",
+                  "segmentation/CAMUS/imgs/seg_00000.jpg"]
+
+
+def _colour_image() -> np.ndarray:
+    rng = np.random.default_rng(25)
+    image = rng.integers(0, 256, (150, 210, 3), dtype=np.uint8)
+    image[40:100, 60:160] = (200, 40, 90)
+    return image
+
+
+def test_the_features_stay_those_the_shipped_weights_were_trained_on():
+    """Speed-ups must not change what is computed: three bundled samples (decoded as the service decodes them) and
+    one colour image against the vectors the original code gave (1e-5 relative)."""
+    from core.imaging import load_image
+
+    images = [load_image(PROJECT_ROOT / "samples" / name).rgb for name in PINNED_SAMPLES] + [_colour_image()]
+    found = np.stack([recognition.features(image) for image in images])
+    expected = np.load(PINNED)
+    assert found.shape == expected.shape
+    np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_orientation_ties_fall_in_the_same_bin_on_every_cpu():
+    """0°, 45°, 90° and 135° gradients (exact ties on whole grey levels) get their bins by comparison: AVX-512's
+    arctan2 puts 45° one ulp low, which moved the version-3 features by up to 3.5 % on such machines."""
+    from core.recognition_features import orientation_bins
+
+    step, flat = np.full(64, 3.0, np.float32), np.zeros(64, np.float32)  # 64 wide: the vector kernels
+    cases = [(step, step, 2), (-step, step, 6), (flat, step, 4), (-step, flat, 0), (step, -step, 6), (-step, -step, 2)]
+    for gx, gy, expected in cases:
+        assert set(orientation_bins(gx, gy).tolist()) == {expected}
