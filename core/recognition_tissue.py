@@ -53,10 +53,11 @@ def structure(grey: np.ndarray, mask: np.ndarray, block: int) -> list[float]:
 def local_variation(grey: np.ndarray, mask: np.ndarray, block: int) -> list[float]:
     """Blocks (``block`` × ``block``, over 90 % inside ``mask``): 10/50/90th percentiles and spread of their
     coefficient of variation, and of their mean relative to the image's (8 values; zeros under 4 blocks)."""
-    n = grey.shape[0] // block
-    cells = grey.reshape(n, block, n, block)
-    means, stds = cells.mean(axis=(1, 3)), cells.std(axis=(1, 3))
-    valid = mask.reshape(n, block, n, block).mean(axis=(1, 3)) > 0.9
+    count = block * block  # block sums, not mean / std over axes (1, 3): a third of the time, equal to 1e-6
+    means = _block_sum(grey, block) / count
+    deviation = grey - np.repeat(np.repeat(means, block, axis=0), block, axis=1)
+    stds = np.sqrt(_block_sum(deviation * deviation, block) / count)
+    valid = _block_sum(mask.astype(np.float32), block) / count > 0.9
     if valid.sum() < 4:
         return [0.0] * 8
     variation, level = stds[valid] / (means[valid] + 1.0), means[valid]
@@ -146,9 +147,8 @@ def log_statistics(grey: np.ndarray, mask: np.ndarray, pooled: Levels | None = N
         logs = np.log(values + 1.0)
         average, spread = mean(logs), std(logs) + 1e-6
         centred = (logs - average) / spread
-        squared = centred * centred  # squared twice, not ** 4: float32 pow is ~30 x slower (equal to 1e-6); the
-        # skew keeps ** 3, its mean is near 0 and would move more than 1e-5 relative
-        out += [float(spread), float(mean(centred ** 3)) / 3, float(mean(squared * squared)) / 10,
+        squared = centred * centred  # products, not ** 3 / ** 4: float32 pow is ~60 x slower (1.2 ms an image)
+        out += [float(spread), float(mean(squared * centred)) / 3, float(mean(squared * squared)) / 10,
                 share(logs < average - 1.0) * 5]
     return out
 
