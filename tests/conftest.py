@@ -303,6 +303,19 @@ def _no_log_handler_outlives_its_test():
     assert not left, f"log handlers left behind: {left}"
 
 
+@pytest.fixture(autouse=True)
+def _main_module_stays_pytest():
+    """Streamlit's AppTest runs a page as ``sys.modules["__main__"]`` and leaves it there; a later test that starts a
+    ``spawn`` process would then run that page (``Home.py`` warms the model in a thread) in the child as
+    ``__mp_main__``, whose exit aborted (SIGABRT). Put pytest's own ``__main__`` back after every test."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None and sys.modules.get("__main__") is not main:
+        sys.modules["__main__"] = main
+
+
 def wait_for_server(process, base: str, log_path: Path, *, timeout: float) -> None:
     """Wait until a started ``python -m core serve`` answers ``/healthz``; fail with its log if it dies or stalls."""
     import time

@@ -26,10 +26,16 @@ from core.errors import ClusterError, ConfigError
 from core.settings import PROJECT_ROOT, Settings
 
 INSTALL_HINT = "pip install -r requirements-cluster.txt (or pip install -e .[cluster])"
+# Ray's usage statistics (sent to the Ray project by default) and Ray Data's per-run usage poller stay off in a
+# hospital unless the operator sets these variables; the workers a local Ray starts inherit them.
+TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DATA_USAGE_DISABLED": "1"}
+for _name, _off in TELEMETRY_OFF.items():  # set on import of this package, before any of its modules imports Ray
+    os.environ.setdefault(_name, _off)
 
 
 def import_ray() -> ModuleType:
-    """The ``ray`` module; :class:`ClusterError` naming the install command when it is not installed."""
+    """The ``ray`` module (its telemetry off: :data:`TELEMETRY_OFF`); :class:`ClusterError` naming the install
+    command when it is not installed."""
     try:
         import ray
     except ImportError as exc:
