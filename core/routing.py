@@ -31,21 +31,25 @@ if TYPE_CHECKING:
 
 
 class LoadedModels:
-    """The process's loaded models: one engine per (settings key, model name), built once under one lock."""
+    """The process's loaded models: one engine per (settings key, model name), built once under one build lock;
+    reading what is loaded (``/healthz``) takes only the short lock of the table, never waits for a build."""
 
     def __init__(self) -> None:
         self._engines: dict[tuple[str, str], Engine] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the table
+        self._build_lock = threading.RLock()  # one build at a time (held for seconds: torch import, conversion)
 
     def get(self, key: str, name: str, build: Callable[[], Engine]) -> Engine:
         """The engine of ``name`` under the settings ``key``, built by ``build()`` the first time."""
         engine = self._engines.get((key, name))  # loaded: no wait while another model is being built
         if engine is not None:
             return engine
-        with self._lock:
+        with self._build_lock:
             engine = self._engines.get((key, name))
             if engine is None:
-                engine = self._engines[(key, name)] = build()
+                engine = build()
+                with self._lock:
+                    self._engines[(key, name)] = engine
             return engine
 
     def of(self, key: str) -> dict[str, Engine]:

@@ -161,3 +161,32 @@ def test_the_server_listens_before_its_model_has_loaded(tiny_settings, monkeypat
                                                   "task": "segmentation", "dataset_name": "DDTI"})
         assert answer.status_code == 200, answer.text
         assert client.get("/healthz").json()["model_loaded"] is True
+
+
+def test_healthz_answers_while_the_model_is_being_built(tiny_settings, monkeypatch):
+    """The build of an engine (torch import and eager load on a first-ever start: seconds) holds only the build lock;
+    /healthz reads the loaded-models table without waiting for it (it waited, so a first start "listened" late)."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from core.api.app import create_app
+    from core.routing import ModelPool
+
+    gate, building = threading.Event(), threading.Event()
+    load = ModelPool._load
+
+    def gated(self, name):
+        building.set()
+        assert gate.wait(120), "the test never opened the gate"
+        return load(self, name)
+
+    monkeypatch.setattr(ModelPool, "_load", gated)
+    with TestClient(create_app(tiny_settings, preload=True)) as client:
+        assert building.wait(120)
+        answered = threading.Event()
+        threading.Thread(target=lambda: (client.get("/healthz"), answered.set()), daemon=True).start()
+        held = answered.wait(30)
+        gate.set()
+        assert held, "/healthz waited for the model's build"
+        assert client.get("/healthz").json()["status"] == "ok"
