@@ -163,30 +163,35 @@ def test_the_server_listens_before_its_model_has_loaded(tiny_settings, monkeypat
         assert client.get("/healthz").json()["model_loaded"] is True
 
 
-def test_healthz_answers_while_the_model_is_being_built(tiny_settings, monkeypatch):
+def test_healthz_answers_while_the_model_is_being_built(tiny_settings):
     """The build of an engine (torch import and eager load on a first-ever start: seconds) holds only the build lock;
-    /healthz reads the loaded-models table without waiting for it (it waited, so a first start "listened" late)."""
+    what ``/healthz`` reads (``service.health()`` → the loaded-models table) never waits for it (it did, so a first
+    start answered /healthz only after the eager model had loaded)."""
     import threading
 
-    from fastapi.testclient import TestClient
-
-    from core.api.app import create_app
-    from core.routing import ModelPool
+    from core.routing import LoadedModels, ModelPool
+    from core.service import AnalysisService
 
     gate, building = threading.Event(), threading.Event()
-    load = ModelPool._load
+    models = LoadedModels()
+    service = AnalysisService(tiny_settings, workspace_check=False)
+    service.pool = ModelPool(tiny_settings, models=models)
 
-    def gated(self, name):
+    def build():
         building.set()
-        assert gate.wait(120), "the test never opened the gate"
-        return load(self, name)
+        assert gate.wait(60), "the test never opened the gate"
+        return service.pool._load(service.pool.default_name())
 
-    monkeypatch.setattr(ModelPool, "_load", gated)
-    with TestClient(create_app(tiny_settings, preload=True)) as client:
-        assert building.wait(120)
-        answered = threading.Event()
-        threading.Thread(target=lambda: (client.get("/healthz"), answered.set()), daemon=True).start()
-        held = answered.wait(30)
+    loader = threading.Thread(target=models.get, args=(service.pool.key, service.pool.default_name(), build))
+    loader.start()
+    try:
+        assert building.wait(60)
+        health: list[dict] = []
+        reader = threading.Thread(target=lambda: health.append(service.health()), daemon=True)
+        reader.start()
+        reader.join(10)
+        assert health and health[0]["model_loaded"] is False, "/healthz waited for the model's build"
+    finally:
         gate.set()
-        assert held, "/healthz waited for the model's build"
-        assert client.get("/healthz").json()["status"] == "ok"
+        loader.join(60)
+    assert service.health()["model_loaded"] is True
