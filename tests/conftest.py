@@ -316,6 +316,52 @@ def _main_module_stays_pytest():
         sys.modules["__main__"] = main
 
 
+@pytest.fixture()
+def decodes(monkeypatch) -> list[str]:
+    """The name of every image decode (still images and single-frame DICOM) while the test runs."""
+    from core import imaging
+
+    seen: list[str] = []
+    for name in ("_load_pil", "_load_dicom"):
+        original = getattr(imaging, name)
+
+        def counted(data, label, *args, _original=original, **kwargs):
+            seen.append(str(label))
+            return _original(data, label, *args, **kwargs)
+
+        monkeypatch.setattr(imaging, name, counted)
+    return seen
+
+
+def random_png(width: int = 48, height: int = 40) -> bytes:
+    """A PNG of seeded random RGB noise."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def wait_for_model(fetch_health, seconds: float, what: str, *, alive=lambda: None, detail=lambda: "") -> None:
+    """Poll ``fetch_health()`` (an httpx response of ``/healthz``) every 0.5 s until it says the model is loaded;
+    ``alive()`` may fail the test first (a server process that exited); fail after ``seconds`` with ``detail()``."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive()
+        try:
+            health = fetch_health()
+            if health.status_code == 200 and health.json().get("model_loaded"):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{what} did not come up in {seconds:.0f} s{detail()}")
+
+
 def wait_for_server(process, base: str, log_path: Path, *, timeout: float) -> None:
     """Wait until a started ``python -m core serve`` answers ``/healthz``; fail with its log if it dies or stalls."""
     import time

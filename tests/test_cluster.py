@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_for_model
 from PIL import Image
 
 from core.settings import PROJECT_ROOT, Settings
@@ -78,18 +78,12 @@ def _env(workspace: Path, **extra: str) -> dict[str, str]:
 def _wait_ready(url: str, proc: subprocess.Popen, log: Path, seconds: float = 150.0) -> None:
     import httpx
 
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    def alive() -> None:
         if proc.poll() is not None:
             pytest.fail(f"serve --backend ray exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            health = httpx.get(f"{url}/healthz", timeout=2)
-            if health.status_code == 200 and health.json().get("model_loaded"):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"the Ray Serve deployment did not come up in {seconds:.0f} s:\n{log.read_text()[-3000:]}")
+
+    wait_for_model(lambda: httpx.get(f"{url}/healthz", timeout=2), seconds, "the Ray Serve deployment", alive=alive,
+                   detail=lambda: f":\n{log.read_text()[-3000:]}")
 
 
 def _pids(url: str, tries: int = 40) -> set[int]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_png
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -151,33 +152,8 @@ def test_cli_predict_routes_entries_without_a_dataset(tiny_settings: Settings, t
 
 
 # ------------------------------------------------------------------------------------------------ decoded once
-@pytest.fixture()
-def decodes(monkeypatch) -> list[str]:
-    """The name of every still-image / single-frame DICOM decode while the test runs (as tests/test_spine.py)."""
-    from core import imaging
-
-    seen: list[str] = []
-    for name in ("_load_pil", "_load_dicom"):
-        original = getattr(imaging, name)
-
-        def counted(data, label, *args, _original=original, **kwargs):
-            seen.append(str(label))
-            return _original(data, label, *args, **kwargs)
-
-        monkeypatch.setattr(imaging, name, counted)
-    return seen
-
-
-def _png(width: int = 48, height: int = 40) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(5).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def test_a_routed_request_is_decoded_once(service: AnalysisService, answer: dict, decodes: list[str]):
-    skeleton = service.save_upload(_png(), "scan.png")
+    skeleton = service.save_upload(random_png(), "scan.png")
     decodes.clear()  # the route step decodes the image; the engine prepares that decoded image
     one = service.analyze({**skeleton, "task": "segmentation"})
     assert one.dataset_name == "DDTI" and one.recognition and one.recognition["routed"] is True

@@ -13,12 +13,11 @@ import importlib.util
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_for_model
 from PIL import Image
 
 from core import recognition
@@ -71,18 +70,7 @@ def local_ray():
 
 
 def _wait_ready(client, seconds: float = 240.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            health = client.get("/healthz", timeout=5)
-            if health.status_code == 200 and health.json().get("model_loaded"):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"the Ray Serve deployment did not come up in {seconds:.0f} s")
+    wait_for_model(lambda: client.get("/healthz", timeout=5), seconds, "the Ray Serve deployment")
 
 
 def test_ray_serve_routes_predict_without_a_dataset(local_ray, tmp_path: Path):

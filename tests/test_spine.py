@@ -4,17 +4,15 @@ image once, and every door reaches the same validators (parse, edit plan, "is th
 from __future__ import annotations
 
 import ast
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import random_png
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from bench.structure import imports  # the one reading of a module's core imports (also the structure bench)
-from core import editing, imaging, routing, schema
+from core import editing, routing, schema
 from core.api import create_app
 from core.errors import NoModelError
 from core.service import AnalysisService
@@ -89,29 +87,8 @@ def service(tiny_settings: Settings) -> AnalysisService:
     return AnalysisService(tiny_settings, model="tiny")
 
 
-@pytest.fixture()
-def decodes(monkeypatch) -> list[str]:
-    """The name of every image decode (still images and DICOM) while the test runs."""
-    seen: list[str] = []
-    for name in ("_load_pil", "_load_dicom"):
-        original = getattr(imaging, name)
-
-        def counted(data, label, *args, _original=original, **kwargs):
-            seen.append(str(label))
-            return _original(data, label, *args, **kwargs)
-
-        monkeypatch.setattr(imaging, name, counted)
-    return seen
-
-
-def _png(width: int = 48, height: int = 40) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(5).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def test_an_upload_is_decoded_once_per_analysis(service: AnalysisService, decodes: list[str]):
-    skeleton = service.save_upload(_png(), "scan.png")
+    skeleton = service.save_upload(random_png(), "scan.png")
     decodes.clear()  # storing the upload decodes it once (to check and re-encode it); analysing it, once more
     service.analyze({**skeleton, "task": "segmentation", "dataset_name": "DDTI"})
     assert len(decodes) == 1
