@@ -100,7 +100,7 @@ class RecognisingStages:
     def finish(self, prepared: Prepared, raw: Any, *, output_dir: Path, forward_sec: float, gpu: Any) -> dict:
         response = self.engine.finish(prepared, raw, output_dir=output_dir, forward_sec=forward_sec, gpu=gpu)
         found, seconds = self.found.pop(id(prepared), (None, 0.0))
-        _add_recognition(response, found, seconds, prepared.request)
+        add_recognition(response, found, seconds, prepared.request)
         return response
 
 
@@ -149,7 +149,7 @@ class Analyzer:
         response = engine.finish(prepared, raw, output_dir=Path(output_dir or self.mask_folder(engine)),
                                  forward_sec=forward_sec, gpu=gpu)
         response["inference_time_sec"] = time.perf_counter() - start
-        _add_recognition(response, recognised, seconds, request)
+        add_recognition(response, recognised, seconds, request)
         return self.typed(response)
 
     def route(self, request: AnyRequest, *, input_dir: Path | None = None,
@@ -162,14 +162,9 @@ class Analyzer:
             return Routed(request, None)
         return route(self.settings, self.pool, request, input_dir=input_dir, model=model)
 
-    def recognised(self, prepared: Prepared) -> tuple[recognition.Recognition | None, float]:
-        """The organ recogniser's view of the decoded image (None: unavailable) and the seconds it took;
-        :class:`RequestError` (422) for an out-of-distribution image when ``UUSIC_REFUSE_OOD`` is on."""
-        start = time.perf_counter()
-        found = recognition.recognise(prepared.image.rgb, self.settings.weights_dir)
-        if found is not None and not found.in_distribution and self.settings.refuse_ood:
-            raise RequestError(recognition.OOD_REFUSAL, field="img_path_relative")
-        return found, time.perf_counter() - start
+    def recognised(self, prepared: Prepared) -> Found:
+        """:func:`recognise_image` of the decoded image."""
+        return recognise_image(self.settings, prepared.image.rgb)
 
     def mask_folder(self, engine: Engine) -> Path:
         """``api_out/`` for the default model; ``api_out/models/<name>/`` for the others, so that two models'
@@ -270,8 +265,19 @@ class Analyzer:
         return groups
 
 
-def _add_recognition(response: dict, found: recognition.Recognition | None, seconds: float,
-                     request: PredictRequest) -> None:
+def recognise_image(settings: Settings, rgb: Any) -> Found:
+    """The organ recogniser's view of a decoded image (None: unavailable) and the seconds it took;
+    :class:`RequestError` (422) for an out-of-distribution image when ``UUSIC_REFUSE_OOD`` is on. The one
+    recognition stage of every runner (threads here, Ray Data tasks in :mod:`core.cluster.batch`)."""
+    start = time.perf_counter()
+    found = recognition.recognise(rgb, settings.weights_dir)
+    if found is not None and not found.in_distribution and settings.refuse_ood:
+        raise RequestError(recognition.OOD_REFUSAL, field="img_path_relative")
+    return found, time.perf_counter() - start
+
+
+def add_recognition(response: dict, found: recognition.Recognition | None, seconds: float,
+                    request: PredictRequest) -> None:
     """The ``recognition`` block (``routed: true`` when the route step chose the dataset), its notes, and its time
     in ``timings``."""
     recognition.annotate(response, found, request.organ)

@@ -110,3 +110,32 @@ def test_ray_serve_routes_predict_without_a_dataset(local_ray, tmp_path: Path):
     rows = HistoryStore.from_settings(settings).list(limit=None)
     assert len(rows) == 6 and sorted(r["error_type"] for r in rows if r["error_type"]) == ["RequestError"] * 2
     assert sorted(r["dataset_name"] for r in rows if not r["error_type"]) == ["BUSI", "DDTI", "DDTI", "DDTI"]
+
+
+def test_ray_data_batches_carry_the_recognition(local_ray, tmp_path: Path):
+    """``predict --backend ray``: the decode tasks run the recogniser (every response has ``recognition``), a routed
+    entry keeps the route step's answer (``routed: true``), an out-of-distribution image is refused with
+    ``UUSIC_REFUSE_OOD`` on, and the batch goes on."""
+    from core.cluster.batch import build_service
+    from core.response import AnalysisFailure, AnalysisResponse
+
+    data_root = tmp_path / "samples"
+    shutil.copytree(PROJECT_ROOT / "samples", data_root)
+    noise = np.random.default_rng(3).integers(0, 256, (180, 240, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(data_root / "segmentation/DDTI/imgs/noise.png")
+    entries = json.loads((data_root / "ground_truth.json").read_text())
+    thyroid = next(e for e in entries if e["dataset_name"] == "DDTI")
+    bare = {"img_path_relative": thyroid["img_path_relative"], "task": thyroid["task"]}
+    noisy = {**thyroid, "img_path_relative": "segmentation/DDTI/imgs/noise.png"}
+    settings = Settings(workspace=tmp_path / "ws", data_root=data_root, device="cpu", refuse_ood=True)
+    service = build_service(settings, None, None, mask_inverse="exact", address=None, concurrency=1, num_gpus=0.0,
+                            threads=1)
+    result = service.analyze_batch([bare, thyroid, noisy, thyroid], source="batch", output_dir=tmp_path / "out",
+                                   input_dir=data_root)
+    routed, given, refused, again = result.items
+    assert isinstance(routed, AnalysisResponse) and routed.recognition and routed.recognition["routed"] is True
+    for item in (given, again):
+        assert isinstance(item, AnalysisResponse) and item.recognition and item.recognition["organ"] == "Thyroid"
+        assert "routed" not in item.recognition
+    assert isinstance(refused, AnalysisFailure) and refused.status_code == 422
+    assert "out of distribution" in refused.error

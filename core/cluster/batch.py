@@ -5,7 +5,8 @@ progress, one history row per image with ``--record``, :class:`BatchResult`); on
 go to Ray, as a pipeline over chunks of ``--batch-size`` images, in input order — the chunks the local backend
 forwards together, so the outputs are the same:
 
-1. decode + preprocess: parallel Ray tasks (:func:`prepare_chunk`, the engine's ``prepare`` stage, no model);
+1. decode + preprocess: parallel Ray tasks (:func:`prepare_chunk`, the engine's ``prepare`` stage and the organ
+   recogniser's, no model);
 2. forward + finish (probabilities, masks written to ``--output-dir``): ``map_batches`` over a pool of
    ``--concurrency`` engine actors (:class:`EngineWorker`, one loaded model each, ``--num-gpus-per-worker``).
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from core import catalog
-from core.analysis import OnResult, Recognise, Runnable
+from core.analysis import Found, OnResult, Recognise, Runnable, add_recognition, recognise_image
 from core.cluster import ClusterError, connect, import_ray
 from core.engine import Engine, Prepared
 from core.errors import error_body, error_from_body
@@ -38,6 +39,7 @@ from core.service import AnalysisService
 from core.settings import Settings
 
 ENGINE_MEMORY_BYTES = 1 << 30  # what Ray reserves per engine actor (torch + one model, CPU side)
+Entry = tuple[int, Any, "Found | None"]  # (entry index, parsed request, the route step's answer when it was routed)
 
 
 class RemoteEngine(Engine):
@@ -75,14 +77,18 @@ def _slim(prepared: Prepared) -> Prepared:
     return dataclasses.replace(prepared, image=dataclasses.replace(image, rgb=empty))
 
 
-def prepare_chunk(row: dict[str, Any], *, engine: RemoteEngine, input_dir: Path | None) -> dict[str, Any]:
-    """Ray task: decode and preprocess one chunk; each image becomes ``(index, "prepared", Prepared)`` or
-    ``(index, "error", error body)``."""
+def prepare_chunk(row: dict[str, Any], *, engine: RemoteEngine, input_dir: Path | None,
+                  recognise: bool = False) -> dict[str, Any]:
+    """Ray task: decode and preprocess one chunk; each image becomes ``(index, "prepared", (Prepared, Found))`` or
+    ``(index, "error", error body)``. ``recognise``: the organ recogniser's stage on the decoded image
+    (:func:`core.analysis.recognise_image`) unless the route step's answer came with the entry."""
     torch.set_num_threads(1)
     out: list[tuple[int, str, Any]] = []
-    for index, request in pickle.loads(row["payload"]):
+    for index, request, given in pickle.loads(row["payload"]):
         try:
-            out.append((index, "prepared", _slim(engine.prepare(request, input_dir=input_dir))))
+            prepared = engine.prepare(request, input_dir=input_dir)
+            found = (given or recognise_image(engine.settings, prepared.image.rgb)) if recognise else None
+            out.append((index, "prepared", (_slim(prepared), found)))
         except Exception as exc:  # noqa: BLE001 - reported per image
             out.append((index, "error", error_body(exc)))
     return {"payload": pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)}
@@ -105,18 +111,20 @@ class EngineWorker:
     def _chunk(self, payload: bytes) -> bytes:
         items = pickle.loads(payload)
         out = [(index, "error", value) for index, kind, value in items if kind == "error"]
-        ready = [(index, value) for index, kind, value in items if kind == "prepared"]
+        ready = [(index, *value) for index, kind, value in items if kind == "prepared"]
         if ready:
             try:
-                outputs, seconds, gpu = self.engine.forward([prepared for _, prepared in ready])
+                outputs, seconds, gpu = self.engine.forward([prepared for _, prepared, _ in ready])
             except Exception as exc:  # noqa: BLE001 - every image of the chunk gets the error
-                out += [(index, "error", error_body(exc)) for index, _ in ready]
+                out += [(index, "error", error_body(exc)) for index, _, _ in ready]
             else:
                 share = seconds / len(ready)
-                for (index, prepared), raw in zip(ready, outputs, strict=True):
+                for (index, prepared, found), raw in zip(ready, outputs, strict=True):
                     try:
                         response = self.engine.finish(prepared, raw, output_dir=self.output_dir, forward_sec=share,
                                                       gpu=gpu)
+                        if found is not None:
+                            add_recognition(response, found[0], found[1], prepared.request)
                     except Exception as exc:  # noqa: BLE001 - reported per image
                         out.append((index, "error", error_body(exc)))
                     else:
@@ -146,16 +154,18 @@ class RayGroups:
 
     def run(self, engine: Engine, runnable: Runnable, on_result: OnResult, *, output_dir: Path,
             input_dir: Path | None, batch_size: int, workers: int, recognise: Recognise | None = None) -> None:
-        """Chunks of ``batch_size`` decoded by Ray tasks, forwarded by the engine actors, in input order (the images
-        are decoded in Ray tasks, so ``recognise`` is not run here: the responses say ``recognition: null``)."""
+        """Chunks of ``batch_size`` decoded by Ray tasks, forwarded by the engine actors, in input order; with
+        ``recognise`` the decode tasks also run the organ recogniser (a routed entry brings the route step's answer;
+        its image is decoded again there, the driver does not ship pixels)."""
         size = max_batch(engine, batch_size)
-        chunks = [runnable[i:i + size] for i in range(0, len(runnable), size)]
+        entries = [(index, request, _route_answer(recognise, request)) for index, request in runnable]
+        chunks = [entries[i:i + size] for i in range(0, len(entries), size)]
         if not chunks:
             return
         self.connect()
         pending = {index for index, _ in runnable}
         try:
-            for row in self._dataset(chunks, output_dir, input_dir).iter_rows():
+            for row in self._dataset(chunks, output_dir, input_dir, recognise is not None).iter_rows():
                 for index, kind, value in pickle.loads(row["payload"]):
                     pending.discard(index)
                     failure = None if kind == "ok" else error_from_body(value, int(value.get("status_code", 500)))
@@ -167,7 +177,7 @@ class RayGroups:
         finally:
             self.close()
 
-    def _dataset(self, chunks: list[Runnable], output_dir: Path, input_dir: Path | None) -> Any:
+    def _dataset(self, chunks: list[list[Entry]], output_dir: Path, input_dir: Path | None, recognise: bool) -> Any:
         ray = import_ray()
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
@@ -177,13 +187,20 @@ class RayGroups:
         # Data from fusing those tasks into the actors (decoding would then be serialised with the forward passes)
         return (
             ray.data.from_items(rows, override_num_blocks=len(rows))
-            .map(prepare_chunk, fn_kwargs={"engine": self.remote, "input_dir": input_dir}, num_cpus=1)
+            .map(prepare_chunk, fn_kwargs={"engine": self.remote, "input_dir": input_dir, "recognise": recognise},
+                 num_cpus=1)
             .map_batches(EngineWorker, batch_size=1, compute=ray.data.ActorPoolStrategy(size=self.concurrency),
                          num_cpus=1, num_gpus=self.num_gpus or None, memory=ENGINE_MEMORY_BYTES,
                          fn_constructor_kwargs={"settings": self.settings, "spec": self.remote.spec,
                                                 "mask_inverse": self.remote.mask_inverse,
                                                 "output_dir": str(output_dir), "threads": self.threads or 1})
         )
+
+
+def _route_answer(recognise: Recognise | None, request: Any) -> Found | None:
+    """The route step's answer for a routed entry (its held image let go here), else None."""
+    routed = recognise.take(request) if recognise is not None else None
+    return routed.found if routed is not None else None
 
 
 def _gist(exc: BaseException) -> str:
