@@ -363,7 +363,8 @@ def wait_for_model(fetch_health, seconds: float, what: str, *, alive=lambda: Non
 
 
 def wait_for_server(process, base: str, log_path: Path, *, timeout: float) -> None:
-    """Wait until a started ``python -m core serve`` answers ``/healthz``; fail with its log if it dies or stalls."""
+    """Wait until a started ``python -m core serve`` answers ``/healthz`` with its model loaded (or its load error:
+    the server listens at once and loads in the background); fail with its log if it dies or stalls."""
     import time
 
     import httpx
@@ -373,7 +374,8 @@ def wait_for_server(process, base: str, log_path: Path, *, timeout: float) -> No
         if process.poll() is not None:
             raise AssertionError(log_path.read_text())
         try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+            health = httpx.get(f"{base}/healthz", timeout=1)
+            if health.status_code == 200 and (health.json().get("model_loaded") or health.json().get("error")):
                 return
         except httpx.HTTPError:
             pass
