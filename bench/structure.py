@@ -19,6 +19,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def parse(path: Path) -> ast.Module:
+    """The AST of a source file. CPython 3.11's AST builder keeps its recursion depth in shared state, so a compile in
+    another thread (an import compiling a module, a traceback's caret) can make ``ast.parse`` raise "AST constructor
+    recursion depth mismatch" (fixed in later Pythons); the parse is deterministic, so it is simply tried again."""
+    source = path.read_text()
+    for _ in range(4):
+        try:
+            return ast.parse(source, str(path))
+        except SystemError as error:
+            if "recursion depth mismatch" not in str(error):
+                raise
+    return ast.parse(source, str(path))
+
+
 def modules(tree: Path) -> dict[str, Path]:
     found = {}
     for path in sorted((tree / "core").rglob("*.py")):
@@ -93,7 +107,7 @@ def floors(graph: dict[str, set[str]], upward: list[tuple[str, str]]) -> tuple[i
 def sizes(known: dict[str, Path]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
     classes, functions = [], []
     for name, path in known.items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parse(path)):
             lines = (getattr(node, "end_lineno", 0) or 0) - getattr(node, "lineno", 0) + 1
             if isinstance(node, ast.ClassDef):
                 classes.append((lines, f"{name}.{node.name}"))
@@ -104,7 +118,7 @@ def sizes(known: dict[str, Path]) -> tuple[list[tuple[int, str]], list[tuple[int
 
 def report(tree: Path, top: int) -> None:
     known = modules(tree)
-    graph = {name: imports(ast.parse(path.read_text()), known) - {name} for name, path in known.items()}
+    graph = {name: imports(parse(path), known) - {name} for name, path in known.items()}
     lines = sum(len(path.read_text().splitlines()) for path in known.values())
     classes, functions = sizes(known)
     upward = back_edges(graph)
@@ -116,7 +130,7 @@ def report(tree: Path, top: int) -> None:
     print(f"functions over 60: {', '.join(f'{name} {n}' for n, name in functions) or 'none'}")
     print(f"import floors: {count} ({' -> '.join(chain)})")
     print(f"circles: {len(circles(graph))}" + "".join(f"\n  {' <-> '.join(c)}" for c in circles(graph)))
-    typed = {name: imports(ast.parse(path.read_text()), known, True) - {name} for name, path in known.items()}
+    typed = {name: imports(parse(path), known, True) - {name} for name, path in known.items()}
     print(f"circles counting `if TYPE_CHECKING` imports too: {len(circles(typed))}"
           + "".join(f"\n  {' <-> '.join(c)}" for c in circles(typed)))
     print(f"upward imports (close a circle): {len(upward)}" + "".join(f"\n  {a} -> {b}" for a, b in upward))

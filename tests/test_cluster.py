@@ -92,6 +92,18 @@ def _pids(url: str, tries: int = 40) -> set[int]:
     return {httpx.get(f"{url}/healthz", timeout=10).json()["pid"] for _ in range(tries)}
 
 
+def _two_replicas(url: str, *, without: int | None = None, seconds: float = 120.0) -> set[int]:
+    """The pids of the deployment's two replicas once both answer (``without``: once the killed one is replaced)."""
+    deadline = time.monotonic() + seconds
+    now: set[int] = set()
+    while time.monotonic() < deadline:
+        now = _pids(url, tries=12)
+        if len(now) == 2 and without not in now:
+            return now
+        time.sleep(1)
+    pytest.fail(f"the deployment did not show two replicas{f' without {without}' if without else ''}: {now}")
+
+
 def test_serve_on_ray_answers_like_the_plain_server(ray_cluster, workspace: Path, postgres_url: str,
                                                    tmp_path: Path):
     import httpx
@@ -152,21 +164,13 @@ def test_serve_on_ray_answers_like_the_plain_server(ray_cluster, workspace: Path
         assert [r["error_type"] for r in rows if r["error_type"]] == ["RequestError"]
 
         # kill one replica's process: calls keep being answered while Ray starts a new one
-        pids = _pids(url)
-        assert len(pids) == 2, pids
+        pids = _two_replicas(url)  # the second may still be starting on a loaded machine
         victim = min(pids)
         os.kill(victim, signal.SIGKILL)
         with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
             after = [client.post("/v1/predict", json=ENTRIES[i % len(ENTRIES)]) for i in range(12)]
         assert [r.status_code for r in after] == [200] * len(after), [r.text for r in after]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            now = _pids(url, tries=12)
-            if len(now) == 2 and victim not in now:
-                break
-            time.sleep(1)
-        else:
-            pytest.fail(f"Ray did not restart the killed replica {victim}: {now}")
+        _two_replicas(url, without=victim)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

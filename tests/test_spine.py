@@ -11,7 +11,7 @@ import pytest
 from conftest import random_png
 from fastapi.testclient import TestClient
 
-from bench.structure import imports  # the one reading of a module's core imports (also the structure bench)
+from bench.structure import imports, parse  # the one reading of a module's core imports (also the structure bench)
 from core import editing, routing, schema
 from core.api import create_app
 from core.errors import NoModelError
@@ -61,7 +61,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_core_import_graph_has_no_circle():
     known = _modules()
-    graph = {name: imports(ast.parse(path.read_text()), known) - {name} for name, path in known.items()}
+    graph = {name: imports(parse(path), known) - {name} for name, path in known.items()}
     assert _cycle(graph) is None
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check itself finds one
 
@@ -76,7 +76,7 @@ def _sizes(tree: ast.Module) -> Iterator[tuple[str, int, int]]:
 
 def test_no_class_over_250_lines_and_no_function_over_60_without_a_reason():
     sizes = {(module, name): (size, limit) for module, path in _modules().items()
-             for name, size, limit in _sizes(ast.parse(path.read_text()))}
+             for name, size, limit in _sizes(parse(path))}
     found = {key: size for key, (size, limit) in sizes.items() if size > limit}
     assert set(found) <= set(ALLOWED_SIZE), {key: found[key] for key in set(found) - set(ALLOWED_SIZE)}
     assert sizes[("core.service", "AnalysisService")][0] < 250
@@ -162,7 +162,7 @@ def _page_data_root_uses() -> set[tuple[str, str]]:
     of what reads the data root itself (core.samples, core.paths, core.reference's loader)."""
     found: set[tuple[str, str]] = set()
     for path in sorted((ROOT / "pages").glob("*.py")):
-        module, tree = f"pages.{path.stem}", ast.parse(path.read_text())
+        module, tree = f"pages.{path.stem}", parse(path)
         owners = {id(sub): node.name for node in ast.walk(tree)
                   if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) for sub in ast.walk(node)}
         for node in ast.walk(tree):
