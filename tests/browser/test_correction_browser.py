@@ -90,7 +90,7 @@ def set_range(page, label: str, low: int, high: int) -> None:
         for _ in range(abs(target - current)):
             page.keyboard.press(key)
         playwright_api.expect(thumb).to_have_value(str(target))
-    wait_idle(page)
+    wait_idle(page, timeout=WAIT)
 
 
 def open_panel(page, app_url: str, run_id: int) -> None:
@@ -99,19 +99,19 @@ def open_panel(page, app_url: str, run_id: int) -> None:
     page.get_by_text(i18n.t("demo_banner", "en")).wait_for(state="visible", timeout=3 * WAIT)
     reopen = page.locator('[data-testid="stSelectbox"]').nth(3)  # the three filters, then the run to re-open
     reopen.wait_for()
-    wait_idle(page)
+    wait_idle(page, timeout=WAIT)
     pick_option(page, reopen, re.compile(rf"^#{run_id} "))
     page.get_by_text("Correct this result", exact=True).click()
-    wait_idle(page)
+    wait_idle(page, timeout=WAIT)
 
 
 def draw(page, box: tuple[int, ...], mode: str) -> None:
     set_range(page, "x (px)", box[0], box[2])
     set_range(page, "y (px)", box[1], box[3])
     page.get_by_role("radiogroup").filter(has_text="erase").get_by_text(mode, exact=True).click()
-    wait_idle(page)
+    wait_idle(page, timeout=WAIT)
     page.get_by_role("button", name="Apply", exact=True).click()
-    wait_idle(page)
+    wait_idle(page, timeout=WAIT)
 
 
 def area(box: tuple[int, ...]) -> int:
@@ -132,10 +132,10 @@ def test_a_drawn_correction_changes_the_stored_mask_areas_and_row_by_what_was_dr
     open_panel(tab, app_url, run_id)
     tab.get_by_text("Edit the mask", exact=True).click()
     tab.locator('[data-testid="stPlotlyChart"] .js-plotly-plot').last.wait_for()
-    wait_idle(tab)
+    wait_idle(tab, timeout=WAIT)
     pick_option(tab, _tool_box(tab), "rectangle")
     tab.get_by_text("Place a shape by its numbers", exact=True).click()
-    wait_idle(tab)
+    wait_idle(tab, timeout=WAIT)
     added, removed = area(case["add"]), area(case["erase"])
     draw(tab, case["add"], "add")
     tab.get_by_text(re.compile(rf"^{added} px added, 0 px removed")).wait_for()
@@ -182,7 +182,7 @@ def test_reopening_shows_both_versions(tab, app_url, case):
     tab.get_by_text("Correction versions (the model's result is kept)").wait_for()
     grid = tab.locator('[data-testid="stDataFrame"]').last
     grid.locator("canvas").first.wait_for(state="attached")  # the grid has drawn (its cells are then in the DOM)
-    wait_idle(tab)
+    wait_idle(tab, timeout=WAIT)
     cells = grid.locator('[role="gridcell"], td').all_inner_texts()
     assert "model" in cells and "mask" in cells, cells
     assert str(int(case["model"].sum())) in "".join(cells).replace(",", "")
