@@ -73,6 +73,15 @@ def _wait_ready(client, seconds: float = 240.0) -> None:
     wait_for_model(lambda: client.get("/healthz", timeout=5), seconds, "the Ray Serve deployment")
 
 
+def _samples_with_noise(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """A copy of the bundled samples with a noise image among the DDTI ones, and its ground-truth entries."""
+    data_root = tmp_path / "samples"
+    shutil.copytree(PROJECT_ROOT / "samples", data_root)
+    noise = np.random.default_rng(3).integers(0, 256, (180, 240, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(data_root / "segmentation/DDTI/imgs/noise.png")
+    return data_root, json.loads((data_root / "ground_truth.json").read_text())
+
+
 def test_ray_serve_routes_predict_without_a_dataset(local_ray, tmp_path: Path):
     import httpx
 
@@ -80,11 +89,7 @@ def test_ray_serve_routes_predict_without_a_dataset(local_ray, tmp_path: Path):
     from core.history import HistoryStore
 
     assert recognition.load(WEIGHTS_DIR) is not None, "the bundled recogniser must load (weights/)"
-    data_root = tmp_path / "samples"
-    shutil.copytree(PROJECT_ROOT / "samples", data_root)
-    noise = np.random.default_rng(3).integers(0, 256, (180, 240, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(data_root / "segmentation/DDTI/imgs/noise.png")
-    entries = json.loads((data_root / "ground_truth.json").read_text())
+    data_root, entries = _samples_with_noise(tmp_path)
     thyroid = next(e for e in entries if e["dataset_name"] == "DDTI")
     breast = next(e for e in entries if e["dataset_name"] == "BUSI" and e["task"] == "classification")
     bare = [{"img_path_relative": e["img_path_relative"], "task": e["task"]} for e in (thyroid, breast)]
@@ -119,11 +124,7 @@ def test_ray_data_batches_carry_the_recognition(local_ray, tmp_path: Path):
     from core.cluster.batch import build_service
     from core.response import AnalysisFailure, AnalysisResponse
 
-    data_root = tmp_path / "samples"
-    shutil.copytree(PROJECT_ROOT / "samples", data_root)
-    noise = np.random.default_rng(3).integers(0, 256, (180, 240, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(data_root / "segmentation/DDTI/imgs/noise.png")
-    entries = json.loads((data_root / "ground_truth.json").read_text())
+    data_root, entries = _samples_with_noise(tmp_path)
     thyroid = next(e for e in entries if e["dataset_name"] == "DDTI")
     bare = {"img_path_relative": thyroid["img_path_relative"], "task": thyroid["task"]}
     noisy = {**thyroid, "img_path_relative": "segmentation/DDTI/imgs/noise.png"}
