@@ -96,14 +96,19 @@ def test_ray_serve_routes_predict_without_a_dataset(local_ray, tmp_path: Path):
     settings = Settings(workspace=tmp_path / "ws", data_root=data_root, device="cpu")
     settings.ensure_workspace()
     url = deploy(settings, replicas=1, num_cpus=1, threads=1, port=free_port())
-    with httpx.Client(base_url=url, timeout=120) as client:
-        _wait_ready(client)
-        calls = [*bare, thyroid, {**bare[0], "img_path_relative": "segmentation/DDTI/imgs/noise.png"},
-                 {**bare[0], "task": "nope"}]
-        with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:  # batched together by @serve.batch
-            routed_thyroid, routed_breast, given, ood, unknown = pool.map(
-                lambda body: client.post("/v1/predict", json=body), calls)
-        after = client.post("/v1/predict", json=bare[0])
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            _wait_ready(client)
+            calls = [*bare, thyroid, {**bare[0], "img_path_relative": "segmentation/DDTI/imgs/noise.png"},
+                     {**bare[0], "task": "nope"}]
+            with concurrent.futures.ThreadPoolExecutor(len(calls)) as pool:  # batched together by @serve.batch
+                routed_thyroid, routed_breast, given, ood, unknown = pool.map(
+                    lambda body: client.post("/v1/predict", json=body), calls)
+            after = client.post("/v1/predict", json=bare[0])
+    finally:  # the replica's CPU goes back to the local Ray (a later Ray Data test needs both of its CPUs)
+        from ray import serve
+
+        serve.shutdown()
     assert routed_thyroid.status_code == 200, routed_thyroid.text
     assert routed_thyroid.json()["dataset_name"] == "DDTI" and routed_thyroid.json()["recognition"]["routed"] is True
     assert routed_breast.status_code == 200 and routed_breast.json()["dataset_name"] == "BUSI"
