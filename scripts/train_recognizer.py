@@ -344,7 +344,7 @@ def _shown_args(argv: list[str]) -> str:
     return " ".join(shown)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", type=Path, default=Path("../shared/uusic-data"))
     parser.add_argument("--out", type=Path, default=Path("weights"))
@@ -354,7 +354,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ood-count", type=int, default=350)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None, help="an .npz of the ultrasound features (made if absent)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def validation_rows(images: list, feats: dict[str, np.ndarray], val: np.ndarray, augment: int
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """The validation features (the stored images and the first perturbed copy of each), the dataset of each row
+    (stored rows first) and whether its image is in the even half (``int(sha256[8:16], 16) % 2 == 0``)."""
+    first_copy = np.zeros(len(feats["aug_index"]), bool)
+    first_copy[::augment] = True
+    pick = first_copy & val[feats["aug_index"]]
+    rows = np.concatenate([np.flatnonzero(val), feats["aug_index"][pick]])  # image index of each validation row
+    x_val = {"stored": feats["orig"][val], "perturbed": feats["aug"][pick]}
+    names = np.array([images[i][1] for i in rows])
+    even = np.array([int(images[i][0][8:16], 16) % 2 == 0 for i in rows])
+    return x_val, names, even
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     start = time.perf_counter()
     images = distinct_images(args.data_root)
     datasets = sorted(ORGAN_OF)
@@ -377,22 +395,14 @@ def main(argv: list[str] | None = None) -> int:
               "organs": np.array([ORGAN_OF[d] for d in datasets]), "feature_version": np.array(FEATURE_VERSION),
               "threshold": np.array(np.inf, dtype=np.float32)}
     model = Recognizer(arrays)
-    # validation: the stored images and one perturbed copy of each (first copy)
-    first_copy = np.zeros(len(feats["aug_index"]), bool)
-    first_copy[::args.augment] = True
-    pick = first_copy & aug_val
-    x_val = {"stored": feats["orig"][val], "perturbed": feats["aug"][pick]}
-    rows_val = np.concatenate([np.flatnonzero(val), feats["aug_index"][pick]])  # image index of each validation row
-    ds_val = {"stored": [images[i][1] for i in np.flatnonzero(val)],
-              "perturbed": [images[i][1] for i in feats["aug_index"][pick]]}
-    even = np.array([int(images[i][0][8:16], 16) % 2 == 0 for i in rows_val])
-    names_val = np.array([d for k in x_val for d in ds_val[k]])
+    x_val, names_val, even = validation_rows(images, feats, val, args.augment)
+    ds_val = dict(zip(x_val, np.split(names_val, [len(x_val["stored"])]), strict=True))
     id_scores = np.concatenate([model.scores(x)[1] for x in x_val.values()])
     threshold = ood_threshold(id_scores, names_val)
     arrays["threshold"] = np.array(threshold, dtype=np.float32)
     model = Recognizer(arrays)
     metrics = {
-        "validation": {k: accuracy_by_organ(model, x_val[k], [ORGAN_OF[d] for d in ds_val[k]], ds_val[k])
+        "validation": {k: accuracy_by_organ(model, x_val[k], [ORGAN_OF[d] for d in ds_val[k]], ds_val[k].tolist())
                        for k in x_val},
         "threshold": round(threshold, 4),
         "false_reject_validation": round(float((id_scores > threshold).mean()), 4),
@@ -402,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         "ood_synthetic_test": ood_metrics(model, id_scores, args.ood_count, args.seed + 2),
         **{f"ood_held_out_organ_auroc{suffix}": value for suffix, value in held_out_organs(
             x_train, organ_train, class_train, fold_train, np.concatenate(list(x_val.values())),
-            np.array([ORGAN_OF[d] for k in x_val for d in ds_val[k]]),
+            np.array([ORGAN_OF[d] for d in names_val]),
             {"": np.ones(len(even), bool), "_selection_half": even, "_report_half": ~even}).items()},
     }
     training = {"command": "python scripts/train_recognizer.py " + _shown_args(argv or sys.argv[1:]),
