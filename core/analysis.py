@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from core import recognition
 from core.editing import parse_edits
 from core.errors import RequestError, UUSICError
+from core.recognition import Found
 from core.recorder import Recorder
 from core.response import AnalysisFailure, AnalysisResponse, BatchItem, BatchResult
 from core.routing import ModelPool
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 OnResult = Callable[[int, "dict | None", "BaseException | None"], None]  # (entry index, response, error)
 Runnable = list[tuple[int, PredictRequest]]  # (entry index, parsed request) of one model's group
-Found = tuple["recognition.Recognition | None", float]  # the recogniser's answer (None: unavailable), its seconds
 
 
 class Recogniser:
@@ -49,22 +49,19 @@ class Recogniser:
         return self.recognised(prepared)
 
 
-Recognise = Recogniser  # the name the runners' signatures use
-
-
 class GroupRunner(Protocol):
     """Runs one model's group of a batch, calling ``on_result`` once per entry (exactly one of response / error).
     ``recognise``: the organ recogniser's stage, run on each decoded image by a runner that decodes here."""
 
     def run(self, engine: Engine, runnable: Runnable, on_result: OnResult, *, output_dir: Path,
-            input_dir: Path | None, batch_size: int, workers: int, recognise: Recognise | None = None) -> None: ...
+            input_dir: Path | None, batch_size: int, workers: int, recognise: Recogniser | None = None) -> None: ...
 
 
 class LocalGroups:
     """Threads decode ahead of batched forward passes in this process (:func:`core.batching.run_batch`)."""
 
     def run(self, engine: Engine, runnable: Runnable, on_result: OnResult, *, output_dir: Path,
-            input_dir: Path | None, batch_size: int, workers: int, recognise: Recognise | None = None) -> None:
+            input_dir: Path | None, batch_size: int, workers: int, recognise: Recogniser | None = None) -> None:
         from core.batching import run_batch
         from core.routing import max_batch
 
@@ -80,7 +77,7 @@ class RecognisingStages:
     """An engine's three batch stages (:class:`core.batching.Engine`) with the recogniser after ``prepare`` and its
     answer added by ``finish``: a batch's images are decoded once for both."""
 
-    def __init__(self, engine: Engine, recognise: Recognise):
+    def __init__(self, engine: Engine, recognise: Recogniser):
         self.engine, self.recognise = engine, recognise
         self.found: dict[int, Found] = {}
 
@@ -269,11 +266,10 @@ def recognise_image(settings: Settings, rgb: Any) -> Found:
     """The organ recogniser's view of a decoded image (None: unavailable) and the seconds it took;
     :class:`RequestError` (422) for an out-of-distribution image when ``UUSIC_REFUSE_OOD`` is on. The one
     recognition stage of every runner (threads here, Ray Data tasks in :mod:`core.cluster.batch`)."""
-    start = time.perf_counter()
-    found = recognition.recognise(rgb, settings.weights_dir)
+    found, seconds = recognition.timed(rgb, settings.weights_dir)
     if found is not None and not found.in_distribution and settings.refuse_ood:
         raise RequestError(recognition.OOD_REFUSAL, field="img_path_relative")
-    return found, time.perf_counter() - start
+    return found, seconds
 
 
 def add_recognition(response: dict, found: recognition.Recognition | None, seconds: float,

@@ -12,7 +12,6 @@ again, so a routed request is decoded once, as one that names its dataset is.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ from core.settings import Settings
 if TYPE_CHECKING:
     from core.imaging import LoadedImage
 
-Found = tuple[recognition.Recognition | None, float]  # the recogniser's answer (None: unavailable), its seconds
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,7 @@ class Routed:
     decodes the file again)."""
 
     request: PredictRequest
-    found: Found | None
+    found: recognition.Found | None
     image: LoadedImage | None = None
 
     def without_image(self) -> Routed:
@@ -52,9 +50,7 @@ def route(settings: Settings, pool: ModelPool, request: UnroutedRequest, *, inpu
 
     path = resolve_input(settings, request.img_path_relative, input_dir=input_dir)
     image = load_image(path, settings=settings, frame_index=request.frame_index)
-    start = time.perf_counter()
-    found = recognition.recognise(image.rgb, settings.weights_dir)
-    seconds = time.perf_counter() - start
+    found, seconds = recognition.timed(image.rgb, settings.weights_dir)
     return Routed(request.routed_to(choose(pool, request, found, model)), (found, seconds), image)
 
 

@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,16 @@ def forget() -> None:
     with _LOCK:
         _LOADED.clear()
         _RESOLVED.clear()
+
+
+Found = tuple[Recognition | None, float]  # an answer (None: unavailable) and the seconds it took
+
+
+def timed(rgb: np.ndarray, weights_dir: Path | None = None) -> Found:
+    """:func:`recognise` and its seconds."""
+    start = time.perf_counter()
+    found = recognise(rgb, weights_dir)
+    return found, time.perf_counter() - start
 
 
 def recognise(rgb: np.ndarray, weights_dir: Path | None = None) -> Recognition | None:

@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from core import catalog
-from core.analysis import Found, OnResult, Recognise, Runnable, add_recognition, recognise_image
+from core.analysis import OnResult, Recogniser, Runnable, add_recognition, recognise_image
 from core.cluster import ClusterError, connect, import_ray
 from core.engine import Engine, Prepared
 from core.errors import error_body, error_from_body
 from core.models import registry
 from core.models.base import ModelSpec
+from core.recognition import Found
 from core.routing import max_batch
 from core.service import AnalysisService
 from core.settings import Settings
@@ -153,7 +154,7 @@ class RayGroups:
             self._started = False
 
     def run(self, engine: Engine, runnable: Runnable, on_result: OnResult, *, output_dir: Path,
-            input_dir: Path | None, batch_size: int, workers: int, recognise: Recognise | None = None) -> None:
+            input_dir: Path | None, batch_size: int, workers: int, recognise: Recogniser | None = None) -> None:
         """Chunks of ``batch_size`` decoded by Ray tasks, forwarded by the engine actors, in input order; with
         ``recognise`` the decode tasks also run the organ recogniser (a routed entry brings the route step's answer;
         its image is decoded again there, the driver does not ship pixels)."""
@@ -197,7 +198,7 @@ class RayGroups:
         )
 
 
-def _route_answer(recognise: Recognise | None, request: Any) -> Found | None:
+def _route_answer(recognise: Recogniser | None, request: Any) -> Found | None:
     """The route step's answer for a routed entry (its held image let go here), else None."""
     routed = recognise.take(request) if recognise is not None else None
     return routed.found if routed is not None else None
