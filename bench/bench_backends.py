@@ -45,7 +45,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import stop  # noqa: E402
+from common import cpu_name, stop  # noqa: E402
 
 from core import catalog  # noqa: E402
 from core.engine import Engine, baseline_resize_nearest  # noqa: E402
@@ -323,7 +323,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="uusic-bench-backends-"))
     cache = work / "cache"
     base = Settings(workspace=work / "ws", data_root=data_root, device="cpu", cache_dir=cache)
-    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                "openvino": _version("openvino"), "nncf": _version("nncf"), "python": platform.python_version(),
                "loadavg_start": os.getloadavg()}
     print(json.dumps(machine))
@@ -464,16 +464,6 @@ def end_to_end(which: str, spec: ModelSpec, reference_engine: Engine, val: list[
           f"(×{result['batch_cli_auto_img_s'] / result['reference_loop_img_s']:.2f}); batch CLI torch "
           f"{result['batch_cli_torch_img_s']:.2f} img/s", flush=True)
     return result
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _version(module: str) -> str | None:

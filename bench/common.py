@@ -1,11 +1,12 @@
 """What several bench scripts share: a free loopback port, stopping a started server, a deterministic pick of
-ground-truth entries, the load average and the ``--tree`` arguments of the old-vs-new benches."""
+ground-truth entries, the load average, the CPU's name and the ``--tree`` arguments of the old-vs-new benches."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
 import socket
 import subprocess
 from collections.abc import Callable
@@ -65,3 +66,14 @@ def tree_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tree", action="append", default=[], type=tree, metavar="LABEL=PATH",
                         help="another source tree to measure beside this one (same interpreter)")
     parser.add_argument("--skip-this", action="store_true", help="measure only the --tree trees")
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :func:`platform.processor` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from common import free_port, stop
+from common import free_port, stop, tree_args
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST = {"img_path_relative": "segmentation/BUSI/imgs/seg_00004.jpg", "task": "segmentation",
@@ -162,17 +162,14 @@ def _summary(label: str, rows: list[dict], keys: tuple[str, ...]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH",
-                        help="another source tree to measure beside this one (same interpreter)")
-    parser.add_argument("--skip-this", action="store_true", help="measure only the --tree trees")
+    tree_args(parser)
     parser.add_argument("--backends", default="auto", help="UUSIC_BACKEND values, comma-separated")
     parser.add_argument("--requests", type=int, default=20, help="requests after the idle measurement")
     parser.add_argument("--cold", action="store_true", help="also one first-ever start (empty cache) each")
     parser.add_argument("--batch", type=int, default=0, help="also time `predict` on 1 and N sample images")
     parser.add_argument("--out", type=Path, default=None, help="write the raw rows as JSON here")
     args = parser.parse_args(argv)
-    trees = [] if args.skip_this else [("this", ROOT)]
-    trees += [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve()) for t in args.tree]
+    trees = ([] if args.skip_this else [("this", ROOT)]) + args.tree
     configs = [(label, tree, backend) for label, tree in trees for backend in args.backends.split(",")]
     caches = {c: Path(tempfile.mkdtemp(prefix="uusic_lean_cache_")) for c in configs}
     rows: list[dict] = []

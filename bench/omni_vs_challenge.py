@@ -26,6 +26,7 @@ per image (min / mean). Load average at start and end, CPU name and flags. Nothi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -44,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_batch_cli import omni_model_args  # noqa: E402
-from common import pick_entries  # noqa: E402
+from common import cpu_name, load_average, pick_entries, tree_args  # noqa: E402
 
 from core.paths import mask_relative_path  # noqa: E402
 from core.settings import Settings  # noqa: E402
@@ -205,15 +206,9 @@ def agreement(entries: list[dict], ref: Path, other: Path) -> dict:
 def machine() -> dict:
     """CPU name, the flags that matter for bf16 / int8, OpenVINO's view of the CPU, core count."""
     flags: set[str] = set()
-    name = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-            elif line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        line = next((x for x in Path("/proc/cpuinfo").read_text().splitlines() if x.startswith("flags")), "flags:")
+        flags = set(line.split(":", 1)[1].split())
     try:
         import openvino as ov
 
@@ -221,7 +216,7 @@ def machine() -> dict:
         ov_version: str | None = ov.__version__
     except Exception:  # noqa: BLE001 - not installed / no CPU plugin: said as such
         caps, ov_version = [], None
-    return {"cpu": name, "cores": os.cpu_count(), "flags": {f: f in flags for f in CPU_FLAGS},
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "flags": {f: f in flags for f in CPU_FLAGS},
             "openvino": ov_version, "openvino_cpu_capabilities": caps, "python": platform.python_version()}
 
 
@@ -275,13 +270,11 @@ def print_report(rows: list[dict], n: int) -> None:
           "of the process, all threads); fwd s = the CLI's engine-timed forward seconds (UUSIC_DEBUG_STARTUP)")
 
 
-def build_configs(trees: list[str], bf16: bool) -> list[Config]:
+def build_configs(trees: list[tuple[str, Path]], bf16: bool) -> list[Config]:
     configs = [Config("challenge"), Config("new fp32", ROOT)]
     if bf16:
         configs.append(Config("new bf16", ROOT, "bf16"))
-    for spec in trees:
-        name, _, path = spec.partition("=")
-        configs.append(Config(f"{name} fp32", Path(path).resolve()))
+    configs += [Config(f"{name} fp32", path) for name, path in trees]
     return configs
 
 
@@ -289,8 +282,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
-                        help="also run python -m core predict of this source tree (git archive REV | tar -x -C PATH)")
+    tree_args(parser)  # --skip-this is not used here: the new tree is the one measured against the challenge
     parser.add_argument("--no-bf16", action="store_true", help="leave out the UUSIC_PRECISION=bf16 configuration")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
@@ -305,7 +297,7 @@ def main() -> int:
     settings = Settings.from_env().with_(device="cpu")
     data_root = (args.data_root or settings.data_root).resolve()
     configs = build_configs(args.tree, not args.no_bf16)
-    started, load_start = time.strftime("%Y-%m-%d %H:%M:%S %Z"), os.getloadavg()
+    started, load_start = time.strftime("%Y-%m-%d %H:%M:%S %Z"), load_average()
     info = machine()
     with tempfile.TemporaryDirectory(prefix="uusic-omni-vs-challenge-") as tmp:
         work = Path(tmp)
@@ -318,16 +310,16 @@ def main() -> int:
         print(f"{started}; {info['cpu']}, {info['cores']} cores; flags {info['flags']}; OpenVINO {info['openvino']} "
               f"CPU capabilities {info['openvino_cpu_capabilities']}\nmodel uusic_omni ({source}); {len(entries)} "
               f"images ({', '.join(kinds)}) of {data_root}; {args.rounds} rounds; batch {args.batch_size}, "
-              f"{args.workers} workers; load average at start {tuple(round(x, 2) for x in load_start)}", flush=True)
+              f"{args.workers} workers; load average at start {tuple(load_start)}", flush=True)
         prepare(configs, ctx, entries)
         rounds(configs, ctx, work / "entries.json", args.rounds)
         base = configs[0]
         rows = [summarise(c, base, len(entries), None if c is base else
                           agreement(entries, out_dir(ctx, base, 0), out_dir(ctx, c, 0))) for c in configs]
-    load_end = os.getloadavg()
+    load_end = load_average()
     print_report(rows, len(entries))
-    print(f"load average at start {tuple(round(x, 2) for x in load_start)}, at end "
-          f"{tuple(round(x, 2) for x in load_end)}; finished {time.strftime('%H:%M:%S %Z')}")
+    print(f"load average at start {tuple(load_start)}, at end "
+          f"{tuple(load_end)}; finished {time.strftime('%H:%M:%S %Z')}")
     if args.out:
         args.out.write_text(json.dumps({"started": started, "machine": info, "model": source, "images": len(entries),
                                         "datasets": kinds, "rounds": args.rounds, "batch_size": args.batch_size,
