@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -104,25 +105,45 @@ def _two_replicas(url: str, *, without: int | None = None, seconds: float = 120.
     pytest.fail(f"the deployment did not show two replicas{f' without {without}' if without else ''}: {now}")
 
 
-def test_serve_on_ray_answers_like_the_plain_server(ray_cluster, workspace: Path, postgres_url: str,
-                                                   tmp_path: Path):
-    import httpx
+def _plain_answers(workspace: Path, headers: dict, bad: dict) -> tuple[list, Any, dict]:
+    """The plain server's answers (in-process, SQLite history in the workspace) to ``ENTRIES`` and ``bad``, and its
+    masks by relative path: the reference for the Ray Serve deployment."""
     from fastapi.testclient import TestClient
 
     from core.api import create_app
-    from core.history import HistoryStore
 
-    # the plain server (in-process, SQLite history in the workspace): the reference answers and masks
     plain_settings = Settings(workspace=workspace, data_root=SAMPLES, device="cpu", api_key=API_KEY)
-    headers = {"X-API-Key": API_KEY}
     with TestClient(create_app(plain_settings)) as plain:
         expected = [plain.post("/v1/predict", json=entry, headers=headers) for entry in ENTRIES]
-        bad = {**ENTRIES[0], "dataset_name": "NoSuchDataset"}
         expected_bad = plain.post("/v1/predict", json=bad, headers=headers)
     assert all(r.status_code == 200 for r in expected), [r.text for r in expected if r.status_code != 200]
-    plain_masks = {r.json()["mask_path_relative"]: Image.open(io.BytesIO(
+    masks = {r.json()["mask_path_relative"]: Image.open(io.BytesIO(
         (plain_settings.api_out / r.json()["mask_path_relative"]).read_bytes())).copy()
         for r in expected if r.json()["task"] == "segmentation"}
+    return expected, expected_bad, masks
+
+
+def _answers_while_a_killed_replica_is_replaced(url: str, headers: dict) -> None:
+    """Kill one replica's process: calls keep being answered while Ray starts a new one."""
+    import httpx
+
+    victim = min(_two_replicas(url))  # the second may still be starting on a loaded machine
+    os.kill(victim, signal.SIGKILL)
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+        after = [client.post("/v1/predict", json=ENTRIES[i % len(ENTRIES)]) for i in range(12)]
+    assert [r.status_code for r in after] == [200] * len(after), [r.text for r in after]
+    _two_replicas(url, without=victim)
+
+
+def test_serve_on_ray_answers_like_the_plain_server(ray_cluster, workspace: Path, postgres_url: str,
+                                                   tmp_path: Path):
+    import httpx
+
+    from core.history import HistoryStore
+
+    headers = {"X-API-Key": API_KEY}
+    bad = {**ENTRIES[0], "dataset_name": "NoSuchDataset"}
+    expected, expected_bad, plain_masks = _plain_answers(workspace, headers, bad)
 
     # the same API on Ray Serve: 2 replicas of 1 CPU and 1 torch thread, PostgreSQL history, joining the cluster
     port = free_port()
@@ -163,14 +184,7 @@ def test_serve_on_ray_answers_like_the_plain_server(ray_cluster, workspace: Path
         assert sorted(r["id"] for r in rows if not r["error_type"]) == sorted(a.json()["run_id"] for a in answers)
         assert [r["error_type"] for r in rows if r["error_type"]] == ["RequestError"]
 
-        # kill one replica's process: calls keep being answered while Ray starts a new one
-        pids = _two_replicas(url)  # the second may still be starting on a loaded machine
-        victim = min(pids)
-        os.kill(victim, signal.SIGKILL)
-        with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
-            after = [client.post("/v1/predict", json=ENTRIES[i % len(ENTRIES)]) for i in range(12)]
-        assert [r.status_code for r in after] == [200] * len(after), [r.text for r in after]
-        _two_replicas(url, without=victim)
+        _answers_while_a_killed_replica_is_replaced(url, headers)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
