@@ -247,3 +247,45 @@ def test_predict_on_ray_data_writes_the_local_backends_bytes(ray_cluster, worksp
     rows = HistoryStore(postgres_url).list(limit=None)
     assert len(rows) == len(ENTRIES) and {r["source"] for r in rows} == {"cli"}
     assert len({r["batch_id"] for r in rows}) == 1 and all(r["model_sha256"] for r in rows)
+
+
+def test_predict_on_ray_says_what_the_cluster_lacks_instead_of_waiting(ray_cluster, workspace: Path, tmp_path: Path,
+                                                                       monkeypatch, capsys):
+    """More engine actors than the cluster has CPUs for (2 actors + 1 decoding CPU on 2 CPUs): exit status 2 and what
+    is missing, before any work; Ray alone would wait for ever."""
+    from core.cli import main
+
+    for name in [k for k in os.environ if k.startswith("UUSIC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("UUSIC_WORKSPACE", str(workspace))
+    started = time.monotonic()
+    code = main(["predict", "--input-json", str(SAMPLES / "ground_truth.json"), "--input-dir", str(SAMPLES),
+                 "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--no-progress", "--backend", "ray",
+                 "--address", ray_cluster.address, "--concurrency", "2"])
+    captured = capsys.readouterr()
+    assert code == 2 and time.monotonic() - started < 30
+    assert "2 CPUs of the 3 CPUs" in captured.err and "2 engine actors" in captured.err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_resources_held_by_other_work_are_waited_for_then_named(ray_cluster):
+    """CPUs that exist but another actor holds: a bounded wait, then a ClusterError naming what is free; once they
+    are released the same check passes at once."""
+    import ray
+
+    from core.cluster import require_resources
+    from core.errors import ClusterError
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ping(self) -> int:
+            return 1
+
+    holder = Holder.remote()  # type: ignore[attr-defined]
+    ray.get(holder.ping.remote())
+    try:
+        with pytest.raises(ClusterError, match=r"held its resources for 1 s: only 1 CPU of the 2 CPUs"):
+            require_resources({"CPU": 2.0}, "this check", wait_s=1.0)
+    finally:
+        ray.kill(holder)
+    require_resources({"CPU": 2.0}, "this check", wait_s=30.0)

@@ -19,12 +19,14 @@ and only when a Ray backend is asked for.
 from __future__ import annotations
 
 import os
+import time
 from types import ModuleType
 from typing import Any
 
 from core.errors import ClusterError, ConfigError
 from core.settings import PROJECT_ROOT, Settings
 
+RESOURCE_WAIT_SEC = 60.0  # how long a run waits for CPUs / GPUs / memory that other work holds before it says so
 INSTALL_HINT = "pip install -r requirements-cluster.txt (or pip install -e .[cluster])"
 # Ray's usage statistics (sent to the Ray project by default) and Ray Data's per-run usage poller stay off in a
 # hospital unless the operator sets these variables; the workers a local Ray starts inherit them.
@@ -109,3 +111,35 @@ def check_shared_history(settings: Settings, nodes: int) -> None:
         "node reaches, e.g. postgresql+psycopg://user:password@db-host:5432/uusic, and put UUSIC_WORKSPACE on a "
         "path every node mounts (see docs/DEPLOY.md)."
     )
+
+
+def _amount(name: str, value: float) -> str:
+    """``2 CPUs``, ``0.5 GPU``, ``1.0 GiB of memory`` (Ray counts memory in bytes)."""
+    if name == "memory":
+        return f"{value / (1 << 30):.1f} GiB of memory"
+    count = f"{value:g}"
+    return f"{count} {name}{'s' if value != 1 else ''}"
+
+
+def _short(need: dict[str, float], have: dict[str, float]) -> list[str]:
+    """``need`` resources that ``have`` lacks, as ``"1 CPU of the 3 CPUs"`` phrases (empty: enough of each)."""
+    return [f"{_amount(name, have.get(name, 0.0))} of the {_amount(name, value)}"
+            for name, value in need.items() if value > 0 and have.get(name, 0.0) + 1e-9 < value]
+
+
+def require_resources(need: dict[str, float], purpose: str, *, wait_s: float = RESOURCE_WAIT_SEC,
+                      poll_s: float = 0.25) -> None:
+    """Before any work on the connected cluster: :class:`ClusterError` at once when it has fewer of the ``need``
+    resources (``CPU``, ``GPU``, ``memory`` bytes) in all than ``purpose`` asks for, and after ``wait_s`` when they
+    exist but other work (a Serve deployment, another job) still holds them. Ray itself would wait forever."""
+    ray = import_ray()
+    short = _short(need, ray.cluster_resources())
+    if short:
+        raise ClusterError(f"the Ray cluster has {', '.join(short)} that {purpose} needs: "
+                           "ask for fewer engine actors or GPUs, or add nodes")
+    deadline = time.monotonic() + wait_s
+    while short := _short(need, ray.available_resources()):
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"other work on the Ray cluster has held its resources for {wait_s:g} s: only "
+                               f"{', '.join(short)} that {purpose} needs is free")
+        time.sleep(poll_s)

@@ -29,7 +29,7 @@ import torch
 
 from core import catalog
 from core.analysis import OnResult, Recogniser, Runnable, add_recognition, recognise_image
-from core.cluster import ClusterError, connect, import_ray
+from core.cluster import ClusterError, connect, import_ray, require_resources
 from core.engine import Engine, Prepared
 from core.errors import error_body, error_from_body
 from core.models import registry
@@ -147,6 +147,15 @@ class RayGroups:
         """Join ``address`` or start a local Ray, unless this process is already connected (then it stays so)."""
         self._started = connect(self.address) or self._started
 
+    def require_resources(self) -> None:
+        """:func:`core.cluster.require_resources` for this run: per engine actor 1 CPU, its GPUs and
+        :data:`ENGINE_MEMORY_BYTES`, and 1 CPU more for the decode tasks (without it they never start)."""
+        actors = self.concurrency
+        need = {"CPU": actors + 1.0, "GPU": self.num_gpus * actors, "memory": float(ENGINE_MEMORY_BYTES * actors)}
+        gpus = f", {self.num_gpus:g} GPU" if self.num_gpus else ""
+        require_resources(need, f"--backend ray with {actors} engine actor{'s' if actors != 1 else ''} "
+                                f"(1 CPU{gpus} and 1 GiB each, 1 CPU to decode)")
+
     def close(self) -> None:
         """Stop the Ray this runner started (a connection made by someone else is left open)."""
         if self._started:
@@ -166,13 +175,14 @@ class RayGroups:
         self.connect()
         pending = {index for index, _ in runnable}
         try:
+            self.require_resources()  # Ray would wait for ever where they are missing or held by other work
             for row in self._dataset(chunks, output_dir, input_dir, recognise is not None).iter_rows():
                 for index, kind, value in pickle.loads(row["payload"]):
                     pending.discard(index)
                     failure = None if kind == "ok" else error_from_body(value, int(value.get("status_code", 500)))
                     on_result(index, value if failure is None else None, failure)
         except Exception as exc:  # noqa: BLE001 - the pipeline itself broke (an actor could not load the model...)
-            reason = ClusterError(f"the Ray pipeline failed: {_gist(exc)}")
+            reason = exc if isinstance(exc, ClusterError) else ClusterError(f"the Ray pipeline failed: {_gist(exc)}")
             for index in sorted(pending):
                 on_result(index, None, reason)
         finally:
@@ -220,5 +230,10 @@ def build_service(settings: Settings, model: str | None, spec: ModelSpec | None,
     engine = RemoteEngine(settings, spec, sha256=sha256, mask_inverse=mask_inverse, label=label)
     groups = RayGroups(settings, engine, address=address, concurrency=concurrency, num_gpus=num_gpus,
                        threads=threads)
-    groups.connect()  # a cluster that cannot be reached is an error before any work (exit status 2 at the CLI)
+    groups.connect()  # a cluster that cannot be reached, or lacks the resources, is an error before any work
+    try:  # (exit status 2 at the CLI)
+        groups.require_resources()
+    except ClusterError:
+        groups.close()
+        raise
     return AnalysisService(settings, engine=engine, runner=groups)
