@@ -91,6 +91,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "reset_edits": ("重置编辑", "Reset edits"),
     "edited_size": ("编辑后尺寸：{w}×{h}", "Edited size: {w}×{h}"),
     "zoom_help": ("滚轮缩放、拖动平移。", "Scroll to zoom, drag to pan."),
+    "zoom_toggle": ("缩放与平移", "Zoom and pan"),
     # analyze: run
     "run": ("运行分析", "Run analysis"),
     "running": ("正在推理…", "Running inference…"),

@@ -251,16 +251,24 @@ def _data_url(picture: Image.Image, max_side: int = 1024) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+VIEW_HEIGHT = 420  # the input view's height in pixels, as a picture or as the zoom figure
+
+
 def zoomable(picture: Image.Image, key: str, size: tuple[int, int] | None = None) -> None:
-    """The edited image in a plotly figure: scroll to zoom, drag to pan (axes in the analysed image's pixels,
-    ``size``, when ``picture`` is its preview)."""
+    """The edited image, drawn as a picture; with "zoom and pan" on (a switch kept for the session) in a plotly
+    figure instead: scroll to zoom, drag to pan (axes in the analysed image's pixels, ``size``, when ``picture`` is
+    its preview). The picture by default keeps a result quick (issue 27): the figure's first drawing held the browser
+    ~0.8 s, which the first result waited for."""
+    if not st.toggle(tr("zoom_toggle"), key="zoom_on", help=tr("zoom_help")):
+        st.image(picture, width=max(1, round(min(900, VIEW_HEIGHT * picture.width / max(1, picture.height)))))
+        return
     width, height = size or picture.size
     figure = go.Figure()
     figure.add_layout_image(source=_data_url(picture), x=0, y=0, sizex=width, sizey=height, xref="x", yref="y",
                             sizing="stretch", layer="below")
     figure.update_xaxes(range=[0, width], visible=False, constrain="domain")
     figure.update_yaxes(range=[height, 0], visible=False, scaleanchor="x")
-    figure.update_layout(margin=dict(l=0, r=0, t=0, b=0), dragmode="pan", height=420, plot_bgcolor="black")
+    figure.update_layout(margin=dict(l=0, r=0, t=0, b=0), dragmode="pan", height=VIEW_HEIGHT, plot_bgcolor="black")
     st.caption(tr("zoom_help"))
     st.plotly_chart(figure, config=PLOT_CONFIG, key=key, width="stretch")
 

@@ -185,6 +185,23 @@ def test_random_sample_segmentation_run_records_history(app):
     assert len(rows) == 1 and rows[0]["task"] == "segmentation"
 
 
+def test_the_input_view_is_a_picture_until_zoom_is_switched_on(app):
+    """Issue 27: the loaded image is drawn as a picture (the first result does not wait for a zoom figure); the
+    switch shows the plotly zoom view (scroll zoom, pan) and stays on for the session, also beside a result."""
+    _choose(app, "segmentation", "thyroid", "DDTI")
+    app.button(key="random_sample").click().run()
+    _ok(app)
+    assert app.get("image") and not app.get("plotly_chart")
+    app.toggle(key="zoom_on").set_value(True).run()
+    _ok(app)
+    zoom = [c for c in app.get("plotly_chart") if c.proto.id and "zoom_view" in c.proto.id]
+    assert len(zoom) == 1 and json.loads(zoom[0].proto.config)["scrollZoom"] is True
+    app.button(key="run").click().run()
+    _ok(app)
+    assert app.toggle(key="zoom_on").value is True
+    assert any(c.proto.id and "zoom_view" in c.proto.id for c in app.get("plotly_chart"))
+
+
 def test_classification_run_shows_chart_and_reference(app):
     _choose(app, "classification", "breast", "BUSI")
     app.button(key="random_sample").click().run()

@@ -167,7 +167,7 @@ def test_cine_upload_step_and_analyse_all_frames(page, tmp_path):
     page.get_by_text(_t("cl_cine_info", n=6, fps="25.0")).wait_for(timeout=3 * WAIT)
     wait_idle(page)
     slider = page.locator('[data-testid="stSlider"]').filter(has_text=_t("cl_frame")).get_by_role("slider")
-    picture = page.locator('[data-testid="stPlotlyChart"]').first.bounding_box()  # the zoomable frame
+    picture = page.locator('[data-testid="stMain"] [data-testid="stImage"]').first.bounding_box()  # the frame
     under = slider.bounding_box()
     assert picture and under and 0 <= under["y"] - (picture["y"] + picture["height"]) < 120, (picture, under)
     slider.focus()
