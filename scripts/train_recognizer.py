@@ -18,20 +18,24 @@ Writes ``recognizer.npz``, ``recognizer.json`` (sha256 + metrics).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import io
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # recognizer_encoder, beside this script
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.recognition import FEATURE_VERSION, RECORD_FILE, WEIGHTS_FILE, Recognizer, features, ood_scores
 
+ROOT = Path(__file__).resolve().parent.parent
 ORGAN_OF = {"BUSI": "Breast", "BUS-BRA": "Breast", "BUSIS": "Breast", "DDTI": "Thyroid", "Fetal_HC": "Head",
             "CAMUS": "Heart"}
 PCA_DIM = 32
@@ -43,6 +47,26 @@ EXCESS_WEIGHT = 3.0  # weight of the per-feature range term of the OOD score (ch
 # orientation or depth features, which an unseen organ shares with a served one. Chosen by a greedy search over
 # feature groups maximising the worst held-back organ's AUROC on the even half of the validation images.
 OOD_COLUMNS = np.r_[258:284, 303:323, 421:500]
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSet:
+    """What the recogniser reads: one image's vector, the columns its out-of-distribution score reads, and a tag
+    naming them (kept with a cache and in the record)."""
+
+    tag: str
+    vector: Callable[[np.ndarray], np.ndarray]
+    ood_columns: np.ndarray
+
+
+def feature_set(name: str) -> FeatureSet:
+    """``hand``: :func:`core.recognition.features` (served); ``encoder``: the demo network's encoder
+    (``scripts/recognizer_encoder.py``, not served yet)."""
+    if name == "encoder":
+        import recognizer_encoder
+
+        return FeatureSet(recognizer_encoder.tag(), recognizer_encoder.embedding, np.arange(recognizer_encoder.LENGTH))
+    return FeatureSet(f"hand:{FEATURE_VERSION}", features, OOD_COLUMNS)
 
 
 def distinct_images(data_root: Path) -> list[tuple[str, str, Path]]:
@@ -86,32 +110,33 @@ def reencode(image: Image.Image, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 
-def ultrasound_features(images: list[tuple[str, str, Path]], augment: int, seed: int) -> dict[str, np.ndarray]:
-    """Features of the stored images (``orig``), of their perturbed copies (``aug``, with ``aug_index``)."""
+def ultrasound_features(images: list[tuple[str, str, Path]], augment: int, seed: int,
+                        vector: Callable[[np.ndarray], np.ndarray] = features) -> dict[str, np.ndarray]:
+    """Features (``vector``) of the stored images (``orig``), of their perturbed copies (``aug``, with
+    ``aug_index``)."""
     rng = np.random.default_rng(seed)
     orig, aug, aug_index = [], [], []
     for index, (_, _, path) in enumerate(images):
         with Image.open(path) as opened:
             image = opened.convert("RGB")
-        orig.append(features(np.asarray(image)))
+        orig.append(vector(np.asarray(image)))
         for _ in range(augment):
-            aug.append(features(perturb(image, rng)))
+            aug.append(vector(perturb(image, rng)))
             aug_index.append(index)
         if index % 500 == 0:
             print(f"  features {index}/{len(images)}", flush=True)
     return {"orig": np.stack(orig), "aug": np.stack(aug), "aug_index": np.array(aug_index)}
 
 
-def cached_features(cache: Path | None, compute) -> dict[str, np.ndarray]:
-    """``compute()``, or the arrays ``cache`` holds when it exists and was made for these features."""
+def cached_features(cache: Path | None, compute, tag: str) -> dict[str, np.ndarray]:
+    """``compute()``, or the arrays ``cache`` holds when it exists and was made for the features ``tag`` names."""
     if cache is not None and cache.is_file():
         with np.load(cache) as data:
-            if int(data["feature_version"]) == FEATURE_VERSION and data["orig"].shape[1] == len(features(
-                    np.zeros((8, 8, 3), np.uint8))):
+            if "tag" in data and str(data["tag"]) == tag:
                 return {k: data[k] for k in ("orig", "aug", "aug_index")}
     feats = compute()
     if cache is not None:
-        np.savez(cache, feature_version=FEATURE_VERSION, **feats)
+        np.savez(cache, tag=np.array(tag), **feats)
     return feats
 
 
@@ -301,10 +326,11 @@ def accuracy_by_organ(model: Recognizer, vectors: np.ndarray, organs: list[str],
     return out
 
 
-def ood_metrics(model: Recognizer, id_scores: np.ndarray, count: int, seed: int) -> dict:
+def ood_metrics(model: Recognizer, id_scores: np.ndarray, count: int, seed: int,
+                vector: Callable[[np.ndarray], np.ndarray] = features) -> dict:
     """AUROC and false accepts (overall, by kind) of a synthetic non-ultrasound set made with ``seed``."""
     images, kinds = synthetic_ood(count, seed)
-    ood, kind = model.scores(np.stack([features(im) for im in images]))[1], np.array(kinds)
+    ood, kind = model.scores(np.stack([vector(im) for im in images]))[1], np.array(kinds)
     return {"n": len(ood), "seed": seed, "auroc": round(auroc(id_scores, ood), 4),
             "false_accept": round(float((ood <= model.threshold).mean()), 4),
             "false_accept_by_kind": {k: round(float((ood[kind == k] <= model.threshold).mean()), 4)
@@ -313,12 +339,13 @@ def ood_metrics(model: Recognizer, id_scores: np.ndarray, count: int, seed: int)
 
 def held_out_organs(x_train: np.ndarray, organ_train: np.ndarray, class_train: np.ndarray, fold_train: np.ndarray,
                     x_val: np.ndarray, organ_val: np.ndarray, parts: dict[str, np.ndarray],
-                    resid_weight: float = RESID_WEIGHT) -> dict[str, dict[str, float]]:
-    """AUROC of the OOD score (on ``OOD_COLUMNS`` of the features) for each organ held back: standardisation and
+                    resid_weight: float = RESID_WEIGHT, columns: np.ndarray = OOD_COLUMNS
+                    ) -> dict[str, dict[str, float]]:
+    """AUROC of the OOD score (on ``columns`` of the features) for each organ held back: standardisation and
     score fitted without it (as if it had never been seen), its validation images as 'outside', the other organs'
     validation images as 'inside' (``class_train``: the score's classes); for each of ``parts`` (name → mask of the
     validation rows)."""
-    x_train, x_val = x_train[:, OOD_COLUMNS], x_val[:, OOD_COLUMNS]
+    x_train, x_val = x_train[:, columns], x_val[:, columns]
     out: dict[str, dict[str, float]] = {name: {} for name in parts}
     for organ in sorted(set(organ_train.tolist())):
         keep = organ_train != organ
@@ -354,6 +381,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ood-count", type=int, default=350)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None, help="an .npz of the ultrasound features (made if absent)")
+    parser.add_argument("--features", choices=["hand", "encoder"], default="hand",
+                        help="hand: the served hand-made features (default); encoder: the demo network's encoder "
+                             "(scripts/recognizer_encoder.py; not served yet, so not into weights/)")
     return parser
 
 
@@ -373,13 +403,16 @@ def validation_rows(images: list, feats: dict[str, np.ndarray], val: np.ndarray,
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    start = time.perf_counter()
+    if args.features != "hand" and args.out.resolve() == (ROOT / "weights").resolve():
+        raise SystemExit("the encoder recogniser is not served yet: write it elsewhere than weights/ (--out)")
+    chosen, start = feature_set(args.features), time.perf_counter()
     images = distinct_images(args.data_root)
     datasets = sorted(ORGAN_OF)
     labels = np.array([datasets.index(d) for _, d, _ in images])
     val = np.array([is_validation(h) for h, _, _ in images])
     print(f"{len(images)} distinct images, {int(val.sum())} validation", flush=True)
-    feats = cached_features(args.cache, lambda: ultrasound_features(images, args.augment, args.seed))
+    feats = cached_features(args.cache, lambda: ultrasound_features(images, args.augment, args.seed, chosen.vector),
+                            chosen.tag)
     aug_val = val[feats["aug_index"]]
     x_train = np.concatenate([feats["orig"][~val], feats["aug"][~aug_val]])
     y_train = np.concatenate([labels[~val], labels[feats["aug_index"]][~aug_val]])
@@ -389,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     organ_train = np.array([ORGAN_OF[datasets[i]] for i in y_train])
     class_train = np.array([{"BUSIS": "BUSI"}.get(datasets[i], datasets[i]) for i in y_train])  # BUSIS: 2 images
     fold_train = np.concatenate([np.flatnonzero(~val), feats["aug_index"][~aug_val]]) % 2  # by image
-    arrays = {**mlp, **fit_ood(z_train[:, OOD_COLUMNS], class_train, fold_train),
-              "ood_columns": OOD_COLUMNS.astype(np.int64), "feature_mean": mean.astype(np.float32),
+    arrays = {**mlp, **fit_ood(z_train[:, chosen.ood_columns], class_train, fold_train),
+              "ood_columns": chosen.ood_columns.astype(np.int64), "feature_mean": mean.astype(np.float32),
               "feature_std": std.astype(np.float32), "datasets": np.array(datasets),
               "organs": np.array([ORGAN_OF[d] for d in datasets]), "feature_version": np.array(FEATURE_VERSION),
               "threshold": np.array(np.inf, dtype=np.float32)}
@@ -408,16 +441,17 @@ def main(argv: list[str] | None = None) -> int:
         "false_reject_validation": round(float((id_scores > threshold).mean()), 4),
         "false_reject_validation_by_dataset": {d: round(float((id_scores[names_val == d] > threshold).mean()), 4)
                                                for d in sorted(set(names_val.tolist()))},
-        "ood_synthetic_tune": ood_metrics(model, id_scores, args.ood_count, args.seed + 1),
-        "ood_synthetic_test": ood_metrics(model, id_scores, args.ood_count, args.seed + 2),
+        "ood_synthetic_tune": ood_metrics(model, id_scores, args.ood_count, args.seed + 1, chosen.vector),
+        "ood_synthetic_test": ood_metrics(model, id_scores, args.ood_count, args.seed + 2, chosen.vector),
         **{f"ood_held_out_organ_auroc{suffix}": value for suffix, value in held_out_organs(
             x_train, organ_train, class_train, fold_train, np.concatenate(list(x_val.values())),
             np.array([ORGAN_OF[d] for d in names_val]),
-            {"": np.ones(len(even), bool), "_selection_half": even, "_report_half": ~even}).items()},
+            {"": np.ones(len(even), bool), "_selection_half": even, "_report_half": ~even},
+            columns=chosen.ood_columns).items()},
     }
     training = {"command": "python scripts/train_recognizer.py " + _shown_args(argv or sys.argv[1:]),
                 "train_images": int((~val).sum()), "val_images": int(val.sum()), "augment": args.augment,
-                "epochs": args.epochs, "hidden": args.hidden, "seed": args.seed,
+                "epochs": args.epochs, "hidden": args.hidden, "seed": args.seed, "features": chosen.tag,
                 "seconds": round(time.perf_counter() - start, 1)}
     print(json.dumps(save(args.out, arrays, training, metrics), indent=1))
     return 0
