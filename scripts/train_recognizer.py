@@ -1,6 +1,10 @@
 """Train the organ / dataset recogniser and its out-of-distribution score on the CPU (a few minutes, numpy only).
 
     .venv/bin/python scripts/train_recognizer.py --data-root ../shared/uusic-data --out weights
+    .venv/bin/python scripts/train_recognizer.py --features encoder --out /tmp/recognizer_encoder   # not served yet
+
+``--features``: ``hand`` (default, served): :func:`core.recognition.features`, numpy; ``encoder``: the demo
+network's encoder channel means (``scripts/recognizer_encoder.py``, eager torch), refused into ``weights/``.
 
 Images: every distinct image (sha256 of the bytes) of ``ground_truth.json``; split like the demo network
 (``int(sha256[:8], 16) % 100 < 20`` → validation), so both use the same validation images. Each training image is
