@@ -1,4 +1,4 @@
-"""Train the organ / dataset recogniser and its out-of-distribution score on the CPU (a few minutes, numpy only).
+"""Train the organ / dataset recogniser and its out-of-distribution score on the CPU (a few minutes; default: numpy).
 
     .venv/bin/python scripts/train_recognizer.py --data-root ../shared/uusic-data --out weights
     .venv/bin/python scripts/train_recognizer.py --features encoder --out /tmp/recognizer_encoder   # not served yet
