@@ -44,6 +44,7 @@ UUSIC_RETENTION_GRACE_S    retention_grace_s      ``workspace gc`` never removes
 UUSIC_TTA                  tta                    test-time augmentation: auto | on | off (auto: core.tta.TTA_AUTO)
 UUSIC_TTA_VIEWS            tta_views              TTA views, e.g. identity,hflip,rot-10,rot+10 (also vflip, rot90)
 UUSIC_REFUSE_OOD           refuse_ood             refuse (422) images the organ recogniser finds out of distribution
+UUSIC_RAY_WAIT_S           ray_wait_s             Ray backends: seconds to wait for the CPUs / GPUs a run needs
 UUSIC_DICOMWEB_URL         dicomweb_url           DICOMweb root of the PACS (core.pacs), e.g. http://pacs:8042/dicom-web
 UUSIC_DICOMWEB_USER        dicomweb_user          HTTP basic user for the PACS (with UUSIC_DICOMWEB_PASSWORD)
 UUSIC_DICOMWEB_PASSWORD    dicomweb_password      HTTP basic password for the PACS (never shown)
@@ -256,6 +257,9 @@ class Settings(BaseSettings):
     tta: Literal["auto", "on", "off"] = "auto"
     tta_views: str = "identity,hflip,rot-10,rot+10"
     refuse_ood: bool = False  # core.recognition: out-of-distribution inputs refused (422) instead of analysed
+    # Ray backends (core.cluster.require_resources): how long a run waits for resources other work holds, or for a
+    # cluster it joined to grow, before it says what is missing (a local Ray it started is never waited for)
+    ray_wait_s: float = Field(default=60.0, ge=0, le=86_400, allow_inf_nan=False)
     # PACS over DICOMweb (core.pacs): the root URL and optional credentials (basic, or a bearer token)
     dicomweb_url: str | None = None
     dicomweb_user: str | None = None

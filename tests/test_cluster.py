@@ -251,13 +251,15 @@ def test_predict_on_ray_data_writes_the_local_backends_bytes(ray_cluster, worksp
 
 def test_predict_on_ray_says_what_the_cluster_lacks_instead_of_waiting(ray_cluster, workspace: Path, tmp_path: Path,
                                                                        monkeypatch, capsys):
-    """More engine actors than the cluster has CPUs for (2 actors + 1 decoding CPU on 2 CPUs): exit status 2 and what
-    is missing, before any work; Ray alone would wait for ever."""
+    """More engine actors than the cluster has CPUs for (2 actors + 1 decoding CPU on 2 CPUs): after UUSIC_RAY_WAIT_S
+    (a cluster it joined might grow), exit status 2 and what is missing, before any work; Ray alone would wait for
+    ever."""
     from core.cli import main
 
     for name in [k for k in os.environ if k.startswith("UUSIC_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("UUSIC_WORKSPACE", str(workspace))
+    monkeypatch.setenv("UUSIC_RAY_WAIT_S", "1")
     started = time.monotonic()
     code = main(["predict", "--input-json", str(SAMPLES / "ground_truth.json"), "--input-dir", str(SAMPLES),
                  "--output-dir", str(tmp_path / "out"), "--device", "cpu", "--no-progress", "--backend", "ray",
@@ -268,9 +270,25 @@ def test_predict_on_ray_says_what_the_cluster_lacks_instead_of_waiting(ray_clust
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_serve_on_ray_says_what_the_cluster_lacks_for_its_replicas(ray_cluster, workspace: Path, postgres_url: str,
+                                                                     monkeypatch, capsys):
+    """More replicas than the cluster has CPUs for: exit status 2 naming what is missing (Serve would wait for ever
+    to place them)."""
+    from core.cli import main
+
+    for name in [k for k in os.environ if k.startswith("UUSIC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("UUSIC_WORKSPACE", str(workspace))
+    monkeypatch.setenv("UUSIC_HISTORY_URL", postgres_url)  # two nodes: a shared history, else that is refused first
+    monkeypatch.setenv("UUSIC_RAY_WAIT_S", "1")
+    assert main(["serve", "--backend", "ray", "--address", ray_cluster.address, "--replicas", "3-4"]) == 2
+    err = capsys.readouterr().err
+    assert "2 CPUs of the 3 CPUs that serve --backend ray with 3 replicas (1 CPU each) needs" in err
+
+
 def test_resources_held_by_other_work_are_waited_for_then_named(ray_cluster):
     """CPUs that exist but another actor holds: a bounded wait, then a ClusterError naming what is free; once they
-    are released the same check passes at once."""
+    are released the same check passes at once. Too few in all where the cluster cannot grow: said at once."""
     import ray
 
     from core.cluster import require_resources
@@ -285,7 +303,11 @@ def test_resources_held_by_other_work_are_waited_for_then_named(ray_cluster):
     ray.get(holder.ping.remote())
     try:
         with pytest.raises(ClusterError, match=r"held its resources for 1 s: only 1 CPU of the 2 CPUs"):
-            require_resources({"CPU": 2.0}, "this check", wait_s=1.0)
+            require_resources({"CPU": 2.0}, "this check", wait_s=1.0, can_grow=True)
     finally:
         ray.kill(holder)
-    require_resources({"CPU": 2.0}, "this check", wait_s=30.0)
+    require_resources({"CPU": 2.0}, "this check", wait_s=30.0, can_grow=True)
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=r"has 2 CPUs of the 3 CPUs that this check needs"):
+        require_resources({"CPU": 3.0}, "this check", wait_s=30.0, can_grow=False)
+    assert time.monotonic() - started < 5

@@ -26,7 +26,6 @@ from typing import Any
 from core.errors import ClusterError, ConfigError
 from core.settings import PROJECT_ROOT, Settings
 
-RESOURCE_WAIT_SEC = 60.0  # how long a run waits for CPUs / GPUs / memory that other work holds before it says so
 INSTALL_HINT = "pip install -r requirements-cluster.txt (or pip install -e .[cluster])"
 # Ray's usage statistics (sent to the Ray project by default) and Ray Data's per-run usage poller stay off in a
 # hospital unless the operator sets these variables; the workers a local Ray starts inherit them.
@@ -127,19 +126,21 @@ def _short(need: dict[str, float], have: dict[str, float]) -> list[str]:
             for name, value in need.items() if value > 0 and have.get(name, 0.0) + 1e-9 < value]
 
 
-def require_resources(need: dict[str, float], purpose: str, *, wait_s: float = RESOURCE_WAIT_SEC,
+def require_resources(need: dict[str, float], purpose: str, *, wait_s: float, can_grow: bool,
                       poll_s: float = 0.25) -> None:
-    """Before any work on the connected cluster: :class:`ClusterError` at once when it has fewer of the ``need``
-    resources (``CPU``, ``GPU``, ``memory`` bytes) in all than ``purpose`` asks for, and after ``wait_s`` when they
-    exist but other work (a Serve deployment, another job) still holds them. Ray itself would wait forever."""
+    """Before any work on the connected cluster (Ray itself would wait for ever): wait up to ``wait_s`` for the
+    ``need`` resources (``CPU``, ``GPU``, ``memory`` bytes) to be free, then :class:`ClusterError` naming what is
+    missing: too few in all (at once where the cluster cannot grow: a local Ray this command started), or held by
+    other work (a Serve deployment, another job)."""
     ray = import_ray()
-    short = _short(need, ray.cluster_resources())
-    if short:
-        raise ClusterError(f"the Ray cluster has {', '.join(short)} that {purpose} needs: "
-                           "ask for fewer engine actors or GPUs, or add nodes")
-    deadline = time.monotonic() + wait_s
+    fewer = _short(need, ray.cluster_resources())
+    deadline = time.monotonic() + (wait_s if can_grow or not fewer else 0.0)
     while short := _short(need, ray.available_resources()):
         if time.monotonic() >= deadline:
+            fewer = _short(need, ray.cluster_resources())
+            if fewer:
+                raise ClusterError(f"the Ray cluster has {', '.join(fewer)} that {purpose} needs: ask for less, "
+                                   "or add nodes")
             raise ClusterError(f"other work on the Ray cluster has held its resources for {wait_s:g} s: only "
                                f"{', '.join(short)} that {purpose} needs is free")
         time.sleep(poll_s)

@@ -154,7 +154,8 @@ class RayGroups:
         need = {"CPU": actors + 1.0, "GPU": self.num_gpus * actors, "memory": float(ENGINE_MEMORY_BYTES * actors)}
         gpus = f", {self.num_gpus:g} GPU" if self.num_gpus else ""
         require_resources(need, f"--backend ray with {actors} engine actor{'s' if actors != 1 else ''} "
-                                f"(1 CPU{gpus} and 1 GiB each, 1 CPU to decode)")
+                                f"(1 CPU{gpus} and 1 GiB each, 1 CPU to decode)", wait_s=self.settings.ray_wait_s,
+                          can_grow=not (self._started and self.address is None))
 
     def close(self) -> None:
         """Stop the Ray this runner started (a connection made by someone else is left open)."""

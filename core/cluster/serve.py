@@ -29,7 +29,15 @@ from typing import Any
 import anyio
 from ray import serve
 
-from core.cluster import ClusterError, alive_nodes, check_shared_history, connect, import_ray, runtime_env
+from core.cluster import (
+    ClusterError,
+    alive_nodes,
+    check_shared_history,
+    connect,
+    import_ray,
+    require_resources,
+    runtime_env,
+)
 from core.editing import parse_edits
 from core.errors import RequestError, UUSICError
 from core.response import AnalysisFailure, AnalysisResponse, BatchItem
@@ -196,6 +204,16 @@ def shutdown(started: bool) -> None:
             ray.shutdown()
 
 
+def require_replicas(args: argparse.Namespace, settings: Settings, *, can_grow: bool) -> None:
+    """:func:`core.cluster.require_resources` for the least count of replicas (each ``--num-cpus-per-replica`` and
+    ``--num-gpus-per-replica``): Ray Serve would otherwise wait for ever to place them."""
+    low, cpus, gpus = args.replicas[0], float(args.num_cpus_per_replica), float(args.num_gpus_per_replica or 0.0)
+    each = f"{cpus:g} CPU" + (f", {gpus:g} GPU" if gpus else "")
+    require_resources({"CPU": low * cpus, "GPU": low * gpus},
+                      f"serve --backend ray with {low} replica{'s' if low != 1 else ''} ({each} each)",
+                      wait_s=settings.ray_wait_s, can_grow=can_grow)
+
+
 def serve_main(args: argparse.Namespace, settings: Settings) -> int:
     """The blocking ``python -m core serve --backend ray`` (options parsed by :func:`core.api.command.main`)."""
     try:
@@ -206,6 +224,7 @@ def serve_main(args: argparse.Namespace, settings: Settings) -> int:
     try:
         nodes = len(alive_nodes())
         check_shared_history(settings, nodes)
+        require_replicas(args, settings, can_grow=not (started and not args.address))
     except UUSICError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if started:
