@@ -258,7 +258,7 @@ class Settings(BaseSettings):
     tta_views: str = "identity,hflip,rot-10,rot+10"
     refuse_ood: bool = False  # core.recognition: out-of-distribution inputs refused (422) instead of analysed
     # Ray backends (core.cluster.require_resources): how long a run waits for resources other work holds, or for a
-    # cluster it joined to grow, before it says what is missing (a local Ray it started is never waited for)
+    # cluster it joined to grow, before it says what is missing (a local Ray it started cannot grow: said at once)
     ray_wait_s: float = Field(default=60.0, ge=0, le=86_400, allow_inf_nan=False)
     # PACS over DICOMweb (core.pacs): the root URL and optional credentials (basic, or a bearer token)
     dicomweb_url: str | None = None
