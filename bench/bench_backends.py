@@ -299,7 +299,7 @@ def fmt(value, spec: str = ".1f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="demo,omni")
     parser.add_argument("--demo-combos", default=DEMO_COMBOS)
@@ -316,94 +316,120 @@ def main() -> int:
     parser.add_argument("--data-root", type=Path, default=default_root)
     parser.add_argument("--split", type=Path, default=ROOT / "weights" / "demo_val_split.json")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    return parser
 
+
+def main() -> int:
+    args = _parser().parse_args()
     torch.set_num_threads(args.threads)
     data_root = args.data_root.resolve()
     work = Path(tempfile.mkdtemp(prefix="uusic-bench-backends-"))
-    cache = work / "cache"
-    base = Settings(workspace=work / "ws", data_root=data_root, device="cpu", cache_dir=cache)
+    base = Settings(workspace=work / "ws", data_root=data_root, device="cpu", cache_dir=work / "cache")
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                "openvino": _version("openvino"), "nncf": _version("nncf"), "python": platform.python_version(),
                "loadavg_start": os.getloadavg()}
     print(json.dumps(machine))
     report: dict = {"machine": machine, "models": {}}
     for which in [m.strip() for m in args.models.split(",") if m.strip()]:
-        spec = registry.find_spec(base) if which == "demo" else omni_spec(work)
-        chosen = combos(args.demo_combos if which == "demo" else args.omni_combos)
-        print(f"\n[{which}] {spec.name} ({spec.arch}, input {spec.input_size}, {spec.preprocessing})"
-              + ("" if which == "demo" else " — random-init checkpoint (seed 0): speed only, outputs are noise"))
-        engines: dict[str, Engine] = {}
-        rows: dict[str, dict] = {}
-        for backend, precision in chosen:
-            key = f"{backend}:{precision}"
-            backends.clear_cache()
-            start = time.perf_counter()
-            engine = Engine(base.with_(backend=backend, precision=precision), spec=spec)
-            info = engine.backend
-            rows[key] = {"backend": info.as_dict(), "build_s": time.perf_counter() - start,
-                         "artefact_bytes": backends.artefact_bytes(base, info),
-                         "compiled_cache_bytes": backends.artefact_bytes(base, info, compiled=True)}
-            ran = f"{info.backend}:{info.precision}"
-            print(f"  {key:20s} built in {rows[key]['build_s']:6.1f} s → {ran}"
-                  + (f" (convert {info.convert_sec} s, load {info.load_sec} s, "
-                     f"{(rows[key]['artefact_bytes'] or 0) / 1e6:.1f} MB)" if info.artefact else "")
-                  + (f"  FALLBACK: {info.fallback}" if info.fallback else ""), flush=True)
-            if ran == key:
-                engines[key] = engine
-        reference_engine = engines.get("torch:fp32") or Engine(base.with_(backend="torch"), spec=spec)
-        val = validation_entries(args.split, data_root, reference_engine)
-        speed_entries = spread(val, 8)
-        inputs = {1: batch_inputs(reference_engine, speed_entries[:1]),
-                  8: batch_inputs(reference_engine, speed_entries)}
-        speeds = timed_rounds(engines, inputs, args.iters)
-        base_speed = speeds.get("torch:fp32")
-        for key, speed in speeds.items():
-            rows[key]["ms_per_img"] = speed
-            if base_speed:
-                rows[key]["speedup_min"] = {b: base_speed[b]["min"] / speed[b]["min"] for b in (1, 8)}
-                rows[key]["speedup_cpu"] = {b: base_speed[b]["cpu_median"] / speed[b]["cpu_median"] for b in (1, 8)}
-        if not args.skip_fidelity:
-            fid_entries = ((val[: args.fidelity_images] if args.fidelity_images else val) if which == "demo"
-                           else spread(val, args.omni_fidelity_images))
-            print(f"  fidelity over {len(fid_entries)} validation images …", flush=True)
-            ref_out = work / which / "torch-fp32"
-            reference = run_outputs(reference_engine, fid_entries, data_root, ref_out)
-            ref_metrics = metrics(fid_entries, data_root, ref_out) if which == "demo" else None
-            for key, engine in engines.items():
-                if key == "torch:fp32":
-                    continue
-                out = work / which / key.replace(":", "-")
-                rows[key]["fidelity"] = fidelity(reference, run_outputs(engine, fid_entries, data_root, out))
-                if ref_metrics is not None:
-                    got = metrics(fid_entries, data_root, out)
-                    rows[key]["metric_change"] = {k: (None if v is None or got.get(k) is None else got[k] - v)
-                                                  for k, v in ref_metrics.items()}
-            if ref_metrics is not None:
-                rows["torch:fp32"]["metrics"] = ref_metrics
-        for key, row in rows.items():
-            print("  " + row_line(key, row))
-        entry = {"spec": {"name": spec.name, "arch": spec.arch, "input_size": spec.input_size},
-                 "validation_images": len(val), "rows": rows}
-        if not args.skip_cli:
-            entry["end_to_end"] = end_to_end(which, spec, reference_engine, val, data_root, work, cache, args)
-        if not args.skip_cold:
-            entry["cold_start"] = {}
-            model_env = _model_env(which, spec, base)
-            for backend in ("torch", "auto"):
-                env = {**model_env, "UUSIC_BACKEND": backend, "UUSIC_CACHE_DIR": str(cache),
-                       "UUSIC_WORKSPACE": str(work / "ws"), "UUSIC_DATA_ROOT": str(data_root), "UUSIC_DEVICE": "cpu"}
-                cold = cold_start(env, speed_entries[0], args.threads)
-                server = idle_server_rss(env, {k: speed_entries[0][k] for k in
-                                               ("img_path_relative", "task", "dataset_name")})
-                entry["cold_start"][backend] = {"process": cold, "server": server}
-                print(f"  cold start ({backend}): " + cold_line(cold, server), flush=True)
-        report["models"][which] = entry
+        report["models"][which] = measure_model(which, args, base, work)
     machine["loadavg_end"] = os.getloadavg()
     if args.out:
         args.out.write_text(json.dumps(report, indent=1, default=str))
         print(f"\nraw numbers: {args.out}")
     return 0
+
+
+def measure_model(which: str, args: argparse.Namespace, base: Settings, work: Path) -> dict:
+    """Every measurement of one model (``demo`` or ``omni``): build, speed, fidelity, end to end, cold start."""
+    data_root, cache = base.data_root, work / "cache"
+    spec = registry.find_spec(base) if which == "demo" else omni_spec(work)
+    print(f"\n[{which}] {spec.name} ({spec.arch}, input {spec.input_size}, {spec.preprocessing})"
+          + ("" if which == "demo" else " — random-init checkpoint (seed 0): speed only, outputs are noise"))
+    engines, rows = build_engines(base, spec, combos(args.demo_combos if which == "demo" else args.omni_combos))
+    reference_engine = engines.get("torch:fp32") or Engine(base.with_(backend="torch"), spec=spec)
+    val = validation_entries(args.split, data_root, reference_engine)
+    speed_entries = spread(val, 8)
+    inputs = {1: batch_inputs(reference_engine, speed_entries[:1]),
+              8: batch_inputs(reference_engine, speed_entries)}
+    speeds = timed_rounds(engines, inputs, args.iters)
+    base_speed = speeds.get("torch:fp32")
+    for key, speed in speeds.items():
+        rows[key]["ms_per_img"] = speed
+        if base_speed:
+            rows[key]["speedup_min"] = {b: base_speed[b]["min"] / speed[b]["min"] for b in (1, 8)}
+            rows[key]["speedup_cpu"] = {b: base_speed[b]["cpu_median"] / speed[b]["cpu_median"] for b in (1, 8)}
+    if not args.skip_fidelity:
+        fid_entries = ((val[: args.fidelity_images] if args.fidelity_images else val) if which == "demo"
+                       else spread(val, args.omni_fidelity_images))
+        fidelity_rows(which, rows, engines, reference_engine, fid_entries, data_root, work)
+    for key, row in rows.items():
+        print("  " + row_line(key, row))
+    entry = {"spec": {"name": spec.name, "arch": spec.arch, "input_size": spec.input_size},
+             "validation_images": len(val), "rows": rows}
+    if not args.skip_cli:
+        entry["end_to_end"] = end_to_end(which, spec, reference_engine, val, data_root, work, cache, args)
+    if not args.skip_cold:
+        entry["cold_start"] = cold_starts(which, spec, base, work, speed_entries[0], args.threads)
+    return entry
+
+
+def build_engines(base: Settings, spec: ModelSpec, chosen: list[tuple[str, str]]
+                  ) -> tuple[dict[str, Engine], dict[str, dict]]:
+    """An engine per (backend, precision), built from scratch; the rows of their build, and the engines that run
+    what was asked for (a fallback is reported, not measured)."""
+    engines: dict[str, Engine] = {}
+    rows: dict[str, dict] = {}
+    for backend, precision in chosen:
+        key = f"{backend}:{precision}"
+        backends.clear_cache()
+        start = time.perf_counter()
+        engine = Engine(base.with_(backend=backend, precision=precision), spec=spec)
+        info = engine.backend
+        rows[key] = {"backend": info.as_dict(), "build_s": time.perf_counter() - start,
+                     "artefact_bytes": backends.artefact_bytes(base, info),
+                     "compiled_cache_bytes": backends.artefact_bytes(base, info, compiled=True)}
+        ran = f"{info.backend}:{info.precision}"
+        print(f"  {key:20s} built in {rows[key]['build_s']:6.1f} s → {ran}"
+              + (f" (convert {info.convert_sec} s, load {info.load_sec} s, "
+                 f"{(rows[key]['artefact_bytes'] or 0) / 1e6:.1f} MB)" if info.artefact else "")
+              + (f"  FALLBACK: {info.fallback}" if info.fallback else ""), flush=True)
+        if ran == key:
+            engines[key] = engine
+    return engines, rows
+
+
+def fidelity_rows(which: str, rows: dict[str, dict], engines: dict[str, Engine], reference_engine: Engine,
+                  entries: list[dict], data_root: Path, work: Path) -> None:
+    """Each engine's outputs against eager fp32's on ``entries`` (and, for the demo, the metric changes)."""
+    print(f"  fidelity over {len(entries)} validation images …", flush=True)
+    ref_out = work / which / "torch-fp32"
+    reference = run_outputs(reference_engine, entries, data_root, ref_out)
+    ref_metrics = metrics(entries, data_root, ref_out) if which == "demo" else None
+    for key, engine in engines.items():
+        if key == "torch:fp32":
+            continue
+        out = work / which / key.replace(":", "-")
+        rows[key]["fidelity"] = fidelity(reference, run_outputs(engine, entries, data_root, out))
+        if ref_metrics is not None:
+            got = metrics(entries, data_root, out)
+            rows[key]["metric_change"] = {k: (None if v is None or got.get(k) is None else got[k] - v)
+                                          for k, v in ref_metrics.items()}
+    if ref_metrics is not None:
+        rows["torch:fp32"]["metrics"] = ref_metrics
+
+
+def cold_starts(which: str, spec: ModelSpec, base: Settings, work: Path, entry: dict, threads: int) -> dict:
+    """A cold process and an idle server per backend (torch, auto) with the converted-model cache of this run."""
+    found = {}
+    model_env = _model_env(which, spec, base)
+    for backend in ("torch", "auto"):
+        env = {**model_env, "UUSIC_BACKEND": backend, "UUSIC_CACHE_DIR": str(work / "cache"),
+               "UUSIC_WORKSPACE": str(work / "ws"), "UUSIC_DATA_ROOT": str(base.data_root), "UUSIC_DEVICE": "cpu"}
+        cold = cold_start(env, entry, threads)
+        server = idle_server_rss(env, {k: entry[k] for k in ("img_path_relative", "task", "dataset_name")})
+        found[backend] = {"process": cold, "server": server}
+        print(f"  cold start ({backend}): " + cold_line(cold, server), flush=True)
+    return found
 
 
 def row_line(key: str, row: dict) -> str:
