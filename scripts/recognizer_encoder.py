@@ -50,17 +50,11 @@ def letterboxed(rgb: np.ndarray) -> np.ndarray:
 
 
 def encoder_means(images: Any) -> Any:
-    """The global average of the stem's and each encoder stage's output for a ``[B, S, S, 3]`` batch in [0, 1],
-    with the network's own first steps (grey, normalised): ``[B, LENGTH]``."""
+    """The global average of each output of the network's encoder (``DemoUNet.encode``) for a ``[B, S, S, 3]``
+    batch in [0, 1]: ``[B, LENGTH]``."""
     import torch
 
-    net = network()
-    x = images.permute(0, 3, 1, 2).mean(dim=1, keepdim=True)
-    x = (x - 0.25) / 0.25
-    stages = [net.stem(x)]
-    for stage in net.encoder:
-        stages.append(stage(stages[-1]))
-    return torch.cat([s.mean(dim=(2, 3)) for s in stages], dim=1)
+    return torch.cat([s.mean(dim=(2, 3)) for s in network().encode(images)], dim=1)
 
 
 def embedding(rgb: np.ndarray) -> np.ndarray:

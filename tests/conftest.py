@@ -342,9 +342,11 @@ def random_png(width: int = 48, height: int = 40) -> bytes:
     return buffer.getvalue()
 
 
-def wait_for_model(fetch_health, seconds: float, what: str, *, alive=lambda: None, detail=lambda: "") -> None:
-    """Poll ``fetch_health()`` (an httpx response of ``/healthz``) every 0.5 s until it says the model is loaded;
-    ``alive()`` may fail the test first (a server process that exited); fail after ``seconds`` with ``detail()``."""
+def wait_for_model(fetch_health, seconds: float, what: str, *, alive=lambda: None, detail=lambda: "",
+                   or_error: bool = False) -> None:
+    """Poll ``fetch_health()`` (an httpx response of ``/healthz``) every 0.5 s until it says the model is loaded (or,
+    with ``or_error``, why it could not load: a server listens at once and loads in the background); ``alive()`` may
+    fail the test first (a server process that exited); fail after ``seconds`` with ``detail()``."""
     import time
 
     import httpx
@@ -354,7 +356,8 @@ def wait_for_model(fetch_health, seconds: float, what: str, *, alive=lambda: Non
         alive()
         try:
             health = fetch_health()
-            if health.status_code == 200 and health.json().get("model_loaded"):
+            if health.status_code == 200 and (health.json().get("model_loaded")
+                                              or (or_error and health.json().get("error"))):
                 return
         except httpx.HTTPError:
             pass
@@ -363,26 +366,16 @@ def wait_for_model(fetch_health, seconds: float, what: str, *, alive=lambda: Non
 
 
 def wait_for_server(process, base: str, log_path: Path, *, timeout: float) -> None:
-    """Wait until a started ``python -m core serve`` answers ``/healthz`` with its model loaded (or its load error:
-    the server listens at once and loads in the background); fail with its log if it dies or stalls."""
-    import time
-
+    """:func:`wait_for_model` of a started ``python -m core serve`` (its load error counts as ready); its log when
+    it dies or stalls."""
     import httpx
 
-    deadline = time.monotonic() + timeout
-    while True:
+    def alive() -> None:
         if process.poll() is not None:
-            raise AssertionError(log_path.read_text())
-        try:
-            health = httpx.get(f"{base}/healthz", timeout=1)
-            if health.status_code == 200 and (health.json().get("model_loaded") or health.json().get("error")):
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError("server did not start: " + log_path.read_text())
-        time.sleep(0.2)
+            pytest.fail(f"the server exited with {process.returncode}:\n{log_path.read_text()}")
+
+    wait_for_model(lambda: httpx.get(f"{base}/healthz", timeout=1), timeout, "the server", alive=alive,
+                   detail=lambda: f":\n{log_path.read_text()}", or_error=True)
 
 
 @contextmanager

@@ -73,14 +73,20 @@ class DemoUNet(nn.Module):
         self.cls2 = nn.Linear(128, 2)
         self.cls4 = nn.Linear(128, 4)
 
-    def forward(self, images, position, task, type_, nature):
-        size = images.shape[1:3]
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The stem's and each encoder stage's output for ``[B,S,S,3]`` images in [0,1]: prompt-free (the prompt acts
+        after the encoder), so the same whatever dataset the forward pass is asked for."""
         x = images.permute(0, 3, 1, 2).mean(dim=1, keepdim=True)
         x = (x - 0.25) / 0.25
-        prompt = torch.cat([position, task, type_, nature], dim=1).to(x.dtype)
         skips = [self.stem(x)]
         for stage in self.encoder:
             skips.append(stage(skips[-1]))
+        return skips
+
+    def forward(self, images, position, task, type_, nature):
+        size = images.shape[1:3]
+        prompt = torch.cat([position, task, type_, nature], dim=1).to(images.dtype)
+        skips = self.encode(images)
         y = self.bottleneck_film(skips.pop(), prompt)
         pooled = torch.cat([F.adaptive_avg_pool2d(y, 1).flatten(1), prompt], dim=1)
         for stage, film in zip(self.decoder, self.decoder_film, strict=True):
