@@ -15,7 +15,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from core import recognition
+from core import recognition, recognition_encoder
 from core.editing import parse_edits
 from core.errors import RequestError, UUSICError
 from core.recognition import Found
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from core.auto_route import Routed
     from core.engine import Engine, Prepared
     from core.imaging import LoadedImage
+    from core.stages import RawOutput
 
 OnResult = Callable[[int, "dict | None", "BaseException | None"], None]  # (entry index, response, error)
 Runnable = list[tuple[int, PredictRequest]]  # (entry index, parsed request) of one model's group
@@ -74,8 +75,9 @@ class LocalGroups:
 
 
 class RecognisingStages:
-    """An engine's three batch stages (:class:`core.batching.Engine`) with the recogniser after ``prepare`` and its
-    answer added by ``finish``: a batch's images are decoded once for both."""
+    """An engine's three batch stages (:class:`core.batching.Engine`) with the recogniser after ``prepare`` (or,
+    for an engine that recognises from its forward pass, before ``finish``) and its answer added by ``finish``: a
+    batch's images are decoded once for both."""
 
     def __init__(self, engine: Engine, recognise: Recogniser):
         self.engine, self.recognise = engine, recognise
@@ -88,15 +90,17 @@ class RecognisingStages:
             self.found[id(prepared)] = routed.found
             return prepared
         prepared = self.engine.prepare(request, input_dir=input_dir)
-        self.found[id(prepared)] = self.recognise(prepared)
+        if self.engine.recognition_head is None:
+            self.found[id(prepared)] = self.recognise(prepared)
         return prepared
 
     def forward(self, batch: list[Prepared]) -> tuple[list[Any], float, Any]:
         return self.engine.forward(batch)
 
     def finish(self, prepared: Prepared, raw: Any, *, output_dir: Path, forward_sec: float, gpu: Any) -> dict:
+        held = self.found.pop(id(prepared)) if id(prepared) in self.found else None
+        found, seconds = held or recognise_output(self.engine, prepared, raw)
         response = self.engine.finish(prepared, raw, output_dir=output_dir, forward_sec=forward_sec, gpu=gpu)
-        found, seconds = self.found.pop(id(prepared), (None, 0.0))
         add_recognition(response, found, seconds, prepared.request)
         return response
 
@@ -136,13 +140,14 @@ class Analyzer:
         engine = self.pool.serving(request.task, request.dataset_name, model)
         start = time.perf_counter()
         prepared = engine.prepare(request, input_dir=input_dir, image=image)
-        recognised, seconds = found or self.recognised(prepared)
+        found = found or (self.recognised(prepared) if engine.recognition_head is None else None)
         batcher = self.pool.batcher(engine)
         if batcher is not None:
             raw, forward_sec, gpu = batcher.forward_one(prepared)
         else:
             outputs, forward_sec, gpu = engine.forward([prepared])
             raw = outputs[0]
+        recognised, seconds = found or recognise_output(engine, prepared, raw)  # refused: before any file is written
         response = engine.finish(prepared, raw, output_dir=Path(output_dir or self.mask_folder(engine)),
                                  forward_sec=forward_sec, gpu=gpu)
         response["inference_time_sec"] = time.perf_counter() - start
@@ -267,9 +272,24 @@ def recognise_image(settings: Settings, rgb: Any) -> Found:
     :class:`RequestError` (422) for an out-of-distribution image when ``UUSIC_REFUSE_OOD`` is on. The one
     recognition stage of every runner (threads here, Ray Data tasks in :mod:`core.cluster.batch`)."""
     found, seconds = recognition.timed(rgb, settings.weights_dir)
+    return refuse_if_ood(settings, found), seconds
+
+
+def recognise_output(engine: Engine, prepared: Prepared, raw: RawOutput) -> Found:
+    """The organ recogniser's view of an image after its forward pass: from the model's embedding when the engine
+    has a head for it (:mod:`core.recognition_encoder`, no features of its own), else :func:`recognise_image`."""
+    head = engine.recognition_head
+    if head is None or raw.embedding is None:
+        return recognise_image(engine.settings, prepared.image.rgb)
+    found, seconds = recognition_encoder.recognise(head, raw.embedding)
+    return refuse_if_ood(engine.settings, found), seconds
+
+
+def refuse_if_ood(settings: Settings, found: recognition.Recognition | None) -> recognition.Recognition | None:
+    """``found``, or :class:`RequestError` (422) for an out-of-distribution image when ``UUSIC_REFUSE_OOD`` is on."""
     if found is not None and not found.in_distribution and settings.refuse_ood:
         raise RequestError(recognition.OOD_REFUSAL, field="img_path_relative")
-    return found, seconds
+    return found
 
 
 def add_recognition(response: dict, found: recognition.Recognition | None, seconds: float,

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from core import catalog, tta
+from core import catalog, recognition_encoder, tta
 from core.batching import predict_all
 from core.errors import NoModelError
 from core.geometry import make_transform
@@ -90,6 +90,9 @@ class Engine:
         self.amp = bool(self.settings.amp and self.device.type == "cuda")
         self.device_name = "CPU" if self.device.type == "cpu" else device_label(self.device)
         self._served = catalog.served_keys(self.spec.datasets)
+        # the organ recogniser's head on this model's embedding (None: recognised from the image's own features)
+        self.recognition_head = recognition_encoder.head_for_model(self.settings.weights_dir, self.spec.arch,
+                                                                   self.sha256)
 
     def _take_converted(self, model: Any, info: backends.BackendInfo) -> None:
         """A background conversion ended: the converted model serves from the next forward pass on (the eager one
@@ -172,8 +175,8 @@ class Engine:
         if getattr(model, "numpy_io", False):  # a converted model on its own runtime: numpy in, numpy out
             with self._lock:
                 start = time.perf_counter()
-                seg, cls2, cls4 = self._run_model(model, images, vectors, np.concatenate)
-                outputs = split_outputs(rows, seg, cls2, cls4, _NumpyHeads, letterbox=self._letterbox)
+                out = self._run_model(model, images, vectors, np.concatenate)
+                outputs = split_outputs(rows, out, _NumpyHeads, letterbox=self._letterbox)
                 seconds = time.perf_counter() - start
             return _regroup(batch, outputs), seconds, GpuMemory()
         return self._forward_torch(model, batch, rows, images, vectors)
@@ -193,9 +196,8 @@ class Engine:
                     vectors_d = [v.to(device) for v in vectors]
                     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
                     with autocast:
-                        seg, cls2, cls4 = self._run_model(model, images_d, vectors_d, torch.cat)
-                    outputs = split_outputs(rows, seg.float(), cls2.float(), cls4.float(), _TorchHeads,
-                                            letterbox=self._letterbox)
+                        out = self._run_model(model, images_d, vectors_d, torch.cat)
+                    outputs = split_outputs(rows, [o.float() for o in out], _TorchHeads, letterbox=self._letterbox)
             except torch.OutOfMemoryError:
                 outputs, gpu = self._forward_on_cpu(rows, images, vectors), GpuMemory()
             seconds = time.perf_counter() - start
@@ -209,7 +211,7 @@ class Engine:
             return model(images, *vectors)
         parts = [model(images[i : i + limit], *(v[i : i + limit] for v in vectors))
                  for i in range(0, images.shape[0], limit)]
-        return tuple(cat([part[k] for part in parts], 0) for k in range(3))
+        return tuple(cat([part[k] for part in parts], 0) for k in range(len(parts[0])))
 
     def _forward_on_cpu(self, batch: list[Prepared], images, vectors: list):
         """CUDA ran out of memory: free what we can, warn, and run this batch on a CPU copy of the model."""
@@ -221,9 +223,8 @@ class Engine:
         if self._cpu_copy is None:  # kept by this engine for the next OOM
             self._cpu_copy = registry.load_model(self.spec, torch.device("cpu"), weights_dir=self.settings.weights_dir)
         with torch.inference_mode():
-            seg, cls2, cls4 = self._run_model(self._cpu_copy, images, vectors, torch.cat)
-            outputs = split_outputs(batch, seg.float(), cls2.float(), cls4.float(), _TorchHeads,
-                                    letterbox=self._letterbox)
+            out = self._run_model(self._cpu_copy, images, vectors, torch.cat)
+            outputs = split_outputs(batch, [o.float() for o in out], _TorchHeads, letterbox=self._letterbox)
         for output in outputs:
             output.fallback_device = "cpu"
         return outputs
@@ -308,11 +309,14 @@ class Engine:
         return Path(output_dir) if output_dir is not None else Path(self.settings.api_out)
 
 
-def split_outputs(batch: list[Prepared], seg: Any, cls2: Any, cls4: Any, heads: Any, *,
-              letterbox: bool) -> list[RawOutput]:
-    """Per-sample outputs from the heads: torch tensors (``heads`` = :class:`_TorchHeads`) or numpy arrays
-    (:class:`_NumpyHeads`)."""
+def split_outputs(batch: list[Prepared], out: Any, heads: Any, *, letterbox: bool) -> list[RawOutput]:
+    """Per-sample outputs from the model's ``(seg, cls2, cls4[, embedding])``: torch tensors (``heads`` =
+    :class:`_TorchHeads`) or numpy arrays (:class:`_NumpyHeads`)."""
+    seg, cls2, cls4 = out[:3]
     outputs: list[RawOutput] = [RawOutput() for _ in batch]
+    if len(out) > 3:  # the encoder embedding the organ recogniser reads (core.recognition_encoder)
+        for output, vector in zip(outputs, heads.rows(out[3]), strict=True):
+            output.embedding = vector
     seg_rows = [i for i, p in enumerate(batch) if p.request.task == "segmentation"]
     for head, logits in (("cls4", cls4), ("cls2", cls2)):
         rows = [i for i, p in enumerate(batch)
@@ -349,6 +353,10 @@ class _NumpyHeads:
         return softmax(logits)
 
     @staticmethod
+    def rows(values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, dtype=np.float32)
+
+    @staticmethod
     def foreground(seg: np.ndarray) -> np.ndarray:
         return softmax(seg)[:, 1].astype(np.float32)
 
@@ -365,6 +373,10 @@ class _TorchHeads:
         import torch
 
         return torch.softmax(logits, dim=1).cpu().numpy()
+
+    @staticmethod
+    def rows(values: Any) -> np.ndarray:
+        return values.float().cpu().numpy()
 
     @staticmethod
     def foreground(seg: Any) -> np.ndarray:
@@ -398,7 +410,9 @@ def _regroup(batch: list[Prepared], outputs: list[RawOutput]) -> list[RawOutput]
             index += 1
             continue
         parts = outputs[index:index + len(prepared.view_input)]
-        grouped.append(RawOutput(views=parts, fallback_device=parts[0].fallback_device))
+        plain = next((part for part, view in zip(parts, prepared.views, strict=True) if view.is_identity), None)
+        grouped.append(RawOutput(views=parts, fallback_device=parts[0].fallback_device,
+                                 embedding=plain.embedding if plain is not None else None))
         index += len(parts)
     return grouped
 

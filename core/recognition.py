@@ -38,6 +38,7 @@ FEATURE_VERSION = 3  # 2: + texture / cone / speckle features of a 128 x 128 thu
 SIDE = 64  # the squashed thumbnail the features are computed on (aspect and size are no shortcut)
 WEIGHTS_FILE = "recognizer.npz"
 RECORD_FILE = "recognizer.json"  # {"file", "sha256", ...}: kept apart from models.json (a list of served models)
+HAND = f"hand:{FEATURE_VERSION}"  # what this module's features are called in a weights file (``features``)
 _GRAD_EDGES = np.array([0, 1, 2, 4, 8, 16, 32, 64], dtype=np.float32)  # magnitude bins: [0,1) … [64, ∞)
 
 
@@ -49,11 +50,12 @@ class Recognition(BaseModel):
     confidence: float  # probability of ``organ`` (0..1)
     in_distribution: bool  # False: not like any ultrasound the models were trained on
     ood_score: float  # larger = further from the training ultrasound; ``threshold`` decides
+    features: str = "image"  # "image": this module's features of the image; "encoder": the network's own embedding
 
     def public(self) -> dict[str, Any]:
         """The ``recognition`` block of a response."""
         return {"organ": self.organ, "dataset": self.dataset, "confidence": round(self.confidence, 4),
-                "in_distribution": self.in_distribution}
+                "in_distribution": self.in_distribution, "features": self.features}
 
 
 def thumbnail(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +116,7 @@ def _spectrum(grey: np.ndarray) -> np.ndarray:
 class Recognizer:
     """The loaded model: :meth:`predict` one image."""
 
-    def __init__(self, arrays: dict[str, np.ndarray]):
+    def __init__(self, arrays: dict[str, np.ndarray], features: str = HAND):
         self.mean, self.std = arrays["feature_mean"], arrays["feature_std"]
         self.w1, self.b1, self.w2, self.b2 = arrays["w1"], arrays["b1"], arrays["w2"], arrays["b2"]
         self.datasets = [str(x) for x in arrays["datasets"]]
@@ -123,7 +125,8 @@ class Recognizer:
         self.scale_maha, self.scale_resid = float(arrays["scale_maha"]), float(arrays["scale_resid"])
         self.bounds, self.excess_weight = arrays["bounds"], float(arrays["excess_weight"])
         self.threshold = float(arrays["threshold"])
-        if int(arrays["feature_version"]) != FEATURE_VERSION or self.w1.shape[0] != self.mean.shape[0]:
+        made_for = str(arrays["features"]) if "features" in arrays else f"hand:{int(arrays['feature_version'])}"
+        if made_for != features or self.w1.shape[0] != self.mean.shape[0]:
             raise ValueError("recogniser weights were made for other features")
         self.ood_columns = np.asarray(arrays["ood_columns"], dtype=np.int64)  # the features the OOD score reads
         if self.bounds.shape[0] != len(self.ood_columns) or self.ood_columns.max() >= self.mean.shape[0]:
@@ -141,7 +144,12 @@ class Recognizer:
                                  self.scale_maha, self.scale_resid, self.bounds, self.excess_weight)
 
     def predict(self, rgb: np.ndarray) -> Recognition:
-        probs, ood = self.scores(features(rgb)[None, :])
+        """The answer for one decoded image (hand features)."""
+        return self.predict_vector(features(rgb))
+
+    def predict_vector(self, vector: np.ndarray) -> Recognition:
+        """The answer for one feature vector (the kind of features this model was trained on)."""
+        probs, ood = self.scores(np.asarray(vector, dtype=np.float32)[None, :])
         organ_probs: dict[str, float] = {}
         for organ, p in zip(self.organs, probs[0], strict=True):
             organ_probs[organ] = organ_probs.get(organ, 0.0) + float(p)

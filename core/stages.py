@@ -51,6 +51,7 @@ class RawOutput:
     seg_foreground: np.ndarray | None = None  # letterbox: foreground probability S x S (float32)
     fallback_device: str | None = None  # set when CUDA ran out of memory and the sample ran on the CPU
     views: list[RawOutput] | None = None  # test-time augmentation: one output per view (in the view's frame)
+    embedding: np.ndarray | None = None  # the model's prompt-free image features (the organ recogniser reads them)
 
 
 def foreground(raw: RawOutput) -> np.ndarray:

@@ -1,12 +1,13 @@
-"""The demo network's encoder as the recogniser's features (issue 25; trained and validated, not served yet).
+"""The demo network's encoder as the recogniser's features (issue 25), the training side.
 
 The vector: the global average of the stem's and of each encoder stage's output (24 + 48 + 96 + 160 + 256 = 584
 values) for the image letterboxed as the engine feeds the network (``core.geometry.Letterbox`` at the manifest's
 input size). The encoder is prompt-free (FiLM acts after it), so every forward pass of the served network computes
-this vector whatever dataset it was asked for: served from that pass, recognition would cost only the recogniser's
-head (MLP + out-of-distribution score, ~30 µs) instead of the hand-made features' ~3 ms. Training side: eager torch.
+this vector whatever dataset it was asked for; the served forward returns it (``core.models.demo_unet``), so
+recognition costs only the recogniser's head (MLP + out-of-distribution score, ~30 µs: ``core.recognition_encoder``)
+instead of the hand-made features' ~3 ms. Training side: eager torch.
 
-    .venv/bin/python scripts/train_recognizer.py --features encoder --out /tmp/recognizer_encoder
+    .venv/bin/python scripts/train_recognizer.py --features encoder --out weights
 """
 
 from __future__ import annotations
@@ -36,9 +37,14 @@ def network() -> Any:
     return build_from_checkpoint(WEIGHTS)[0].eval()
 
 
+def network_sha256() -> str:
+    """The sha256 of the network's weights file (the served recogniser reads only this network's embedding)."""
+    return hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
+
+
 def tag() -> str:
     """What the vectors depend on: the network's weights (a retrained network needs a retrained recogniser)."""
-    return f"encoder:demo_unet:{hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:16]}"
+    return f"encoder:demo_unet:{network_sha256()[:16]}"
 
 
 def letterboxed(rgb: np.ndarray) -> np.ndarray:
@@ -52,9 +58,9 @@ def letterboxed(rgb: np.ndarray) -> np.ndarray:
 def encoder_means(images: Any) -> Any:
     """The global average of each output of the network's encoder (``DemoUNet.encode``) for a ``[B, S, S, 3]``
     batch in [0, 1]: ``[B, LENGTH]``."""
-    import torch
+    from core.models.demo_unet import embedding
 
-    return torch.cat([s.mean(dim=(2, 3)) for s in network().encode(images)], dim=1)
+    return embedding(network().encode(images))
 
 
 def embedding(rgb: np.ndarray) -> np.ndarray:

@@ -1,10 +1,12 @@
 """Train the organ / dataset recogniser and its out-of-distribution score on the CPU (a few minutes; default: numpy).
 
     .venv/bin/python scripts/train_recognizer.py --data-root ../shared/uusic-data --out weights
-    .venv/bin/python scripts/train_recognizer.py --features encoder --out /tmp/recognizer_encoder   # not served yet
+    .venv/bin/python scripts/train_recognizer.py --features encoder --out weights
 
-``--features``: ``hand`` (default, served): :func:`core.recognition.features`, numpy; ``encoder``: the demo
-network's encoder channel means (``scripts/recognizer_encoder.py``, eager torch), refused into ``weights/``.
+``--features``: ``hand`` (default): :func:`core.recognition.features`, numpy (``recognizer.npz``: routing, the
+dashboard's suggestion and every model without an embedding); ``encoder``: the demo network's encoder channel
+means (``scripts/recognizer_encoder.py``, eager torch; ``recognizer_encoder.npz``, read from the served forward
+pass by :mod:`core.recognition_encoder`, tied to the demo weights' sha256).
 
 Images: every distinct image (sha256 of the bytes) of ``ground_truth.json``; split like the demo network
 (``int(sha256[:8], 16) % 100 < 20`` → validation), so both use the same validation images. Each training image is
@@ -16,7 +18,7 @@ percentile of the validation ultrasound's score and each dataset's 95th (:func:`
 leave-one-organ-out run of the score (standardisation and score refitted without the organ) measures how it
 separates ultrasound of an organ it has not seen, on all validation images and on each half (by
 ``int(sha256[8:16], 16) % 2``: even = the half ``OOD_COLUMNS`` were chosen on, odd = the half they were not).
-Writes ``recognizer.npz``, ``recognizer.json`` (sha256 + metrics).
+Writes ``recognizer.npz``, ``recognizer.json`` (sha256 + metrics), or their ``recognizer_encoder`` twins.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from PIL import Image, ImageDraw, ImageFont
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # recognizer_encoder, beside this script
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.recognition import FEATURE_VERSION, RECORD_FILE, WEIGHTS_FILE, Recognizer, features, ood_scores
+from core import recognition, recognition_encoder
+from core.recognition import FEATURE_VERSION, Recognizer, features, ood_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 ORGAN_OF = {"BUSI": "Breast", "BUS-BRA": "Breast", "BUSIS": "Breast", "DDTI": "Thyroid", "Fetal_HC": "Head",
@@ -61,15 +64,22 @@ class FeatureSet:
     tag: str
     vector: Callable[[np.ndarray], np.ndarray]
     ood_columns: np.ndarray
+    features: str = recognition.HAND  # what the weights file says it reads (core.recognition.Recognizer checks it)
+    weights_file: str = recognition.WEIGHTS_FILE
+    record_file: str = recognition.RECORD_FILE
+    record: dict = dataclasses.field(default_factory=dict)  # more for the record (the network's sha256)
 
 
 def feature_set(name: str) -> FeatureSet:
-    """``hand``: :func:`core.recognition.features` (served); ``encoder``: the demo network's encoder
-    (``scripts/recognizer_encoder.py``, not served yet)."""
+    """``hand``: :func:`core.recognition.features`; ``encoder``: the demo network's encoder
+    (``scripts/recognizer_encoder.py``)."""
     if name == "encoder":
         import recognizer_encoder
 
-        return FeatureSet(recognizer_encoder.tag(), recognizer_encoder.embedding, np.arange(recognizer_encoder.LENGTH))
+        return FeatureSet(recognizer_encoder.tag(), recognizer_encoder.embedding, np.arange(recognizer_encoder.LENGTH),
+                          features=recognition_encoder.FEATURES, weights_file=recognition_encoder.WEIGHTS_FILE,
+                          record_file=recognition_encoder.RECORD_FILE,
+                          record={"network_sha256": recognizer_encoder.network_sha256()})
     return FeatureSet(f"hand:{FEATURE_VERSION}", features, OOD_COLUMNS)
 
 
@@ -386,8 +396,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None, help="an .npz of the ultrasound features (made if absent)")
     parser.add_argument("--features", choices=["hand", "encoder"], default="hand",
-                        help="hand: the served hand-made features (default); encoder: the demo network's encoder "
-                             "(scripts/recognizer_encoder.py; not served yet, so not into weights/)")
+                        help="hand: the hand-made features (default); encoder: the demo network's encoder "
+                             "(scripts/recognizer_encoder.py), read from the served forward pass")
     return parser
 
 
@@ -407,8 +417,6 @@ def validation_rows(images: list, feats: dict[str, np.ndarray], val: np.ndarray,
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.features != "hand" and args.out.resolve() == (ROOT / "weights").resolve():
-        raise SystemExit("the encoder recogniser is not served yet: write it elsewhere than weights/ (--out)")
     chosen, start = feature_set(args.features), time.perf_counter()
     images = distinct_images(args.data_root)
     datasets = sorted(ORGAN_OF)
@@ -431,13 +439,15 @@ def main(argv: list[str] | None = None) -> int:
               "feature_std": std.astype(np.float32), "datasets": np.array(datasets),
               "organs": np.array([ORGAN_OF[d] for d in datasets]), "feature_version": np.array(FEATURE_VERSION),
               "threshold": np.array(np.inf, dtype=np.float32)}
-    model = Recognizer(arrays)
+    if chosen.features != recognition.HAND:  # a hand file says so by its feature_version (older files have no key)
+        arrays["features"] = np.array(chosen.features)
+    model = Recognizer(arrays, features=chosen.features)
     x_val, names_val, even = validation_rows(images, feats, val, args.augment)
     ds_val = dict(zip(x_val, np.split(names_val, [len(x_val["stored"])]), strict=True))
     id_scores = np.concatenate([model.scores(x)[1] for x in x_val.values()])
     threshold = ood_threshold(id_scores, names_val)
     arrays["threshold"] = np.array(threshold, dtype=np.float32)
-    model = Recognizer(arrays)
+    model = Recognizer(arrays, features=chosen.features)
     metrics = {
         "validation": {k: accuracy_by_organ(model, x_val[k], [ORGAN_OF[d] for d in ds_val[k]], ds_val[k].tolist())
                        for k in x_val},
@@ -457,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train_images": int((~val).sum()), "val_images": int(val.sum()), "augment": args.augment,
                 "epochs": args.epochs, "hidden": args.hidden, "seed": args.seed, "features": chosen.tag,
                 "seconds": round(time.perf_counter() - start, 1)}
-    print(json.dumps(save(args.out, arrays, training, metrics), indent=1))
+    print(json.dumps(save(args.out, arrays, training, metrics, chosen), indent=1))
     return 0
 
 
@@ -468,16 +478,19 @@ def ood_threshold(id_scores: np.ndarray, datasets: np.ndarray) -> float:
     return max(float(np.quantile(id_scores, 0.99)), *per_dataset)
 
 
-def save(out: Path, arrays: dict[str, np.ndarray], training: dict, metrics: dict) -> dict:
-    """Write ``recognizer.npz`` and ``recognizer.json`` (its sha256, threshold, training and metrics) into ``out``."""
+def save(out: Path, arrays: dict[str, np.ndarray], training: dict, metrics: dict, chosen: FeatureSet) -> dict:
+    """Write the weights and their record (sha256, threshold, training and metrics) into ``out``: ``recognizer.npz``
+    / ``.json``, or the encoder's ``recognizer_encoder.npz`` / ``.json``."""
     out.mkdir(parents=True, exist_ok=True)
-    target = out / WEIGHTS_FILE
+    target = out / chosen.weights_file
     np.savez_compressed(target, **arrays)
-    record = {"file": WEIGHTS_FILE, "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
-              "feature_version": FEATURE_VERSION, "datasets": [str(d) for d in arrays["datasets"]],
+    record = {"file": chosen.weights_file, "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+              **({"feature_version": FEATURE_VERSION} if chosen.features == recognition.HAND
+                 else {"features": chosen.features, **chosen.record}),
+              "datasets": [str(d) for d in arrays["datasets"]],
               "threshold": round(float(arrays["threshold"]), 4), "training": training, "metrics": metrics,
               "model_card": "MODEL_CARD.md"}
-    (out / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    (out / chosen.record_file).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return record
 
 

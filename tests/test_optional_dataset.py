@@ -28,7 +28,7 @@ from core.settings import Settings
 
 SEG_IMAGE = "segmentation/DDTI/imgs/seg_2.png"
 CLS_IMAGE = "classification/BUSI/imgs/cls_1.png"
-KEYS = {"organ", "dataset", "confidence", "in_distribution"}
+KEYS = {"organ", "dataset", "confidence", "in_distribution", "features"}
 THYROID = recognition.Recognition(organ="Thyroid", dataset="DDTI", confidence=0.97, in_distribution=True,
                                   ood_score=1.0)
 BREAST = recognition.Recognition(organ="Breast", dataset="BUSI", confidence=0.91, in_distribution=True,

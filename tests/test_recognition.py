@@ -20,7 +20,7 @@ from core.service import AnalysisService
 from core.settings import PROJECT_ROOT, WEIGHTS_DIR, Settings
 
 SHARED = PROJECT_ROOT.parent / "shared" / "uusic-data"
-KEYS = {"organ", "dataset", "confidence", "in_distribution"}
+KEYS = {"organ", "dataset", "confidence", "in_distribution", "features"}
 CLS = {"img_path_relative": "classification/BUSI/imgs/cls_1.png", "task": "classification", "dataset_name": "BUSI"}
 SEG = {"img_path_relative": "segmentation/DDTI/imgs/seg_2.png", "task": "segmentation", "dataset_name": "DDTI"}
 BLANK = {"img_path_relative": "segmentation/DDTI/imgs/blank.png", "task": "segmentation", "dataset_name": "DDTI"}
@@ -112,6 +112,7 @@ def test_responses_and_history_rows_carry_recognition(tiny_settings: Settings, t
         response = service.analyze(request, source="api")
         body = response.to_json()
         assert set(body["recognition"]) == KEYS and 0 <= body["recognition"]["confidence"] <= 1
+        assert body["recognition"]["features"] == "image"  # a model without an embedding: the image's features
         assert "recognition_sec" in body["timings"]
         assert service.run(response.run_id)["response"]["recognition"] == body["recognition"]
     assert body["recognition"]["in_distribution"] is False

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from core import catalog
-from core.analysis import OnResult, Recogniser, Runnable, add_recognition, recognise_image
+from core import catalog, recognition_encoder
+from core.analysis import OnResult, Recogniser, Runnable, add_recognition, recognise_image, recognise_output
 from core.cluster import ClusterError, connect, import_ray, require_resources
 from core.engine import Engine, Prepared
 from core.errors import error_body, error_from_body
@@ -55,6 +55,7 @@ class RemoteEngine(Engine):
         self.device_name = label
         self.amp = False
         self._served = catalog.served_keys(spec.datasets)
+        self.recognition_head = recognition_encoder.head_for_model(settings.weights_dir, spec.arch, sha256)
 
     def serves(self, task: str, dataset_name: str) -> bool:
         return catalog.serves(self._served, task, dataset_name)
@@ -82,13 +83,15 @@ def prepare_chunk(row: dict[str, Any], *, engine: RemoteEngine, input_dir: Path 
                   recognise: bool = False) -> dict[str, Any]:
     """Ray task: decode and preprocess one chunk; each image becomes ``(index, "prepared", (Prepared, Found))`` or
     ``(index, "error", error body)``. ``recognise``: the organ recogniser's stage on the decoded image
-    (:func:`core.analysis.recognise_image`) unless the route step's answer came with the entry."""
+    (:func:`core.analysis.recognise_image`) unless the route step's answer came with the entry or the engine actors
+    recognise from the forward pass (the engine's ``recognition_head``)."""
     torch.set_num_threads(1)
     out: list[tuple[int, str, Any]] = []
     for index, request, given in pickle.loads(row["payload"]):
         try:
             prepared = engine.prepare(request, input_dir=input_dir)
-            found = (given or recognise_image(engine.settings, prepared.image.rgb)) if recognise else None
+            early = recognise and engine.recognition_head is None
+            found = (given or recognise_image(engine.settings, prepared.image.rgb)) if early else given
             out.append((index, "prepared", (_slim(prepared), found)))
         except Exception as exc:  # noqa: BLE001 - reported per image
             out.append((index, "error", error_body(exc)))
@@ -100,11 +103,12 @@ class EngineWorker:
     images, then the engine's ``finish`` stage (probabilities, mask PNG under ``output_dir``)."""
 
     def __init__(self, settings: Settings, spec: ModelSpec, *, mask_inverse: str, output_dir: str,
-                 threads: int | None = None):
+                 threads: int | None = None, recognise: bool = False):
         if threads:
             torch.set_num_threads(threads)
         self.engine = Engine(settings, spec=spec, mask_inverse=mask_inverse, measurements=False)
         self.output_dir = Path(output_dir)
+        self.recognise = recognise  # an image the decode task did not recognise is recognised after its forward
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"payload": np.array([self._chunk(payload) for payload in batch["payload"]], dtype=object)}
@@ -122,6 +126,8 @@ class EngineWorker:
                 share = seconds / len(ready)
                 for (index, prepared, found), raw in zip(ready, outputs, strict=True):
                     try:
+                        if found is None and self.recognise:  # from the embedding (the pixels stayed behind)
+                            found = recognise_output(self.engine, prepared, raw)
                         response = self.engine.finish(prepared, raw, output_dir=self.output_dir, forward_sec=share,
                                                       gpu=gpu)
                         if found is not None:
@@ -205,7 +211,8 @@ class RayGroups:
                          num_cpus=1, num_gpus=self.num_gpus or None, memory=ENGINE_MEMORY_BYTES,
                          fn_constructor_kwargs={"settings": self.settings, "spec": self.remote.spec,
                                                 "mask_inverse": self.remote.mask_inverse,
-                                                "output_dir": str(output_dir), "threads": self.threads or 1})
+                                                "output_dir": str(output_dir), "threads": self.threads or 1,
+                                                "recognise": recognise})
         )
 
 

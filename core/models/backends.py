@@ -75,7 +75,8 @@ CHOICES = ("auto", *BACKENDS)
 PRECISIONS = ("fp32", "bf16", "int8")
 # ``auto`` on a CPU: the first of these that is installed (fastest fp32-equivalent first, by measurement)
 AUTO_ORDER = ("openvino",)
-FORMAT_VERSION = 1  # bump when the artefact layout or the conversion recipe changes (invalidates old caches)
+FORMAT_VERSION = 2  # bump when the artefact layout or the conversion recipe changes (invalidates old caches);
+# 2: the demo network's artefact returns its encoder embedding as a fourth output (core.recognition_encoder)
 CALIBRATION_IMAGES = 300  # int8: training images used to calibrate the quantisation
 MAX_EXPORT_BATCH = 1024  # torch-compile: the dynamic batch dimension's upper bound
 
@@ -440,7 +441,8 @@ class OpenVinoBackend(_Backend):
 
         def run(*inputs: np.ndarray) -> tuple:
             result = request.infer(list(inputs))
-            return tuple(np.array(result[compiled.output(k)], dtype=np.float32, copy=True) for k in range(3))
+            return tuple(np.array(result[compiled.output(k)], dtype=np.float32, copy=True)
+                         for k in range(len(compiled.outputs)))  # the contract's three (+ an embedding)
 
         return run
 
@@ -868,7 +870,7 @@ def _check(wrapped: ConvertedModel | RuntimeModel, folder: Path, precision: str)
     refused here, not discovered on a patient's image."""
     with np.load(folder / CHECK_FILE) as saved:
         inputs = [saved[f"in{k}"] for k in range(5)]
-        want = [saved[f"out{k}"] for k in range(3)]
+        want = [saved[f"out{k}"] for k in range(len([n for n in saved.files if n.startswith("out")]))]
     if wrapped.numpy_io:
         got = [np.asarray(o, dtype=np.float32) for o in wrapped(*inputs)]
     else:
@@ -877,7 +879,9 @@ def _check(wrapped: ConvertedModel | RuntimeModel, folder: Path, precision: str)
         with torch.inference_mode():
             got = [o.float().cpu().numpy() for o in wrapped(*(torch.from_numpy(a) for a in inputs))]
     loose = precision != "fp32"
-    for name, a, b in zip(("seg", "cls2", "cls4"), want, got, strict=True):
+    if len(got) != len(want):
+        raise BackendUnavailable(f"the converted model returns {len(got)} outputs, eager {len(want)}")
+    for name, a, b in zip(("seg", "cls2", "cls4", "embedding"), want, got, strict=False):
         if tuple(a.shape) != tuple(b.shape):
             raise BackendUnavailable(f"{name} has shape {tuple(b.shape)}, eager {tuple(a.shape)}")
         if not bool(np.isfinite(b).all()):

@@ -6,6 +6,8 @@ the UUSIC25 baseline's output triple::
     images   float32 [B, S, S, 3] in [0, 1], channels last (S = spec.input_size), no normalisation
     position float32 [B, 8]   task [B, 2]   type [B, 3]   nature [B, 2]   (one-hot, see core.catalog)
     returns  (seg_logits [B, 2, S, S], cls2_logits [B, 2], cls4_logits [B, 4])
+             + optionally embedding [B, E] when the model has ``embedding_size = E``: prompt-free image features
+             the organ recogniser may read (the demo network's encoder means, :mod:`core.recognition_encoder`)
 
 Adapters (uusic_omni, the demo network, TorchScript / torch.export files) convert to what their
 network wants internally.
@@ -104,12 +106,19 @@ def example_inputs(batch: int, size: int, *, seed: int = 0, device: torch.device
 
 
 def check_contract(model, spec: ModelSpec, where: str) -> None:
-    """One forward of one image: the served output shapes must be ``([1,2,S,S], [1,2], [1,4])``."""
+    """One forward of one image: the served output shapes must be ``([1,2,S,S], [1,2], [1,4])``, and
+    ``[1, E]`` after them for a model with ``embedding_size = E``."""
     import torch
 
     size = spec.input_size
     with torch.inference_mode():
         out = model(*example_inputs(1, size, device=getattr(model, "device", "cpu")))
+    embedding_size = getattr(model, "embedding_size", None)
+    if embedding_size and isinstance(out, (tuple, list)) and len(out) == 4:
+        if tuple(out[3].shape) != (1, embedding_size):
+            raise WeightsError(f"{where}: the model's embedding has shape {tuple(out[3].shape)}; expected "
+                               f"(1, {embedding_size})")
+        out = out[:3]
     if not isinstance(out, (tuple, list)) or len(out) != 3:
         raise WeightsError(f"{where}: the model must return (seg_logits, cls2, cls4), got {type(out).__name__}")
     shapes = tuple(tuple(t.shape) for t in out)

@@ -5,7 +5,9 @@ Input follows :mod:`core.models.base` (``[B,S,S,3]`` float in [0,1], letterboxed
 encoder and a U-Net decoder built from ``torchvision.ops.Conv2dNormActivation``. The 15-dim baseline prompt
 (position 8 + task 2 + type 3 + nature 2) drives FiLM (per-channel scale and shift) on the bottleneck and every
 decoder stage, so one network serves every organ. Classification heads (``cls2``, ``cls4``) read the pooled,
-prompt-conditioned bottleneck. Outputs: ``(seg_logits[B,2,S,S], cls2[B,2], cls4[B,4])``.
+prompt-conditioned bottleneck. Outputs: ``(seg_logits[B,2,S,S], cls2[B,2], cls4[B,4])``; served, a fourth:
+the global average of the stem's and each encoder stage's output (``embedding[B,584]``), prompt-free, which the
+organ recogniser reads (:mod:`core.recognition_encoder`) instead of computing features of its own.
 """
 
 from __future__ import annotations
@@ -84,9 +86,14 @@ class DemoUNet(nn.Module):
         return skips
 
     def forward(self, images, position, task, type_, nature):
+        return self.forward_embedded(images, position, task, type_, nature)[:3]
+
+    def forward_embedded(self, images, position, task, type_, nature):
+        """The contract's three outputs and the encoder's channel means ``[B, sum(widths)]`` (:func:`embedding`)."""
         size = images.shape[1:3]
         prompt = torch.cat([position, task, type_, nature], dim=1).to(images.dtype)
         skips = self.encode(images)
+        means = embedding(skips)
         y = self.bottleneck_film(skips.pop(), prompt)
         pooled = torch.cat([F.adaptive_avg_pool2d(y, 1).flatten(1), prompt], dim=1)
         for stage, film in zip(self.decoder, self.decoder_film, strict=True):
@@ -95,7 +102,26 @@ class DemoUNet(nn.Module):
             y = film(stage(torch.cat([y, skip], dim=1)), prompt)
         seg = F.interpolate(self.seg_head(y), size=size, mode="bilinear", align_corners=False)
         hidden = self.cls_body(pooled)
-        return seg, self.cls2(hidden), self.cls4(hidden)
+        return seg, self.cls2(hidden), self.cls4(hidden), means
+
+
+def embedding(skips: list[torch.Tensor]) -> torch.Tensor:
+    """The global average of each encoder output (:meth:`DemoUNet.encode`), concatenated (``[B, 584]`` for the
+    default widths)."""
+    return torch.cat([s.mean(dim=(2, 3)) for s in skips], dim=1)
+
+
+class Embedded(nn.Module):
+    """The network as served: its forward returns the contract's outputs and the encoder embedding (what a
+    converter traces, so the converted model returns it too)."""
+
+    def __init__(self, network: DemoUNet):
+        super().__init__()
+        self.inner = network
+        self.config = network.config
+
+    def forward(self, images, position, task, type_, nature):
+        return self.inner.forward_embedded(images, position, task, type_, nature)
 
 
 def save_checkpoint(model: DemoUNet, path: Path, meta: dict | None = None) -> None:
@@ -141,7 +167,8 @@ class DemoServedModel:
         self.device = device
         self.sha256 = sha256
         self.meta = meta
-        self.network = network.to(device).eval()
+        self.network = Embedded(network.to(device).eval()).eval()  # outputs: the contract's three + the embedding
+        self.embedding_size = sum(network.config.widths)  # 584 for the default widths
 
     @torch.inference_mode()
     def forward(self, images, position, task, type_, nature):
