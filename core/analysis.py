@@ -277,11 +277,16 @@ def recognise_image(settings: Settings, rgb: Any) -> Found:
 
 def recognise_output(engine: Engine, prepared: Prepared, raw: RawOutput) -> Found:
     """The organ recogniser's view of an image after its forward pass: from the model's embedding when the engine
-    has a head for it (:mod:`core.recognition_encoder`, no features of its own), else :func:`recognise_image`."""
+    has a head for it (:mod:`core.recognition_encoder`, no features of its own), else :func:`recognise_image`. An
+    in-distribution answer less sure than :data:`~core.recognition_encoder.SURE` is the image recogniser's to give
+    (its own features: a second opinion on the rare ambiguous image)."""
     head = engine.recognition_head
     if head is None or raw.embedding is None:
         return recognise_image(engine.settings, prepared.image.rgb)
     found, seconds = recognition_encoder.recognise(head, raw.embedding)
+    if found is None or (found.in_distribution and found.confidence < recognition_encoder.SURE):
+        second, more = recognition.timed(prepared.image.rgb, engine.settings.weights_dir)
+        found, seconds = second or found, seconds + more
     return refuse_if_ood(engine.settings, found), seconds
 
 

@@ -98,24 +98,28 @@ def _no_image_features(*_args, **_kwargs):
 def test_the_demo_model_is_recognised_from_its_forward_pass(demo: AnalysisService, encoder, monkeypatch):
     """One analysis and one batch: the recognition comes from the embedding the forward pass returned (the image's
     own features are never computed), is what the head gives for eager torch's embedding of the same image
-    (OpenVINO fp32 vs eager: within tolerance), and names the sample's organ (one bundled BUS-BRA image, present
-    twice, is taken for Thyroid at 64 %: the head's validation organ accuracy is 99.7 %, not 100)."""
+    (OpenVINO fp32 vs eager: within tolerance), and names the sample's organ; the one bundled image the head is
+    unsure of (a BUS-BRA image filed under both tasks: Thyroid at 64 %) goes to the image recogniser (Breast)."""
     monkeypatch.setattr(analysis, "recognise_image", _no_image_features)
     head = recognition_encoder.head_for(WEIGHTS_DIR, encoder.network_sha256())
     assert head is not None
-    samples, right = _samples(), []
+    samples, by = _samples(), []
     for request in samples:
         body = demo.analyze(request, source="api").to_json()
         found = body["recognition"]
-        assert found["features"] == "encoder" and "recognition_sec" in body["timings"]
-        right.append(found["organ"] == find_dataset(request["task"], request["dataset_name"]).organ)
+        assert "recognition_sec" in body["timings"] and not body.get("notes")
+        assert found["organ"] == find_dataset(request["task"], request["dataset_name"]).organ
         rgb = np.asarray(Image.open(BUNDLED_SAMPLES / request["img_path_relative"]).convert("RGB"))
         eager = head.predict_vector(encoder.embedding(rgb))
-        assert eager.organ == found["organ"] and eager.in_distribution == found["in_distribution"]
-        assert found["confidence"] == pytest.approx(eager.confidence, abs=2e-3)
-    assert sum(right) >= 0.9 * len(right), right
+        sure = eager.confidence >= recognition_encoder.SURE
+        assert found["features"] == ("encoder" if sure else "image")
+        if sure:
+            assert eager.organ == found["organ"] and eager.in_distribution == found["in_distribution"]
+            assert found["confidence"] == pytest.approx(eager.confidence, abs=2e-3)
+        by.append(found["features"])
+    assert by.count("image") <= 2  # the one unsure image, filed under both tasks
     batch = demo.analyze_batch(samples, source="batch", record=False)
-    assert [item.to_json()["recognition"]["features"] for item in batch.responses] == ["encoder"] * len(samples)
+    assert [item.to_json()["recognition"]["features"] for item in batch.responses] == by
 
 
 def test_the_served_embedding_is_the_encoder_vector(demo: AnalysisService, encoder):
