@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_recognition.py [--data-root ../shared/uusic-data] [--images 40] [--stride 40]
     .venv/bin/python bench/bench_recognition.py --features-only [--rounds 3]
-    .venv/bin/python bench/bench_recognition.py --forward-cost [--rounds 5]
+    .venv/bin/python bench/bench_recognition.py --forward-cost [--rounds 101]
 
 Every ``--stride``-th segmentation entry of the ground truth, one ``AnalysisService.analyze`` each (as the API and
 dashboard run them), after a warm-up and the end of the backend's background conversion (timed alongside, that
@@ -11,7 +11,8 @@ already decoded image; with the demo network's encoder head, :mod:`core.recognit
 embedding the forward pass returned), ``timings.forward_sec`` and ``inference_time_sec``, and their ratios.
 ``--forward-cost``: what returning that embedding adds to the forward pass: the demo network converted to OpenVINO
 twice in this process (the contract's three outputs; the served four), each compiled as the engine compiles it,
-timed alternately on one letterboxed image (``--rounds`` rounds of 200 calls each, median ms per call).
+timed alternately on one image (``--rounds`` rounds of 20 calls each, so both see the same machine load): median ms
+per call of each, and the median of the rounds' paired differences.
 ``--features-only``: the feature vector of the same decoded images with and without the version-3 tissue features
 (:mod:`core.recognition_tissue`), alternated per round, median ms per image.
 """
@@ -60,7 +61,7 @@ def features_only(data_root: Path, requests: list[dict], rounds: int) -> dict[st
     return {name: round(statistics.median(values) * 1000, 2) for name, values in times.items()}
 
 
-def forward_cost(rounds: int, calls: int = 200) -> dict[str, float]:
+def forward_cost(rounds: int, calls: int = 20) -> dict[str, float]:
     """Median ms per forward call of the demo network in OpenVINO fp32 without and with the embedding output."""
     import openvino as ov
     import torch
@@ -89,9 +90,10 @@ def forward_cost(rounds: int, calls: int = 200) -> dict[str, float]:
                 request.infer(arrays)
             times[name].append((time.perf_counter() - start) / calls * 1000)
     contract, embedded = (statistics.median(times[k]) for k in ("contract", "embedded"))
-    return {"contract_ms": round(contract, 3), "embedded_ms": round(embedded, 3),
-            "added_ms": round(embedded - contract, 3), "added_ratio": round((embedded - contract) / contract, 4),
-            "rounds_ms": {k: [round(v, 3) for v in t] for k, t in times.items()}}
+    paired = statistics.median(e - c for c, e in zip(times["contract"], times["embedded"], strict=True))
+    return {"rounds": rounds, "calls_per_round": calls, "contract_ms": round(contract, 3),
+            "embedded_ms": round(embedded, 3), "added_ms_paired_median": round(paired, 3),
+            "added_ratio": round(paired / contract, 4)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,6 +149,8 @@ def test_refusing_out_of_distribution_comes_after_the_forward_and_writes_nothing
         refusing.analyze(request, source="api", input_dir=tmp_path / "in", output_dir=out)
     assert raised.value.status_code == 422 and "UUSIC_REFUSE_OOD" in str(raised.value)
     assert not out.exists() or not any(out.rglob("*.png"))
+    batch = refusing.analyze_batch([request], source="batch", input_dir=tmp_path / "in", output_dir=out / "batch")
+    assert batch.failures[0].status_code == 422 and not any(out.rglob("*.png"))
     shown = demo.analyze(request, source="api", input_dir=tmp_path / "in", output_dir=out).to_json()
     assert shown["recognition"]["features"] == "encoder" and shown["recognition"]["in_distribution"] is False
 
