@@ -4,7 +4,7 @@ The vector: the global average of the stem's and of each encoder stage's output 
 values) for the image letterboxed as the engine feeds the network (``core.geometry.Letterbox`` at the manifest's
 input size). The encoder is prompt-free (FiLM acts after it), so every forward pass of the served network computes
 this vector whatever dataset it was asked for; the served forward returns it (``core.models.demo_unet``), so
-recognition costs only the recogniser's head (MLP + out-of-distribution score, ~30 µs: ``core.recognition_encoder``)
+recognition costs only the recogniser's head (MLP + out-of-distribution score, ~0.2 ms: ``core.recognition_encoder``)
 instead of the hand-made features' ~3 ms. Training side: eager torch.
 
     .venv/bin/python scripts/train_recognizer.py --features encoder --out weights

@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core import recognition, recognition_encoder
 from core.recognition import FEATURE_VERSION, Recognizer, features, ood_scores
 
-ROOT = Path(__file__).resolve().parent.parent
 ORGAN_OF = {"BUSI": "Breast", "BUS-BRA": "Breast", "BUSIS": "Breast", "DDTI": "Thyroid", "Fetal_HC": "Head",
             "CAMUS": "Heart"}
 PCA_DIM = 32
@@ -80,7 +79,7 @@ def feature_set(name: str) -> FeatureSet:
                           features=recognition_encoder.FEATURES, weights_file=recognition_encoder.WEIGHTS_FILE,
                           record_file=recognition_encoder.RECORD_FILE,
                           record={"network_sha256": recognizer_encoder.network_sha256()})
-    return FeatureSet(f"hand:{FEATURE_VERSION}", features, OOD_COLUMNS)
+    return FeatureSet(recognition.HAND, features, OOD_COLUMNS)
 
 
 def distinct_images(data_root: Path) -> list[tuple[str, str, Path]]:
