@@ -183,7 +183,7 @@ def reference_loop(model, spec: ModelSpec, entries: list[dict], data_root: Path,
         dataset = catalog.find_dataset(entry["task"], entry["dataset_name"])
         prompts = [torch.tensor([v], dtype=torch.float32) for v in dataset.prompts().as_tuple()]
         with torch.no_grad():
-            seg, cls2, cls4 = model(x, *prompts)
+            seg, cls2, cls4 = model(x, *prompts)[:3]  # a served demo model also returns its embedding
         if entry["task"] == "classification":
             probs = torch.softmax(cls4 if dataset.head == "cls4" else cls2, dim=1).numpy().flatten()
             classification[entry["img_path_relative"]] = {"probability": probs.tolist(),

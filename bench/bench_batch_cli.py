@@ -55,7 +55,7 @@ def bare_one(model, spec: ModelSpec, device, entry: dict, input_dir: Path, out_d
     prompts = [torch.tensor([v], dtype=torch.float32, device=device) for v in dataset.prompts().as_tuple()]
     t1 = time.perf_counter()
     with torch.no_grad():
-        seg, cls2, cls4 = model(x, *prompts)
+        seg, cls2, cls4 = model(x, *prompts)[:3]  # a served demo model also returns its embedding
     t2 = time.perf_counter()
     if entry["task"] == "classification":
         logits = cls4 if dataset.head == "cls4" else cls2

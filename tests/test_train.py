@@ -71,9 +71,10 @@ def test_a_few_steps_lower_the_loss(sample_pack: T.Pack, tmp_path: Path):
     assert summary["last_loss"] < summary["first_loss"] * 0.9
     model = load(ModelSpec("t", "demo_unet", "w.pt", input_size=64, preprocessing="letterbox"),
                  tmp_path / "w.pt", torch.device("cpu"))
-    seg, c2, c4 = model.forward(torch.rand(2, 64, 64, 3), torch.zeros(2, 8), torch.zeros(2, 2), torch.zeros(2, 3),
-                                torch.zeros(2, 2))
+    seg, c2, c4, embedding = model.forward(torch.rand(2, 64, 64, 3), torch.zeros(2, 8), torch.zeros(2, 2),
+                                           torch.zeros(2, 3), torch.zeros(2, 2))
     assert seg.shape == (2, 2, 64, 64) and c2.shape == (2, 2) and c4.shape == (2, 4)
+    assert embedding.shape == (2, model.embedding_size)  # served: the encoder's channel means (the recogniser's)
 
 
 def test_cli_writes_weights_log_and_validation_json(tmp_path: Path):
