@@ -174,6 +174,53 @@ def demo_model_args(settings: Settings) -> tuple[list[str], ModelSpec, str]:
     raise LookupError("no demo_unet entry in weights/models.json")
 
 
+def bench_model(which: str, args: argparse.Namespace, settings: Settings, data_root: Path, work: Path) -> None:
+    """One model (``omni`` / ``demo``): the plain loop and the batch CLI side by side, their outputs compared, and
+    the engine's overhead over a bare forward, printed."""
+    try:
+        model_args, spec, source = omni_model_args(settings, work) if which == "omni" else demo_model_args(settings)
+    except Exception as exc:  # noqa: BLE001 - a missing model is reported, the other one still runs
+        print(f"\n[{which}] skipped: {exc}")
+        return
+    engine = Engine(settings.with_(data_root=data_root), spec=spec)
+    entries = pick_entries(data_root, engine.serves, args.images)
+    json_path = work / f"{which}.json"
+    json_path.write_text(json.dumps(entries))
+    kinds = {(e["task"], e["dataset_name"]) for e in entries}
+    print(f"\n[{which}] {spec.arch} ({source}), input {spec.input_size}, {spec.preprocessing}; "
+          f"{len(entries)} images from {len(kinds)} datasets")
+    # warm-up: one batch through each path (allocator, lazy imports, thread pools)
+    warm_json = work / f"{which}-warm.json"
+    warm_json.write_text(json.dumps(entries[: args.batch_size]))
+    plain_loop(engine, entries[:2], data_root, work / f"{which}-warm-plain")
+    batch_cli(model_args, warm_json, data_root, work / f"{which}-warm-batch", args.batch_size, args.workers)
+    plain_sec, plain_cls = plain_loop(engine, entries, data_root, work / f"{which}-plain")
+    batch_sec, batch_cls = batch_cli(model_args, json_path, data_root, work / f"{which}-batch",
+                                     args.batch_size, args.workers)
+    n = len(entries)
+    print(f"  plain loop : {plain_sec:7.2f} s  {n / plain_sec:6.2f} img/s")
+    print(f"  batch CLI  : {batch_sec:7.2f} s  {n / batch_sec:6.2f} img/s")
+    print(f"  speed-up   : {plain_sec / batch_sec:.2f}x (target >= 1.3x)")
+    print("  outputs    : " + compare(entries, work / f"{which}-plain", plain_cls, work / f"{which}-batch", batch_cls))
+    print_overhead(engine, entries[: args.overhead_images], data_root, work / which, args.repeats)
+
+
+def print_overhead(engine: Engine, entries: list[dict], data_root: Path, work: Path, repeats: int) -> None:
+    """The engine's overhead over a bare forward (measuring nothing, like the bare path), and what the mask
+    measurements add."""
+    engine.measurements = False  # like for like: the bare path measures nothing either
+    overhead = engine_overhead(engine, entries, data_root, work, repeats)
+    engine.measurements = True
+    with_measure = engine_overhead(engine, entries, data_root, work, repeats)
+    print(f"  overhead   : engine {overhead['engine_total_s']:.3f} s vs bare {overhead['bare_total_s']:.3f} s"
+          f" over {overhead['images']} images (median of {repeats}); bare forward "
+          f"{overhead['bare_forward_s']:.3f} s → engine overhead "
+          f"{overhead['overhead_pct_of_forward']:.1f} % of forward (target <= 15 %)")
+    measure_s = with_measure["engine_total_s"] - overhead["engine_total_s"]
+    print(f"  measuring  : mask measurements (area, diameters, HC) add {measure_s:.3f} s over the same images "
+          f"({100.0 * measure_s / overhead['bare_forward_s']:.1f} % of forward)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=48)
@@ -193,48 +240,8 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU fp32; data {data_root}; "
           f"{args.images} images, batch {args.batch_size}, {args.workers} workers")
     with tempfile.TemporaryDirectory(prefix="uusic-bench-") as tmp:
-        work = Path(tmp)
         for which in [m.strip() for m in args.models.split(",") if m.strip()]:
-            try:
-                model_args, spec, source = (omni_model_args(settings, work) if which == "omni"
-                                            else demo_model_args(settings))
-            except Exception as exc:  # noqa: BLE001 - a missing model is reported, the other one still runs
-                print(f"\n[{which}] skipped: {exc}")
-                continue
-            engine = Engine(settings.with_(data_root=data_root), spec=spec)
-            entries = pick_entries(data_root, engine.serves, args.images)
-            json_path = work / f"{which}.json"
-            json_path.write_text(json.dumps(entries))
-            kinds = {(e["task"], e["dataset_name"]) for e in entries}
-            print(f"\n[{which}] {spec.arch} ({source}), input {spec.input_size}, {spec.preprocessing}; "
-                  f"{len(entries)} images from {len(kinds)} datasets")
-            # warm-up: one batch through each path (allocator, lazy imports, thread pools)
-            warm_json = work / f"{which}-warm.json"
-            warm_json.write_text(json.dumps(entries[: args.batch_size]))
-            plain_loop(engine, entries[:2], data_root, work / f"{which}-warm-plain")
-            batch_cli(model_args, warm_json, data_root, work / f"{which}-warm-batch", args.batch_size, args.workers)
-            plain_sec, plain_cls = plain_loop(engine, entries, data_root, work / f"{which}-plain")
-            batch_sec, batch_cls = batch_cli(model_args, json_path, data_root, work / f"{which}-batch",
-                                             args.batch_size, args.workers)
-            n = len(entries)
-            print(f"  plain loop : {plain_sec:7.2f} s  {n / plain_sec:6.2f} img/s")
-            print(f"  batch CLI  : {batch_sec:7.2f} s  {n / batch_sec:6.2f} img/s")
-            print(f"  speed-up   : {plain_sec / batch_sec:.2f}x (target >= 1.3x)")
-            print("  outputs    : " + compare(entries, work / f"{which}-plain", plain_cls, work / f"{which}-batch",
-                                              batch_cls))
-            engine.measurements = False  # like for like: the bare path measures nothing either
-            overhead = engine_overhead(engine, entries[: args.overhead_images], data_root, work / which,
-                                       args.repeats)
-            engine.measurements = True
-            with_measure = engine_overhead(engine, entries[: args.overhead_images], data_root, work / which,
-                                           args.repeats)
-            print(f"  overhead   : engine {overhead['engine_total_s']:.3f} s vs bare {overhead['bare_total_s']:.3f} s"
-                  f" over {overhead['images']} images (median of {args.repeats}); bare forward "
-                  f"{overhead['bare_forward_s']:.3f} s → engine overhead "
-                  f"{overhead['overhead_pct_of_forward']:.1f} % of forward (target <= 15 %)")
-            measure_s = with_measure["engine_total_s"] - overhead["engine_total_s"]
-            print(f"  measuring  : mask measurements (area, diameters, HC) add {measure_s:.3f} s over the same images "
-                  f"({100.0 * measure_s / overhead['bare_forward_s']:.1f} % of forward)")
+            bench_model(which, args, settings, data_root, Path(tmp))
     return 0
 
 

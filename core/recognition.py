@@ -117,6 +117,7 @@ class Recognizer:
     """The loaded model: :meth:`predict` one image."""
 
     def __init__(self, arrays: dict[str, np.ndarray], features: str = HAND):
+        self.label = "image" if features == HAND else features  # what its answers say they were made from
         self.mean, self.std = arrays["feature_mean"], arrays["feature_std"]
         self.w1, self.b1, self.w2, self.b2 = arrays["w1"], arrays["b1"], arrays["w2"], arrays["b2"]
         self.datasets = [str(x) for x in arrays["datasets"]]
@@ -158,7 +159,8 @@ class Recognizer:
                          if o == organ), reverse=True)
         score = float(ood[0])
         return Recognition(organ=organ, dataset=ranked[0][1], confidence=organ_probs[organ],
-                           in_distribution=bool(score <= self.threshold), ood_score=round(score, 4))
+                           in_distribution=bool(score <= self.threshold), ood_score=round(score, 4),
+                           features=self.label)
 
 
 def ood_scores(z: np.ndarray, pca: np.ndarray, class_means: np.ndarray, precision: np.ndarray, scale_maha: float,
@@ -195,14 +197,27 @@ def load(weights_dir: Path) -> Recognizer | None:
         return _LOADED[key]
 
 
+def weights_folder(weights_dir: Path | None, record_file: str) -> Path:
+    """``weights_dir`` when it holds ``record_file``, else the project's bundled weights folder (a weights folder of
+    served models need not carry its own recogniser)."""
+    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    return folder if (folder / record_file).is_file() else WEIGHTS_DIR
+
+
+def read_weights(folder: Path, record_file: str = RECORD_FILE, features: str = HAND) -> tuple[Recognizer, dict]:
+    """The recogniser recorded in ``folder / record_file`` (its file's sha256 checked) and that record; raises on
+    any problem (a missing, mismatching or unreadable file, weights made for other features)."""
+    record = json.loads((folder / record_file).read_text(encoding="utf-8"))
+    path = folder / Path(str(record.get("file") or WEIGHTS_FILE)).name
+    if sha256_file(path) != record.get("sha256"):
+        raise ValueError(f"sha256 does not match {record_file}")
+    with np.load(path, allow_pickle=False) as data:
+        return Recognizer({name: data[name] for name in data.files}, features=features), record
+
+
 def _load(weights_dir: Path) -> Recognizer | None:
     try:
-        record = json.loads((weights_dir / RECORD_FILE).read_text(encoding="utf-8"))
-        path = weights_dir / Path(str(record.get("file") or WEIGHTS_FILE)).name
-        if sha256_file(path) != record.get("sha256"):
-            raise ValueError("sha256 does not match recognizer.json")
-        with np.load(path, allow_pickle=False) as data:
-            return Recognizer({name: data[name] for name in data.files})
+        return read_weights(weights_dir)[0]
     except Exception as exc:  # noqa: BLE001 - no recogniser is a note, never a failed analysis
         log.warning("organ recogniser unavailable: %s", type(exc).__name__ if isinstance(exc, OSError) else exc)
         return None
@@ -229,10 +244,7 @@ def recognise(rgb: np.ndarray, weights_dir: Path | None = None) -> Recognition |
     """The recognition of one decoded image (H x W x 3 uint8), or None when no recogniser is available. The
     recogniser of ``weights_dir`` when it has a ``recognizer.json``, else the project's bundled one (a weights folder
     of served models need not carry its own)."""
-    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
-    if not (folder / RECORD_FILE).is_file():
-        folder = WEIGHTS_DIR
-    model = load(folder)
+    model = load(weights_folder(weights_dir, RECORD_FILE))
     if model is None:
         return None
     try:

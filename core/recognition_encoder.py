@@ -12,7 +12,6 @@ so is an image the head is unsure of (:data:`SURE`).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -20,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.files import sha256_file
-from core.recognition import Found, Recognition, Recognizer
-from core.settings import WEIGHTS_DIR
+from core.recognition import Found, Recognition, Recognizer, read_weights, weights_folder
 
 log = logging.getLogger("uusic.recognition")
 
@@ -49,9 +46,7 @@ def head_for_model(weights_dir: Path | None, arch: str, network_sha256: str | No
 def head_for(weights_dir: Path | None, network_sha256: str | None) -> Recognizer | None:
     """The encoder recogniser of ``weights_dir`` (else the bundled one) when it was trained on the embedding of the
     network whose weights have ``network_sha256``; None otherwise (the image's own features are used instead)."""
-    folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
-    if not (folder / RECORD_FILE).is_file():
-        folder = WEIGHTS_DIR
+    folder = weights_folder(weights_dir, RECORD_FILE)
     key = str(folder.resolve())
     with _LOCK:
         if key not in _LOADED:
@@ -66,12 +61,7 @@ def _load(folder: Path) -> tuple[Recognizer, str] | None:
     if not (folder / RECORD_FILE).is_file():
         return None
     try:
-        record = json.loads((folder / RECORD_FILE).read_text(encoding="utf-8"))
-        path = folder / Path(str(record.get("file") or WEIGHTS_FILE)).name
-        if sha256_file(path) != record.get("sha256"):
-            raise ValueError(f"sha256 does not match {RECORD_FILE}")
-        with np.load(path, allow_pickle=False) as data:
-            head = Recognizer({name: data[name] for name in data.files}, features=FEATURES)
+        head, record = read_weights(folder, RECORD_FILE, FEATURES)
         return head, str(record.get("network_sha256") or "")
     except Exception as exc:  # noqa: BLE001 - no encoder head: the image's own features are used, never a failure
         log.warning("encoder recogniser unavailable: %s", type(exc).__name__ if isinstance(exc, OSError) else exc)
@@ -88,7 +78,7 @@ def recognise(head: Recognizer, embedding: np.ndarray) -> Found:
     """The head's answer for one image's embedding and the seconds it took (None when it fails)."""
     start = time.perf_counter()
     try:
-        found: Recognition | None = head.predict_vector(embedding).model_copy(update={"features": FEATURES})
+        found: Recognition | None = head.predict_vector(embedding)
     except Exception as exc:  # noqa: BLE001 - an odd vector is not recognised, and still analysed
         log.warning("organ recognition failed: %s", type(exc).__name__)
         found = None

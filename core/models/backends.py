@@ -870,7 +870,7 @@ def _check(wrapped: ConvertedModel | RuntimeModel, folder: Path, precision: str)
     refused here, not discovered on a patient's image."""
     with np.load(folder / CHECK_FILE) as saved:
         inputs = [saved[f"in{k}"] for k in range(5)]
-        want = [saved[f"out{k}"] for k in range(len([n for n in saved.files if n.startswith("out")]))]
+        want = [saved[f"out{k}"] for k in range(sum(name.startswith("out") for name in saved.files))]
     if wrapped.numpy_io:
         got = [np.asarray(o, dtype=np.float32) for o in wrapped(*inputs)]
     else:

@@ -118,7 +118,6 @@ class Embedded(nn.Module):
     def __init__(self, network: DemoUNet):
         super().__init__()
         self.inner = network
-        self.config = network.config
 
     def forward(self, images, position, task, type_, nature):
         return self.inner.forward_embedded(images, position, task, type_, nature)
